@@ -1,0 +1,33 @@
+"""Settings of the local engine, fixed for the life of one engine process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """How the local engine loads and runs its model.
+
+    model_path: the GGUF file, already verified against the catalogue's sha256.
+    model_name: the catalogue name reported to clients as the model that answered.
+    context_tokens: the longest sequence (prompt + answer) one request may use; 0 = the model's own.
+    kv_cache_tokens: KV cells shared by all sequences and the prefix cache; 0 = 2x context_tokens.
+    max_running: sequences decoded together in one step.
+    max_queued: requests waiting for admission before new ones get "overloaded".
+    step_tokens: token budget of one decode step (running tokens + chunked prefill).
+    num_threads: CPU threads for llama.cpp; 0 = all physical cores.
+    chat_template: a Jinja template overriding the GGUF's own; None = use the GGUF's.
+    """
+
+    model_path: Path
+    model_name: str
+    context_tokens: int = 0
+    kv_cache_tokens: int = 0
+    max_running: int = 16
+    max_queued: int = 64
+    step_tokens: int = 512
+    num_threads: int = 0
+    chat_template: str | None = None
+    seed: int = 0
