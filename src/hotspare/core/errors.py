@@ -8,13 +8,17 @@
     ├── Overloaded                queue or sequence limit reached; carries retry_after_s   (429/529)
     ├── BackendUnavailable        the local engine is not loaded, crashed or restarting    (503)
     ├── ModelError                a model's weights are missing, corrupt or do not fit      (startup)
-    └── UpstreamError             an upstream provider failed; carries the failure class   (router)
+    └── UpstreamError             an upstream provider failed; carries its FailureClass    (502/503)
+                                  (a client-fault 4xx also carries the upstream's own body, which
+                                  goes back to the client unchanged)
 
 Each API module turns these into its own wire shape (OpenAI `{"error": {...}}`, Anthropic
 `{"type": "error", "error": {...}}`) in exactly one place. Code decides by type, never by text.
 """
 
 from __future__ import annotations
+
+from enum import StrEnum
 
 
 class HotspareError(Exception):
@@ -68,3 +72,73 @@ class BackendUnavailable(HotspareError):
 
 class ModelError(HotspareError):
     pass
+
+
+class FailureClass(StrEnum):
+    """Why an upstream attempt failed. The upstream clients assign exactly one; the router acts on it."""
+
+    CONNECT_ERROR = "connect_error"  # refused, reset or DNS failure before a response
+    CONNECT_TIMEOUT = "connect_timeout"
+    HEADERS_TIMEOUT = "headers_timeout"  # connected, but no response headers in time
+    FIRST_TOKEN_TIMEOUT = "first_token_timeout"  # headers came, the first text did not
+    IDLE_TIMEOUT = "idle_timeout"  # the stream stalled between events
+    TOTAL_TIMEOUT = "total_timeout"
+    STREAM_CUT = "stream_cut"  # the connection broke, or the stream ended without its terminator
+    SERVER_ERROR = "server_error"  # HTTP 5xx
+    OVERLOADED = "overloaded"  # Anthropic 529 overloaded_error
+    RATE_LIMITED = "rate_limited"  # HTTP 429, maybe with Retry-After
+    MALFORMED = "malformed"  # a body or SSE event that is not the vendor's format
+    STREAM_ERROR = "stream_error"  # an in-band SSE error event
+    AUTH_OUTAGE = "auth_outage"  # 401/403 with a key that worked moments ago
+    CONTEXT_LENGTH = "context_length"  # the upstream rejected the prompt as too long
+    CLIENT_FAULT = "client_fault"  # any other 4xx: the request itself is wrong
+
+
+_RETRYABLE = frozenset({FailureClass.CONNECT_ERROR, FailureClass.SERVER_ERROR, FailureClass.OVERLOADED})
+_CLIENT_FAULTS = frozenset({FailureClass.CLIENT_FAULT, FailureClass.CONTEXT_LENGTH})
+
+
+class UpstreamError(HotspareError):
+    """An upstream provider failed one attempt.
+
+    `failure` decides what happens next (see the properties); `status` is the upstream's HTTP status
+    if it sent one; `retry_after_s` its Retry-After in seconds, if any. For client faults, `body`,
+    `content_type` keep the upstream's original error response so it can go back unchanged.
+    `message` never contains credentials.
+    """
+
+    def __init__(
+        self,
+        failure: FailureClass,
+        message: str,
+        *,
+        upstream: str,
+        status: int | None = None,
+        retry_after_s: float | None = None,
+        body: bytes = b"",
+        content_type: str = "application/json",
+    ) -> None:
+        super().__init__(f"upstream {upstream!r}: {message}")
+        self.failure = failure
+        self.upstream = upstream
+        self.status = status
+        self.retry_after_s = retry_after_s
+        self.body = body
+        self.content_type = content_type
+
+    @property
+    def is_client_fault(self) -> bool:
+        """The request itself was rejected: it goes back to the client and counts against no one."""
+        return self.failure in _CLIENT_FAULTS
+
+    @property
+    def retryable(self) -> bool:
+        """One more attempt on the same upstream is cheap and likely to help (a 429 only with a hint)."""
+        if self.failure is FailureClass.RATE_LIMITED:
+            return self.retry_after_s is not None
+        return self.failure in _RETRYABLE
+
+    @property
+    def should_fail_over(self) -> bool:
+        """The next backend in the chain should get the request (context-length: only a larger one)."""
+        return not self.is_client_fault
