@@ -1,0 +1,53 @@
+"""Tiny builders for catalogue entries and fake installed distributions."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from hotspare.models.entry import ModelEntry
+
+
+def entry_dict(**overrides: Any) -> dict[str, Any]:
+    """A valid `[[model]]` table as a dict; keyword arguments replace its fields."""
+    data: dict[str, Any] = {
+        "name": "tiny",
+        "family": "test",
+        "params": "1M",
+        "quantization": "Q4_0",
+        "backend": "llama_cpp",
+        "context_tokens": 512,
+        "sha256": "0" * 64,
+        "size_bytes": 10,
+        "memory_bytes": 1000,
+        "verified": True,
+        "source": {"kind": "local", "path": "/nonexistent/tiny.gguf"},
+    }
+    data.update(overrides)
+    return data
+
+
+def local_entry(path: Path, content: bytes, **overrides: Any) -> ModelEntry:
+    """An entry whose local file is `path`, pinned to `content`'s hash and size (the file is not written)."""
+    return ModelEntry.model_validate(
+        entry_dict(
+            sha256=hashlib.sha256(content).hexdigest(),
+            size_bytes=len(content),
+            memory_bytes=len(content) + 1000,
+            source={"kind": "local", "path": str(path)},
+            **overrides,
+        )
+    )
+
+
+def fake_distribution(site: Path, name: str, version: str, files: dict[str, bytes]) -> None:
+    """Install a minimal distribution (dist-info + files) into `site`, for importlib.metadata to find."""
+    dist_info = site / f"{name.replace('-', '_')}-{version}.dist-info"
+    dist_info.mkdir(parents=True)
+    (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    record = [f"{rel},," for rel in files] + [f"{dist_info.name}/METADATA,,", f"{dist_info.name}/RECORD,,"]
+    (dist_info / "RECORD").write_text("\n".join(record) + "\n")
+    for rel, content in files.items():
+        (site / rel).parent.mkdir(parents=True, exist_ok=True)
+        (site / rel).write_bytes(content)
