@@ -8,6 +8,7 @@
     ├── Overloaded                queue or sequence limit reached; carries retry_after_s   (429/529)
     ├── BackendUnavailable        the local engine is not loaded, crashed or restarting    (503)
     ├── ModelError                a model's weights are missing, corrupt or do not fit      (startup)
+    ├── ConfigError               a config file is unreadable or invalid                    (startup)
     └── UpstreamError             an upstream provider failed; carries its FailureClass    (502/503)
                                   (a client-fault 4xx also carries the upstream's own body, which
                                   goes back to the client unchanged)
@@ -72,6 +73,10 @@ class BackendUnavailable(HotspareError):
 
 class ModelError(HotspareError):
     pass
+
+
+class ConfigError(HotspareError):
+    """A config file cannot be read, or a value in it is invalid; `message` names the file and field."""
 
 
 class FailureClass(StrEnum):
