@@ -1,0 +1,241 @@
+"""llama.cpp through llama-cpp-python's low-level API: the only module that imports llama_cpp.
+
+`LlamaCppModel` owns one model, one context with a unified KV cache shared by up to `max_slots`
+sequence ids, one reusable batch, and per-request sampler chains. It is not thread-safe: the engine
+worker calls it from its one loop. Every ctypes object a batch or sampler points to is owned by this
+object and lives as long as it does.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp as llama
+import numpy as np
+import numpy.typing as npt
+
+from hotspare.core.errors import ModelError
+from hotspare.core.types import SamplingParams
+
+log = logging.getLogger(__name__)
+
+_GGML_LOG_LEVEL_ERROR = 4
+
+
+@ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)  # type: ignore[untyped-decorator]
+def _forward_llama_log(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+    # llama.cpp is chatty on stderr; keep its errors only, in our own log.
+    if level == _GGML_LOG_LEVEL_ERROR and text:
+        log.error("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What the API side needs to know about the loaded model."""
+
+    chat_template: str | None
+    bos_token: str
+    eos_token: str
+    context_train_tokens: int
+    kv_capacity_tokens: int
+    num_vocab: int
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeItem:
+    """Feed `tokens` into `slot` at positions `start`...; `wants_logits` marks the last one for sampling."""
+
+    slot: int
+    start: int
+    tokens: Seq[int]
+    wants_logits: bool
+
+
+class LlamaCppModel:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        kv_cache_tokens: int,
+        max_slots: int,
+        batch_tokens: int,
+        num_threads: int,
+    ) -> None:
+        llama.llama_log_set(_forward_llama_log, ctypes.c_void_p(0))
+        llama.llama_backend_init()
+        mparams = llama.llama_model_default_params()
+        self._model = llama.llama_model_load_from_file(str(path).encode(), mparams)
+        if not self._model:
+            raise ModelError(f"llama.cpp could not load the model file {path}")
+        threads = num_threads or max(1, (os.cpu_count() or 2))
+        cparams = llama.llama_context_default_params()
+        cparams.n_ctx = kv_cache_tokens
+        cparams.n_batch = batch_tokens
+        cparams.n_ubatch = batch_tokens
+        cparams.n_seq_max = max_slots
+        cparams.n_threads = threads
+        cparams.n_threads_batch = threads
+        cparams.kv_unified = True  # one cell pool for all slots: prefix sharing is a tag, not a copy
+        cparams.no_perf = True
+        self._ctx = llama.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            llama.llama_model_free(self._model)
+            raise ModelError(f"llama.cpp could not create a context of {kv_cache_tokens} tokens")
+        self._vocab = llama.llama_model_get_vocab(self._model)
+        self._mem = llama.llama_get_memory(self._ctx)
+        self.num_vocab = llama.llama_vocab_n_tokens(self._vocab)
+        self.batch_tokens = batch_tokens
+        self._batch = llama.llama_batch_init(batch_tokens, 0, 1)
+        self._pieces: dict[int, bytes] = {}
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self.add_bos = bool(llama.llama_vocab_get_add_bos(self._vocab))
+        self.info = self._read_info()
+
+    def close(self) -> None:
+        llama.llama_batch_free(self._batch)
+        llama.llama_free(self._ctx)
+        llama.llama_model_free(self._model)
+
+    # ----- metadata and text -----
+
+    def _read_info(self) -> ModelInfo:
+        template = llama.llama_model_chat_template(self._model, None)
+        desc = ctypes.create_string_buffer(256)
+        llama.llama_model_desc(self._model, desc, len(desc))
+        return ModelInfo(
+            chat_template=template.decode("utf-8") if template else None,
+            bos_token=self._special_text(llama.llama_vocab_bos(self._vocab)),
+            eos_token=self._special_text(llama.llama_vocab_eos(self._vocab)),
+            context_train_tokens=llama.llama_model_n_ctx_train(self._model),
+            kv_capacity_tokens=llama.llama_n_ctx(self._ctx),
+            num_vocab=self.num_vocab,
+            description=desc.value.decode("utf-8", "replace"),
+        )
+
+    def _special_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        n = llama.llama_token_to_piece(self._vocab, token, self._piece_buf, len(self._piece_buf), 0, True)
+        return self._piece_buf.raw[: max(n, 0)].decode("utf-8", "replace")
+
+    def tokenize(self, text: str, *, add_bos: bool) -> list[int]:
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        buf = (llama.llama_token * capacity)()
+        n = llama.llama_tokenize(self._vocab, data, len(data), buf, capacity, add_bos, True)
+        if n < 0:
+            buf = (llama.llama_token * -n)()
+            n = llama.llama_tokenize(self._vocab, data, len(data), buf, -n, add_bos, True)
+        return list(buf[:n])
+
+    def piece(self, token: int) -> bytes:
+        """The bytes a sampled token stands for (special tokens render as nothing)."""
+        cached = self._pieces.get(token)
+        if cached is None:
+            n = llama.llama_token_to_piece(
+                self._vocab, token, self._piece_buf, len(self._piece_buf), 0, False
+            )
+            cached = self._piece_buf.raw[: max(n, 0)]
+            self._pieces[token] = cached
+        return cached
+
+    def is_end_of_generation(self, token: int) -> bool:
+        return bool(llama.llama_vocab_is_eog(self._vocab, token))
+
+    # ----- KV cache -----
+
+    def copy_prefix(self, src: int, dst: int, num_tokens: int) -> None:
+        llama.llama_memory_seq_cp(self._mem, src, dst, 0, num_tokens)
+
+    def remove(self, slot: int) -> None:
+        llama.llama_memory_seq_rm(self._mem, slot, -1, -1)
+
+    def clear(self) -> None:
+        llama.llama_memory_clear(self._mem, True)
+
+    def slot_max_position(self, slot: int) -> int:
+        return int(llama.llama_memory_seq_pos_max(self._mem, slot))
+
+    # ----- one forward pass -----
+
+    def decode(self, items: Seq[DecodeItem]) -> list[int]:
+        """Run one llama_decode over all items. Returns, per item with wants_logits, its batch index.
+
+        Raises MemoryError when the KV cache has no room for the batch (llama.cpp leaves the cache as
+        it was), RuntimeError on any other failure.
+        """
+        batch = self._batch
+        i = 0
+        rows = []
+        for item in items:
+            for offset, token in enumerate(item.tokens):
+                batch.token[i] = token
+                batch.pos[i] = item.start + offset
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = item.slot
+                batch.logits[i] = 0
+                i += 1
+            if item.wants_logits:
+                batch.logits[i - 1] = 1
+                rows.append(i - 1)
+        batch.n_tokens = i
+        rc = llama.llama_decode(self._ctx, batch)
+        if rc == 1:
+            raise MemoryError("no KV cache room for the batch")
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed with code {rc}")
+        return rows
+
+    def logits(self, row: int) -> npt.NDArray[np.float32]:
+        """A copy of the logits of batch row `row` of the last decode."""
+        ptr = llama.llama_get_logits_ith(self._ctx, row)
+        return np.ctypeslib.as_array(ptr, shape=(self.num_vocab,)).copy()
+
+    # ----- sampling -----
+
+    def new_sampler(self, params: SamplingParams, seed: int) -> ctypes.c_void_p:
+        """A sampler chain for one request; free it with `free_sampler`."""
+        chain = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
+        add = llama.llama_sampler_chain_add
+        if params.grammar:
+            grammar = llama.llama_sampler_init_grammar(self._vocab, params.grammar.encode(), b"root")
+            if not grammar:
+                llama.llama_sampler_free(chain)
+                raise ValueError("the grammar could not be parsed")
+            add(chain, grammar)
+        if params.repeat_penalty != 1.0 or params.frequency_penalty or params.presence_penalty:
+            add(
+                chain,
+                llama.llama_sampler_init_penalties(
+                    self.num_vocab,
+                    64,
+                    params.repeat_penalty,
+                    params.frequency_penalty,
+                    params.presence_penalty,
+                ),
+            )
+        if params.temperature <= 0:
+            add(chain, llama.llama_sampler_init_greedy())
+            return chain  # type: ignore[no-any-return]
+        if params.top_k > 0:
+            add(chain, llama.llama_sampler_init_top_k(params.top_k))
+        if params.top_p < 1.0:
+            add(chain, llama.llama_sampler_init_top_p(params.top_p, 1))
+        if params.min_p > 0:
+            add(chain, llama.llama_sampler_init_min_p(params.min_p, 1))
+        add(chain, llama.llama_sampler_init_temp(params.temperature))
+        add(chain, llama.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        return chain  # type: ignore[no-any-return]
+
+    def sample(self, sampler: ctypes.c_void_p, row: int) -> int:
+        """Sample from batch row `row` of the last decode (also records the token in the chain)."""
+        return int(llama.llama_sampler_sample(sampler, self._ctx, row))
+
+    def free_sampler(self, sampler: ctypes.c_void_p) -> None:
+        llama.llama_sampler_free(sampler)

@@ -1,0 +1,304 @@
+"""The local model as a `ChatBackend`, with the engine in a child process the API process supervises.
+
+The engine process can crash (a segfault in native code) or hang; neither may take the API down.
+`LocalEngine` talks to it over a Pipe: a reader thread receives each step's events and hands them to
+the asyncio loop; requests in flight when the process dies end with `BackendUnavailable`, the engine
+is reported unavailable, and a new process is started (with backoff). A process that has work but sends
+nothing for `hang_timeout_s` is killed and treated the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import multiprocessing
+import threading
+import time
+from collections.abc import AsyncIterator
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from hotspare.core.errors import (
+    BackendUnavailable,
+    ContextOverflow,
+    HotspareError,
+    InvalidRequest,
+    ModelError,
+    Overloaded,
+)
+from hotspare.core.types import ChatRequest, Finish, StreamEvent, TextDelta, Usage
+from hotspare.engine.chat_template import ChatTemplate
+from hotspare.engine.config import EngineConfig
+from hotspare.engine.protocol import (
+    Cancel,
+    Delta,
+    Done,
+    EngineCommand,
+    Failed,
+    GetStats,
+    LoadFailed,
+    Ready,
+    Shutdown,
+    Submit,
+    Tokenize,
+)
+from hotspare.engine.worker import worker_main
+
+log = logging.getLogger(__name__)
+
+_ERRORS: dict[str, type[HotspareError]] = {
+    "ContextOverflow": ContextOverflow,
+    "Overloaded": Overloaded,
+    "InvalidRequest": InvalidRequest,
+    "BackendUnavailable": BackendUnavailable,
+}
+
+
+class _EngineProcess:
+    """One engine child process and the thread that reads its events."""
+
+    def __init__(self, config: EngineConfig, load_timeout_s: float) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child_conn = ctx.Pipe()
+        self.process: BaseProcess = ctx.Process(
+            target=worker_main, args=(child_conn, config), name="hotspare-engine", daemon=True
+        )
+        self.process.start()
+        child_conn.close()
+        self._load_timeout_s = load_timeout_s
+        self._send_lock = threading.Lock()
+        self.last_heard = time.monotonic()
+
+    def wait_ready(self) -> Ready:
+        """Block until the model is loaded and warm. Raises ModelError if it cannot be."""
+        if not self.conn.poll(self._load_timeout_s):
+            self.kill()
+            raise ModelError(f"the engine did not load the model within {self._load_timeout_s:.0f} s")
+        try:
+            msg = self.conn.recv()
+        except EOFError:
+            raise ModelError(
+                f"the engine process exited while loading (code {self.process.exitcode})"
+            ) from None
+        if isinstance(msg, LoadFailed):
+            raise ModelError(f"the engine could not load the model: {msg.message}")
+        assert isinstance(msg, Ready)
+        return msg
+
+    def send(self, cmd: EngineCommand) -> None:
+        with self._send_lock:
+            self.conn.send(cmd)
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(timeout=5)
+
+
+class LocalEngine:
+    """See the module docstring. Implements `ChatBackend`; `name` is "local"."""
+
+    name = "local"
+
+    def __init__(
+        self, config: EngineConfig, *, load_timeout_s: float = 300.0, hang_timeout_s: float = 60.0
+    ) -> None:
+        self.config = config
+        self.model_name = config.model_name
+        self.context_tokens = 0
+        self.load_s = 0.0
+        self.num_restarts = 0
+        self._load_timeout_s = load_timeout_s
+        self._hang_timeout_s = hang_timeout_s
+        self._proc: _EngineProcess | None = None
+        self._template: ChatTemplate | None = None
+        self._pending: dict[int, asyncio.Queue[Any]] = {}
+        self._ids = itertools.count(1)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._crashed = asyncio.Event()
+
+    # ----- lifecycle -----
+
+    @property
+    def is_ready(self) -> bool:
+        return self._proc is not None
+
+    async def start(self) -> None:
+        """Start the engine process; return when the model is loaded and warm. Raises ModelError."""
+        self._loop = asyncio.get_running_loop()
+        await self._spawn()
+        self._supervisor = asyncio.create_task(self._supervise(), name="hotspare-engine-supervisor")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            with contextlib.suppress(OSError):
+                proc.send(Shutdown())
+            await asyncio.to_thread(proc.process.join, 5)
+            proc.kill()
+        self._fail_pending("the local engine was stopped")
+
+    async def _spawn(self) -> None:
+        proc = _EngineProcess(self.config, self._load_timeout_s)
+        ready = await asyncio.to_thread(proc.wait_ready)
+        self.context_tokens = ready.context_tokens
+        self.load_s = ready.load_s
+        info = ready.info
+        self._template = ChatTemplate(
+            self.config.chat_template or info.chat_template,
+            bos_token=info.bos_token,
+            eos_token=info.eos_token,
+        )
+        self._crashed.clear()
+        self._proc = proc
+        threading.Thread(target=self._read, args=(proc,), name="hotspare-engine-reader", daemon=True).start()
+        log.info(
+            "engine ready: %s (%s), context %d tokens, loaded in %.2f s",
+            self.model_name,
+            info.description,
+            self.context_tokens,
+            self.load_s,
+        )
+
+    async def _supervise(self) -> None:
+        """Restart the engine after a crash; kill it if it hangs with work in flight."""
+        backoff_s = 0.5
+        while not self._stopping:
+            try:
+                await asyncio.wait_for(self._crashed.wait(), timeout=1.0)
+            except TimeoutError:
+                proc = self._proc
+                if proc and self._pending and time.monotonic() - proc.last_heard > self._hang_timeout_s:
+                    log.error(
+                        "engine sent nothing for %.0f s with work in flight: killing it", self._hang_timeout_s
+                    )
+                    await asyncio.to_thread(proc.kill)
+                continue
+            self.num_restarts += 1
+            log.error("engine process died; restarting (restart #%d)", self.num_restarts)
+            while not self._stopping:
+                try:
+                    await self._spawn()
+                    backoff_s = 0.5
+                    break
+                except ModelError as exc:
+                    log.error("engine restart failed: %s", exc)
+                    await asyncio.sleep(backoff_s)
+                    backoff_s = min(backoff_s * 2, 30.0)
+
+    def _read(self, proc: _EngineProcess) -> None:
+        """Reader thread: forward each message to the loop until the process goes away."""
+        assert self._loop is not None
+        while True:
+            try:
+                msg = proc.conn.recv()
+            except (EOFError, OSError):
+                break
+            proc.last_heard = time.monotonic()
+            self._loop.call_soon_threadsafe(self._dispatch, msg)
+        proc.kill()
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._on_exit, proc)
+
+    def _dispatch(self, events: list[Any]) -> None:
+        for event in events:
+            queue = self._pending.get(event.request_id)
+            if queue is not None:
+                queue.put_nowait(event)
+
+    def _on_exit(self, proc: _EngineProcess) -> None:
+        if self._proc is proc:
+            self._proc = None
+            self._fail_pending("the local engine process died; it is being restarted")
+            if not self._stopping:
+                self._crashed.set()
+
+    def _fail_pending(self, message: str) -> None:
+        for rid, queue in list(self._pending.items()):
+            queue.put_nowait(Failed(rid, "BackendUnavailable", (message,)))
+
+    # ----- requests -----
+
+    def _submit(self, cmd_for: Any) -> tuple[int, asyncio.Queue[Any]]:
+        proc = self._proc
+        if proc is None:
+            raise BackendUnavailable("the local model is not loaded (starting or restarting)")
+        rid = next(self._ids)
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._pending[rid] = queue
+        try:
+            proc.send(cmd_for(rid))
+        except OSError:
+            del self._pending[rid]
+            raise BackendUnavailable("the local engine process is not reachable") from None
+        return rid, queue
+
+    def render(self, request: ChatRequest) -> str:
+        if self._template is None:
+            raise BackendUnavailable("the local model is not loaded (starting or restarting)")
+        return self._template.render(request.messages)
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+        prompt = self.render(request)
+        rid, queue = self._submit(lambda r: Submit(r, prompt, request.sampling))
+        done = False
+        try:
+            while True:
+                event = await queue.get()
+                if isinstance(event, Delta):
+                    yield TextDelta(event.text)
+                elif isinstance(event, Done):
+                    done = True
+                    usage = Usage(event.num_prompt_tokens, event.num_output_tokens, event.num_cached_tokens)
+                    yield Finish(event.reason, usage, self.model_name, event.stop_sequence)
+                    return
+                elif isinstance(event, Failed):
+                    done = True
+                    raise _ERRORS[event.kind](*event.args)
+        finally:
+            self._pending.pop(rid, None)
+            if not done and self._proc is not None:
+                with contextlib.suppress(OSError):
+                    self._proc.send(Cancel(rid))
+
+    async def warm(self, request: ChatRequest) -> None:
+        """Compute the KV of `request`'s prompt at low priority (only when the engine is idle), so a
+        later request that continues this conversation starts from cache. Fire and forget."""
+        prompt = self.render(request)
+        proc = self._proc
+        if proc is not None:
+            rid = next(self._ids)
+            with contextlib.suppress(OSError):
+                proc.send(Submit(rid, prompt, request.sampling, warmup=True))
+
+    async def _call(self, make: Any) -> Any:
+        rid, queue = self._submit(make)
+        try:
+            event = await queue.get()
+        finally:
+            self._pending.pop(rid, None)
+        if isinstance(event, Failed):
+            raise _ERRORS[event.kind](*event.args)
+        return event.value
+
+    async def count_tokens(self, request: ChatRequest) -> int:
+        prompt = self.render(request)
+        return int(await self._call(lambda r: Tokenize(r, prompt)))
+
+    async def stats(self) -> dict[str, Any]:
+        """Engine counters (queue, running, KV use, prefix-cache hits); see EngineCore.stats."""
+        return dict(await self._call(lambda r: GetStats(r)))
+
+    @property
+    def pid(self) -> int | None:
+        """The engine process id (for supervision tests)."""
+        return self._proc.process.pid if self._proc is not None else None

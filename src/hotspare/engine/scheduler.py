@@ -1,0 +1,271 @@
+"""Continuous batching over one unified KV cache.
+
+Each scheduling step corresponds to a single `llama_decode`: the next token of every decoding
+sequence, then chunks of prompts still being processed (chunked prefill) up to `step_tokens`. New
+requests are admitted between steps, reusing the longest cached prefix of their prompt; finished and
+cancelled ones leave at once and their slot's cells become prefix cache (idle slots), evicted least
+recently used first when cells or slot ids run out. When even that is not enough, the youngest running
+sequence is preempted: its cells stay cached and it goes back to the head of the queue.
+
+Plain synchronous Python with no I/O and no llama_cpp: the worker applies a `SchedulerOutput` to the
+model (KV copies, then removals, then one decode) and reports back with `update_from_output`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from hotspare.core.errors import Overloaded
+from hotspare.core.types import FinishReason
+from hotspare.engine.prefix_cache import PrefixCache
+from hotspare.engine.sequence import Sequence, SequenceStatus
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    """capacity_tokens: KV cells in all; max_slots: llama sequence ids (running + cached);
+    max_running: sequences decoded together; max_queued: waiting requests before "overloaded";
+    step_tokens: tokens in one decode; reserve_tokens: cells kept free per running sequence so
+    admitted requests can keep decoding."""
+
+    capacity_tokens: int
+    max_slots: int
+    max_running: int
+    max_queued: int
+    step_tokens: int
+    reserve_tokens: int = 16
+
+
+@dataclass(frozen=True, slots=True)
+class BatchItem:
+    """Feed `seq.tokens[start:start + count]` at positions start.. into slot `seq.slot`."""
+
+    seq: Sequence
+    start: int
+    count: int
+    wants_logits: bool
+
+
+@dataclass(slots=True)
+class SchedulerOutput:
+    """What one step does, in order: `copies` (seq_cp src->dst of the first n cells), `removals`
+    (seq_rm of whole slots), then one decode of `items`."""
+
+    copies: list[tuple[int, int, int]] = field(default_factory=list)
+    removals: list[int] = field(default_factory=list)
+    items: list[BatchItem] = field(default_factory=list)
+    finished: list[Sequence] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(item.count for item in self.items)
+
+
+@dataclass(slots=True)
+class CacheStats:
+    num_prompt_tokens: int = 0
+    num_cached_tokens: int = 0
+    num_preemptions: int = 0
+    num_evicted_tokens: int = 0
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig) -> None:
+        self.config = config
+        self.cache = PrefixCache()
+        self.waiting: deque[Sequence] = deque()
+        self.warmups: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.stats = CacheStats()
+        self._free_slots = list(range(config.max_slots - 1, -1, -1))
+        self._pending_removals: list[int] = []
+        self._finished: list[Sequence] = []
+
+    # ----- requests in and out -----
+
+    def add(self, seq: Sequence) -> None:
+        """Queue a request. Raises Overloaded when the queue is full."""
+        queue = self.warmups if seq.is_warmup else self.waiting
+        if len(self.waiting) + len(self.running) >= self.config.max_queued + self.config.max_running:
+            if seq.is_warmup:
+                return  # warm-ups are best effort
+            raise Overloaded("the local model's queue is full", retry_after_s=1.0)
+        queue.append(seq)
+
+    def cancel(self, request_id: int) -> Sequence | None:
+        """Stop a request now; its computed cells stay cached. Returns it, or None if unknown."""
+        for queue in (self.waiting, self.warmups):
+            for seq in queue:
+                if seq.request_id == request_id:
+                    queue.remove(seq)
+                    seq.status = SequenceStatus.FINISHED
+                    return seq
+        for seq in self.running:
+            if seq.request_id == request_id:
+                self.finish(seq, None)
+                return seq
+        return None
+
+    def finish(self, seq: Sequence, reason: FinishReason | None) -> None:
+        """End a running sequence (reason None: cancelled). Its slot becomes idle prefix cache."""
+        seq.status = SequenceStatus.FINISHED
+        seq.finish_reason = reason
+        self.running.remove(seq)
+        self._park(seq.slot)
+        self._finished.append(seq)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.running or self.waiting or self.warmups)
+
+    @property
+    def num_free_tokens(self) -> int:
+        return self.config.capacity_tokens - self.cache.num_used_tokens
+
+    # ----- one step -----
+
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput(finished=self._finished)
+        self._finished = []
+        self._pause_warmups_if_busy(out)
+        self._admit(self.waiting, out)
+        if not self.waiting and not any(not s.is_warmup for s in self.running):
+            self._admit(self.warmups, out)
+        self._build_batch(out)
+        out.removals.extend(self._pending_removals)
+        self._pending_removals = []
+        return out
+
+    def update_from_output(self, out: SchedulerOutput) -> list[Sequence]:
+        """Record that `out.items` were decoded. Returns the sequences that now need a sample;
+        warm-ups whose prompt is fully computed are finished here."""
+        to_sample = []
+        for item in out.items:
+            seq = item.seq
+            self.cache.extend(seq.slot, seq.tokens[item.start : item.start + item.count])
+            seq.num_computed += item.count
+            if item.wants_logits:
+                to_sample.append(seq)
+            elif seq.is_warmup and seq.num_pending == 0:
+                self.finish(seq, FinishReason.LENGTH)
+        return to_sample
+
+    def on_decode_failed(self, out: SchedulerOutput) -> None:
+        """llama_decode found no room for the batch: free cached cells, or preempt, and retry."""
+        if not self._evict_one():
+            self._preempt_youngest(out)
+
+    # ----- admission -----
+
+    def _admit(self, queue: deque[Sequence], out: SchedulerOutput) -> None:
+        while queue and len(self.running) < self.config.max_running:
+            seq = queue[0]
+            slot = self._take_slot()
+            if slot is None:
+                return
+            reused = self._reuse_prefix(seq, slot, out)
+            need = seq.num_pending + self.config.reserve_tokens * (len(self.running) + 1)
+            if not self._make_room(need):
+                self.cache.release(slot)
+                out.removals.append(slot)
+                self._free_slots.append(slot)
+                seq.num_computed = 0
+                return
+            queue.popleft()
+            if seq.num_output_tokens == 0 and not seq.is_warmup:
+                self.stats.num_prompt_tokens += seq.num_prompt_tokens
+                self.stats.num_cached_tokens += reused
+                seq.num_cached_tokens = reused
+            seq.slot = slot
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+
+    def _reuse_prefix(self, seq: Sequence, slot: int, out: SchedulerOutput) -> int:
+        # Keep at least one token to feed, so the step yields logits for the next sample.
+        limit = len(seq.tokens) - (0 if seq.is_warmup else 1)
+        match = self.cache.match(seq.tokens[:limit])
+        if match.num_tokens > 0:
+            self.cache.attach(slot, match.slot, match.num_tokens)
+            self.cache.touch(match.slot)
+            out.copies.append((match.slot, slot, match.num_tokens))
+        else:
+            self.cache.attach(slot, slot, 0)
+        seq.num_computed = match.num_tokens
+        return match.num_tokens
+
+    def _take_slot(self) -> int | None:
+        if not self._free_slots and not self._evict_one():
+            return None
+        return self._free_slots.pop()
+
+    def _make_room(self, num_tokens: int) -> bool:
+        while self.num_free_tokens < num_tokens:
+            if not self._evict_one():
+                return False
+        return True
+
+    def _evict_one(self) -> bool:
+        """Release the least recently used idle slot. False if there is none."""
+        idle = self.cache.idle_slots
+        if not idle:
+            return False
+        self.stats.num_evicted_tokens += self._release(idle[0])
+        return True
+
+    def _release(self, slot: int) -> int:
+        freed = self.cache.release(slot)
+        self._pending_removals.append(slot)
+        self._free_slots.append(slot)
+        return freed
+
+    def _park(self, slot: int) -> None:
+        for redundant in self.cache.park(slot):
+            self._release(redundant)
+
+    # ----- the batch -----
+
+    def _build_batch(self, out: SchedulerOutput) -> None:
+        while True:
+            out.items = self._plan_items()
+            if self._make_room(out.num_tokens) or not self.running:
+                return
+            self._preempt_youngest(out)
+
+    def _plan_items(self) -> list[BatchItem]:
+        items, budget = [], self.config.step_tokens
+        for seq in self.running:
+            if seq.is_decoding and not seq.is_warmup:
+                items.append(BatchItem(seq, seq.num_computed, 1, True))
+                budget -= 1
+        for seq in self.running:
+            if budget <= 0:
+                break
+            if seq.is_decoding and not seq.is_warmup:
+                continue
+            count = min(seq.num_pending, budget)
+            ends = count == seq.num_pending
+            items.append(BatchItem(seq, seq.num_computed, count, ends and not seq.is_warmup))
+            budget -= count
+        return items
+
+    def _preempt_youngest(self, out: SchedulerOutput) -> None:
+        seq = self.running.pop()
+        self.stats.num_preemptions += 1
+        out.items = [item for item in out.items if item.seq is not seq]
+        self._park(seq.slot)
+        seq.slot = -1
+        seq.status = SequenceStatus.WAITING
+        (self.warmups if seq.is_warmup else self.waiting).appendleft(seq)
+
+    def _pause_warmups_if_busy(self, out: SchedulerOutput) -> None:
+        """Warm-ups run only when no real request waits: a real one preempts them (their computed
+        cells stay cached, so the work is not lost)."""
+        if not self.waiting:
+            return
+        for seq in [s for s in self.running if s.is_warmup]:
+            self.running.remove(seq)
+            self._park(seq.slot)
+            seq.slot = -1
+            seq.status = SequenceStatus.WAITING
+            self.warmups.appendleft(seq)

@@ -1,0 +1,284 @@
+"""The engine process: one model, one scheduling loop, commands in and events out over a Pipe.
+
+The loop is: take the commands that arrived, `schedule()`, run the model (KV copies, removals, one
+decode, one sample per sequence that reached its end), `postprocess` (text, stop checks), send the
+step's events as one message. It blocks on the pipe only when there is no work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+from hotspare.core.errors import Overloaded
+from hotspare.core.types import FinishReason
+from hotspare.engine.backends.llama_cpp import DecodeItem, LlamaCppModel
+from hotspare.engine.config import EngineConfig
+from hotspare.engine.protocol import (
+    Cancel,
+    Delta,
+    Done,
+    EngineCommand,
+    EngineEvent,
+    Failed,
+    GetStats,
+    LoadFailed,
+    Ready,
+    Reply,
+    Shutdown,
+    Submit,
+    Tokenize,
+)
+from hotspare.engine.scheduler import Scheduler, SchedulerConfig
+from hotspare.engine.sequence import Sequence
+from hotspare.engine.text_output import TextOutput
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Live:
+    seq: Sequence
+    sampler: ctypes.c_void_p | None
+    text: TextOutput = field(default_factory=TextOutput)
+
+
+class EngineCore:
+    """Model + scheduler + the per-request state between them. Synchronous; owned by one thread."""
+
+    def __init__(self, model: LlamaCppModel, config: EngineConfig, context_tokens: int) -> None:
+        self.model = model
+        self.config = config
+        self.context_tokens = context_tokens
+        max_slots = min(256, max(config.max_running * 4, config.max_running + 8))
+        self.scheduler = Scheduler(
+            SchedulerConfig(
+                capacity_tokens=model.info.kv_capacity_tokens,
+                max_slots=max_slots,
+                max_running=config.max_running,
+                max_queued=config.max_queued,
+                step_tokens=model.batch_tokens,
+            )
+        )
+        self.live: dict[int, _Live] = {}
+        self.num_steps = 0
+        self.num_generated_tokens = 0
+        self.has_urgent_events = False
+
+    def submit(self, cmd: Submit) -> list[EngineEvent]:
+        tokens = self.tokenize_prompt(cmd.prompt)
+        if not cmd.warmup and len(tokens) >= self.context_tokens:
+            return [Failed(cmd.request_id, "ContextOverflow", (len(tokens), self.context_tokens))]
+        if cmd.warmup:
+            tokens = tokens[: self.context_tokens - 1]
+        room = self.context_tokens - len(tokens)
+        wanted = cmd.sampling.max_tokens
+        seq = Sequence(
+            request_id=cmd.request_id,
+            tokens=tokens,
+            num_prompt_tokens=len(tokens),
+            max_new_tokens=0 if cmd.warmup else min(room, wanted if wanted is not None else room),
+            sampling=cmd.sampling,
+            is_warmup=cmd.warmup,
+        )
+        try:
+            self.scheduler.add(seq)
+        except Overloaded as exc:
+            return [Failed(cmd.request_id, "Overloaded", (exc.message, exc.retry_after_s))]
+        sampler = None
+        if not cmd.warmup:
+            seed = cmd.sampling.seed if cmd.sampling.seed is not None else self.config.seed + cmd.request_id
+            try:
+                sampler = self.model.new_sampler(cmd.sampling, seed)
+            except ValueError as exc:
+                self.scheduler.cancel(cmd.request_id)
+                return [Failed(cmd.request_id, "InvalidRequest", (str(exc),))]
+        self.live[cmd.request_id] = _Live(seq, sampler, TextOutput(stop=cmd.sampling.stop))
+        return []
+
+    def tokenize_prompt(self, prompt: str) -> list[int]:
+        """Tokens of a rendered prompt; BOS is added only if the model wants one and the template did
+        not already write it."""
+        bos = self.model.info.bos_token
+        add_bos = self.model.add_bos and not (bos and prompt.startswith(bos))
+        return self.model.tokenize(prompt, add_bos=add_bos)
+
+    def cancel(self, request_id: int) -> None:
+        self.scheduler.cancel(request_id)
+        self._forget(request_id)
+
+    def step(self) -> list[EngineEvent]:
+        out = self.scheduler.schedule()
+        for seq in out.finished:
+            self._forget(seq.request_id)
+        for src, dst, n in out.copies:
+            self.model.copy_prefix(src, dst, n)
+        for slot in out.removals:
+            self.model.remove(slot)
+        if not out.items:
+            return []
+        try:
+            rows = self.model.decode(
+                [
+                    DecodeItem(i.seq.slot, i.start, i.seq.tokens[i.start : i.start + i.count], i.wants_logits)
+                    for i in out.items
+                ]
+            )
+        except MemoryError:
+            self.scheduler.on_decode_failed(out)
+            return []
+        self.num_steps += 1
+        to_sample = self.scheduler.update_from_output(out)
+        return self._postprocess(to_sample, rows)
+
+    def _postprocess(self, seqs: list[Sequence], rows: list[int]) -> list[EngineEvent]:
+        events: list[EngineEvent] = []
+        for seq, row in zip(seqs, rows, strict=True):
+            live = self.live[seq.request_id]
+            assert live.sampler is not None
+            token = self.model.sample(live.sampler, row)
+            seq.tokens.append(token)
+            self.num_generated_tokens += 1
+            reason = None
+            if self.model.is_end_of_generation(token):
+                reason = FinishReason.END_TURN
+                text = live.text.flush()
+            else:
+                text = live.text.push(self.model.piece(token))
+                if live.text.matched_stop is not None:
+                    reason = FinishReason.STOP_SEQUENCE
+                elif seq.num_output_tokens >= seq.max_new_tokens:
+                    reason = FinishReason.LENGTH
+                    text += live.text.flush()
+            if text:
+                events.append(Delta(seq.request_id, text))
+                # A request's first text is its time to first token: never hold it back.
+                self.has_urgent_events |= len(live.text.text) == len(text)
+            if reason is not None:
+                events.append(self._finish(live, reason))
+        return events
+
+    def _finish(self, live: _Live, reason: FinishReason) -> Done:
+        seq = live.seq
+        self.scheduler.finish(seq, reason)
+        self._forget(seq.request_id)
+        return Done(
+            seq.request_id,
+            reason,
+            seq.num_prompt_tokens,
+            seq.num_output_tokens,
+            seq.num_cached_tokens,
+            live.text.matched_stop,
+        )
+
+    def _forget(self, request_id: int) -> None:
+        live = self.live.pop(request_id, None)
+        if live is not None and live.sampler is not None:
+            self.model.free_sampler(live.sampler)
+
+    def stats(self) -> dict[str, Any]:
+        s = self.scheduler
+        return {
+            "num_running": len(s.running),
+            "num_waiting": len(s.waiting),
+            "num_warmups_waiting": len(s.warmups),
+            "kv_used_tokens": s.cache.num_used_tokens,
+            "kv_capacity_tokens": s.config.capacity_tokens,
+            "num_idle_slots": len(s.cache.idle_slots),
+            "prefix_prompt_tokens": s.stats.num_prompt_tokens,
+            "prefix_cached_tokens": s.stats.num_cached_tokens,
+            "num_preemptions": s.stats.num_preemptions,
+            "num_steps": self.num_steps,
+            "num_generated_tokens": self.num_generated_tokens,
+        }
+
+
+def _handle(core: EngineCore, cmd: EngineCommand, events: list[EngineEvent]) -> bool:
+    """Apply one command; False means shut down."""
+    if isinstance(cmd, Submit):
+        events.extend(core.submit(cmd))
+    elif isinstance(cmd, Cancel):
+        core.cancel(cmd.request_id)
+    elif isinstance(cmd, Tokenize):
+        n = len(core.tokenize_prompt(cmd.prompt))
+        events.append(Reply(cmd.request_id, n))
+    elif isinstance(cmd, GetStats):
+        events.append(Reply(cmd.request_id, core.stats()))
+    elif isinstance(cmd, Shutdown):
+        return False
+    return True
+
+
+def load(config: EngineConfig) -> tuple[EngineCore, Ready]:
+    started = time.monotonic()
+    probe_ctx = config.context_tokens or 0
+    kv = config.kv_cache_tokens
+    model = LlamaCppModel(
+        config.model_path,
+        kv_cache_tokens=kv or max(2 * (probe_ctx or 8192), 4096),
+        max_slots=min(256, max(config.max_running * 4, config.max_running + 8)),
+        batch_tokens=config.step_tokens,
+        num_threads=config.num_threads,
+    )
+    context = min(config.context_tokens or model.info.context_train_tokens, model.info.kv_capacity_tokens)
+    core = EngineCore(model, config, context)
+    _warm_up(model)
+    return core, Ready(model.info, context, time.monotonic() - started)
+
+
+def _warm_up(model: LlamaCppModel) -> None:
+    """One real decode so the first request does not pay for lazy allocations."""
+    tokens = model.tokenize("Hello", add_bos=True)[:8] or [0]
+    model.decode([DecodeItem(0, 0, tokens, True)])
+    model.clear()
+
+
+FLUSH_INTERVAL_S = 0.02
+"""Deltas are sent at most this often. Each message wakes the API process, and on a machine with as
+many engine threads as cores every wake-up stalls llama.cpp's spinning thread pool: coalescing 1-token
+steps into ~20 ms messages is invisible to a reader and keeps single-stream decoding at full speed."""
+
+
+def _should_flush(events: list[EngineEvent], core: EngineCore, last_flush: float) -> bool:
+    if (
+        core.has_urgent_events
+        or not core.scheduler.has_work
+        or time.monotonic() - last_flush >= FLUSH_INTERVAL_S
+    ):
+        core.has_urgent_events = False
+        return True
+    # Anything but a text delta is waited on by someone (an answer's end, an error, a reply).
+    return any(not isinstance(e, Delta) for e in events)
+
+
+def worker_main(conn: Connection, config: EngineConfig) -> None:
+    """Entry point of the engine process."""
+    try:
+        core, ready = load(config)
+    except Exception as exc:  # any load failure is reported, not raised into the void
+        conn.send(LoadFailed(f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(ready)
+    events: list[EngineEvent] = []
+    running = True
+    last_flush = 0.0
+    while running:
+        if not core.scheduler.has_work and not events:
+            conn.poll(None)
+        while running and conn.poll(0):
+            try:
+                running = _handle(core, conn.recv(), events)
+            except EOFError:
+                running = False
+        if core.scheduler.has_work:
+            events.extend(core.step())
+        if events and _should_flush(events, core, last_flush):
+            with contextlib.suppress(BrokenPipeError, OSError):
+                conn.send(events)
+            events = []
+            last_flush = time.monotonic()
