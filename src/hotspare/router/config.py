@@ -1,0 +1,149 @@
+"""What a user writes to configure failover: the upstream chain, its timeouts and the breaker.
+
+TOML shape (top level of the `--config` file)::
+
+    mode = "auto"                      # "auto" | "local-only" | "upstream-only"; default: auto
+                                       # when upstreams are configured, local-only when none are
+    [[upstreams]]
+    name = "anthropic"
+    kind = "anthropic"                 # or "openai" (any OpenAI-compatible provider)
+    base_url = "https://api.anthropic.com"
+    api_key = "forward"                # forward the client's own key, or "env:ANTHROPIC_API_KEY"
+    models = ["claude-*"]              # globs of client model names it serves
+    rename = { "claude-fast" = "claude-haiku-4-5" }   # optional: client name -> upstream name
+    hedge_delay_s = 1.5                # optional; default derived from recent time-to-first-token
+    [upstreams.timeouts]
+    connect_s = 2
+    first_token_s = 10
+    idle_s = 15
+    total_s = 600
+    [upstreams.breaker]                # optional, these are the defaults
+    consecutive_failures = 5
+    window_s = 60
+    min_requests = 10
+    max_error_rate = 0.5
+    open_s = 5
+    half_open_requests = 1
+    [local]
+    model = "smollm2-135m-instruct"
+    hedge = true                       # start the local model beside a slow upstream
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Mode(StrEnum):
+    AUTO = "auto"
+    LOCAL_ONLY = "local-only"
+    UPSTREAM_ONLY = "upstream-only"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TimeoutsConfig(_Strict):
+    """Deadlines of one upstream attempt, in seconds."""
+
+    connect_s: float = Field(default=2.0, gt=0, description="TCP + TLS connect")
+    first_token_s: float = Field(default=10.0, gt=0, description="request sent -> first answer content")
+    idle_s: float = Field(default=15.0, gt=0, description="longest silence between stream events")
+    total_s: float = Field(default=600.0, gt=0, description="the whole attempt, headers to last byte")
+
+
+class BreakerConfig(_Strict):
+    """When an upstream's circuit opens, and how it closes again."""
+
+    consecutive_failures: int = Field(default=5, ge=1, description="open after this many failures in a row")
+    window_s: float = Field(default=60.0, gt=0, description="sliding window for the error rate")
+    min_requests: int = Field(default=10, ge=1, description="attempts in the window before the rate counts")
+    max_error_rate: float = Field(
+        default=0.5, gt=0, le=1, description="open when failures/attempts reach this"
+    )
+    open_s: float = Field(default=5.0, gt=0, description="wait after opening before the first recovery probe")
+    probe_interval_s: float = Field(default=2.0, gt=0, description="between recovery probes while open")
+    half_open_requests: int = Field(
+        default=1, ge=1, description="real requests let through at once to test it"
+    )
+    close_after_successes: int = Field(default=2, ge=1, description="half-open successes that close it")
+
+
+class UpstreamConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=64)
+    kind: Literal["anthropic", "openai"]
+    base_url: str
+    api_key: str = Field(default="forward", description='"forward" or "env:VAR"')
+    models: tuple[str, ...] = Field(default=("*",), min_length=1, description="globs of client model names")
+    rename: dict[str, str] = Field(default_factory=dict, description="client model -> upstream model")
+    max_context_tokens: int | None = Field(default=None, gt=0, description="used to route context overflows")
+    hedge_delay_s: float | None = Field(default=None, gt=0)
+    max_retry_after_s: float = Field(default=2.0, ge=0, description="honour a 429's Retry-After up to this")
+    timeouts: TimeoutsConfig = TimeoutsConfig()
+    breaker: BreakerConfig = BreakerConfig()
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://, got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("api_key")
+    @classmethod
+    def _check_key(cls, value: str) -> str:
+        # The value is a reference, never a key: say what is wrong without echoing a pasted key.
+        if value == "forward":
+            return value
+        if value.startswith("env:") and value[4:].replace("_", "").isalnum():
+            return value
+        raise ValueError('api_key must be "forward" or "env:VARIABLE_NAME" (a literal key is not accepted)')
+
+    def serves(self, model: str) -> bool:
+        return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
+
+    def upstream_model(self, model: str) -> str:
+        return self.rename.get(model, model)
+
+    def resolve_env_key(self) -> str | None:
+        """The key from the environment, or None for "forward"; raises KeyError naming a missing var."""
+        if self.api_key == "forward":
+            return None
+        var = self.api_key[4:]
+        value = os.environ.get(var)
+        if not value:
+            raise KeyError(f"upstream {self.name!r}: environment variable {var} (api_key) is not set")
+        return value
+
+
+class LocalConfig(_Strict):
+    model: str | None = Field(default=None, description="catalogue name of the local model; None = default")
+    hedge: bool = Field(default=True, description="start the local model beside an upstream slow to answer")
+
+
+class RouterConfig(_Strict):
+    mode: Mode | None = None
+    upstreams: tuple[UpstreamConfig, ...] = ()
+    local: LocalConfig = LocalConfig()
+
+    @model_validator(mode="after")
+    def _check_chain(self) -> RouterConfig:
+        names = [u.name for u in self.upstreams]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"upstream names must be unique, {name!r} appears {names.count(name)} times")
+        if self.mode is Mode.UPSTREAM_ONLY and not self.upstreams:
+            raise ValueError('mode = "upstream-only" needs at least one [[upstreams]] entry')
+        return self
+
+    @property
+    def effective_mode(self) -> Mode:
+        if self.mode is not None:
+            return self.mode
+        return Mode.AUTO if self.upstreams else Mode.LOCAL_ONLY

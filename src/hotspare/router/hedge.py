@@ -1,0 +1,42 @@
+"""When to start the local model beside an upstream that has not produced its first token yet."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+MIN_SAMPLES = 5  # below this many TTFT samples the delay is a fixed share of the TTFT limit
+
+
+@dataclass(frozen=True, slots=True)
+class HedgePolicy:
+    """`fixed_delay_s` overrides the derived delay; the derived one is `multiplier` x the recent p90
+    time-to-first-token, at least `floor_s`, and never past the upstream's first-token limit."""
+
+    first_token_s: float
+    fixed_delay_s: float | None = None
+    multiplier: float = 2.0
+    floor_s: float = 0.25
+    cold_share: float = 0.5
+
+    def delay_s(self, recent_ttft_s: list[float]) -> float:
+        if self.fixed_delay_s is not None:
+            return min(self.fixed_delay_s, self.first_token_s)
+        if len(recent_ttft_s) < MIN_SAMPLES:
+            return self.first_token_s * self.cold_share
+        ordered = sorted(recent_ttft_s)
+        p90 = ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
+        return min(self.first_token_s, max(self.floor_s, self.multiplier * p90))
+
+
+class TtftTracker:
+    """The last `max_samples` times-to-first-token of one upstream, in seconds."""
+
+    def __init__(self, max_samples: int = 50) -> None:
+        self._samples: deque[float] = deque(maxlen=max_samples)
+
+    def add(self, ttft_s: float) -> None:
+        self._samples.append(ttft_s)
+
+    def samples(self) -> list[float]:
+        return list(self._samples)

@@ -1,0 +1,320 @@
+"""The failover chain: the upstreams that serve a client's model, in order, then the local backend.
+
+`Router.route(call)` returns once the first answer content is in hand (so every failure before the
+first byte is still invisible to the client) as either
+
+* `RawReply`: bytes already in the client's format -- a passthrough stream or body, an upstream's own
+  client-fault error, or a passthrough stream whose tail was taken over by another backend; or
+* `EventReply`: core `StreamEvent`s for the API layer to render (the local model, a cross-format
+  upstream), with mid-stream takeover already applied. Its iterator raises a `HotspareError` only if
+  the answer broke off and no backend could finish it; the API layer then sends its error event.
+
+Per upstream: a circuit breaker (open -> zero attempts), one quick retry where classify() allows it,
+and hedging -- the local model starts beside an upstream with no first content after the hedge delay,
+and whichever produces first is streamed while the other is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+
+from hotspare.core.errors import (
+    AuthenticationFailed,
+    BackendUnavailable,
+    FailureClass,
+    HotspareError,
+    InvalidRequest,
+    NotFound,
+    UpstreamError,
+)
+from hotspare.core.types import ChatBackend, ChatRequest, StreamEvent
+from hotspare.router.breaker import CircuitBreaker, Transition
+from hotspare.router.classify import Action, classify
+from hotspare.router.config import Mode, RouterConfig, UpstreamConfig
+from hotspare.router.hedge import HedgePolicy, TtftTracker
+from hotspare.router.probe import Guarded, Prober
+from hotspare.router.race import Opened, open_upstream, prepend, race_local
+from hotspare.router.takeover import Continuer, continue_events, continue_passthrough
+from hotspare.upstream.anthropic import AnthropicUpstream
+from hotspare.upstream.base import ClientCall, Upstream
+from hotspare.upstream.openai import OpenAIUpstream
+
+log = logging.getLogger("hotspare.router")
+
+
+@dataclass(frozen=True, slots=True)
+class RawReply:
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: AsyncIterator[bytes]
+    backend: str
+
+
+@dataclass(frozen=True, slots=True)
+class EventReply:
+    backend: str
+    events: AsyncIterator[StreamEvent]
+
+
+Reply = RawReply | EventReply
+
+
+class Member:
+    """One upstream in the chain with its health state."""
+
+    def __init__(
+        self, upstream: Upstream, clock: Callable[[], float], on_transition: Callable[[Transition], None]
+    ):
+        self.upstream = upstream
+        self.config: UpstreamConfig = upstream.config
+        self.breaker = CircuitBreaker(upstream.name, self.config.breaker, clock, on_transition)
+        self.ttft = TtftTracker()
+        self.hedge = HedgePolicy(self.config.timeouts.first_token_s, self.config.hedge_delay_s)
+
+    def record(self, verdict: bool | None) -> None:
+        if verdict is None:
+            self.breaker.record_cancelled()
+        elif verdict:
+            self.breaker.record_success()
+        else:
+            self.breaker.record_failure()
+
+
+def build_upstream(config: UpstreamConfig) -> Upstream:
+    return AnthropicUpstream(config) if config.kind == "anthropic" else OpenAIUpstream(config)
+
+
+class Router:
+    """Owns its upstreams' HTTP clients and the prober: `start()` then `aclose()` on one event loop."""
+
+    def __init__(
+        self,
+        config: RouterConfig,
+        upstreams: Sequence[Upstream],
+        local: ChatBackend | None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.mode = config.effective_mode
+        self.local = local if self.mode is not Mode.UPSTREAM_ONLY else None
+        self.transitions: list[Transition] = []
+        self.members = [Member(u, clock, self.transitions.append) for u in upstreams]
+        self._prober = Prober([Guarded(m.upstream, m.breaker) for m in self.members])
+
+    @classmethod
+    def from_config(cls, config: RouterConfig, local: ChatBackend | None) -> Router:
+        return cls(config, [build_upstream(u) for u in config.upstreams], local)
+
+    async def start(self) -> None:
+        self._prober.start()
+
+    async def aclose(self) -> None:
+        await self._prober.aclose()
+        for member in self.members:
+            await member.upstream.aclose()
+
+    def snapshot(self) -> dict[str, dict[str, object]]:
+        """Per upstream: circuit state and counters, for a status endpoint."""
+        out: dict[str, dict[str, object]] = {}
+        for m in self.members:
+            s = m.breaker.snapshot()
+            out[m.upstream.name] = {
+                "state": str(s.state),
+                "consecutive_failures": s.consecutive_failures,
+                "window_attempts": s.window_attempts,
+                "window_failures": s.window_failures,
+                "transitions": s.num_transitions,
+            }
+        return out
+
+    def chain(self, model: str) -> list[Member]:
+        if self.mode is Mode.LOCAL_ONLY:
+            return []
+        return [m for m in self.members if m.config.serves(model)]
+
+    async def route(self, call: ClientCall) -> Reply:
+        """Raises `HotspareError`: NotFound if nothing serves the model; the last failure if every
+        backend failed before the first byte; the local backend's own errors."""
+        members = self.chain(call.request.model)
+        if not members and self.local is None:
+            raise NotFound(f"no upstream serves model {call.request.model!r}")
+        last: HotspareError | None = None
+        index = 0
+        while index < len(members):
+            member = members[index]
+            index += 1
+            try:
+                reply = await self._try_member(member, members[index:], call)
+            except UpstreamError as exc:
+                if exc.failure is FailureClass.CONTEXT_LENGTH:
+                    larger = _larger_context(member, members[index:])
+                    if not larger:
+                        return self._client_fault(member, call, exc)
+                    members, index = larger, 0
+                last = exc
+                continue
+            if reply is not None:
+                return reply
+        if self.local is None:
+            raise last or BackendUnavailable(f"every upstream for {call.request.model!r} is unavailable")
+        return await self._local_reply(call)
+
+    async def _try_member(self, member: Member, rest: Sequence[Member], call: ClientCall) -> Reply | None:
+        """One upstream with its retries: a reply, None if its circuit is open, or the UpstreamError."""
+        deadline = time.monotonic() + member.config.timeouts.total_s
+        num_retries = 0
+        while True:
+            if not member.breaker.try_acquire():
+                log.info("skip %s: circuit %s", member.upstream.name, member.breaker.state)
+                return None
+            try:
+                return await self._attempt(member, rest, call)
+            except UpstreamError as exc:
+                decision = classify(
+                    exc,
+                    num_retries=num_retries,
+                    budget_left_s=deadline - time.monotonic(),
+                    max_retry_after_s=member.config.max_retry_after_s,
+                    has_delivered=False,
+                )
+                member.record(False if decision.counts_as_failure else None)
+                log.warning("%s failed (%s): %s", member.upstream.name, exc.failure, decision.action)
+                if decision.action is Action.RETURN_TO_CLIENT:
+                    return self._client_fault(member, call, exc)
+                if decision.action is not Action.RETRY:
+                    raise
+                num_retries += 1
+                await asyncio.sleep(decision.delay_s)  # honouring Retry-After, not waiting for an event
+            except BaseException:
+                member.record(None)
+                raise
+
+    async def _attempt(self, member: Member, rest: Sequence[Member], call: ClientCall) -> Reply:
+        """One attempt; the breaker verdict is recorded when its answer ends (or by the caller)."""
+        upstream = member.upstream
+        passthrough = upstream.kind is call.api_format
+        if passthrough and not call.request.stream:
+            raw = await upstream.complete(call)
+            member.record(True)
+            return RawReply(raw.status, raw.headers, _single(raw.body), upstream.name)
+        opening = open_upstream(upstream, call, passthrough)
+        if self.local is not None and self.config.local.hedge:
+            delay_s = member.hedge.delay_s(member.ttft.samples())
+            race = await race_local(opening, delay_s, self.local, call.request)
+            if race.local_events is not None:  # the local model answered first; the upstream is cancelled
+                member.record(False if race.upstream_error is not None else None)
+                return EventReply(self.local.name, race.local_events)
+            assert race.opened is not None
+            winner = race.opened
+        else:
+            winner = await opening
+        if winner.ttft_s is not None:
+            member.ttft.add(winner.ttft_s)
+        continuers = self._continuers(rest, call)
+        if winner.stream is not None:
+            body = self._passthrough_body(member, winner, call, continuers)
+            return RawReply(winner.stream.status, winner.stream.headers, body, upstream.name)
+        return EventReply(upstream.name, self._event_body(member, winner, call, continuers))
+
+    async def _passthrough_body(
+        self, member: Member, opened: Opened, call: ClientCall, continuers: list[Continuer]
+    ) -> AsyncIterator[bytes]:
+        stream = opened.stream
+        assert stream is not None
+        verdict: bool | None = None
+        try:
+            for chunk in opened.prelude:
+                yield chunk
+            try:
+                while (item := await stream.next_event()) is not None:
+                    yield item[0].raw
+                verdict = True
+            except UpstreamError as exc:
+                verdict = False
+                await stream.aclose()
+                async for chunk in continue_passthrough(stream.parser, call.request, continuers, exc):
+                    yield chunk
+        finally:
+            member.record(verdict)
+            await stream.aclose()
+
+    async def _event_body(
+        self, member: Member, opened: Opened, call: ClientCall, continuers: list[Continuer]
+    ) -> AsyncIterator[StreamEvent]:
+        events = opened.events
+        assert events is not None and opened.first is not None
+        verdict: bool | None = None
+        sent_text, num_sent = "", 0
+        try:
+            event: StreamEvent | None = opened.first
+            while event is not None:
+                yield event
+                if hasattr(event, "text"):
+                    sent_text += event.text
+                    num_sent += 1
+                try:
+                    event = await anext(events)
+                except StopAsyncIteration:
+                    event = None
+            verdict = True
+        except UpstreamError as exc:
+            verdict = False
+            async for event in continue_events(call.request, sent_text, num_sent, continuers, exc):
+                yield event
+        finally:
+            member.record(verdict)
+            await events.aclose()  # type: ignore[attr-defined]
+
+    def _continuers(self, rest: Sequence[Member], call: ClientCall) -> list[Continuer]:
+        out: list[Continuer] = []
+        for m in rest:
+            out.append(Continuer(m.upstream.name, _member_opener(m, call), m.record))
+        if self.local is not None:
+            out.append(Continuer(self.local.name, self.local.stream))
+        return out
+
+    async def _local_reply(self, call: ClientCall) -> EventReply:
+        assert self.local is not None
+        events = self.local.stream(call.request)
+        first = await anext(events)
+        return EventReply(self.local.name, prepend(first, events))
+
+    def _client_fault(self, member: Member, call: ClientCall, exc: UpstreamError) -> RawReply:
+        """The upstream's own error goes back unchanged when the client speaks its format."""
+        if member.upstream.kind is call.api_format and exc.status is not None:
+            headers = (("content-type", exc.content_type),)
+            return RawReply(exc.status, headers, _single(exc.body), member.upstream.name)
+        message = f"upstream {member.upstream.name!r} rejected the request (HTTP {exc.status})"
+        if exc.status in (401, 403):
+            raise AuthenticationFailed(message) from exc
+        if exc.status == 404:
+            raise NotFound(message) from exc
+        raise InvalidRequest(message) from exc
+
+
+def _member_opener(member: Member, call: ClientCall) -> Callable[[ChatRequest], AsyncIterator[StreamEvent]]:
+    def open_(request: ChatRequest) -> AsyncIterator[StreamEvent]:
+        if not member.breaker.try_acquire():
+            skipped = UpstreamError(FailureClass.CONNECT_ERROR, "circuit open", upstream=member.upstream.name)
+            return _raise(skipped)
+        return member.upstream.events(call, request)
+
+    return open_
+
+
+def _larger_context(failed: Member, rest: Sequence[Member]) -> list[Member]:
+    size = failed.config.max_context_tokens or 0
+    return [m for m in rest if (m.config.max_context_tokens or 0) > size]
+
+
+async def _single(body: bytes) -> AsyncIterator[bytes]:
+    yield body
+
+
+async def _raise(exc: HotspareError) -> AsyncIterator[StreamEvent]:
+    raise exc
+    yield  # pragma: no cover -- makes this an async generator

@@ -1,0 +1,196 @@
+"""Anthropic Messages API upstream: request JSON, SSE events, error bodies, stream continuation."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from hotspare.core.errors import FailureClass, UpstreamError
+from hotspare.core.types import ApiFormat, ChatRequest, Finish, FinishReason, Role, StreamEvent, Usage
+from hotspare.upstream.base import StreamParser, Upstream
+from hotspare.upstream.sse import SseEvent
+
+API_VERSION = "2023-06-01"
+DEFAULT_MAX_TOKENS = 4096  # Anthropic requires max_tokens; a ChatRequest may leave it open
+
+_STOP_REASONS = {
+    "end_turn": FinishReason.END_TURN,
+    "max_tokens": FinishReason.LENGTH,
+    "stop_sequence": FinishReason.STOP_SEQUENCE,
+    "tool_use": FinishReason.TOOL_CALLS,
+}
+_STOP_NAMES = {
+    FinishReason.END_TURN: "end_turn",
+    FinishReason.LENGTH: "max_tokens",
+    FinishReason.STOP_SEQUENCE: "stop_sequence",
+    FinishReason.TOOL_CALLS: "tool_use",
+}
+
+
+def _event(name: str, payload: Mapping[str, Any]) -> bytes:
+    return f"event: {name}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
+
+
+class AnthropicParser(StreamParser):
+    def __init__(self, upstream: str) -> None:
+        super().__init__()
+        self._upstream = upstream
+        self.model = ""
+        self.input_tokens = 0
+        self.output_tokens: int | None = None
+        self.stop_reason: str | None = None
+        self.stop_sequence: str | None = None
+        self.open_index: int | None = None  # the content block now open
+        self.open_is_text = False
+        self.next_index = 0
+
+    def feed(self, event: SseEvent) -> StreamEvent | None:
+        if not event.data:
+            return None
+        data = self._loads(self._upstream, event.data)
+        kind = data.get("type", event.event)
+        if kind == "content_block_delta":
+            return self._on_delta(data)
+        if kind == "message_start":
+            message = data.get("message") or {}
+            self.model = str(message.get("model", ""))
+            self.input_tokens = int((message.get("usage") or {}).get("input_tokens", 0))
+        elif kind == "content_block_start":
+            index = int(data.get("index", self.next_index))
+            self.open_index, self.next_index = index, index + 1
+            self.open_is_text = (data.get("content_block") or {}).get("type") == "text"
+            if not self.open_is_text:
+                self.has_content = self.has_other_content = True
+        elif kind == "content_block_stop":
+            self.open_index = None
+        elif kind == "message_delta":
+            self.stop_reason = (data.get("delta") or {}).get("stop_reason") or self.stop_reason
+            self.stop_sequence = (data.get("delta") or {}).get("stop_sequence")
+            self.output_tokens = int((data.get("usage") or {}).get("output_tokens", 0))
+        elif kind == "message_stop":
+            self.is_done = True
+            return self._finish()
+        elif kind == "error":
+            raise self._in_band_error(data)
+        elif kind != "ping":
+            return None  # an event type newer than this code: pass it through, ignore it here
+        return None
+
+    def _on_delta(self, data: Mapping[str, Any]) -> StreamEvent | None:
+        delta = data.get("delta") or {}
+        if delta.get("type") == "text_delta":
+            text = delta.get("text")
+            if not isinstance(text, str):
+                raise self._malformed(self._upstream, "text_delta without text")
+            return self._note_text(text)
+        self.has_content = self.has_other_content = True
+        return None
+
+    def _in_band_error(self, data: Mapping[str, Any]) -> UpstreamError:
+        error = data.get("error") or {}
+        failure = (
+            FailureClass.OVERLOADED if error.get("type") == "overloaded_error" else FailureClass.STREAM_ERROR
+        )
+        return UpstreamError(
+            failure, f"error event ({error.get('type', 'unknown')})", upstream=self._upstream
+        )
+
+    def _finish(self) -> Finish:
+        reason = _STOP_REASONS.get(self.stop_reason or "", FinishReason.END_TURN)
+        output = self.output_tokens if self.output_tokens is not None else self.num_text_events
+        return Finish(reason, Usage(self.input_tokens, output), self.model, self.stop_sequence)
+
+    def stated_finish(self) -> Finish | None:
+        return self._finish() if self.stop_reason is not None else None
+
+    def render_delta(self, text: str) -> bytes:
+        prefix = b""
+        if self.open_index is None or not self.open_is_text:
+            prefix = self._close_block()
+            self.open_index, self.open_is_text = self.next_index, True
+            self.next_index += 1
+            prefix += _event(
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": self.open_index,
+                    "content_block": {"type": "text", "text": ""},
+                },
+            )
+        delta = {"type": "text_delta", "text": text}
+        return prefix + _event(
+            "content_block_delta", {"type": "content_block_delta", "index": self.open_index, "delta": delta}
+        )
+
+    def _close_block(self) -> bytes:
+        if self.open_index is None:
+            return b""
+        index, self.open_index = self.open_index, None
+        return _event("content_block_stop", {"type": "content_block_stop", "index": index})
+
+    def render_finish(self, finish: Finish) -> bytes:
+        delivered = self.output_tokens if self.output_tokens is not None else self.num_text_events
+        stop = {"stop_reason": _STOP_NAMES[finish.reason], "stop_sequence": finish.stop_sequence}
+        usage = {"output_tokens": delivered + finish.usage.output_tokens}
+        return (
+            self._close_block()
+            + _event("message_delta", {"type": "message_delta", "delta": stop, "usage": usage})
+            + _event("message_stop", {"type": "message_stop"})
+        )
+
+    def render_error(self, error: UpstreamError | None, message: str) -> bytes:
+        overloaded = error is not None and error.failure is FailureClass.OVERLOADED
+        kind = "overloaded_error" if overloaded else "api_error"
+        return _event("error", {"type": "error", "error": {"type": kind, "message": message}})
+
+
+class AnthropicUpstream(Upstream):
+    kind = ApiFormat.ANTHROPIC_MESSAGES
+    chat_path = "/v1/messages"
+
+    def new_parser(self, client_body: Mapping[str, Any] | None) -> StreamParser:
+        return AnthropicParser(self.name)
+
+    def auth_headers(self, key: str) -> dict[str, str]:
+        return {"x-api-key": key}
+
+    def default_headers(self) -> dict[str, str]:
+        return {"anthropic-version": API_VERSION}
+
+    def classify_error_body(self, status: int, body: Mapping[str, Any]) -> FailureClass | None:
+        error = body.get("error")
+        kind = error.get("type") if isinstance(error, dict) else None
+        if status == 529 or kind == "overloaded_error":
+            return FailureClass.OVERLOADED
+        message = str(error.get("message", "")) if isinstance(error, dict) else ""
+        # Anthropic marks a too-long prompt only in the message text; this is the one place that
+        # reads it, and it turns it into a type for everyone else.
+        if status == 400 and kind == "invalid_request_error" and "prompt is too long" in message:
+            return FailureClass.CONTEXT_LENGTH
+        return None
+
+    def build_body(self, request: ChatRequest) -> dict[str, Any]:
+        s = request.sampling
+        system = "\n\n".join(m.content for m in request.messages if m.role is Role.SYSTEM)
+        messages = [
+            {"role": "assistant" if m.role is Role.ASSISTANT else "user", "content": m.content}
+            for m in request.messages
+            if m.role is not Role.SYSTEM
+        ]
+        body: dict[str, Any] = {
+            "model": self.config.upstream_model(request.model),
+            "max_tokens": s.max_tokens or DEFAULT_MAX_TOKENS,
+            "messages": messages,
+            "stream": True,
+            "temperature": min(s.temperature, 1.0),
+        }
+        if system:
+            body["system"] = system
+        if s.top_p < 1.0:
+            body["top_p"] = s.top_p
+        if s.top_k > 0:
+            body["top_k"] = s.top_k
+        if s.stop:
+            body["stop_sequences"] = list(s.stop)
+        return body

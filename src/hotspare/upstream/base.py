@@ -1,0 +1,432 @@
+"""The upstream interface: one cloud provider (or OpenAI-compatible server) behind httpx.
+
+An `Upstream` is the boundary where httpx and HTTP statuses become `UpstreamError`s with a
+`FailureClass` -- exactly once, here and in the vendor modules. Two ways to use one:
+
+* passthrough (`open_stream(call, passthrough=True)` / `complete`): the client spoke this upstream's
+  format; its body and headers go up as they are (plus the configured key) and the upstream's SSE
+  events come back byte for byte in `UpstreamStream`, parsed on the side by a `StreamParser` so the
+  router knows what text the client already has.
+* cross-format (`events(call, request)`): a `ChatRequest` becomes vendor JSON and the vendor's SSE
+  becomes core `StreamEvent`s.
+
+Secrets: keys come from the client's headers or the environment, go into request headers only, and
+are never logged, stored or put into an error message (a truncated sha256 identifies a key in memory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import httpx
+
+from hotspare.core.errors import FailureClass, UpstreamError
+from hotspare.core.types import ApiFormat, ChatRequest, Finish, StreamEvent, TextDelta
+from hotspare.router.config import UpstreamConfig
+from hotspare.upstream.sse import SseDecoder, SseEvent
+
+# Headers that describe one hop, or that httpx/uvicorn set themselves, never the message.
+_HOP_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-authorization",
+        "proxy-connection",
+        "accept-encoding",
+        "content-encoding",
+    }
+)
+_RESPONSE_DROP = _HOP_HEADERS | {"date", "server", "x-hotspare-backend"}
+_AUTH_HEADERS = frozenset({"authorization", "x-api-key", "api-key"})
+_AUTH_MEMORY_S = 900.0  # a 401 with a key that worked within this long is an auth-plane outage
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCall:
+    """One client request as it arrived: its format, raw body, headers (lower-case names) and the
+    parsed `ChatRequest`. Headers include the client's credentials: never log them."""
+
+    api_format: ApiFormat
+    body: bytes
+    headers: tuple[tuple[str, str], ...]
+    request: ChatRequest
+
+    def header(self, name: str) -> str | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class RawResponse:
+    """A complete upstream response in the client's own format, to be returned unchanged."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+
+def key_fingerprint(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def forwardable_headers(headers: httpx.Headers) -> tuple[tuple[str, str], ...]:
+    return tuple((k, v) for k, v in headers.items() if k.lower() not in _RESPONSE_DROP)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds form); None if absent or an HTTP date."""
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+class StreamParser(ABC):
+    """Reads one vendor stream event by event, remembers what reached the client, and renders the
+    rest of a taken-over stream in the same vendor format.
+
+    `feed` returns a `TextDelta` for answer text, a `Finish` at the vendor's terminator, else None;
+    it raises `UpstreamError` (STREAM_ERROR, OVERLOADED, MALFORMED) for in-band errors.
+    """
+
+    def __init__(self) -> None:
+        self.text = ""  # answer text delivered so far
+        self.num_text_events = 0
+        self.has_content = False  # any answer content (text, tool call, thinking) seen
+        self.has_other_content = False  # content that is not plain text: a takeover cannot continue it
+        self.is_done = False  # the vendor's terminator was seen
+
+    @abstractmethod
+    def feed(self, event: SseEvent) -> StreamEvent | None: ...
+
+    @abstractmethod
+    def stated_finish(self) -> Finish | None:
+        """The Finish the vendor already announced before its terminator (answer complete), if any."""
+
+    @abstractmethod
+    def render_delta(self, text: str) -> bytes: ...
+
+    @abstractmethod
+    def render_finish(self, finish: Finish) -> bytes:
+        """The terminating events; `finish.usage.output_tokens` counts only the continuation's."""
+
+    @abstractmethod
+    def render_error(self, error: UpstreamError | None, message: str) -> bytes: ...
+
+    def _note_text(self, text: str) -> TextDelta:
+        self.text += text
+        self.num_text_events += 1
+        self.has_content = True
+        return TextDelta(text)
+
+    def _malformed(self, upstream: str, what: str) -> UpstreamError:
+        return UpstreamError(FailureClass.MALFORMED, f"malformed stream event: {what}", upstream=upstream)
+
+    def _loads(self, upstream: str, data: str) -> dict[str, Any]:
+        try:
+            value = json.loads(data)
+        except ValueError:
+            raise self._malformed(upstream, "data is not JSON") from None
+        if not isinstance(value, dict):
+            raise self._malformed(upstream, "data is not a JSON object")
+        return value
+
+
+class UpstreamStream:
+    """An open streaming response whose status was 2xx. Owns the httpx response: call `aclose`.
+
+    `next_event` returns the next SSE block (raw bytes kept) with what the parser made of it, or
+    None after the terminator. Deadlines: until the first content, `first_token_s` from the start;
+    after it, `idle_s` between reads; always `total_s`. Failures raise `UpstreamError`.
+    """
+
+    def __init__(
+        self, upstream: Upstream, response: httpx.Response, parser: StreamParser, started: float
+    ) -> None:
+        self.upstream = upstream
+        self.status = response.status_code
+        self.headers = forwardable_headers(response.headers)
+        self.parser = parser
+        self.started = started
+        self.first_content_at: float | None = None
+        self._response = response
+        self._chunks = response.aiter_bytes()
+        self._decoder = SseDecoder()
+        self._pending: deque[SseEvent] = deque()
+        self._eof = False
+
+    async def next_event(self) -> tuple[SseEvent, StreamEvent | None] | None:
+        while not self._pending:
+            if self.parser.is_done:
+                return None
+            if self._eof:
+                if not self.parser.is_done:
+                    raise self.upstream.error(FailureClass.STREAM_CUT, "stream ended without its terminator")
+                return None
+            await self._read()
+        event = self._pending.popleft()
+        parsed = self.parser.feed(event)
+        if self.first_content_at is None and self.parser.has_content:
+            self.first_content_at = time.monotonic()
+        return event, parsed
+
+    async def _read(self) -> None:
+        timeouts = self.upstream.config.timeouts
+        now = time.monotonic()
+        total_left = self.started + timeouts.total_s - now
+        if self.first_content_at is None:
+            wait, failure = self.started + timeouts.first_token_s - now, FailureClass.FIRST_TOKEN_TIMEOUT
+        else:
+            wait, failure = timeouts.idle_s, FailureClass.IDLE_TIMEOUT
+        if total_left < wait:
+            wait, failure = total_left, FailureClass.TOTAL_TIMEOUT
+        try:
+            async with asyncio.timeout(max(wait, 0.0)):
+                chunk = await anext(self._chunks)
+        except TimeoutError:
+            raise self.upstream.error(failure, f"no stream data within {wait:.1f} s") from None
+        except StopAsyncIteration:
+            self._eof = True
+            last = self._decoder.flush()
+            if last is not None:
+                self._pending.append(last)
+            return
+        except httpx.HTTPError as exc:
+            raise self.upstream.error(
+                FailureClass.STREAM_CUT, f"stream broke ({type(exc).__name__})"
+            ) from exc
+        self._pending.extend(self._decoder.feed(chunk))
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
+
+
+class Upstream(ABC):
+    """One configured provider. Safe for concurrent use; owns an `httpx.AsyncClient` (`aclose`)."""
+
+    kind: ClassVar[ApiFormat]
+    chat_path: ClassVar[str]
+
+    def __init__(self, config: UpstreamConfig, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.config = config
+        self.name = config.name
+        self._env_key = config.resolve_env_key()
+        t = config.timeouts
+        self._client = httpx.AsyncClient(
+            base_url=config.base_url,
+            timeout=httpx.Timeout(connect=t.connect_s, read=None, write=t.total_s, pool=t.connect_s),
+            limits=httpx.Limits(max_connections=1024, max_keepalive_connections=256),
+            transport=transport,
+        )
+        self._good_keys: dict[str, float] = {}  # key fingerprint -> last 2xx (monotonic)
+        self._probe_key: str | None = self._env_key  # in memory only: a key that recently worked
+
+    # --- vendor specifics -------------------------------------------------------------------------
+    @abstractmethod
+    def new_parser(self, client_body: Mapping[str, Any] | None) -> StreamParser: ...
+
+    @abstractmethod
+    def auth_headers(self, key: str) -> dict[str, str]: ...
+
+    @abstractmethod
+    def default_headers(self) -> dict[str, str]: ...
+
+    @abstractmethod
+    def build_body(self, request: ChatRequest) -> dict[str, Any]:
+        """The vendor JSON for a cross-format request (always streaming)."""
+
+    @abstractmethod
+    def classify_error_body(self, status: int, body: Mapping[str, Any]) -> FailureClass | None:
+        """A vendor-specific class for an error response (e.g. context length), or None."""
+
+    # --- shared ----------------------------------------------------------------------------------
+    def error(self, failure: FailureClass, message: str, **kwargs: Any) -> UpstreamError:
+        return UpstreamError(failure, message, upstream=self.name, **kwargs)
+
+    def client_key(self, call: ClientCall) -> str | None:
+        """The key the client sent, in either vendor's header style."""
+        key = call.header("x-api-key")
+        if key:
+            return key
+        auth = call.header("authorization") or ""
+        return auth[7:] if auth.lower().startswith("bearer ") else None
+
+    def _key_for(self, call: ClientCall) -> str | None:
+        return self._env_key if self._env_key is not None else self.client_key(call)
+
+    def _passthrough_request(self, call: ClientCall) -> tuple[bytes, dict[str, str]]:
+        headers = {k: v for k, v in call.headers if k not in _HOP_HEADERS}
+        if self._env_key is not None:
+            headers = {k: v for k, v in headers.items() if k not in _AUTH_HEADERS}
+            headers.update(self.auth_headers(self._env_key))
+        headers["accept-encoding"] = "identity"
+        body = call.body
+        upstream_model = self.config.upstream_model(call.request.model)
+        if upstream_model != call.request.model:
+            payload = json.loads(body)
+            payload["model"] = upstream_model
+            body = json.dumps(payload).encode()
+        return body, headers
+
+    def _cross_request(self, call: ClientCall, request: ChatRequest) -> tuple[bytes, dict[str, str]]:
+        headers = {
+            **self.default_headers(),
+            "content-type": "application/json",
+            "accept-encoding": "identity",
+        }
+        key = self._key_for(call)
+        if key is not None:
+            headers.update(self.auth_headers(key))
+        return json.dumps(self.build_body(request)).encode(), headers
+
+    async def _send(
+        self, body: bytes, headers: dict[str, str], key: str | None, headers_deadline_s: float
+    ) -> httpx.Response:
+        request = self._client.build_request("POST", self.chat_path, content=body, headers=headers)
+        try:
+            async with asyncio.timeout(headers_deadline_s):
+                response = await self._client.send(request, stream=True)
+        except TimeoutError:
+            raise self.error(FailureClass.HEADERS_TIMEOUT, "no response headers in time") from None
+        except (httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise self.error(FailureClass.CONNECT_TIMEOUT, "connect timed out") from exc
+        except httpx.HTTPError as exc:  # refused, reset, DNS, protocol error before the headers
+            raise self.error(FailureClass.CONNECT_ERROR, f"connection failed ({type(exc).__name__})") from exc
+        if response.status_code >= 400:
+            raise await self._status_error(response, key)
+        if key is not None:
+            fingerprint = key_fingerprint(key)
+            self._good_keys[fingerprint] = time.monotonic()
+            self._probe_key = key
+        return response
+
+    async def _status_error(self, response: httpx.Response, key: str | None) -> UpstreamError:
+        status = response.status_code
+        try:
+            async with asyncio.timeout(self.config.timeouts.idle_s):
+                body = await response.aread()
+        except (TimeoutError, httpx.HTTPError):
+            body = b""
+        finally:
+            await response.aclose()
+        content_type = response.headers.get("content-type", "application/json")
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        failure = self._classify_status(status, body, key)
+        return self.error(
+            failure,
+            f"HTTP {status}",
+            status=status,
+            retry_after_s=retry_after,
+            body=body,
+            content_type=content_type,
+        )
+
+    def _classify_status(self, status: int, body: bytes, key: str | None) -> FailureClass:
+        try:
+            payload = json.loads(body) if body else {}
+        except ValueError:
+            payload = {}
+        vendor = self.classify_error_body(status, payload if isinstance(payload, dict) else {})
+        if vendor is not None:
+            return vendor
+        if status == 429:
+            return FailureClass.RATE_LIMITED
+        if status >= 500:
+            return FailureClass.SERVER_ERROR
+        if status in (401, 403) and key is not None:
+            last_ok = self._good_keys.get(key_fingerprint(key))
+            if last_ok is not None and time.monotonic() - last_ok < _AUTH_MEMORY_S:
+                return FailureClass.AUTH_OUTAGE
+        if status in (408, 409):  # request timeout / conflict: transient on the provider's side
+            return FailureClass.SERVER_ERROR
+        return FailureClass.CLIENT_FAULT
+
+    async def open_stream(self, call: ClientCall, *, passthrough: bool) -> UpstreamStream:
+        """Send a streaming request; return once 2xx headers arrived. Raises `UpstreamError`."""
+        started = time.monotonic()
+        if passthrough:
+            body, headers = self._passthrough_request(call)
+            parser = self.new_parser(_json_object(call.body))
+        else:
+            body, headers = self._cross_request(call, call.request)
+            parser = self.new_parser(None)
+        t = self.config.timeouts
+        response = await self._send(body, headers, self._key_for(call), min(t.first_token_s, t.total_s))
+        return UpstreamStream(self, response, parser, started)
+
+    async def complete(self, call: ClientCall) -> RawResponse:
+        """A non-streaming passthrough: the whole response, checked to be JSON. Raises `UpstreamError`."""
+        body, headers = self._passthrough_request(call)
+        total_s = self.config.timeouts.total_s
+        started = time.monotonic()
+        response = await self._send(body, headers, self._key_for(call), total_s)
+        try:
+            async with asyncio.timeout(max(0.0, started + total_s - time.monotonic())):
+                content = await response.aread()
+        except TimeoutError:
+            raise self.error(FailureClass.TOTAL_TIMEOUT, "response body not complete in time") from None
+        except httpx.HTTPError as exc:
+            raise self.error(FailureClass.STREAM_CUT, f"response broke ({type(exc).__name__})") from exc
+        finally:
+            await response.aclose()
+        if _json_object(content) is None:
+            raise self.error(FailureClass.MALFORMED, "response body is not a JSON object")
+        return RawResponse(response.status_code, forwardable_headers(response.headers), content)
+
+    async def events(self, call: ClientCall, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+        """Cross-format: `request` (which may differ from `call.request`, e.g. a continuation) as
+        core events: TextDeltas, then one Finish. Raises `UpstreamError`."""
+        stream = await self.open_stream(
+            ClientCall(call.api_format, call.body, call.headers, request), passthrough=False
+        )
+        try:
+            while (item := await stream.next_event()) is not None:
+                if item[1] is not None:
+                    yield item[1]
+        finally:
+            await stream.aclose()
+
+    async def probe(self) -> bool:
+        """A request that spends no tokens (GET /v1/models). True when the provider looks healthy:
+        200 with a known-good key, or any non-5xx/429 answer when no key is known yet."""
+        headers = self.default_headers()
+        if self._probe_key is not None:
+            headers.update(self.auth_headers(self._probe_key))
+        t = self.config.timeouts
+        try:
+            async with asyncio.timeout(t.connect_s + min(t.first_token_s, 5.0)):
+                response = await self._client.get("/v1/models", headers=headers)
+        except (TimeoutError, httpx.HTTPError):
+            return False
+        if self._probe_key is not None:
+            return response.status_code == 200
+        return response.status_code < 500 and response.status_code != 429
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None

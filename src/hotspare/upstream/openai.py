@@ -1,0 +1,161 @@
+"""OpenAI Chat Completions upstream (any OpenAI-compatible server): request JSON, SSE chunks, errors,
+stream continuation."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from hotspare.core.errors import FailureClass, UpstreamError
+from hotspare.core.types import ApiFormat, ChatRequest, Finish, FinishReason, StreamEvent, Usage
+from hotspare.upstream.base import StreamParser, Upstream
+from hotspare.upstream.sse import SseEvent
+
+_FINISH_REASONS = {
+    "stop": FinishReason.END_TURN,
+    "length": FinishReason.LENGTH,
+    "tool_calls": FinishReason.TOOL_CALLS,
+    "function_call": FinishReason.TOOL_CALLS,
+}
+_FINISH_NAMES = {
+    FinishReason.END_TURN: "stop",
+    FinishReason.STOP_SEQUENCE: "stop",
+    FinishReason.LENGTH: "length",
+    FinishReason.TOOL_CALLS: "tool_calls",
+}
+
+
+def _data(payload: Mapping[str, Any] | str) -> bytes:
+    text = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+    return f"data: {text}\n\n".encode()
+
+
+class OpenAIParser(StreamParser):
+    def __init__(self, upstream: str, include_usage: bool) -> None:
+        super().__init__()
+        self._upstream = upstream
+        self.include_usage = include_usage  # whether the client asked for the usage chunk
+        self.id = ""
+        self.created = 0
+        self.model = ""
+        self.finish_reason: str | None = None
+        self.usage: Usage | None = None
+
+    def feed(self, event: SseEvent) -> StreamEvent | None:
+        if not event.data:
+            return None
+        if event.data.strip() == "[DONE]":
+            self.is_done = True
+            return self._finish()
+        data = self._loads(self._upstream, event.data)
+        if data.get("error"):
+            raise UpstreamError(FailureClass.STREAM_ERROR, "error in stream", upstream=self._upstream)
+        self.id = str(data.get("id", self.id))
+        self.created = int(data.get("created", self.created) or 0)
+        self.model = str(data.get("model", self.model))
+        usage = data.get("usage")
+        if isinstance(usage, dict):
+            self.usage = Usage(int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)))
+        choices = data.get("choices")
+        if not isinstance(choices, list):
+            raise self._malformed(self._upstream, "chunk without choices")
+        for choice in choices:
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            self.finish_reason = choice.get("finish_reason") or self.finish_reason
+            delta = choice.get("delta") or {}
+            if delta.get("tool_calls") or delta.get("function_call"):
+                self.has_content = self.has_other_content = True
+            text = delta.get("content")
+            if isinstance(text, str) and text:
+                return self._note_text(text)
+        return None
+
+    def _finish(self) -> Finish:
+        reason = _FINISH_REASONS.get(self.finish_reason or "", FinishReason.END_TURN)
+        usage = self.usage or Usage(0, self.num_text_events)
+        return Finish(reason, usage, self.model)
+
+    def stated_finish(self) -> Finish | None:
+        return self._finish() if self.finish_reason is not None else None
+
+    def _chunk(self, model: str, choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        return _data(
+            {
+                "id": self.id,
+                "object": "chat.completion.chunk",
+                "created": self.created,
+                "model": model,
+                "choices": choices,
+                **extra,
+            }
+        )
+
+    def render_delta(self, text: str) -> bytes:
+        return self._chunk(self.model, [{"index": 0, "delta": {"content": text}, "finish_reason": None}])
+
+    def render_finish(self, finish: Finish) -> bytes:
+        out = b""
+        if self.finish_reason is None:
+            choice = {"index": 0, "delta": {}, "finish_reason": _FINISH_NAMES[finish.reason]}
+            out += self._chunk(finish.model, [choice])
+        if self.include_usage:
+            prompt = self.usage.input_tokens if self.usage else finish.usage.input_tokens
+            completion = self.num_text_events + finish.usage.output_tokens
+            usage = {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+            }
+            out += self._chunk(finish.model, [], usage=usage)
+        return out + _data("[DONE]")
+
+    def render_error(self, error: UpstreamError | None, message: str) -> bytes:
+        # The openai SDK raises APIError on a chunk carrying "error"; no [DONE] follows.
+        return _data({"error": {"message": message, "type": "server_error", "param": None, "code": None}})
+
+
+class OpenAIUpstream(Upstream):
+    kind = ApiFormat.OPENAI_CHAT
+    chat_path = "/v1/chat/completions"
+
+    def new_parser(self, client_body: Mapping[str, Any] | None) -> StreamParser:
+        options = (client_body or {}).get("stream_options") or {}
+        return OpenAIParser(self.name, include_usage=bool(options.get("include_usage")))
+
+    def auth_headers(self, key: str) -> dict[str, str]:
+        return {"authorization": f"Bearer {key}"}
+
+    def default_headers(self) -> dict[str, str]:
+        return {}
+
+    def classify_error_body(self, status: int, body: Mapping[str, Any]) -> FailureClass | None:
+        error = body.get("error")
+        code = error.get("code") if isinstance(error, dict) else None
+        if status == 400 and code == "context_length_exceeded":
+            return FailureClass.CONTEXT_LENGTH
+        return None
+
+    def build_body(self, request: ChatRequest) -> dict[str, Any]:
+        s = request.sampling
+        body: dict[str, Any] = {
+            "model": self.config.upstream_model(request.model),
+            "messages": [{"role": str(m.role), "content": m.content} for m in request.messages],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "temperature": s.temperature,
+        }
+        if s.max_tokens is not None:
+            body["max_tokens"] = s.max_tokens
+        if s.top_p < 1.0:
+            body["top_p"] = s.top_p
+        if s.stop:
+            body["stop"] = list(s.stop)
+        if s.seed is not None:
+            body["seed"] = s.seed
+        if s.frequency_penalty:
+            body["frequency_penalty"] = s.frequency_penalty
+        if s.presence_penalty:
+            body["presence_penalty"] = s.presence_penalty
+        return body
