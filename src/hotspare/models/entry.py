@@ -8,7 +8,7 @@ Sources (`source.kind`):
                without importing the package; several files are chunks, concatenated in order
                (hotspare assembles them once into its store, see models/home.py).
   huggingface  one file of a Hugging Face repo at a pinned revision, in the huggingface-hub cache.
-               For backend "vllm" the file is the weights and `include` names the companion files
+               For backend "vllm" the file is the weights and `companions` names the other files
                (config, tokenizer) fetched with it; the model directory is the file's parent.
   local        a file on this machine; a relative path is relative to the catalogue file.
 """
@@ -62,7 +62,9 @@ class HuggingFaceSource(_Strict):
     repo: str = Field(pattern=r"^[\w.-]+/[\w.-]+$", description="owner/name")
     file: str = Field(min_length=1, description="the weights file inside the repo")
     revision: str = Field(min_length=1, description="a commit hash pins it; a branch name does not")
-    include: tuple[str, ...] = Field(default=(), description="glob patterns of companion files")
+    companions: tuple[str, ...] = Field(
+        default=(), description="other files of the repo fetched beside it (config, tokenizer), not hashed"
+    )
 
     @property
     def is_pinned(self) -> bool:

