@@ -46,11 +46,13 @@ class Catalog:
 
     def get(self, name: str) -> ModelEntry:
         """The entry called `name`; raises NotFound listing the known names."""
-        for entry in self.entries:
-            if entry.name == name:
-                return entry
+        if (entry := self.get_or_none(name)) is not None:
+            return entry
         known = ", ".join(e.name for e in self.entries)
         raise NotFound(f"no model named {name!r} in the catalogue ({self.path}); known models: {known}")
+
+    def get_or_none(self, name: str) -> ModelEntry | None:
+        return next((e for e in self.entries if e.name == name), None)
 
     @property
     def names(self) -> tuple[str, ...]:
