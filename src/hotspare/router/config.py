@@ -33,10 +33,14 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 from enum import StrEnum
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_ENV_REF = re.compile(r"env:[A-Za-z_][A-Za-z0-9_]*")
 
 
 class Mode(StrEnum):
@@ -76,7 +80,7 @@ class BreakerConfig(_Strict):
 
 
 class UpstreamConfig(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=64)
+    name: str
     kind: Literal["anthropic", "openai"]
     base_url: str
     api_key: str = Field(default="forward", description='"forward" or "env:VAR"')
@@ -88,6 +92,20 @@ class UpstreamConfig(_Strict):
     timeouts: TimeoutsConfig = TimeoutsConfig()
     breaker: BreakerConfig = BreakerConfig()
 
+    @field_validator("name", mode="before")
+    @classmethod
+    def _check_name(cls, value: object) -> object:
+        if not isinstance(value, str) or not _NAME.fullmatch(value):
+            raise ValueError(f"name must be 1-64 letters, digits, '.', '_' or '-', got {value!r}")
+        return value
+
+    @field_validator("kind", mode="before")
+    @classmethod
+    def _check_kind(cls, value: object) -> object:
+        if value not in ("anthropic", "openai"):
+            raise ValueError(f'kind must be "anthropic" or "openai", got {value!r}')
+        return value
+
     @field_validator("base_url")
     @classmethod
     def _check_url(cls, value: str) -> str:
@@ -95,15 +113,20 @@ class UpstreamConfig(_Strict):
             raise ValueError(f"base_url must start with http:// or https://, got {value!r}")
         return value.rstrip("/")
 
-    @field_validator("api_key")
+    @model_validator(mode="before")
     @classmethod
-    def _check_key(cls, value: str) -> str:
-        # The value is a reference, never a key: say what is wrong without echoing a pasted key.
-        if value == "forward":
-            return value
-        if value.startswith("env:") and value[4:].replace("_", "").isalnum():
-            return value
-        raise ValueError('api_key must be "forward" or "env:VARIABLE_NAME" (a literal key is not accepted)')
+    def _check_key(cls, data: object) -> object:
+        # A wrong api_key may be a pasted key. pydantic quotes the input of a failing validator, so
+        # the value is blanked in place before raising: the error names the field, never the key.
+        if isinstance(data, dict) and "api_key" in data:
+            value = data["api_key"]
+            is_ref = isinstance(value, str) and (value == "forward" or bool(_ENV_REF.fullmatch(value)))
+            if not is_ref:
+                data["api_key"] = "<hidden>"
+                raise ValueError(
+                    'api_key must be "forward" or "env:VARIABLE_NAME" (a literal key is not accepted)'
+                )
+        return data
 
     def serves(self, model: str) -> bool:
         return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)

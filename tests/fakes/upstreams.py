@@ -1,0 +1,529 @@
+"""Fault-injecting fake providers: real HTTP/1.1 servers on 127.0.0.1 speaking the Anthropic Messages
+and OpenAI Chat Completions wire formats, misbehaving on command.
+
+Raw asyncio sockets (not a framework) so a test can cut a connection mid-chunk, stall, or hang before
+the headers. Each server runs its own event loop in a thread; use it as a context manager so it is
+always stopped. `script(...)` queues one `Behavior` per chat request (then `default` applies); every
+request is recorded as an `Attempt` (credentials replaced by a sha256 of the key).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Kind = Literal["anthropic", "openai"]
+
+DEFAULT_DELTAS = ("Hello", " from", " the", " fake", " upstream", ".")
+
+_ANTHROPIC_ERRORS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    503: "api_error",
+    529: "overloaded_error",
+}
+_OPENAI_ERRORS = {
+    400: ("invalid_request_error", None),
+    401: ("invalid_request_error", "invalid_api_key"),
+    403: ("invalid_request_error", "unsupported_country_region_territory"),
+    404: ("invalid_request_error", "model_not_found"),
+    429: ("requests", "rate_limit_exceeded"),
+    500: ("server_error", None),
+    502: ("server_error", None),
+    503: ("server_error", None),
+}
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    529: "Site Overloaded",
+}
+
+
+@dataclass(frozen=True)
+class Behavior:
+    """How to answer one chat request. Counts (`*_after`) are numbers of text deltas sent first."""
+
+    status: int = 200
+    error_code: str | None = None  # OpenAI `code` / overrides the Anthropic error `type`
+    error_message: str = "fake upstream error"
+    retry_after: str | None = None
+    deltas: tuple[str, ...] = DEFAULT_DELTAS
+    cut_after: int | None = None  # drop the connection mid-answer
+    stall_after: int | None = None  # stop sending, keep the connection open
+    error_after: int | None = None  # an in-band SSE error event
+    malformed_after: int | None = None  # an SSE event whose data is not JSON
+    omit_terminator: bool = False  # end cleanly without message_stop / [DONE]
+    hang: bool = False  # read the request, never answer
+    reset: bool = False  # read the request, close without answering
+    headers_delay_s: float = 0.0
+    first_delay_s: float = 0.0  # after the headers, before the first delta
+    delta_interval_s: float = 0.0
+    model: str | None = None  # reported model; default: the requested one
+
+
+@dataclass(frozen=True)
+class Attempt:
+    at: float  # time.monotonic() when the request was read
+    method: str
+    path: str
+    headers: dict[str, str]  # lower-case names; credentials replaced by "sha256:<hex>"
+    body: dict[str, Any] | None
+
+    @property
+    def is_probe(self) -> bool:
+        return self.method == "GET" or self.path.endswith("/count_tokens")
+
+
+def key_hash(key: str) -> str:
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+class FakeUpstream:
+    def __init__(self, kind: Kind) -> None:
+        self.kind = kind
+        self.default = Behavior()
+        self.probe_status = 200
+        self._script: deque[Behavior] = deque()
+        self._attempts: list[Attempt] = []
+        self._cond = threading.Condition()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name=f"fake-{kind}", daemon=True)
+        self._server: asyncio.Server | None = None
+        self._release: asyncio.Event | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.port = 0
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+    def __enter__(self) -> FakeUpstream:
+        self._thread.start()
+        self._call(self._listen())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._call(self._shutdown())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def refuse(self) -> None:
+        """Stop listening (new connections are refused) and drop open ones."""
+        self._call(self._close_listener())
+
+    def accept(self) -> None:
+        """Listen again on the same port."""
+        self._call(self._listen())
+
+    # --- scripting and records ------------------------------------------------------------------
+    def script(self, *behaviors: Behavior) -> None:
+        with self._cond:
+            self._script.extend(behaviors)
+
+    def attempts(self, *, probes: bool = False) -> list[Attempt]:
+        with self._cond:
+            return [a for a in self._attempts if a.is_probe == probes]
+
+    def clear(self) -> None:
+        with self._cond:
+            self._attempts.clear()
+            self._script.clear()
+
+    def wait_for(self, num: int, *, probes: bool = False, timeout_s: float = 30.0) -> list[Attempt]:
+        """Block until at least `num` chat requests (or probes) were seen; returns them."""
+        with self._cond:
+            ok = self._cond.wait_for(
+                lambda: sum(1 for a in self._attempts if a.is_probe == probes) >= num, timeout_s
+            )
+            seen = [a for a in self._attempts if a.is_probe == probes]
+        if not ok:
+            raise TimeoutError(f"saw {len(seen)} {'probes' if probes else 'attempts'}, wanted {num}")
+        return seen
+
+    # --- server internals (run on the fake's loop) ---------------------------------------------------
+    def _call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=10)
+
+    async def _listen(self) -> None:
+        self._release = self._release or asyncio.Event()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.port))
+        self._server = await asyncio.start_server(self._serve, sock=sock, backlog=1024)
+        self.port = sock.getsockname()[1]
+
+    async def _close_listener(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for writer in list(self._writers):
+            writer.transport.abort()
+
+    async def _shutdown(self) -> None:
+        if self._release is not None:
+            self._release.set()
+        await self._close_listener()
+
+    def _record(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Behavior | None:
+        clean = dict(headers)
+        for name in ("authorization", "x-api-key"):
+            if name in clean:
+                value = clean[name]
+                clean[name] = key_hash(value[7:] if value.lower().startswith("bearer ") else value)
+        try:
+            parsed = json.loads(body) if body else None
+        except ValueError:
+            parsed = None
+        attempt = Attempt(time.monotonic(), method, path, clean, parsed if isinstance(parsed, dict) else None)
+        with self._cond:
+            self._attempts.append(attempt)
+            behavior = None
+            if not attempt.is_probe:
+                behavior = self._script.popleft() if self._script else self.default
+            self._cond.notify_all()
+        return behavior
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+                    return
+                lines = head.decode("latin-1").split("\r\n")
+                method, path, _ = lines[0].split(" ", 2)
+                headers = {
+                    k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)
+                }
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+                behavior = self._record(method, path, headers, body)
+                if not await self._respond(writer, method, path, body, behavior):
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return
+        finally:
+            self._writers.discard(writer)
+            writer.transport.abort()
+
+    async def _respond(
+        self, writer: asyncio.StreamWriter, method: str, path: str, body: bytes, b: Behavior | None
+    ) -> bool:
+        """Answer one request; False when the connection must end."""
+        if b is None:
+            return await self._respond_probe(writer, path, body)
+        request = json.loads(body or b"{}")
+        if b.hang or b.headers_delay_s:
+            assert self._release is not None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._release.wait(), None if b.hang else b.headers_delay_s)
+            if b.hang:
+                return False
+        if b.reset:
+            return False
+        if b.status >= 400:
+            extra = {"retry-after": b.retry_after} if b.retry_after is not None else {}
+            await self._send_json(writer, b.status, self._error_body(b), extra)
+            return True
+        model = b.model or str(request.get("model", "fake-model"))
+        if not request.get("stream"):
+            return await self._respond_json(writer, b, request, model)
+        return await self._respond_stream(writer, b, request, model)
+
+    async def _respond_probe(self, writer: asyncio.StreamWriter, path: str, body: bytes) -> bool:
+        if self.probe_status != 200:
+            await self._send_json(
+                writer, self.probe_status, self._error_body(Behavior(status=self.probe_status))
+            )
+        elif path.endswith("/count_tokens"):
+            await self._send_json(writer, 200, {"input_tokens": 10})
+        else:
+            data = [
+                {"id": "fake-model", "type": "model", "object": "model", "created_at": "2025-01-01T00:00:00Z"}
+            ]
+            await self._send_json(writer, 200, {"data": data, "has_more": False, "object": "list"})
+        return True
+
+    def _error_body(self, b: Behavior) -> dict[str, Any]:
+        if self.kind == "anthropic":
+            kind = b.error_code or _ANTHROPIC_ERRORS.get(b.status, "api_error")
+            return {
+                "type": "error",
+                "error": {"type": kind, "message": b.error_message},
+                "request_id": "req_fake",
+            }
+        kind, code = _OPENAI_ERRORS.get(b.status, ("server_error", None))
+        return {
+            "error": {"message": b.error_message, "type": kind, "param": None, "code": b.error_code or code}
+        }
+
+    async def _send_json(
+        self, writer: asyncio.StreamWriter, status: int, payload: Any, extra: dict[str, str] | None = None
+    ) -> None:
+        data = json.dumps(payload).encode()
+        headers = {
+            "content-type": "application/json",
+            "content-length": str(len(data)),
+            "request-id": "req_fake",
+            **(extra or {}),
+        }
+        writer.write(_status_line(status, headers) + data)
+        await writer.drain()
+
+    async def _respond_json(
+        self, writer: asyncio.StreamWriter, b: Behavior, request: dict[str, Any], model: str
+    ) -> bool:
+        text = "".join(b.deltas)
+        if self.kind == "anthropic":
+            payload: dict[str, Any] = {
+                "id": "msg_fake01",
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": [{"type": "text", "text": text}],
+                "stop_reason": "end_turn",
+                "stop_sequence": None,
+                "usage": {"input_tokens": 10, "output_tokens": len(b.deltas)},
+            }
+        else:
+            payload = {
+                "id": "chatcmpl-fake01",
+                "object": "chat.completion",
+                "created": 1700000000,
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text, "refusal": None},
+                        "logprobs": None,
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": 10,
+                    "completion_tokens": len(b.deltas),
+                    "total_tokens": 10 + len(b.deltas),
+                },
+            }
+        data = json.dumps(payload).encode()
+        if b.cut_after is not None:  # headers promise the whole body; half of it arrives
+            writer.write(
+                _status_line(200, {"content-type": "application/json", "content-length": str(len(data))})
+                + data[: len(data) // 2]
+            )
+            await writer.drain()
+            return False
+        await self._send_json(writer, 200, payload)
+        return True
+
+    async def _respond_stream(
+        self, writer: asyncio.StreamWriter, b: Behavior, request: dict[str, Any], model: str
+    ) -> bool:
+        writer.write(
+            _status_line(
+                200,
+                {
+                    "content-type": "text/event-stream; charset=utf-8",
+                    "cache-control": "no-cache",
+                    "transfer-encoding": "chunked",
+                    "request-id": "req_fake",
+                },
+            )
+        )
+        await writer.drain()
+        events = AnthropicEvents(model, b) if self.kind == "anthropic" else OpenAIEvents(model, b, request)
+        for step in events.steps():
+            if isinstance(step, float):
+                if step:
+                    await asyncio.sleep(step)
+                continue
+            if step is _CUT:
+                return False
+            if step is _STALL:
+                assert self._release is not None
+                await self._release.wait()
+                return False
+            writer.write(_chunk(step))
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        return True
+
+
+_CUT = b"<cut>"
+_STALL = b"<stall>"
+
+
+def _status_line(status: int, headers: dict[str, str]) -> bytes:
+    lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}"] + [
+        f"{k}: {v}" for k, v in headers.items()
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def _chunk(data: bytes) -> bytes:
+    return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+
+def _event(name: str, payload: dict[str, Any]) -> bytes:
+    return f"event: {name}\ndata: {json.dumps(payload)}\n\n".encode()
+
+
+@dataclass
+class _Events:
+    model: str
+    b: Behavior
+    request: dict[str, Any] = field(default_factory=dict)
+
+    def steps(self) -> Iterator[bytes | float]:
+        """Wire events and pauses (floats, seconds); `_CUT` / `_STALL` end the answer abnormally."""
+        yield from self.start()
+        for i, text in enumerate(self.b.deltas):
+            fault = self.fault_before(i)
+            if fault is not None:
+                yield fault
+                return
+            yield self.b.first_delay_s if i == 0 else self.b.delta_interval_s
+            yield self.delta(text)
+        if self.b.omit_terminator:
+            return
+        yield from self.end()
+
+    def fault_before(self, i: int) -> bytes | None:
+        b = self.b
+        if b.cut_after == i:
+            return _CUT
+        if b.stall_after == i:
+            return _STALL
+        if b.error_after == i:
+            return self.error()
+        if b.malformed_after == i:
+            return b"data: {not json\n\n"
+        return None
+
+    def start(self) -> Iterator[bytes]:
+        raise NotImplementedError
+
+    def delta(self, text: str) -> bytes:
+        raise NotImplementedError
+
+    def end(self) -> Iterator[bytes]:
+        raise NotImplementedError
+
+    def error(self) -> bytes:
+        raise NotImplementedError
+
+
+class AnthropicEvents(_Events):
+    def start(self) -> Iterator[bytes]:
+        message: dict[str, Any] = {
+            "id": "msg_fake01",
+            "type": "message",
+            "role": "assistant",
+            "content": [],
+            "model": self.model,
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 10, "output_tokens": 1},
+        }
+        yield _event("message_start", {"type": "message_start", "message": message})
+        yield _event(
+            "content_block_start",
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        )
+        yield _event("ping", {"type": "ping"})
+
+    def delta(self, text: str) -> bytes:
+        return _event(
+            "content_block_delta",
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}},
+        )
+
+    def end(self) -> Iterator[bytes]:
+        yield _event("content_block_stop", {"type": "content_block_stop", "index": 0})
+        yield _event(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": len(self.b.deltas)},
+            },
+        )
+        yield _event("message_stop", {"type": "message_stop"})
+
+    def error(self) -> bytes:
+        return _event(
+            "error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+        )
+
+
+class OpenAIEvents(_Events):
+    def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        payload = {
+            "id": "chatcmpl-fake01",
+            "object": "chat.completion.chunk",
+            "created": 1700000000,
+            "model": self.model,
+            "system_fingerprint": None,
+            "choices": choices,
+            **extra,
+        }
+        return f"data: {json.dumps(payload)}\n\n".encode()
+
+    def start(self) -> Iterator[bytes]:
+        yield self._chunk(
+            [
+                {
+                    "index": 0,
+                    "delta": {"role": "assistant", "content": ""},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+            ]
+        )
+
+    def delta(self, text: str) -> bytes:
+        return self._chunk(
+            [{"index": 0, "delta": {"content": text}, "logprobs": None, "finish_reason": None}]
+        )
+
+    def end(self) -> Iterator[bytes]:
+        yield self._chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}])
+        if (self.request.get("stream_options") or {}).get("include_usage"):
+            n = len(self.b.deltas)
+            yield self._chunk([], usage={"prompt_tokens": 10, "completion_tokens": n, "total_tokens": 10 + n})
+        yield b"data: [DONE]\n\n"
+
+    def error(self) -> bytes:
+        payload = {
+            "error": {
+                "message": "The server had an error while processing your request.",
+                "type": "server_error",
+                "param": None,
+                "code": None,
+            }
+        }
+        return f"data: {json.dumps(payload)}\n\n".encode()
