@@ -107,7 +107,7 @@ class FakeUpstream:
         self._script: deque[Behavior] = deque()
         self._attempts: list[Attempt] = []
         self._cond = threading.Condition()
-        self._loop = asyncio.new_event_loop()
+        self._loop = asyncio.new_event_loop()  # closed on __exit__
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"fake-{kind}", daemon=True)
         self._server: asyncio.Server | None = None
         self._release: asyncio.Event | None = None
@@ -135,8 +135,9 @@ class FakeUpstream:
         self._call(self._close_listener())
 
     def accept(self) -> None:
-        """Listen again on the same port."""
-        self._call(self._listen())
+        """Listen again on the same port (no-op if listening)."""
+        if self._server is None:
+            self._call(self._listen())
 
     # --- scripting and records ------------------------------------------------------------------
     def script(self, *behaviors: Behavior) -> None:
@@ -406,7 +407,7 @@ class _Events:
             if fault is not None:
                 yield fault
                 return
-            yield self.b.first_delay_s if i == 0 else self.b.delta_interval_s
+            yield float(self.b.first_delay_s if i == 0 else self.b.delta_interval_s)
             yield self.delta(text)
         if self.b.omit_terminator:
             return

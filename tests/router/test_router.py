@@ -1,0 +1,278 @@
+"""The router in-process: real fake upstreams over HTTP, a scripted local backend."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import pytest
+
+from fakes.upstreams import Behavior, FakeUpstream
+from hotspare.core.errors import FailureClass, UpstreamError
+from hotspare.core.types import ApiFormat, Finish, Role, StreamEvent, TextDelta
+from hotspare.router.breaker import CircuitState
+from hotspare.router.config import RouterConfig
+from hotspare.router.router import EventReply, RawReply, Reply, Router, build_upstream
+from hotspare.upstream.base import ClientCall
+
+from .factories import FakeLocal, make_call, upstream_config
+
+T = TypeVar("T")
+ANTHROPIC = ApiFormat.ANTHROPIC_MESSAGES
+OPENAI = ApiFormat.OPENAI_CHAT
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def make_router(
+    fakes: list[FakeUpstream], local: FakeLocal | None, hedge: bool = False, **overrides: Any
+) -> Router:
+    breaker = {
+        "consecutive_failures": 2,
+        "open_s": 0.01,
+        "probe_interval_s": 0.01,
+        "close_after_successes": 1,
+        **overrides.pop("breaker", {}),
+    }
+    configs = [upstream_config(f, breaker=breaker, **overrides) for f in fakes]
+    config = RouterConfig.model_validate(
+        {
+            "mode": "auto" if local else "upstream-only",
+            "upstreams": [c.model_dump() for c in configs],
+            "local": {"hedge": hedge},
+        }
+    )
+    return Router(config, [build_upstream(c) for c in config.upstreams], local)
+
+
+async def collect(reply: Reply) -> bytes | list[StreamEvent]:
+    if isinstance(reply, RawReply):
+        return b"".join([chunk async for chunk in reply.body])
+    return [event async for event in reply.events]
+
+
+async def route_once(router: Router, call: ClientCall) -> tuple[Reply, bytes | list[StreamEvent]]:
+    try:
+        reply = await router.route(call)
+        return reply, await collect(reply)
+    finally:
+        await router.aclose()
+
+
+def sse_payloads(raw: bytes) -> list[Any]:
+    out = []
+    for block in raw.decode().split("\n\n"):
+        for line in block.splitlines():
+            if line.startswith("data: "):
+                data = line[6:]
+                out.append(data if data == "[DONE]" else json.loads(data))
+    return out
+
+
+def anthropic_text(raw: bytes) -> str:
+    return "".join(p["delta"]["text"] for p in sse_payloads(raw) if p["type"] == "content_block_delta")
+
+
+def test_healthy_passthrough_is_unchanged(anthropic_fake: FakeUpstream) -> None:
+    local = FakeLocal()
+    reply, body = run(route_once(make_router([anthropic_fake], local), make_call(ANTHROPIC)))
+    assert isinstance(reply, RawReply) and reply.backend == "anthropic" and reply.status == 200
+    assert isinstance(body, bytes)
+    assert anthropic_text(body) == "Hello from the fake upstream."
+    assert [p["type"] for p in sse_payloads(body)][-1] == "message_stop"
+    assert ("content-type", "text/event-stream; charset=utf-8") in reply.headers
+    assert local.started == 0
+
+
+def test_refused_connection_fails_over_to_local_before_the_first_byte(openai_fake: FakeUpstream) -> None:
+    openai_fake.refuse()
+    local = FakeLocal()
+    reply, events = run(route_once(make_router([openai_fake], local), make_call(OPENAI)))
+    assert isinstance(reply, EventReply) and reply.backend == "local"
+    assert isinstance(events, list)
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "local answer here"
+
+
+def test_one_quick_retry_on_5xx(anthropic_fake: FakeUpstream) -> None:
+    anthropic_fake.script(Behavior(status=500))
+    reply, _ = run(route_once(make_router([anthropic_fake], FakeLocal()), make_call(ANTHROPIC)))
+    assert reply.backend == "anthropic"
+    assert len(anthropic_fake.attempts()) == 2
+
+
+def test_client_fault_is_returned_unchanged_and_not_retried(openai_fake: FakeUpstream) -> None:
+    openai_fake.script(Behavior(status=400, error_message="bad temperature"))
+    local = FakeLocal()
+    reply, body = run(route_once(make_router([openai_fake], local), make_call(OPENAI)))
+    assert isinstance(reply, RawReply) and reply.status == 400
+    assert isinstance(body, bytes)
+    assert json.loads(body)["error"]["message"] == "bad temperature"
+    assert len(openai_fake.attempts()) == 1 and local.started == 0
+
+
+def test_mid_stream_cut_is_continued_by_local_in_the_same_stream(anthropic_fake: FakeUpstream) -> None:
+    anthropic_fake.script(Behavior(cut_after=2))
+    local = FakeLocal(text="continued by local")
+    reply, body = run(route_once(make_router([anthropic_fake], local), make_call(ANTHROPIC)))
+    assert isinstance(reply, RawReply) and isinstance(body, bytes)
+    assert anthropic_text(body) == "Hello fromcontinued by local"
+    payloads = sse_payloads(body)
+    assert [p["type"] for p in payloads[-3:]] == ["content_block_stop", "message_delta", "message_stop"]
+    assert payloads[-2]["usage"] == {"output_tokens": 2 + 3}
+    assert payloads[-2]["delta"]["stop_reason"] == "end_turn"
+    continuation = local.requests[0]
+    assert continuation.messages[-1].role is Role.ASSISTANT
+    assert continuation.messages[-1].content == "Hello from"
+    assert continuation.sampling.max_tokens == 16 - 2
+
+
+@pytest.mark.parametrize(
+    "behavior", [Behavior(stall_after=3), Behavior(error_after=3), Behavior(omit_terminator=True)]
+)
+def test_openai_mid_stream_failures_end_with_usage_and_done(
+    openai_fake: FakeUpstream, behavior: Behavior
+) -> None:
+    openai_fake.script(behavior)
+    local = FakeLocal(text="rest")
+    router = make_router([openai_fake], local, timeouts={"idle_s": 0.3})
+    _, body = run(route_once(router, make_call(OPENAI)))
+    assert isinstance(body, bytes)
+    payloads = sse_payloads(body)
+    assert not any("error" in p for p in payloads if isinstance(p, dict))
+    text = "".join(
+        c["delta"].get("content") or "" for p in payloads if isinstance(p, dict) for c in p["choices"]
+    )
+    num_sent = 6 if behavior.omit_terminator else 3
+    assert text == "".join(["Hello", " from", " the", " fake", " upstream", "."][:num_sent]) + "rest"
+    assert payloads[-1] == "[DONE]"
+    assert payloads[-2]["usage"]["completion_tokens"] == num_sent + 1
+    assert payloads[-3]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_when_nothing_can_continue_the_client_gets_an_error_event(anthropic_fake: FakeUpstream) -> None:
+    anthropic_fake.script(Behavior(cut_after=2))
+    local = FakeLocal()
+    local.fail = UpstreamError(FailureClass.SERVER_ERROR, "down", upstream="x")
+    _, body = run(route_once(make_router([anthropic_fake], local), make_call(ANTHROPIC)))
+    assert isinstance(body, bytes)
+    payloads = sse_payloads(body)
+    assert payloads[-1]["type"] == "error"
+    assert "message_stop" not in [p["type"] for p in payloads]
+
+
+def test_breaker_opens_skips_with_zero_attempts_then_probes_and_fails_back(
+    anthropic_fake: FakeUpstream,
+) -> None:
+    local = FakeLocal()
+
+    async def go() -> None:
+        router = make_router([anthropic_fake], local, breaker={"consecutive_failures": 2, "open_s": 0.01})
+        try:
+            anthropic_fake.refuse()
+            first = await router.route(make_call(ANTHROPIC))  # attempt + quick retry: 2 failures
+            await collect(first)
+            assert router.members[0].breaker.state is CircuitState.OPEN
+            anthropic_fake.accept()
+            anthropic_fake.clear()
+            second = await router.route(make_call(ANTHROPIC))
+            assert second.backend == "local" and anthropic_fake.attempts() == []
+            await collect(second)
+            await router.start()  # the prober
+            await asyncio.to_thread(anthropic_fake.wait_for, 1, probes=True)
+            while router.members[0].breaker.state is CircuitState.OPEN:
+                await asyncio.sleep(0.01)  # the prober runs on its own schedule
+            third = await router.route(make_call(ANTHROPIC))
+            assert third.backend == "anthropic"
+            await collect(third)
+            assert router.members[0].breaker.state is CircuitState.CLOSED
+            assert [t.new for t in router.transitions] == [
+                CircuitState.OPEN,
+                CircuitState.HALF_OPEN,
+                CircuitState.CLOSED,
+            ]
+        finally:
+            await router.aclose()
+
+    run(go())
+    assert len(anthropic_fake.attempts()) == 1
+
+
+def test_retry_after_is_honoured_when_short(openai_fake: FakeUpstream) -> None:
+    openai_fake.script(Behavior(status=429, retry_after="0.3"))
+    reply, _ = run(route_once(make_router([openai_fake], FakeLocal()), make_call(OPENAI)))
+    first, second = openai_fake.attempts()
+    assert reply.backend == "openai"
+    assert second.at - first.at >= 0.3
+
+
+def test_long_retry_after_fails_over_at_once(openai_fake: FakeUpstream) -> None:
+    openai_fake.script(Behavior(status=429, retry_after="30"))
+    started = time.monotonic()
+    reply, _ = run(route_once(make_router([openai_fake], FakeLocal()), make_call(OPENAI)))
+    assert reply.backend == "local" and len(openai_fake.attempts()) == 1
+    assert time.monotonic() - started < 5
+
+
+def test_hedge_starts_local_beside_a_slow_upstream_and_cancels_the_upstream(
+    anthropic_fake: FakeUpstream,
+) -> None:
+    anthropic_fake.script(Behavior(first_delay_s=3))
+    local = FakeLocal()
+    router = make_router([anthropic_fake], local, hedge=True, hedge_delay_s=0.2)
+    started = time.monotonic()
+    reply, _ = run(route_once(router, make_call(ANTHROPIC)))
+    assert reply.backend == "local"
+    assert time.monotonic() - started < 2
+    assert local.started == 1 and len(anthropic_fake.attempts()) == 1
+
+
+def test_hedge_keeps_the_upstream_when_it_answers_first(anthropic_fake: FakeUpstream) -> None:
+    local = FakeLocal()
+    router = make_router([anthropic_fake], local, hedge=True, hedge_delay_s=1.0)
+    reply, _ = run(route_once(router, make_call(ANTHROPIC)))
+    assert reply.backend == "anthropic" and local.started == 0
+
+
+def test_cross_format_request_is_served_by_the_other_kind(anthropic_fake: FakeUpstream) -> None:
+    reply, events = run(route_once(make_router([anthropic_fake], FakeLocal()), make_call(OPENAI)))
+    assert isinstance(reply, EventReply) and reply.backend == "anthropic"
+    assert isinstance(events, list) and isinstance(events[-1], Finish)
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "Hello from the fake upstream."
+
+
+def test_cross_format_mid_stream_cut_is_continued(openai_fake: FakeUpstream) -> None:
+    openai_fake.script(Behavior(cut_after=1))
+    local = FakeLocal(text="world")
+    _, events = run(route_once(make_router([openai_fake], local), make_call(ANTHROPIC)))
+    assert isinstance(events, list)
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "Helloworld"
+    assert isinstance(events[-1], Finish) and events[-1].usage.output_tokens == 2
+
+
+def test_second_upstream_serves_when_the_first_fails(
+    anthropic_fake: FakeUpstream, openai_fake: FakeUpstream
+) -> None:
+    anthropic_fake.default = Behavior(status=503)
+    reply, _ = run(route_once(make_router([anthropic_fake, openai_fake], FakeLocal()), make_call(ANTHROPIC)))
+    assert reply.backend == "openai"
+    assert len(anthropic_fake.attempts()) == 2
+
+
+def test_upstream_only_raises_the_last_failure(openai_fake: FakeUpstream) -> None:
+    openai_fake.default = Behavior(status=503)
+    with pytest.raises(UpstreamError) as info:
+        run(route_once(make_router([openai_fake], None), make_call(OPENAI)))
+    assert info.value.failure is FailureClass.SERVER_ERROR
+
+
+def test_non_streaming_failover_and_passthrough(openai_fake: FakeUpstream) -> None:
+    reply, body = run(route_once(make_router([openai_fake], FakeLocal()), make_call(OPENAI, stream=False)))
+    assert isinstance(body, bytes) and json.loads(body)["object"] == "chat.completion"
+    openai_fake.script(Behavior(cut_after=1), Behavior(cut_after=1))
+    reply, events = run(route_once(make_router([openai_fake], FakeLocal()), make_call(OPENAI, stream=False)))
+    assert reply.backend == "local" and isinstance(events, list)
