@@ -63,6 +63,22 @@ class ChatTemplate:
             raise InvalidRequest(f"the model's chat template failed: {exc}") from exc
         return text + prefill
 
+    def render_history(self, messages: tuple[Message, ...]) -> str:
+        """The prompt text every *later* turn of this conversation starts with: all of `messages`
+        closed as finished turns, up to where the next user message's text would begin. Used to warm
+        the KV cache with a conversation seen passing through to an upstream."""
+        sentinel = "\x00hotspare-next-turn\x00"
+        try:
+            text = self._template.render(
+                messages=[self._as_dict(m) for m in (*messages, Message(Role.USER, sentinel))],
+                add_generation_prompt=False,
+                bos_token=self._bos,
+                eos_token=self._eos,
+            )
+        except jinja2.TemplateError as exc:
+            raise InvalidRequest(f"the model's chat template failed: {exc}") from exc
+        return text[: text.index(sentinel)] if sentinel in text else ""
+
     @staticmethod
     def _as_dict(message: Message) -> dict[str, Any]:
         out: dict[str, Any] = {"role": message.role.value, "content": message.content}

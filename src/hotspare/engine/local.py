@@ -271,14 +271,16 @@ class LocalEngine:
                     self._proc.send(Cancel(rid))
 
     async def warm(self, request: ChatRequest) -> None:
-        """Compute the KV of `request`'s prompt at low priority (only when the engine is idle), so a
-        later request that continues this conversation starts from cache. Fire and forget."""
-        prompt = self.render(request)
-        proc = self._proc
-        if proc is not None:
-            rid = next(self._ids)
+        """Compute, at low priority, the KV of the conversation in `request` as its next turn will
+        see it (a trailing assistant message is the upstream's answer, closed as a finished turn), so
+        that a later turn served locally starts from cache. Fire and forget; a no-op while the engine
+        is not loaded. Runs only when the engine is idle and yields to real requests."""
+        if self._template is None or self._proc is None:
+            return
+        prompt = self._template.render_history(request.messages)
+        if prompt:
             with contextlib.suppress(OSError):
-                proc.send(Submit(rid, prompt, request.sampling, warmup=True))
+                self._proc.send(Submit(next(self._ids), prompt, request.sampling, warmup=True))
 
     async def _call(self, make: Any) -> Any:
         rid, queue = self._submit(make)

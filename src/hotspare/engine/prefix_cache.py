@@ -80,21 +80,25 @@ class PrefixCache:
 
     def match(self, tokens: Seq[int]) -> PrefixMatch:
         """The longest prefix of `tokens` whose KV some slot holds. Does not change the cache."""
-        node, pos, best_slot = self._root, 0, -1
-        while pos < len(tokens):
-            best_child, best_len = None, 0
-            for child in node.children.get(tokens[pos], ()):
-                n = _common_prefix_len(child.tokens, tokens, pos)
-                if n > best_len:
-                    best_child, best_len = child, n
-            if best_child is None:
-                break
-            pos += best_len
-            best_slot = next(iter(best_child.holders))
-            if best_len < len(best_child.tokens):
-                break
-            node = best_child
-        return PrefixMatch(num_tokens=pos, slot=best_slot)
+        return self._match_below(self._root, tokens, 0)
+
+    def _match_below(self, node: _Node, tokens: Seq[int], pos: int) -> PrefixMatch:
+        # Siblings may repeat a token run (two requests prefilled the same text at once), so every
+        # child that matches is explored; there is almost always just one.
+        best = PrefixMatch(num_tokens=pos, slot=-1)
+        if pos >= len(tokens):
+            return best
+        for child in node.children.get(tokens[pos], ()):
+            n = _common_prefix_len(child.tokens, tokens, pos)
+            if n == len(child.tokens):
+                found = self._match_below(child, tokens, pos + n)
+                if found.slot < 0:
+                    found = PrefixMatch(pos + n, next(iter(child.holders)))
+            else:
+                found = PrefixMatch(pos + n, next(iter(child.holders)))
+            if found.num_tokens > best.num_tokens:
+                best = found
+        return best
 
     def length(self, slot: int) -> int:
         return self._lengths.get(slot, 0)

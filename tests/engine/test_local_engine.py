@@ -1,0 +1,126 @@
+"""The engine process as the API side sees it: streams, cancellation, overload, crashes, warm-up."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from hotspare.core.errors import BackendUnavailable, ContextOverflow, Overloaded
+from hotspare.core.types import ChatRequest, Finish, FinishReason, Message, Role, SamplingParams, TextDelta
+from hotspare.engine.config import EngineConfig
+from hotspare.engine.local import LocalEngine
+
+
+def chat(text: str, max_tokens: int = 8, **kw: object) -> ChatRequest:
+    return ChatRequest(
+        model="any",
+        messages=(Message(Role.USER, text),),
+        sampling=SamplingParams(temperature=0, max_tokens=max_tokens, **kw),  # type: ignore[arg-type]
+    )
+
+
+async def collect(engine: LocalEngine, request: ChatRequest) -> tuple[str, Finish]:
+    text = ""
+    async for event in engine.stream(request):
+        if isinstance(event, TextDelta):
+            text += event.text
+        else:
+            return text, event
+    raise AssertionError("stream ended without Finish")
+
+
+@pytest.fixture
+async def engine(model_path: Path) -> AsyncIterator[LocalEngine]:
+    eng = LocalEngine(
+        EngineConfig(model_path=model_path, model_name="smollm2-135m-instruct", max_running=4, max_queued=2)
+    )
+    await eng.start()
+    yield eng
+    await eng.stop()
+
+
+async def test_stream_answers_with_truthful_usage(engine: LocalEngine) -> None:
+    request = chat("What is 2 + 2?", max_tokens=5)
+    text, finish = await collect(engine, request)
+    assert text
+    assert finish.reason is FinishReason.LENGTH and finish.usage.output_tokens == 5
+    assert finish.usage.input_tokens == await engine.count_tokens(request)
+    assert finish.model == "smollm2-135m-instruct"
+
+
+async def test_max_tokens_beyond_the_context_is_clamped_not_refused(engine: LocalEngine) -> None:
+    _text, finish = await collect(engine, chat("Say hi.", max_tokens=128_000, stop=("\n",)))
+    assert finish.reason in (FinishReason.END_TURN, FinishReason.STOP_SEQUENCE, FinishReason.LENGTH)
+
+
+async def test_cancelled_stream_frees_its_sequence(engine: LocalEngine) -> None:
+    stream = engine.stream(chat("Write a very long story about a lighthouse.", max_tokens=500))
+    async for event in stream:
+        assert isinstance(event, TextDelta)
+        break
+    await stream.aclose()  # type: ignore[attr-defined]
+    for _ in range(100):
+        stats = await engine.stats()
+        if stats["num_running"] == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert stats["num_running"] == 0 and stats["num_waiting"] == 0
+    assert stats["num_generated_tokens"] < 400  # it stopped long before max_tokens
+
+
+async def test_oversized_prompt_is_refused_with_the_limit(engine: LocalEngine) -> None:
+    with pytest.raises(ContextOverflow) as info:
+        await collect(engine, chat("lorem ipsum " * 6000))
+    assert info.value.max_context_tokens == engine.context_tokens == 8192
+
+
+async def test_queue_full_is_overloaded_and_nothing_hangs(engine: LocalEngine) -> None:
+    requests = [collect(engine, chat(f"Count to {i}.", max_tokens=64)) for i in range(10)]
+    results = await asyncio.wait_for(asyncio.gather(*requests, return_exceptions=True), timeout=120)
+    overloaded = [r for r in results if isinstance(r, Overloaded)]
+    answered = [r for r in results if isinstance(r, tuple)]
+    assert len(answered) + len(overloaded) == 10
+    assert overloaded and len(answered) >= 6  # 4 running + 2 queued are admitted
+
+
+async def test_engine_killed_mid_stream_fails_cleanly_and_restarts(engine: LocalEngine) -> None:
+    pid = engine.pid
+    assert pid is not None
+    stream = engine.stream(chat("Write a long poem about rain.", max_tokens=400))
+    with pytest.raises(BackendUnavailable):
+        async for _ in stream:
+            os.kill(pid, signal.SIGKILL)
+    for _ in range(300):
+        if engine.is_ready and engine.pid != pid:
+            break
+        await asyncio.sleep(0.05)
+    assert engine.num_restarts == 1
+    _text, finish = await collect(engine, chat("Hello!", max_tokens=3))
+    assert finish.usage.output_tokens == 3
+
+
+async def test_warmed_conversation_hits_the_cache_after_an_outage(engine: LocalEngine) -> None:
+    history = (
+        Message(Role.SYSTEM, "You are the support bot of a bicycle shop. " * 40),
+        Message(Role.USER, "My chain keeps slipping."),
+        Message(Role.ASSISTANT, "Check the derailleur alignment and chain wear."),
+    )
+    seen_upstream = ChatRequest(model="claude-x", messages=history, sampling=SamplingParams(max_tokens=8))
+    await engine.warm(seen_upstream)
+    for _ in range(200):
+        stats = await engine.stats()
+        if stats["num_running"] == 0 and stats["num_warmups_waiting"] == 0:
+            break
+        await asyncio.sleep(0.05)
+    next_turn = ChatRequest(
+        model="claude-x",
+        messages=(*history, Message(Role.USER, "It is a new chain.")),
+        sampling=SamplingParams(temperature=0, max_tokens=4),
+    )
+    _, finish = await collect(engine, next_turn)
+    assert finish.usage.cached_tokens > 0.9 * finish.usage.input_tokens

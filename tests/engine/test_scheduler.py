@@ -1,0 +1,184 @@
+"""Scheduler decisions with tiny factories and exact assertions; no model involved."""
+
+from __future__ import annotations
+
+import pytest
+
+from hotspare.core.errors import Overloaded
+from hotspare.core.types import FinishReason
+from hotspare.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
+from hotspare.engine.sequence import Sequence, SequenceStatus
+
+
+def sched(**overrides: int) -> Scheduler:
+    cfg = {
+        "capacity_tokens": 1000,
+        "max_slots": 8,
+        "max_running": 4,
+        "max_queued": 4,
+        "step_tokens": 16,
+        "reserve_tokens": 0,
+    }
+    cfg.update(overrides)
+    return Scheduler(SchedulerConfig(**cfg))
+
+
+def seq(rid: int, tokens: list[int], max_new: int = 4, warmup: bool = False) -> Sequence:
+    return Sequence(
+        request_id=rid,
+        tokens=list(tokens),
+        num_prompt_tokens=len(tokens),
+        max_new_tokens=max_new,
+        is_warmup=warmup,
+    )
+
+
+def fed(out: SchedulerOutput) -> list[tuple[int, int, int, bool]]:
+    return [(i.seq.request_id, i.start, i.count, i.wants_logits) for i in out.items]
+
+
+def run_step(s: Scheduler, next_token: int = 99) -> SchedulerOutput:
+    """One step as the worker does it, sampling `next_token` for every sequence that asks."""
+    out = s.schedule()
+    for q in s.update_from_output(out):
+        q.tokens.append(next_token)
+    s.cache.check()
+    return out
+
+
+def test_decode_tokens_come_first_then_prefill_chunks_within_budget() -> None:
+    s = sched(step_tokens=8)
+    s.add(seq(1, [1, 2, 3]))
+    assert fed(run_step(s)) == [(1, 0, 3, True)]
+    s.add(seq(2, list(range(10, 30))))
+    out = run_step(s)
+    assert fed(out) == [(1, 3, 1, True), (2, 0, 7, False)]
+    assert fed(run_step(s)) == [(1, 4, 1, True), (2, 7, 7, False)]
+    assert fed(run_step(s)) == [(1, 5, 1, True), (2, 14, 6, True)]
+
+
+def test_a_long_prompt_never_freezes_running_streams() -> None:
+    s = sched(step_tokens=4)
+    s.add(seq(1, [1], max_new=50))
+    run_step(s)
+    s.add(seq(2, list(range(100, 140))))
+    for _ in range(10):
+        out = run_step(s)
+        assert out.items[0].seq.request_id == 1 and out.items[0].count == 1
+
+
+def test_prefix_reuse_copies_cells_and_skips_them() -> None:
+    s = sched()
+    s.add(seq(1, [1, 2, 3, 4, 5]))
+    run_step(s)
+    s.finish(s.running[0], FinishReason.END_TURN)
+    s.add(seq(2, [1, 2, 3, 4, 5, 6, 7]))
+    out = s.schedule()
+    assert out.copies == [(0, 1, 5)]  # slot ids are handed out from 0 upwards
+    assert fed(out) == [(2, 5, 2, True)]
+    assert s.running[0].num_cached_tokens == 5
+    assert s.stats.num_cached_tokens == 5 and s.stats.num_prompt_tokens == 12
+
+
+def test_identical_prompt_keeps_one_token_to_feed() -> None:
+    s = sched()
+    s.add(seq(1, [1, 2, 3]))
+    run_step(s)
+    s.finish(s.running[0], FinishReason.END_TURN)
+    s.add(seq(2, [1, 2, 3]))
+    out = s.schedule()
+    assert out.copies == [(0, 1, 2)]
+    assert fed(out) == [(2, 2, 1, True)]
+
+
+def test_finished_request_frees_its_slot_for_reuse_and_keeps_cells_cached() -> None:
+    s = sched(max_slots=2, max_running=2)
+    s.add(seq(1, [1, 2]))
+    s.add(seq(2, [3, 4]))
+    run_step(s)
+    s.finish(s.running[0], FinishReason.LENGTH)
+    assert s.cache.idle_slots == [0]
+    s.add(seq(3, [5, 6]))
+    out = s.schedule()
+    assert out.removals == [0]  # the idle slot is evicted to make a slot id free
+    assert s.cache.num_used_tokens == 2
+
+
+def test_eviction_under_memory_pressure_is_lru_and_spares_running() -> None:
+    s = sched(capacity_tokens=10, max_running=1)
+    s.add(seq(1, [1, 2, 3, 4]))
+    run_step(s)
+    s.finish(s.running[0], FinishReason.LENGTH)
+    s.add(seq(2, [5, 6, 7, 8]))
+    run_step(s)
+    s.finish(s.running[0], FinishReason.LENGTH)
+    assert s.cache.num_used_tokens == 8
+    s.add(seq(3, [9, 9, 9, 9, 9]))
+    out = s.schedule()
+    assert out.removals == [0]  # request 1's cells, least recently used
+    assert s.cache.match([5, 6, 7, 8]).num_tokens == 4
+
+
+def test_preemption_when_cells_run_out_requeues_youngest_with_its_cache() -> None:
+    s = sched(capacity_tokens=12, max_running=2)
+    s.add(seq(1, [1, 2, 3, 4], max_new=20))
+    s.add(seq(2, [5, 6, 7, 8], max_new=20))
+    run_step(s)
+    for _ in range(2):
+        run_step(s)
+    assert s.cache.num_used_tokens == 12
+    out = run_step(s)
+    assert s.stats.num_preemptions == 1
+    assert [q.request_id for q in s.waiting] == [2]
+    assert s.waiting[0].status is SequenceStatus.WAITING
+    assert fed(out) == [(1, 6, 1, True)]
+
+
+def test_cancel_running_parks_cells_and_cancel_waiting_removes() -> None:
+    s = sched(max_running=1)
+    s.add(seq(1, [1, 2, 3]))
+    s.add(seq(2, [4, 5]))
+    run_step(s)
+    assert s.cancel(2) is not None and not s.waiting
+    assert s.cancel(1) is not None and not s.running
+    assert s.cache.idle_slots == [0]
+    assert s.cancel(42) is None
+
+
+def test_queue_limit_raises_overloaded() -> None:
+    s = sched(max_running=1, max_queued=1)
+    s.add(seq(1, [1]))
+    s.add(seq(2, [1]))
+    with pytest.raises(Overloaded):
+        s.add(seq(3, [1]))
+
+
+def test_warmups_run_only_when_idle_and_yield_to_real_requests() -> None:
+    s = sched(step_tokens=4)
+    s.add(seq(10, list(range(20, 32)), max_new=0, warmup=True))
+    assert fed(run_step(s)) == [(10, 0, 4, False)]
+    s.add(seq(1, [1, 2]))
+    out = run_step(s)
+    assert fed(out) == [(1, 0, 2, True)]
+    assert [q.request_id for q in s.warmups] == [10]
+    s.finish(s.running[0], FinishReason.END_TURN)
+    while s.has_work:
+        run_step(s)
+    assert s.cache.match(list(range(20, 32))).num_tokens == 12  # resumed from its parked 4 tokens
+
+
+def test_a_fixed_schedule_is_reproducible() -> None:
+    def trace() -> list[list[tuple[int, int, int, bool]]]:
+        s = sched(step_tokens=6, max_running=3)
+        for rid in range(5):
+            s.add(seq(rid, [rid] * (3 + rid), max_new=3))
+        steps = []
+        while s.has_work:
+            out = run_step(s)
+            steps.append(fed(out))
+            for q in list(s.running):
+                if q.num_output_tokens >= q.max_new_tokens:
+                    s.finish(q, FinishReason.LENGTH)
+        return steps
+
+    assert trace() == trace()
