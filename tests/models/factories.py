@@ -51,3 +51,27 @@ def fake_distribution(site: Path, name: str, version: str, files: dict[str, byte
     for rel, content in files.items():
         (site / rel).parent.mkdir(parents=True, exist_ok=True)
         (site / rel).write_bytes(content)
+
+
+def write_catalog(path: Path, *entries: dict[str, Any]) -> Path:
+    """Write entries as TOML (only the shapes our factories produce: scalars, lists, one sub-table)."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int):
+            return str(v)
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+        if isinstance(v, list | tuple):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + "}"
+        raise TypeError(v)
+
+    lines: list[str] = []
+    for entry in entries:
+        lines.append("[[model]]")
+        lines += [f"{k} = {value(v)}" for k, v in entry.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path

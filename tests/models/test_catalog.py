@@ -6,37 +6,13 @@ from typing import Any
 
 import pytest
 
-from hotspare.core.errors import ModelError, NotFound
+from hotspare.core.errors import ConfigError, NotFound
 from hotspare.models.catalog import DEFAULT_MODEL, load_catalog
 from hotspare.models.entry import HuggingFaceSource, LocalSource, PypiSource
 
-from .factories import entry_dict
+from .factories import entry_dict, write_catalog
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def write_catalog(path: Path, *entries: dict[str, Any]) -> Path:
-    """Write entries as TOML (only the shapes our factories produce: scalars, lists, one sub-table)."""
-
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, int):
-            return str(v)
-        if isinstance(v, str):
-            return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-        if isinstance(v, list | tuple):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        if isinstance(v, dict):
-            return "{" + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + "}"
-        raise TypeError(v)
-
-    lines: list[str] = []
-    for entry in entries:
-        lines.append("[[model]]")
-        lines += [f"{k} = {value(v)}" for k, v in entry.items()]
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def test_shipped_catalogue_has_the_embedded_default_with_its_true_hash() -> None:
@@ -166,23 +142,23 @@ def test_invalid_entry_names_entry_field_and_value(
     tmp_path: Path, overrides: dict[str, Any], expected: str
 ) -> None:
     path = write_catalog(tmp_path / "m.toml", entry_dict(name="ok"), entry_dict(**overrides))
-    with pytest.raises(ModelError, match=expected) as info:
+    with pytest.raises(ConfigError, match=expected) as info:
         load_catalog(path)
     assert str(path) in info.value.message
 
 
 def test_duplicate_names_are_refused(tmp_path: Path) -> None:
     path = write_catalog(tmp_path / "m.toml", entry_dict(), entry_dict())
-    with pytest.raises(ModelError, match="the name 'tiny' is used twice"):
+    with pytest.raises(ConfigError, match="the name 'tiny' is used twice"):
         load_catalog(path)
 
 
 def test_toml_syntax_error_and_missing_file_are_model_errors(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[[model]\nname = 1\n")
-    with pytest.raises(ModelError, match=r"cannot read the model catalogue .*bad.toml"):
+    with pytest.raises(ConfigError, match=r"cannot read the model catalogue .*bad.toml"):
         load_catalog(bad)
-    with pytest.raises(ModelError, match=r"cannot read the model catalogue .*missing.toml"):
+    with pytest.raises(ConfigError, match=r"cannot read the model catalogue .*missing.toml"):
         load_catalog(tmp_path / "missing.toml")
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from hotspare.core.errors import ModelError, NotFound
+from hotspare.core.errors import ConfigError, NotFound
 from hotspare.models.entry import LocalSource, ModelEntry
 from hotspare.models.locate import resolve_weights
 
@@ -70,7 +70,7 @@ def catalog_path() -> Path | None:
 
 
 def load_catalog(path: Path | None = None) -> Catalog:
-    """Read and validate a catalogue. Raises ModelError naming the file, the entry, the field and the
+    """Read and validate a catalogue. Raises ConfigError naming the file, the entry, the field and the
     bad value when it is not valid, and when the file cannot be read or parsed."""
     path = path if path is not None else catalog_path()
     where = str(path) if path is not None else "hotspare's packaged models.toml"
@@ -81,12 +81,12 @@ def load_catalog(path: Path | None = None) -> Catalog:
             text = path.read_text("utf-8")
         raw = tomllib.loads(text)
     except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ModelError(f"cannot read the model catalogue {where}: {exc}") from exc
+        raise ConfigError(f"cannot read the model catalogue {where}: {exc}") from exc
     try:
         parsed = _CatalogFile.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(_describe(err, raw) for err in exc.errors())
-        raise ModelError(f"invalid model catalogue {where}: {problems}") from exc
+        raise ConfigError(f"invalid model catalogue {where}: {problems}") from exc
     entries = tuple(_anchor(e, path.parent) if path is not None else e for e in parsed.model)
     _check_unique(entries, where)
     return Catalog(entries=entries, path=path)
@@ -104,7 +104,7 @@ def _check_unique(entries: tuple[ModelEntry, ...], where: str) -> None:
     seen: set[str] = set()
     for entry in entries:
         if entry.name in seen:
-            raise ModelError(f"invalid model catalogue {where}: the name {entry.name!r} is used twice")
+            raise ConfigError(f"invalid model catalogue {where}: the name {entry.name!r} is used twice")
         seen.add(entry.name)
 
 

@@ -51,8 +51,10 @@ class HashCache:
     """sha256 by (path, size, mtime_ns), persisted as JSON. Not safe for concurrent writers; the
     worst a race does is drop an entry, which costs one re-hash."""
 
-    def __init__(self, path: Path | None = None) -> None:
+    def __init__(self, path: Path | None = None, use_cached: bool = True) -> None:
+        """use_cached=False re-hashes every file (and still records the result), for `models verify`."""
         self.path = path if path is not None else hash_cache_path()
+        self.use_cached = use_cached
 
     def sha256(self, file: Path) -> str:
         """The file's sha256, from the cache when its stamp is unchanged, else hashed and recorded."""
@@ -60,7 +62,7 @@ class HashCache:
         stamp = FileStamp.of(file)
         entries = self._load()
         cached = entries.get(str(file))
-        if cached is not None and cached[:2] == [stamp.size_bytes, stamp.mtime_ns]:
+        if self.use_cached and cached is not None and cached[:2] == [stamp.size_bytes, stamp.mtime_ns]:
             return str(cached[2])
         digest = sha256_file(file)
         # The file may have changed while we hashed it; only cache a digest for a stable stamp.

