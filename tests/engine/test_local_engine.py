@@ -124,3 +124,35 @@ async def test_warmed_conversation_hits_the_cache_after_an_outage(engine: LocalE
     )
     _, finish = await collect(engine, next_turn)
     assert finish.usage.cached_tokens > 0.9 * finish.usage.input_tokens
+
+
+async def test_cached_prefixes_survive_a_restart_on_disk(model_path: Path, tmp_path: Path) -> None:
+    config = EngineConfig(model_path=model_path, model_name="m", persist_dir=tmp_path)
+    system = Message(Role.SYSTEM, "You translate legal contracts into plain English. " * 30)
+    first = LocalEngine(config)
+    await first.start()
+    await collect(
+        first,
+        ChatRequest(
+            model="m",
+            messages=(system, Message(Role.USER, "Clause 1?")),
+            sampling=SamplingParams(max_tokens=2),
+        ),
+    )
+    await first.stop()  # saves at shutdown
+    assert list(tmp_path.rglob("prefix-0.kv"))
+    second = LocalEngine(config)
+    await second.start()
+    try:
+        assert second.num_restored_tokens > 200
+        _, finish = await collect(
+            second,
+            ChatRequest(
+                model="m",
+                messages=(system, Message(Role.USER, "Clause 2?")),
+                sampling=SamplingParams(max_tokens=2),
+            ),
+        )
+        assert finish.usage.cached_tokens > 200
+    finally:
+        await second.stop()

@@ -19,6 +19,9 @@ class EngineConfig:
     step_tokens: token budget of one decode step (running tokens + chunked prefill).
     num_threads: CPU threads for llama.cpp; 0 = all physical cores.
     chat_template: a Jinja template overriding the GGUF's own; None = use the GGUF's.
+    persist_dir: where the hottest cached prefixes are saved when the engine is idle and restored at
+        start, so a restart is warm too; None = off.
+    persist_slots: how many cached prefixes to keep on disk.
     """
 
     model_path: Path
@@ -31,3 +34,5 @@ class EngineConfig:
     num_threads: int = 0
     chat_template: str | None = None
     seed: int = 0
+    persist_dir: Path | None = None
+    persist_slots: int = 4

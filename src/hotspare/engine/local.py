@@ -109,6 +109,7 @@ class LocalEngine:
         self.model_name = config.model_name
         self.context_tokens = 0
         self.load_s = 0.0
+        self.num_restored_tokens = 0
         self.num_restarts = 0
         self._load_timeout_s = load_timeout_s
         self._hang_timeout_s = hang_timeout_s
@@ -152,6 +153,7 @@ class LocalEngine:
         ready = await asyncio.to_thread(proc.wait_ready)
         self.context_tokens = ready.context_tokens
         self.load_s = ready.load_s
+        self.num_restored_tokens = ready.num_restored_tokens
         info = ready.info
         self._template = ChatTemplate(
             self.config.chat_template or info.chat_template,
@@ -162,11 +164,12 @@ class LocalEngine:
         self._proc = proc
         threading.Thread(target=self._read, args=(proc,), name="hotspare-engine-reader", daemon=True).start()
         log.info(
-            "engine ready: %s (%s), context %d tokens, loaded in %.2f s",
+            "engine ready: %s (%s), context %d tokens, loaded in %.2f s, %d cached prefix tokens restored",
             self.model_name,
             info.description,
             self.context_tokens,
             self.load_s,
+            self.num_restored_tokens,
         )
 
     async def _supervise(self) -> None:

@@ -103,6 +103,10 @@ class PrefixCache:
     def length(self, slot: int) -> int:
         return self._lengths.get(slot, 0)
 
+    def tokens(self, slot: int) -> list[int]:
+        """The tokens whose cells `slot` holds, in position order."""
+        return [t for node in self._paths.get(slot, ()) for t in node.tokens]
+
     def holds(self, slot: int) -> bool:
         return slot in self._paths
 

@@ -51,6 +51,7 @@ class Ready:
     info: ModelInfo
     context_tokens: int
     load_s: float
+    num_restored_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)

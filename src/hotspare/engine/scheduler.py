@@ -123,6 +123,20 @@ class Scheduler:
     def num_free_tokens(self) -> int:
         return self.config.capacity_tokens - self.cache.num_used_tokens
 
+    # ----- slots restored from disk -----
+
+    def take_free_slot(self) -> int | None:
+        return self._free_slots.pop() if self._free_slots else None
+
+    def return_free_slot(self, slot: int) -> None:
+        self._free_slots.append(slot)
+
+    def adopt_idle(self, slot: int, tokens: list[int]) -> None:
+        """`slot` was filled with `tokens`' cells outside a step (a restore): cache them as idle."""
+        self.cache.attach(slot, slot, 0)
+        self.cache.extend(slot, tokens)
+        self._park(slot)
+
     # ----- one step -----
 
     def schedule(self) -> SchedulerOutput:

@@ -17,6 +17,7 @@ from typing import Any
 
 from hotspare.core.errors import Overloaded
 from hotspare.core.types import FinishReason
+from hotspare.engine import persist
 from hotspare.engine.backends.llama_cpp import DecodeItem, LlamaCppModel
 from hotspare.engine.config import EngineConfig
 from hotspare.engine.protocol import (
@@ -69,6 +70,7 @@ class EngineCore:
         self.num_steps = 0
         self.num_generated_tokens = 0
         self.has_urgent_events = False
+        self.is_cache_dirty = False
 
     def submit(self, cmd: Submit) -> list[EngineEvent]:
         tokens = self.tokenize_prompt(cmd.prompt)
@@ -166,6 +168,7 @@ class EngineCore:
     def _finish(self, live: _Live, reason: FinishReason) -> Done:
         seq = live.seq
         self.scheduler.finish(seq, reason)
+        self.is_cache_dirty = True
         self._forget(seq.request_id)
         return Done(
             seq.request_id,
@@ -180,6 +183,19 @@ class EngineCore:
         live = self.live.pop(request_id, None)
         if live is not None and live.sampler is not None:
             self.model.free_sampler(live.sampler)
+
+    def persist(self) -> None:
+        """Save the hottest prefixes if persistence is on (called when idle and at shutdown)."""
+        if self.config.persist_dir is not None and self.is_cache_dirty:
+            directory = persist.cache_dir(self.config.persist_dir, self.config.model_path)
+            persist.save(self.model, self.scheduler, directory, self.config.persist_slots)
+        self.is_cache_dirty = False
+
+    def restore(self) -> int:
+        if self.config.persist_dir is None:
+            return 0
+        directory = persist.cache_dir(self.config.persist_dir, self.config.model_path)
+        return persist.restore(self.model, self.scheduler, directory, self.context_tokens)
 
     def stats(self) -> dict[str, Any]:
         s = self.scheduler
@@ -210,6 +226,7 @@ def _handle(core: EngineCore, cmd: EngineCommand, events: list[EngineEvent]) -> 
     elif isinstance(cmd, GetStats):
         events.append(Reply(cmd.request_id, core.stats()))
     elif isinstance(cmd, Shutdown):
+        core.persist()
         return False
     return True
 
@@ -228,7 +245,8 @@ def load(config: EngineConfig) -> tuple[EngineCore, Ready]:
     context = min(config.context_tokens or model.info.context_train_tokens, model.info.kv_capacity_tokens)
     core = EngineCore(model, config, context)
     _warm_up(model)
-    return core, Ready(model.info, context, time.monotonic() - started)
+    restored = core.restore()
+    return core, Ready(model.info, context, time.monotonic() - started, restored)
 
 
 def _warm_up(model: LlamaCppModel) -> None:
@@ -237,6 +255,9 @@ def _warm_up(model: LlamaCppModel) -> None:
     model.decode([DecodeItem(0, 0, tokens, True)])
     model.clear()
 
+
+PERSIST_IDLE_S = 2.0
+"""Quiet time after the last request before the prefix cache is saved to disk."""
 
 FLUSH_INTERVAL_S = 0.02
 """Deltas are sent at most this often. Each message wakes the API process, and on a machine with as
@@ -269,6 +290,10 @@ def worker_main(conn: Connection, config: EngineConfig) -> None:
     last_flush = 0.0
     while running:
         if not core.scheduler.has_work and not events:
+            # Idle: save the prefix cache once it has been quiet for a moment, then sleep.
+            if core.is_cache_dirty and config.persist_dir is not None and not conn.poll(PERSIST_IDLE_S):
+                core.persist()
+                continue
             conn.poll(None)
         while running and conn.poll(0):
             try:
