@@ -270,9 +270,63 @@ def test_upstream_only_raises_the_last_failure(openai_fake: FakeUpstream) -> Non
     assert info.value.failure is FailureClass.SERVER_ERROR
 
 
-def test_non_streaming_failover_and_passthrough(openai_fake: FakeUpstream) -> None:
-    reply, body = run(route_once(make_router([openai_fake], FakeLocal()), make_call(OPENAI, stream=False)))
-    assert isinstance(body, bytes) and json.loads(body)["object"] == "chat.completion"
-    openai_fake.script(Behavior(cut_after=1), Behavior(cut_after=1))
+def test_non_streaming_is_streamed_internally_and_assembled(
+    anthropic_fake: FakeUpstream, openai_fake: FakeUpstream
+) -> None:
+    _, body = run(route_once(make_router([openai_fake], FakeLocal()), make_call(OPENAI, stream=False)))
+    assert isinstance(body, bytes)
+    assert json.loads(body) == {
+        "id": "chatcmpl-fake01",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": "m",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "Hello from the fake upstream.", "refusal": None},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 6, "total_tokens": 16},
+    }
+    sent = openai_fake.attempts()[-1].body
+    assert sent is not None and sent["stream"] is True and sent["stream_options"] == {"include_usage": True}
+    _, body = run(route_once(make_router([anthropic_fake], FakeLocal()), make_call(ANTHROPIC, stream=False)))
+    assert isinstance(body, bytes)
+    assert json.loads(body) == {
+        "id": "msg_fake01",
+        "type": "message",
+        "role": "assistant",
+        "model": "m",
+        "content": [{"type": "text", "text": "Hello from the fake upstream."}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 10, "output_tokens": 6},
+    }
+
+
+def test_non_streaming_hang_is_caught_by_the_first_token_deadline(openai_fake: FakeUpstream) -> None:
+    openai_fake.script(Behavior(first_delay_s=5))
+    started = time.monotonic()
+    router = make_router([openai_fake], FakeLocal(), timeouts={"first_token_s": 0.3})
+    reply, events = run(route_once(router, make_call(OPENAI, stream=False)))
+    assert reply.backend == "local" and isinstance(events, list)
+    assert time.monotonic() - started < 3
+    assert len(openai_fake.attempts()) == 1
+
+
+def test_non_streaming_cut_restarts_on_the_next_backend(openai_fake: FakeUpstream) -> None:
+    openai_fake.script(Behavior(cut_after=2))
     reply, events = run(route_once(make_router([openai_fake], FakeLocal()), make_call(OPENAI, stream=False)))
     assert reply.backend == "local" and isinstance(events, list)
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "local answer here"
+
+
+def test_non_streaming_with_tools_goes_up_unchanged(anthropic_fake: FakeUpstream) -> None:
+    call = make_call(ANTHROPIC, stream=False)
+    body = json.loads(call.body) | {"tools": [{"name": "f", "input_schema": {"type": "object"}}]}
+    call = ClientCall(call.api_format, json.dumps(body).encode(), call.headers, call.request)
+    _, raw = run(route_once(make_router([anthropic_fake], FakeLocal()), call))
+    assert isinstance(raw, bytes) and json.loads(raw)["content"][0]["text"] == "Hello from the fake upstream."
+    assert anthropic_fake.attempts()[-1].body == body

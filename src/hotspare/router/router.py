@@ -31,7 +31,7 @@ from hotspare.core.errors import (
     NotFound,
     UpstreamError,
 )
-from hotspare.core.types import ChatBackend, ChatRequest, StreamEvent
+from hotspare.core.types import ChatBackend, ChatRequest, Finish, StreamEvent
 from hotspare.router.breaker import CircuitBreaker, Transition
 from hotspare.router.classify import Action, classify
 from hotspare.router.config import Mode, RouterConfig, UpstreamConfig
@@ -40,7 +40,7 @@ from hotspare.router.probe import Guarded, Prober
 from hotspare.router.race import Opened, open_upstream, prepend, race_local
 from hotspare.router.takeover import Continuer, continue_events, continue_passthrough
 from hotspare.upstream.anthropic import AnthropicUpstream
-from hotspare.upstream.base import ClientCall, Upstream
+from hotspare.upstream.base import ClientCall, Upstream, UpstreamStream
 from hotspare.upstream.openai import OpenAIUpstream
 
 log = logging.getLogger("hotspare.router")
@@ -56,8 +56,11 @@ class RawReply:
 
 @dataclass(frozen=True, slots=True)
 class EventReply:
+    """`model`: the name to announce before the Finish says which model answered."""
+
     backend: str
     events: AsyncIterator[StreamEvent]
+    model: str
 
 
 Reply = RawReply | EventReply
@@ -197,17 +200,21 @@ class Router:
         """One attempt; the breaker verdict is recorded when its answer ends (or by the caller)."""
         upstream = member.upstream
         passthrough = upstream.kind is call.api_format
+        sent = call
         if passthrough and not call.request.stream:
-            raw = await upstream.complete(call)
-            member.record(True)
-            return RawReply(raw.status, raw.headers, _single(raw.body), upstream.name)
-        opening = open_upstream(upstream, call, passthrough)
+            streaming = upstream.as_streaming(call)
+            if streaming is None:  # may hold tool calls: forwarded as is, guarded by total_s only
+                raw = await upstream.complete(call)
+                member.record(True)
+                return RawReply(raw.status, raw.headers, _single(raw.body), upstream.name)
+            sent = streaming
+        opening = open_upstream(upstream, sent, passthrough)
         if self.local is not None and self.config.local.hedge:
             delay_s = member.hedge.delay_s(member.ttft.samples())
             race = await race_local(opening, delay_s, self.local, call.request)
             if race.local_events is not None:  # the local model answered first; the upstream is cancelled
                 member.record(False if race.upstream_error is not None else None)
-                return EventReply(self.local.name, race.local_events)
+                return EventReply(self.local.name, race.local_events, self._local_model(call))
             assert race.opened is not None
             winner = race.opened
         else:
@@ -215,10 +222,36 @@ class Router:
         if winner.ttft_s is not None:
             member.ttft.add(winner.ttft_s)
         continuers = self._continuers(rest, call)
+        if winner.stream is not None and not call.request.stream:
+            return await self._buffered_reply(member, winner.stream)
         if winner.stream is not None:
             body = self._passthrough_body(member, winner, call, continuers)
             return RawReply(winner.stream.status, winner.stream.headers, body, upstream.name)
-        return EventReply(upstream.name, self._event_body(member, winner, call, continuers))
+        model = member.config.upstream_model(call.request.model)
+        return EventReply(upstream.name, self._event_body(member, winner, call, continuers), model)
+
+    async def _buffered_reply(self, member: Member, stream: UpstreamStream) -> RawReply:
+        """A non-streaming client's answer from an internal stream, as the vendor's JSON. Nothing
+        reached the client yet, so a failure is an ordinary UpstreamError (retry or fail over)."""
+        finish: Finish | None = None
+        try:
+            while (item := await stream.next_event()) is not None:
+                if isinstance(item[1], Finish):
+                    finish = item[1]
+        finally:
+            await stream.aclose()
+        if finish is None or stream.parser.has_other_content:
+            raise member.upstream.error(FailureClass.MALFORMED, "the stream held more than a text answer")
+        member.record(True)
+        headers = tuple((k, v) for k, v in stream.headers if k.lower() != "content-type")
+        body = stream.parser.render_message(stream.parser.text, finish)
+        return RawReply(
+            200, (("content-type", "application/json"), *headers), _single(body), member.upstream.name
+        )
+
+    def _local_model(self, call: ClientCall) -> str:
+        name = getattr(self.local, "model_name", None)
+        return name if isinstance(name, str) else call.request.model
 
     async def _passthrough_body(
         self, member: Member, opened: Opened, call: ClientCall, continuers: list[Continuer]
@@ -280,8 +313,12 @@ class Router:
     async def _local_reply(self, call: ClientCall) -> EventReply:
         assert self.local is not None
         events = self.local.stream(call.request)
-        first = await anext(events)
-        return EventReply(self.local.name, prepend(first, events))
+        try:
+            first = await anext(events)
+        except BaseException:
+            await events.aclose()  # type: ignore[attr-defined]
+            raise
+        return EventReply(self.local.name, prepend(first, events), self._local_model(call))
 
     def _client_fault(self, member: Member, call: ClientCall, exc: UpstreamError) -> RawReply:
         """The upstream's own error goes back unchanged when the client speaks its format."""

@@ -37,6 +37,7 @@ class AnthropicParser(StreamParser):
         super().__init__()
         self._upstream = upstream
         self.model = ""
+        self.message_id = ""
         self.input_tokens = 0
         self.output_tokens: int | None = None
         self.stop_reason: str | None = None
@@ -55,6 +56,7 @@ class AnthropicParser(StreamParser):
         if kind == "message_start":
             message = data.get("message") or {}
             self.model = str(message.get("model", ""))
+            self.message_id = str(message.get("id", ""))
             self.input_tokens = int((message.get("usage") or {}).get("input_tokens", 0))
         elif kind == "content_block_start":
             index = int(data.get("index", self.next_index))
@@ -100,6 +102,19 @@ class AnthropicParser(StreamParser):
         reason = _STOP_REASONS.get(self.stop_reason or "", FinishReason.END_TURN)
         output = self.output_tokens if self.output_tokens is not None else self.num_text_events
         return Finish(reason, Usage(self.input_tokens, output), self.model, self.stop_sequence)
+
+    def render_message(self, text: str, finish: Finish) -> bytes:
+        message = {
+            "id": self.message_id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": [{"type": "text", "text": text}],
+            "stop_reason": _STOP_NAMES[finish.reason],
+            "stop_sequence": finish.stop_sequence,
+            "usage": {"input_tokens": self.input_tokens, "output_tokens": finish.usage.output_tokens},
+        }
+        return json.dumps(message).encode()
 
     def stated_finish(self) -> Finish | None:
         return self._finish() if self.stop_reason is not None else None

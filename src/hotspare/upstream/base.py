@@ -52,7 +52,16 @@ _HOP_HEADERS = frozenset(
 )
 _RESPONSE_DROP = _HOP_HEADERS | {"date", "server", "x-hotspare-backend"}
 _AUTH_HEADERS = frozenset({"authorization", "x-api-key", "api-key"})
-_AUTH_MEMORY_S = 900.0  # a 401 with a key that worked within this long is an auth-plane outage
+_AUTH_MEMORY_S = 900.0
+_NON_TEXT_KEYS = (
+    "tools",
+    "functions",
+    "thinking",
+    "response_format",
+    "tool_choice",
+    "audio",
+    "modalities",
+)  # a 401 with a key that worked within this long is an auth-plane outage
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +125,11 @@ class StreamParser(ABC):
 
     @abstractmethod
     def feed(self, event: SseEvent) -> StreamEvent | None: ...
+
+    @abstractmethod
+    def render_message(self, text: str, finish: Finish) -> bytes:
+        """The vendor's non-streaming response body for an answer assembled from a stream;
+        `finish.usage` is the whole answer's."""
 
     @abstractmethod
     def stated_finish(self) -> Finish | None:
@@ -371,6 +385,18 @@ class Upstream(ABC):
         t = self.config.timeouts
         response = await self._send(body, headers, self._key_for(call), min(t.first_token_s, t.total_s))
         return UpstreamStream(self, response, parser, started)
+
+    def as_streaming(self, call: ClientCall) -> ClientCall | None:
+        """A non-streaming passthrough call rewritten to stream (so first-token and stall deadlines,
+        hedging and takeover apply; the JSON is assembled from the stream), or None when the answer
+        might hold more than text (tools, thinking, several choices): those go up unchanged."""
+        body = _json_object(call.body)
+        if body is None or any(body.get(k) for k in _NON_TEXT_KEYS) or (body.get("n") or 1) > 1:
+            return None
+        body["stream"] = True
+        if self.kind is ApiFormat.OPENAI_CHAT:
+            body["stream_options"] = {"include_usage": True}
+        return ClientCall(call.api_format, json.dumps(body).encode(), call.headers, call.request)
 
     async def complete(self, call: ClientCall) -> RawResponse:
         """A non-streaming passthrough: the whole response, checked to be JSON. Raises `UpstreamError`."""

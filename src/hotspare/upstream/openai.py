@@ -77,6 +77,31 @@ class OpenAIParser(StreamParser):
         usage = self.usage or Usage(0, self.num_text_events)
         return Finish(reason, usage, self.model)
 
+    def render_message(self, text: str, finish: Finish) -> bytes:
+        prompt = self.usage.input_tokens if self.usage else finish.usage.input_tokens
+        completion = finish.usage.output_tokens
+        message = {"role": "assistant", "content": text, "refusal": None}
+        body = {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "logprobs": None,
+                    "finish_reason": _FINISH_NAMES[finish.reason],
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+            },
+        }
+        return json.dumps(body).encode()
+
     def stated_finish(self) -> Finish | None:
         return self._finish() if self.finish_reason is not None else None
 
