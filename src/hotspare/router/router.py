@@ -36,6 +36,7 @@ from hotspare.router.breaker import CircuitBreaker, Transition
 from hotspare.router.classify import Action, classify
 from hotspare.router.config import Mode, RouterConfig, UpstreamConfig
 from hotspare.router.hedge import HedgePolicy, TtftTracker
+from hotspare.router.metrics import RouterMetrics
 from hotspare.router.probe import Guarded, Prober
 from hotspare.router.race import Opened, open_upstream, prepend, race_local
 from hotspare.router.takeover import Continuer, continue_events, continue_passthrough
@@ -70,15 +71,23 @@ class Member:
     """One upstream in the chain with its health state."""
 
     def __init__(
-        self, upstream: Upstream, clock: Callable[[], float], on_transition: Callable[[Transition], None]
+        self,
+        upstream: Upstream,
+        clock: Callable[[], float],
+        on_transition: Callable[[Transition], None],
+        metrics: RouterMetrics,
     ):
         self.upstream = upstream
         self.config: UpstreamConfig = upstream.config
         self.breaker = CircuitBreaker(upstream.name, self.config.breaker, clock, on_transition)
+        self.metrics = metrics
+        metrics.add_upstream(upstream.name)
         self.ttft = TtftTracker()
         self.hedge = HedgePolicy(self.config.timeouts.first_token_s, self.config.hedge_delay_s)
 
     def record(self, verdict: bool | None) -> None:
+        outcome = "cancelled" if verdict is None else "ok" if verdict else "failed"
+        self.metrics.attempt(self.upstream.name, outcome)
         if verdict is None:
             self.breaker.record_cancelled()
         elif verdict:
@@ -105,12 +114,17 @@ class Router:
         self.mode = config.effective_mode
         self.local = local if self.mode is not Mode.UPSTREAM_ONLY else None
         self.transitions: list[Transition] = []
-        self.members = [Member(u, clock, self.transitions.append) for u in upstreams]
+        self.metrics = RouterMetrics()
+        self.members = [Member(u, clock, self._on_transition, self.metrics) for u in upstreams]
         self._prober = Prober([Guarded(m.upstream, m.breaker) for m in self.members])
 
     @classmethod
     def from_config(cls, config: RouterConfig, local: ChatBackend | None) -> Router:
         return cls(config, [build_upstream(u) for u in config.upstreams], local)
+
+    def _on_transition(self, transition: Transition) -> None:
+        self.transitions.append(transition)
+        self.metrics.on_transition(transition)
 
     async def start(self) -> None:
         self._prober.start()
@@ -173,6 +187,7 @@ class Router:
         while True:
             if not member.breaker.try_acquire():
                 log.info("skip %s: circuit %s", member.upstream.name, member.breaker.state)
+                self.metrics.attempt(member.upstream.name, "skipped")
                 return None
             try:
                 return await self._attempt(member, rest, call)
@@ -214,6 +229,7 @@ class Router:
             race = await race_local(opening, delay_s, self.local, call.request)
             if race.local_events is not None:  # the local model answered first; the upstream is cancelled
                 member.record(False if race.upstream_error is not None else None)
+                self.metrics.served(self.local.name, "hedge")
                 return EventReply(self.local.name, race.local_events, self._local_model(call))
             assert race.opened is not None
             winner = race.opened
@@ -223,7 +239,9 @@ class Router:
             member.ttft.add(winner.ttft_s)
         continuers = self._continuers(rest, call)
         if winner.stream is not None and not call.request.stream:
+            self.metrics.served(upstream.name, "passthrough")
             return await self._buffered_reply(member, winner.stream)
+        self.metrics.served(upstream.name, "passthrough" if passthrough else "events")
         if winner.stream is not None:
             body = self._passthrough_body(member, winner, call, continuers)
             return RawReply(winner.stream.status, winner.stream.headers, body, upstream.name)
@@ -305,10 +323,21 @@ class Router:
     def _continuers(self, rest: Sequence[Member], call: ClientCall) -> list[Continuer]:
         out: list[Continuer] = []
         for m in rest:
-            out.append(Continuer(m.upstream.name, _member_opener(m, call), m.record))
+            out.append(
+                Continuer(m.upstream.name, self._counted(m.upstream.name, _member_opener(m, call)), m.record)
+            )
         if self.local is not None:
-            out.append(Continuer(self.local.name, self.local.stream))
+            out.append(Continuer(self.local.name, self._counted(self.local.name, self.local.stream)))
         return out
+
+    def _counted(
+        self, name: str, open_: Callable[[ChatRequest], AsyncIterator[StreamEvent]]
+    ) -> Callable[[ChatRequest], AsyncIterator[StreamEvent]]:
+        def counted(request: ChatRequest) -> AsyncIterator[StreamEvent]:
+            self.metrics.served(name, "takeover")
+            return open_(request)
+
+        return counted
 
     async def _local_reply(self, call: ClientCall) -> EventReply:
         assert self.local is not None
@@ -318,6 +347,7 @@ class Router:
         except BaseException:
             await events.aclose()  # type: ignore[attr-defined]
             raise
+        self.metrics.served(self.local.name, "events")
         return EventReply(self.local.name, prepend(first, events), self._local_model(call))
 
     def _client_fault(self, member: Member, call: ClientCall, exc: UpstreamError) -> RawReply:

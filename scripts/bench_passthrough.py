@@ -1,0 +1,218 @@
+#!/usr/bin/env python
+"""Passthrough overhead: the same fast fake upstream called directly, through `hotspare serve`, and
+through LiteLLM's proxy (if installed), in one run.
+
+    python scripts/bench_passthrough.py [--litellm /tmp/litellm-venv/bin/litellm] [--requests 400]
+
+For each target, OpenAI Chat Completions requests (streaming and not) at concurrency 1 and 64; each
+latency is request sent -> last byte read. "Added" is a target's percentile minus the direct one's.
+The fake upstream runs in its own process (tests/fakes/upstreams.py); hotspare runs with one openai
+upstream (api_key = "forward") in front of the local model, which stays idle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+FAKE_MAIN = """
+import sys, threading
+sys.path.insert(0, {tests!r})
+from fakes.upstreams import FakeUpstream
+with FakeUpstream("openai") as fake:
+    print(fake.port, flush=True)
+    sys.stdin.read()
+"""
+BODY = {"model": "bench", "max_tokens": 16, "messages": [{"role": "user", "content": "Say hello"}]}
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    p50_ms: float
+    p99_ms: float
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)  # polling another process: there is no event to await
+    raise RuntimeError(f"{url} not up within {timeout_s} s")
+
+
+def start_fake() -> tuple[subprocess.Popen[bytes], int]:
+    code = FAKE_MAIN.format(tests=str(ROOT / "tests"))
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    return proc, int(proc.stdout.readline())
+
+
+def start_hotspare(fake_port: int, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    config = workdir / "hotspare.toml"
+    config.write_text(
+        'mode = "auto"\n[[upstreams]]\nname = "fake"\nkind = "openai"\n'
+        f'base_url = "http://127.0.0.1:{fake_port}"\napi_key = "forward"\nmodels = ["*"]\n'
+    )
+    log = (workdir / "hotspare.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hotspare", "serve", "--port", str(port), "--config", str(config)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    wait_http(f"http://127.0.0.1:{port}/ready", proc, 180)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def start_litellm(binary: str, fake_port: int, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    config = workdir / "litellm.yaml"
+    config.write_text(
+        "model_list:\n  - model_name: bench\n    litellm_params:\n      model: openai/bench\n"
+        f"      api_base: http://127.0.0.1:{fake_port}/v1\n      api_key: sk-fake\n"
+        "litellm_settings:\n  drop_params: true\n  telemetry: false\n"
+    )
+    log = (workdir / "litellm.log").open("wb")
+    env = {**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False"}
+    proc = subprocess.Popen(
+        [binary, "--config", str(config), "--port", str(port), "--num_workers", "1"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    wait_http(f"http://127.0.0.1:{port}/health/liveliness", proc, 240)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+async def one(client: httpx.AsyncClient, url: str, stream: bool) -> float:
+    body = {**BODY, "stream": stream}
+    started = time.perf_counter()
+    async with client.stream("POST", url, json=body, headers={"authorization": "Bearer sk-fake"}) as response:
+        async for _ in response.aiter_raw():
+            pass
+        if response.status_code != 200:
+            raise RuntimeError(f"{url}: HTTP {response.status_code}")
+    return (time.perf_counter() - started) * 1000
+
+
+async def measure(base: str, stream: bool, concurrency: int, num_requests: int) -> Stats:
+    url = f"{base}/v1/chat/completions"
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        for _ in range(min(20, num_requests)):  # warm connections and caches
+            await one(client, url, stream)
+        latencies: list[float] = []
+        queue = iter(range(num_requests))
+
+        async def worker() -> None:
+            for _ in queue:
+                latencies.append(await one(client, url, stream))
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    ordered = sorted(latencies)
+    return Stats(statistics.median(ordered), ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))])
+
+
+async def run_all(targets: dict[str, str], num_requests: int) -> dict[tuple[str, bool, int], Stats]:
+    results: dict[tuple[str, bool, int], Stats] = {}
+    for concurrency in (1, 64):
+        for stream in (False, True):
+            n = num_requests if concurrency == 1 else num_requests * 4
+            for name, base in targets.items():
+                results[(name, stream, concurrency)] = await measure(base, stream, concurrency, n)
+    return results
+
+
+def report(results: dict[tuple[str, bool, int], Stats], names: Sequence[str]) -> None:
+    print(
+        f"{'concurrency':>11} {'mode':>10} {'target':>9} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'added p50':>10} {'added p99':>10}"
+    )
+    for concurrency in (1, 64):
+        for stream in (False, True):
+            direct = results[("direct", stream, concurrency)]
+            added: dict[str, Stats] = {}
+            for name in names:
+                s = results[(name, stream, concurrency)]
+                added[name] = Stats(s.p50_ms - direct.p50_ms, s.p99_ms - direct.p99_ms)
+                mode = "stream" if stream else "json"
+                print(
+                    f"{concurrency:>11} {mode:>10} {name:>9} {s.p50_ms:8.2f} {s.p99_ms:8.2f} "
+                    f"{added[name].p50_ms:10.2f} {added[name].p99_ms:10.2f}"
+                )
+            if "litellm" in added and added["litellm"].p99_ms > 0:
+                ratio = added["hotspare"].p99_ms / added["litellm"].p99_ms
+                print(f"{'':>11} {'':>10} added p99 hotspare / litellm = {ratio:.3f}")
+    print(
+        json.dumps(
+            {
+                f"{k[0]}/{'stream' if k[1] else 'json'}/c{k[2]}": [v.p50_ms, v.p99_ms]
+                for k, v in results.items()
+            }
+        )
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--litellm", default="/tmp/litellm-venv/bin/litellm", help="litellm CLI ('' to skip)")
+    parser.add_argument("--requests", type=int, default=400, help="requests per cell at concurrency 1")
+    args = parser.parse_args()
+    procs: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            fake, fake_port = start_fake()
+            procs.append(fake)
+            targets = {"direct": f"http://127.0.0.1:{fake_port}"}
+            hotspare, targets["hotspare"] = start_hotspare(fake_port, Path(tmp))
+            procs.append(hotspare)
+            if args.litellm and Path(args.litellm).exists():
+                litellm, targets["litellm"] = start_litellm(args.litellm, fake_port, Path(tmp))
+                procs.append(litellm)
+            else:
+                print("LiteLLM not found; measuring hotspare only", file=sys.stderr)
+            results = asyncio.run(run_all(targets, args.requests))
+            report(results, [n for n in targets if n != "direct"])
+        finally:
+            for proc in reversed(procs):
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
