@@ -1,0 +1,244 @@
+"""The HTTP endpoints of both APIs: parse the body, check the model name, run the backend, render.
+
+Routes read what they serve from `app.state`: `backend` (the `ChatBackend` that answers; None while
+the local model is still being prepared; replace it to put something else in front) and `settings`.
+They take the raw `Request`, so its body (cached by Starlette after the first read) and headers stay
+available to anything that needs the original bytes.
+
+A client that disconnects cancels its request: the backend stream is closed, which frees the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import suppress
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, Request
+from starlette.responses import JSONResponse, Response
+
+from hotspare.api import anthropic, openai
+from hotspare.api.errors import new_request_id, request_id_header
+from hotspare.api.sse import EventStreamResponse, close_stream, closing_stream
+from hotspare.api.wire import parse_body
+from hotspare.config import Settings
+from hotspare.core.errors import BackendUnavailable, NotFound
+from hotspare.core.types import ApiFormat, ChatBackend, ChatRequest, Finish, StreamEvent, TextDelta
+
+T = TypeVar("T")
+
+router = APIRouter()
+
+STATUS_CLIENT_CLOSED = 499  # nobody reads it: the client is gone
+
+
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready."""
+
+
+# --- OpenAI --------------------------------------------------------------------------------------
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    request_id = _begin(request, ApiFormat.OPENAI_CHAT)
+    body = parse_body(await request.body(), openai.ChatCompletionRequest)
+    chat = openai.to_chat_request(body, request_id)
+    backend = _serving_backend(request, chat.model)
+    created = int(time.time())
+    headers = {request_id_header(ApiFormat.OPENAI_CHAT): request_id}
+    try:
+        if not chat.stream:
+            text, finish = await _until_disconnect(request, _collect(backend.stream(chat)))
+            return JSONResponse(openai.completion_body(text, finish, request_id, created), headers=headers)
+        events = await _until_disconnect(request, _primed(backend.stream(chat)))
+    except ClientGone:
+        return Response(status_code=STATUS_CLIENT_CLOSED)
+    chunks = openai.ChunkStream(request_id, created, _answering_model(backend, chat), body.includes_usage)
+    return EventStreamResponse(openai.stream_chunks(events, chunks, _heartbeat_s(request)), headers)
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> Response:
+    names = _model_names(request)
+    if "anthropic-version" in request.headers:
+        data = [_anthropic_model(name) for name in names]
+        return JSONResponse({"data": data, "has_more": False, "first_id": names[0], "last_id": names[-1]})
+    return JSONResponse({"object": "list", "data": [_openai_model(request, name) for name in names]})
+
+
+@router.get("/v1/models/{model_id:path}")
+async def get_model(request: Request, model_id: str) -> Response:
+    _check_model(request, model_id)
+    if "anthropic-version" in request.headers:
+        return JSONResponse(_anthropic_model(model_id))
+    return JSONResponse(_openai_model(request, model_id))
+
+
+def _openai_model(request: Request, name: str) -> dict[str, Any]:
+    created = int(getattr(request.app.state, "started_at", 0.0))
+    return {"id": name, "object": "model", "created": created, "owned_by": "hotspare"}
+
+
+def _anthropic_model(name: str) -> dict[str, Any]:
+    epoch = datetime.fromtimestamp(0, UTC).isoformat().replace("+00:00", "Z")
+    return {"type": "model", "id": name, "display_name": name, "created_at": epoch}
+
+
+# --- Anthropic -----------------------------------------------------------------------------------
+
+
+@router.post("/v1/messages")
+async def messages(request: Request) -> Response:
+    request_id = _begin(request, ApiFormat.ANTHROPIC_MESSAGES)
+    body = parse_body(await request.body(), anthropic.MessagesRequest)
+    chat = anthropic.to_chat_request(body, request_id)
+    backend = _serving_backend(request, chat.model)
+    headers = {request_id_header(ApiFormat.ANTHROPIC_MESSAGES): request_id}
+    message_id = "msg_" + request_id.removeprefix("req_")
+    try:
+        if not chat.stream:
+            text, finish = await _until_disconnect(request, _collect(backend.stream(chat)))
+            return JSONResponse(anthropic.message_body(text, finish, message_id), headers=headers)
+        num_prompt_tokens, events = await _until_disconnect(request, _primed_and_counted(backend, chat))
+    except ClientGone:
+        return Response(status_code=STATUS_CLIENT_CLOSED)
+    model = _answering_model(backend, chat)
+    stream = anthropic.stream_events(events, message_id, model, num_prompt_tokens, _heartbeat_s(request))
+    return EventStreamResponse(stream, headers)
+
+
+@router.post("/v1/messages/count_tokens")
+async def count_tokens(request: Request) -> Response:
+    request_id = _begin(request, ApiFormat.ANTHROPIC_MESSAGES)
+    body = parse_body(await request.body(), anthropic.CountTokensRequest)
+    chat = anthropic.to_chat_request(body, request_id)
+    backend = _serving_backend(request, chat.model)
+    try:
+        num_tokens = await _until_disconnect(request, backend.count_tokens(chat))
+    except ClientGone:
+        return Response(status_code=STATUS_CLIENT_CLOSED)
+    headers = {request_id_header(ApiFormat.ANTHROPIC_MESSAGES): request_id}
+    return JSONResponse(anthropic.count_tokens_body(num_tokens), headers=headers)
+
+
+# --- shared --------------------------------------------------------------------------------------
+
+
+def _begin(request: Request, api: ApiFormat) -> str:
+    """Give the request its id (errors raised later carry it too)."""
+    request_id: str = new_request_id(api)
+    request.state.request_id = request_id
+    return request_id
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def _heartbeat_s(request: Request) -> float:
+    return _settings(request).server.heartbeat_s
+
+
+def _model_names(request: Request) -> list[str]:
+    settings = _settings(request)
+    names = [settings.local.model]
+    names.extend(name for name in settings.api.allowed_models or () if name != settings.local.model)
+    return names
+
+
+def _check_model(request: Request, model: str) -> None:
+    settings = _settings(request)
+    if not settings.api.allows(model, settings.local.model):
+        allowed = ", ".join(_model_names(request))
+        raise NotFound(f"model {model!r} is not served here; models served: {allowed}")
+
+
+def _serving_backend(request: Request, model: str) -> ChatBackend:
+    """The backend that answers `model`; raises NotFound or BackendUnavailable."""
+    _check_model(request, model)
+    backend: ChatBackend | None = request.app.state.backend
+    if backend is None:
+        raise BackendUnavailable("the local model is still loading; retry when GET /ready says ready")
+    return backend
+
+
+def _answering_model(backend: ChatBackend, chat: ChatRequest) -> str:
+    """The model named in a stream before its `Finish` says which model answered."""
+    name = getattr(backend, "model_name", None)
+    return name if isinstance(name, str) else chat.model
+
+
+async def _collect(events: AsyncIterator[StreamEvent]) -> tuple[str, Finish]:
+    """A whole answer: its text and its `Finish`."""
+    async with closing_stream(events):
+        texts: list[str] = []
+        async for event in events:
+            if isinstance(event, TextDelta):
+                texts.append(event.text)
+            else:
+                return "".join(texts), event
+    raise BackendUnavailable("the answer ended without finishing")
+
+
+async def _primed(events: AsyncIterator[StreamEvent]) -> AsyncIterator[StreamEvent]:
+    """Wait for the first event, so that a refusal (overload, context overflow) is still an HTTP
+    error; then return a stream that yields it first and closes `events` when it is closed."""
+    try:
+        first = await anext(events)
+    except StopAsyncIteration:
+        raise BackendUnavailable("the answer ended without finishing") from None
+    except BaseException:
+        await close_stream(events)
+        raise
+    return _prepend(first, events)
+
+
+async def _prepend(first: StreamEvent, rest: AsyncIterator[StreamEvent]) -> AsyncIterator[StreamEvent]:
+    async with closing_stream(rest):
+        yield first
+        async for event in rest:
+            yield event
+
+
+async def _primed_and_counted(
+    backend: ChatBackend, chat: ChatRequest
+) -> tuple[int, AsyncIterator[StreamEvent]]:
+    """The prompt's size (for `message_start`) and the primed stream, computed side by side."""
+    counting = asyncio.ensure_future(backend.count_tokens(chat))
+    try:
+        events = await _primed(backend.stream(chat))
+    except BaseException:
+        counting.cancel()
+        raise
+    try:
+        return await counting, events
+    except BaseException:
+        await close_stream(events)
+        raise
+
+
+async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it (and raising ClientGone) if the client disconnects first."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+    if task.cancelled():
+        raise ClientGone()
+    return task.result()
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

@@ -1,0 +1,50 @@
+"""What both wire formats share: the strict pydantic base, text-or-parts content, and body parsing."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_core import PydanticCustomError
+
+from hotspare.api.errors import invalid_body
+from hotspare.core.errors import InvalidRequest
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class WireModel(BaseModel):
+    """Base of every request model: unknown fields are refused (as the providers do), and values are
+    taken as JSON typed them (no "5" for 5, no true for 1)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def text_as_parts(value: Any) -> Any:
+    """Before validation: a plain string of content becomes one text part; a list passes through."""
+    if isinstance(value, str):
+        return [{"type": "text", "text": value}]
+    if isinstance(value, list):
+        return value
+    raise PydanticCustomError("content_type", "Input should be a string or a list of content parts")
+
+
+def parse_body(raw: bytes, model: type[M]) -> M:
+    """Validate a raw request body as `model`; raises InvalidRequest naming what is wrong."""
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        where = f" (line {exc.lineno}, column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
+        raise InvalidRequest(f"the request body is not valid JSON{where}") from exc
+    if not isinstance(data, dict):
+        raise InvalidRequest(f"the request body must be a JSON object, not {_json_kind(data)}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise invalid_body(exc, data) from exc
+
+
+def _json_kind(value: Any) -> str:
+    names = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return names.get(type(value), "null")

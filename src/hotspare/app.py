@@ -1,0 +1,142 @@
+"""`create_app(settings)`: the ASGI app hotspare serves, and the lifespan that warms the local model.
+
+The app listens before the model is ready: `/health` answers at once, `/ready` says 503 until the
+model is loaded and has decoded a warm-up token, and chat requests until then get 503 in their API's
+shape. `app.state` holds what the routes serve from (see api/routes.py):
+
+    settings      Settings
+    backend       the ChatBackend that answers chats; None until the local engine exists
+    started_at    unix time the app was created
+    load_error    why the local model could not be started, or None
+    on_fatal      called (if set) when the local model cannot be started; `hotspare serve` sets it
+                  to shut the server down
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from starlette.responses import JSONResponse, Response
+
+from hotspare import __version__
+from hotspare.api.errors import install_error_handlers
+from hotspare.api.routes import router
+from hotspare.config import Settings
+from hotspare.core.errors import HotspareError
+from hotspare.core.types import ChatBackend
+from hotspare.engine.config import EngineConfig
+from hotspare.engine.local import LocalEngine
+from hotspare.models.catalog import load_catalog, resolve_weights
+
+logger = logging.getLogger("hotspare")
+
+
+def create_app(settings: Settings, backend: ChatBackend | None = None) -> FastAPI:
+    """The app serving `settings`. With `backend` given, it answers chats and nothing is loaded (tests,
+    or a caller that manages its own backend); without, the lifespan starts the local engine."""
+    app = FastAPI(
+        title="hotspare",
+        version=__version__,
+        lifespan=_lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.settings = settings
+    app.state.backend = backend
+    app.state.started_at = time.time()
+    app.state.load_error = None
+    app.state.on_fatal = None
+    install_error_handlers(app)
+    app.include_router(router)
+    app.add_api_route("/health", health, methods=["GET"])
+    app.add_api_route("/ready", ready, methods=["GET"])
+    return app
+
+
+async def health(request: Request) -> Response:
+    """The process is alive and serving HTTP."""
+    return JSONResponse({"status": "ok"})
+
+
+async def ready(request: Request) -> Response:
+    """200 once the backend can answer (for the local engine: loaded and warm), else 503."""
+    state = request.app.state
+    backend = state.backend
+    if backend is not None and bool(getattr(backend, "is_ready", True)):
+        return JSONResponse({"status": "ready", "model": state.settings.local.model})
+    if state.load_error is not None:
+        return JSONResponse({"status": "failed", "error": state.load_error}, status_code=503)
+    return JSONResponse({"status": "loading"}, status_code=503)
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    if app.state.backend is not None:
+        yield
+        return
+    engine_box: list[LocalEngine] = []
+    loading = asyncio.create_task(_start_local(app, engine_box), name="hotspare-load-model")
+    try:
+        yield
+    finally:
+        loading.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loading
+        for engine in engine_box:
+            await engine.stop()
+
+
+async def _start_local(app: FastAPI, engine_box: list[LocalEngine]) -> None:
+    """Resolve, load and warm the local model, then install it as the backend (or report why not)."""
+    settings: Settings = app.state.settings
+    began = time.monotonic()
+    try:
+        config = await asyncio.to_thread(engine_config, settings)
+        engine = LocalEngine(config)
+        engine_box.append(engine)
+        await engine.start()
+    except HotspareError as exc:
+        _fail(app, exc.message)
+        return
+    except Exception as exc:  # a bug or a native failure: report it, never hang in "loading"
+        logger.exception("the local model could not be started")
+        _fail(app, f"{type(exc).__name__}: {exc}")
+        return
+    app.state.backend = engine
+    server = settings.server
+    logger.info(
+        "hotspare listening on http://%s:%d, model %s, ready in %.1f s",
+        server.host,
+        server.port,
+        engine.model_name,
+        time.monotonic() - began,
+    )
+
+
+def _fail(app: FastAPI, message: str) -> None:
+    app.state.load_error = message
+    logger.error("hotspare cannot serve: %s", message)
+    on_fatal: Callable[[], Any] | None = app.state.on_fatal
+    if on_fatal is not None:
+        on_fatal()
+
+
+def engine_config(settings: Settings) -> EngineConfig:
+    """The local engine's config: the catalogue entry for `settings.local.model`, its weights verified
+    (this hashes the file), and the local overrides. Raises NotFound or ModelError."""
+    entry = load_catalog().get(settings.local.model)
+    path = resolve_weights(entry)
+    return EngineConfig(
+        model_path=path,
+        model_name=entry.name,
+        context_tokens=settings.local.context_tokens or entry.context_tokens,
+        num_threads=settings.local.num_threads,
+        chat_template=entry.chat_template,
+    )

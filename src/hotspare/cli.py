@@ -1,0 +1,121 @@
+"""The `hotspare` command: `serve`, plus the model commands (`models`, `bundle`, `doctor`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import uvicorn
+
+from hotspare import __version__
+from hotspare.app import create_app
+from hotspare.config import DEFAULT_HOST, DEFAULT_PORT, Settings, load_settings
+from hotspare.core.errors import HotspareError
+from hotspare.models import commands as model_commands
+from hotspare.models.catalog import DEFAULT_MODEL, load_catalog
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+Command = Callable[[argparse.Namespace], int]
+
+SERVE_HELP = f"""\
+Load a model, warm it up, and serve the OpenAI and Anthropic chat APIs:
+
+  POST /v1/chat/completions          OpenAI Chat Completions (streaming and not)
+  POST /v1/messages                  Anthropic Messages (streaming and not)
+  POST /v1/messages/count_tokens     Anthropic token counting
+  GET  /v1/models                    the model names served
+  GET  /health                       200 while the process is alive
+  GET  /ready                        200 once the model is loaded and warm, 503 before
+
+The server listens at once; /ready turns 200 when the model is warm, and one log line then says
+where it listens, which model it serves and how long loading took. Flags override the config file.
+Default: http://{DEFAULT_HOST}:{DEFAULT_PORT}, model {DEFAULT_MODEL} (embedded, no download).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hotspare",
+        description="A warm local LLM behind the OpenAI and Anthropic APIs.",
+    )
+    parser.add_argument("--version", action="version", version=f"hotspare {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    serve = commands.add_parser(
+        "serve",
+        help="serve the OpenAI and Anthropic APIs from a warm local model",
+        description=SERVE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument(
+        "--host", help=f"address to listen on (default: {DEFAULT_HOST}, this machine only; [server] host)"
+    )
+    serve.add_argument(
+        "--port", type=_port, help=f"TCP port to listen on (default: {DEFAULT_PORT}; [server] port)"
+    )
+    serve.add_argument(
+        "--model",
+        help=f"catalogue name of the local model (default: {DEFAULT_MODEL}; [local] model); "
+        "`hotspare models list` shows the names",
+    )
+    serve.add_argument(
+        "--config", type=Path, metavar="FILE", help="TOML settings file (see README: Configuration)"
+    )
+    serve.set_defaults(run=serve_command)
+    model_commands.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    run: Command = args.run
+    return run(args)
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    """`hotspare serve`: returns when the server stops (Ctrl-C), or when the model cannot be loaded."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = _settings(args)
+        load_catalog().get(settings.local.model)  # an unknown name fails now, not after binding
+    except HotspareError as exc:
+        print(f"hotspare: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    app.state.on_fatal = lambda: setattr(server, "should_exit", True)
+    server.run()
+    return EXIT_FAILED if app.state.load_error is not None else EXIT_OK
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """The config file's settings with the command-line flags on top."""
+    settings = load_settings(args.config)
+    server = settings.server.model_copy(
+        update={key: value for key, value in (("host", args.host), ("port", args.port)) if value is not None}
+    )
+    local = settings.local if args.model is None else settings.local.model_copy(update={"model": args.model})
+    return settings.model_copy(update={"server": server, "local": local})
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is a number from 1 to 65535, not {text!r}")
+    return port

@@ -1,0 +1,103 @@
+"""hotspare's settings: the `--config` TOML file, validated, with command-line flags on top.
+
+    [server]
+    host = "127.0.0.1"          # the address to listen on (loopback only by default)
+    port = 8765                 # hotspare's documented default port
+    heartbeat_s = 10.0          # longest silence on an open stream before a ping / keep-alive
+
+    [local]
+    model = "smollm2-135m-instruct"   # a name from the model catalogue (`hotspare models list`)
+    context_tokens = 0                # 0 = the catalogue's context length for the model
+    num_threads = 0                   # CPU threads for llama.cpp; 0 = all physical cores
+
+    [api]
+    allowed_models = ["gpt-4o", "claude-sonnet-4-5"]   # optional; unset = any model name is served
+
+Every section and key is optional. Unknown keys are refused with the file, the key and the value.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from hotspare.core.errors import ConfigError
+from hotspare.models.catalog import DEFAULT_MODEL
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Section):
+    """Where hotspare listens and how it keeps streams alive."""
+
+    host: str = Field(default=DEFAULT_HOST, min_length=1, description="address to bind")
+    port: int = Field(default=DEFAULT_PORT, ge=1, le=65535, description="TCP port to bind")
+    heartbeat_s: float = Field(
+        default=10.0, gt=0, description="longest silence on an open stream before a ping / keep-alive"
+    )
+
+
+class LocalSettings(_Section):
+    """The local model hotspare keeps warm."""
+
+    model: str = Field(default=DEFAULT_MODEL, min_length=1, description="a catalogue name")
+    context_tokens: int = Field(default=0, ge=0, description="0 = the catalogue's context length")
+    num_threads: int = Field(default=0, ge=0, description="llama.cpp CPU threads; 0 = all physical cores")
+
+
+class ApiSettings(_Section):
+    """What clients may ask for."""
+
+    allowed_models: tuple[str, ...] | None = Field(
+        default=None,
+        description="model names clients may ask for (the local model's own name is always allowed); "
+        "unset = any name is served by the local model",
+    )
+
+    def allows(self, model: str, local_model: str) -> bool:
+        return self.allowed_models is None or model == local_model or model in self.allowed_models
+
+
+class Settings(_Section):
+    """Everything `hotspare serve` runs with."""
+
+    server: ServerSettings = ServerSettings()
+    local: LocalSettings = LocalSettings()
+    api: ApiSettings = ApiSettings()
+
+
+def load_settings(path: Path | None) -> Settings:
+    """Settings from the TOML file at `path` (defaults when None). Raises ConfigError naming the file,
+    the key and the bad value."""
+    if path is None:
+        return Settings()
+    try:
+        data = tomllib.loads(path.read_text("utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(error) for error in exc.errors(include_url=False))
+        raise ConfigError(f"invalid config file {path}: {problems}") from exc
+
+
+def _describe(error: Any) -> str:
+    """One pydantic error as `[section] key: message (got value)`."""
+    loc = [str(part) for part in error["loc"]]
+    where = f"[{loc[0]}] {'.'.join(loc[1:])}" if len(loc) > 1 else loc[0] if loc else "top level"
+    if error["type"] == "extra_forbidden":
+        return f"{where}: unknown key"
+    if error["type"] == "missing":
+        return f"{where}: required"
+    return f"{where}: {error['msg']} (got {error['input']!r})"
