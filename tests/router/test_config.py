@@ -5,6 +5,7 @@ import tomllib
 import pytest
 from pydantic import ValidationError
 
+from hotspare.core.errors import ConfigError
 from hotspare.router.config import Mode, RouterConfig
 
 EXAMPLE = """
@@ -92,7 +93,7 @@ def test_env_key_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -
         {"upstreams": [{"name": "a", "kind": "openai", "base_url": "http://x", "api_key": "env:HS_TEST_KEY"}]}
     )
     monkeypatch.delenv("HS_TEST_KEY", raising=False)
-    with pytest.raises(KeyError, match="HS_TEST_KEY"):
+    with pytest.raises(ConfigError, match="HS_TEST_KEY"):
         config.upstreams[0].resolve_env_key()
     monkeypatch.setenv("HS_TEST_KEY", "k1")
     assert config.upstreams[0].resolve_env_key() == "k1"

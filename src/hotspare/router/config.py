@@ -39,6 +39,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from hotspare.core.errors import ConfigError
+
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _ENV_REF = re.compile(r"env:[A-Za-z_][A-Za-z0-9_]*")
 
@@ -135,13 +137,13 @@ class UpstreamConfig(_Strict):
         return self.rename.get(model, model)
 
     def resolve_env_key(self) -> str | None:
-        """The key from the environment, or None for "forward"; raises KeyError naming a missing var."""
+        """The key from the environment, or None for "forward"; raises ConfigError naming a missing var."""
         if self.api_key == "forward":
             return None
         var = self.api_key[4:]
         value = os.environ.get(var)
         if not value:
-            raise KeyError(f"upstream {self.name!r}: environment variable {var} (api_key) is not set")
+            raise ConfigError(f"upstream {self.name!r}: environment variable {var} (its api_key) is not set")
         return value
 
 

@@ -31,7 +31,7 @@ from hotspare.core.errors import (
     NotFound,
     UpstreamError,
 )
-from hotspare.core.types import ChatBackend, ChatRequest, Finish, StreamEvent
+from hotspare.core.types import ChatBackend, ChatRequest, Finish, StreamEvent, TextDelta
 from hotspare.router.breaker import CircuitBreaker, Transition
 from hotspare.router.classify import Action, classify
 from hotspare.router.config import Mode, RouterConfig, UpstreamConfig
@@ -304,7 +304,7 @@ class Router:
             event: StreamEvent | None = opened.first
             while event is not None:
                 yield event
-                if hasattr(event, "text"):
+                if isinstance(event, TextDelta):
                     sent_text += event.text
                     num_sent += 1
                 try:
