@@ -243,3 +243,51 @@ def test_a_file_that_is_not_a_bundle_is_refused(tmp_path: Path) -> None:
         import_bundle(junk, Catalog(entries=()))
     with pytest.raises(ModelError, match=r"does not exist"):
         import_bundle(tmp_path / "absent.bundle", Catalog(entries=()))
+
+
+def test_unpublished_hash_model_with_companions_travels_with_its_pins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hotspare.models.fetch import pull
+    from hotspare.models.pins import PinStore
+
+    from .hub_server import COMMIT, HubServer
+
+    entry = ModelEntry.model_validate(
+        {
+            **{k: v for k, v in local_entry(tmp_path / "x", ALPHA).model_dump().items() if k != "source"},
+            "name": "gpu-ish",
+            "sha256": None,
+            "size_bytes": None,
+            "verified": False,
+            "source": {
+                "kind": "huggingface",
+                "repo": "org/awq",
+                "file": "model.safetensors",
+                "revision": COMMIT,
+                "companions": ["config.json"],
+            },
+        }
+    )
+    catalog = Catalog(entries=(entry,))
+    with HubServer() as hub:
+        hub.state.files[("org/awq", "model.safetensors")] = ALPHA
+        hub.state.files[("org/awq", "config.json")] = b'{"quantization_config": {"quant_method": "awq"}}'
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        pull(entry, progress=False)
+        bundle = tmp_path / "gpu.bundle"
+        create_bundle([entry], bundle)
+
+    # The air-gapped machine: empty hotspare home, empty Hugging Face cache, no network.
+    monkeypatch.setenv("HOTSPARE_HOME", str(tmp_path / "airgapped-home"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "airgapped-hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import_bundle(bundle, catalog)
+    weights = resolve_weights(entry)
+    assert weights == tmp_path / "airgapped-home" / "models" / "gpu-ish" / "model.safetensors"
+    assert (weights.parent / "config.json").is_file()
+    assert PinStore().get("gpu-ish", "config.json") is not None
+
+    (weights.parent / "config.json").write_text("{}")
+    with pytest.raises(ModelError, match=r"config.json is 2 bytes but the catalogue expects"):
+        resolve_weights(entry)

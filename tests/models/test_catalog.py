@@ -67,7 +67,11 @@ def test_shipped_catalogue_offers_larger_huggingface_models_pinned_by_hash() -> 
     assert len(pulled) >= 3
     assert {e.backend for e in catalog.entries} <= {"llama_cpp", "vllm"}
     for entry in catalog.entries:
-        assert entry.memory_bytes > entry.size_bytes, entry.name
+        assert entry.memory_bytes > (entry.size_bytes or 0), entry.name
+    gpu = [e for e in catalog.entries if e.backend == "vllm"]
+    assert [e.quantization for e in gpu] == ["AWQ"]
+    assert isinstance(gpu[0].source, HuggingFaceSource) and gpu[0].source.is_pinned
+    assert "config.json" in gpu[0].source.companions
 
 
 def test_packaged_copy_is_identical_to_the_repo_catalogue() -> None:
@@ -166,3 +170,43 @@ def test_write_catalog_helper_round_trips(tmp_path: Path) -> None:
     # Guards the helper the tests above rely on.
     data = entry_dict(stop=["\nUser:"], chat_template='{{ "x" }}')
     assert tomllib.loads(write_catalog(tmp_path / "m.toml", data).read_text()) == {"model": [data]}
+
+
+def without(data: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if k not in keys}
+
+
+PINNED_HF = {"kind": "huggingface", "repo": "o/r", "file": "m.safetensors", "revision": "a" * 40}
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        (without(entry_dict(), "sha256"), r"give both sha256 and size_bytes, or neither"),
+        (
+            without(entry_dict(source=PINNED_HF), "sha256", "size_bytes"),
+            r"an entry without sha256 must say verified = false",
+        ),
+        (
+            without(
+                entry_dict(verified=False, source=PINNED_HF | {"revision": "main"}), "sha256", "size_bytes"
+            ),
+            r"pinned to a 40-hex commit revision",
+        ),
+        (
+            entry_dict(source=PINNED_HF | {"companions": ["sub/config.json"]}),
+            r"companion files are bare file names",
+        ),
+    ],
+)
+def test_entries_without_a_published_hash_must_be_honest_and_pinned(
+    tmp_path: Path, entry: dict[str, Any], expected: str
+) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        load_catalog(write_catalog(tmp_path / "m.toml", entry))
+
+
+def test_an_unpublished_hash_entry_pinned_to_a_commit_loads(tmp_path: Path) -> None:
+    data = without(entry_dict(verified=False, source=PINNED_HF), "sha256", "size_bytes")
+    entry = load_catalog(write_catalog(tmp_path / "m.toml", data)).get("tiny")
+    assert (entry.sha256, entry.size_bytes, entry.verified) == (None, None, False)

@@ -15,6 +15,7 @@ from hotspare.models.catalog import resolve_weights
 from hotspare.models.entry import ModelEntry
 from hotspare.models.fetch import pull, remove_cached
 from hotspare.models.home import hf_cache_dir
+from hotspare.models.pins import Pin, PinStore
 
 from .factories import entry_dict
 from .hub_server import COMMIT, HubServer
@@ -167,3 +168,58 @@ def test_hf_cache_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch, t
     assert hf_cache_dir() == tmp_path / "h" / "hub"
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "c"))
     assert hf_cache_dir() == tmp_path / "c"
+
+
+# --- entries without a published hash: pinned at the first pull -------------------------------
+
+
+def unpublished_entry(**source: object) -> ModelEntry:
+    """A vLLM-style entry: repo pinned to a commit, no sha256 in the catalogue."""
+    return ModelEntry.model_validate(
+        entry_dict(
+            name="tiny-unpublished",
+            sha256=None,
+            size_bytes=None,
+            verified=False,
+            memory_bytes=len(CONTENT) * 2,
+            source={"kind": "huggingface", "repo": REPO_ID, "file": "tiny.gguf", "revision": COMMIT} | source,
+        )
+    )
+
+
+def test_unpublished_hash_is_checked_against_the_hub_and_recorded(
+    hub: HubServer, isolated_homes: Path
+) -> None:
+    hub.state.files[(REPO_ID, "config.json")] = b"{}"
+    entry = unpublished_entry(companions=["config.json"])
+    with pytest.raises(ModelError, match=r"is not installed: run `hotspare models pull tiny-unpublished`"):
+        resolve_weights(entry)
+    path = pull(entry).path
+    assert PinStore().get("tiny-unpublished", "tiny.gguf") == Pin(
+        hashlib.sha256(CONTENT).hexdigest(), len(CONTENT)
+    )
+    assert PinStore().get("tiny-unpublished", "config.json") == Pin(hashlib.sha256(b"{}").hexdigest(), 2)
+    assert (isolated_homes / "pins.json").is_file()
+    assert resolve_weights(entry) == path
+    assert not pull(entry).was_downloaded
+
+    (isolated_homes / "pins.json").unlink()
+    with pytest.raises(ModelError, match=r"has no published hash and none has been recorded on this machine"):
+        resolve_weights(entry)
+    assert pull(entry).path == path  # re-recorded from the cached file, checked against the Hub's hash
+
+    (path.parent / "config.json").resolve().write_bytes(b'{"x": 1}')
+    with pytest.raises(ModelError, match=r"config.json is 8 bytes but the catalogue expects 2 bytes"):
+        resolve_weights(entry)
+
+
+def test_unpublished_hash_refuses_bytes_that_differ_from_the_hubs_content_hash(hub: HubServer) -> None:
+    wrong = bytearray(CONTENT)
+    wrong[5] ^= 0xFF
+    hub.state.serve_instead[(REPO_ID, "tiny.gguf")] = bytes(wrong)
+    with pytest.raises(
+        ModelError, match=r"but the Hub's content hash \(ETag\) is [0-9a-f]{64}: the download is corrupt"
+    ):
+        pull(unpublished_entry())
+    assert try_to_load_from_cache(REPO_ID, "tiny.gguf", cache_dir=hf_cache_dir(), revision=COMMIT) is None
+    assert PinStore().get("tiny-unpublished", "tiny.gguf") is None

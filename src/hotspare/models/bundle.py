@@ -33,7 +33,8 @@ from hotspare.models.catalog import Catalog
 from hotspare.models.entry import HuggingFaceSource, ModelEntry
 from hotspare.models.home import store_dir
 from hotspare.models.integrity import HashCache, sha256_file
-from hotspare.models.locate import resolve_weights
+from hotspare.models.locate import expected_weights, resolve_weights
+from hotspare.models.pins import Pin, PinStore
 
 MANIFEST_NAME = "manifest.json"
 _FILE_NAME = r"^[^/\\]+$"  # a bare file name: never a path, so no member can escape the store
@@ -102,7 +103,7 @@ def create_bundle(entries: Sequence[ModelEntry], out: Path, cache: HashCache | N
             _add_bytes(tar, MANIFEST_NAME, manifest.model_dump_json(indent=2).encode())
             for (entry, files), described in zip(sources, manifest.models, strict=True):
                 for path, file in zip(files, described.files, strict=True):
-                    tar.add(str(path), arcname=member_name(entry.name, file.name), recursive=False)
+                    _add_file(tar, path, member_name(entry.name, file.name))
         os.replace(tmp_name, out)
     finally:
         Path(tmp_name).unlink(missing_ok=True)
@@ -142,9 +143,18 @@ def _files_of(entry: ModelEntry, cache: HashCache | None) -> list[Path]:
 
 
 def _described(path: Path, entry: ModelEntry | None = None) -> BundleFile:
-    if entry is not None:  # the weights: already verified against the catalogue
-        return BundleFile(name=entry.file_name, sha256=entry.sha256, size_bytes=entry.size_bytes)
+    if entry is not None:  # the weights: already verified against the catalogue (or the recorded pin)
+        expected = expected_weights(entry)
+        return BundleFile(name=entry.file_name, sha256=expected.sha256, size_bytes=expected.size_bytes)
     return BundleFile(name=path.name, sha256=sha256_file(path), size_bytes=path.stat().st_size)
+
+
+def _add_file(tar: tarfile.TarFile, path: Path, name: str) -> None:
+    # The file's bytes, never a symlink: the huggingface-hub cache links snapshots to blobs.
+    real = path.resolve()
+    info = tar.gettarinfo(str(real), arcname=name)
+    with real.open("rb") as f:
+        tar.addfile(info, f)
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -202,7 +212,10 @@ def _check_against_catalog(manifest: Manifest, catalog: Catalog, bundle: Path) -
                 f"known models: {', '.join(catalog.names)}"
             )
         w = model.weights
-        if (w.name, w.sha256, w.size_bytes) != (entry.file_name, entry.sha256, entry.size_bytes):
+        # An entry without a published hash takes the bundle's (pinned on install), like a first pull.
+        catalogue_sha256 = entry.sha256 if entry.sha256 is not None else w.sha256
+        catalogue_size = entry.size_bytes if entry.size_bytes is not None else w.size_bytes
+        if (w.name, w.sha256, w.size_bytes) != (entry.file_name, catalogue_sha256, catalogue_size):
             raise ModelError(
                 f"the manifest of {bundle} describes {model.name!r} as {w.name} ({w.size_bytes} bytes, "
                 f"sha256 {w.sha256}) but the catalogue expects {entry.file_name} ({entry.size_bytes} bytes, "
@@ -275,13 +288,16 @@ def _copy_hashing(src: IO[bytes], target: Path, bundle: Path, name: str) -> tupl
 
 
 def _install(model: BundleModel, staging: Path, store: Path) -> ImportedModel:
-    """Move a proven model's files from staging into the store (one rename per file)."""
+    """Move a proven model's files from staging into the store (one rename per file), recording each
+    file's hash as a pin so that companions and unpublished weights stay verified from now on."""
     final_dir = store / model.name
     final_dir.mkdir(parents=True, exist_ok=True)
     paths = []
+    pins = PinStore()
     for file in model.files:
         final = final_dir / file.name
         os.replace(staging / member_name(model.name, file.name), final)
         HashCache().remember(final, file.sha256)
+        pins.put(model.name, file.name, Pin(file.sha256, file.size_bytes))
         paths.append(final)
     return ImportedModel(name=model.name, paths=tuple(paths))

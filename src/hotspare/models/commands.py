@@ -232,10 +232,14 @@ def _remove_stored(entry: ModelEntry) -> list[Path]:
 
 
 def _hash_note(entry: ModelEntry) -> str:
+    if entry.sha256 is None:
+        return "on-pull"
     return "verified" if entry.verified else "published"
 
 
-def human_size(num_bytes: int) -> str:
+def human_size(num_bytes: int | None) -> str:
+    if num_bytes is None:
+        return "?"
     return f"{num_bytes / 2**20:.0f} MiB" if num_bytes < 2**30 else gib(num_bytes)
 
 

@@ -71,6 +71,10 @@ class HuggingFaceSource(_Strict):
         return re.fullmatch(r"[0-9a-f]{40}", self.revision) is not None
 
 
+def _is_pinned_hf(source: object) -> bool:
+    return isinstance(source, HuggingFaceSource) and source.is_pinned
+
+
 class LocalSource(_Strict):
     kind: Literal["local"]
     path: Path
@@ -88,8 +92,11 @@ class ModelEntry(_Strict):
     completion_only: a base model with no chat template of its own. It is prompted as plain text
         with `chat_template` (required then), and `stop` ends its turn where the transcript would
         continue with the next speaker.
+    sha256, size_bytes: the weights file. None (both) only for `verified = false` entries pinned to a
+        Hub commit: the hash is then recorded at the first pull (models/pins.py) and enforced after.
     verified: True when we hashed the real file ourselves; False when the hash was taken from a
-        published listing we have not confirmed. Either way a file must match `sha256` to be used.
+        published listing we have not confirmed, or is not known. A file must match the catalogue's
+        hash, or the recorded one, to be used.
     """
 
     name: str = Field(pattern=_NAME)
@@ -98,8 +105,8 @@ class ModelEntry(_Strict):
     quantization: str = Field(min_length=1)
     backend: Literal["llama_cpp", "vllm"]
     context_tokens: int = Field(gt=0)
-    sha256: str = Field(pattern=_SHA256)
-    size_bytes: int = Field(gt=0)
+    sha256: str | None = Field(default=None, pattern=_SHA256)
+    size_bytes: int | None = Field(default=None, gt=0)
     memory_bytes: int = Field(gt=0)
     verified: bool
     source: Source
@@ -110,7 +117,16 @@ class ModelEntry(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelEntry:
-        if self.memory_bytes < self.size_bytes:
+        if (self.sha256 is None) != (self.size_bytes is None):
+            raise ValueError("give both sha256 and size_bytes, or neither")
+        if self.sha256 is None and (self.verified or not _is_pinned_hf(self.source)):
+            raise ValueError(
+                "an entry without sha256 must say verified = false and name a huggingface source "
+                "pinned to a 40-hex commit revision (its hash is then recorded at the first pull)"
+            )
+        if isinstance(self.source, HuggingFaceSource) and any("/" in c for c in self.source.companions):
+            raise ValueError("companion files are bare file names at the top of the repo")
+        if self.size_bytes is not None and self.memory_bytes < self.size_bytes:
             raise ValueError(
                 f"memory_bytes ({self.memory_bytes}) is less than the weights' size_bytes ({self.size_bytes})"
             )

@@ -15,15 +15,17 @@ not match is deleted from the cache and the pull fails, saying expected vs actua
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hotspare.core.errors import ModelError
-from hotspare.models.entry import HuggingFaceSource, ModelEntry, PypiSource
+from hotspare.models.entry import HuggingFaceSource, ModelEntry
 from hotspare.models.home import hf_cache_dir, hf_endpoint, is_hf_offline
 from hotspare.models.integrity import HashCache, verify_file
-from hotspare.models.locate import find_installed, install_hint, resolve_weights
+from hotspare.models.locate import find_installed, resolve_weights
+from hotspare.models.pins import Pin, PinStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,31 +37,65 @@ class PullResult:
 
 
 def pull(entry: ModelEntry, cache: HashCache | None = None, progress: bool | None = None) -> PullResult:
-    """Make `entry`'s weights present and verified. Raises ModelError saying what went wrong:
-    offline and missing, not found upstream, network failure, or a hash mismatch.
+    """Make `entry`'s weights (and companion files) present and verified. Raises ModelError saying
+    what went wrong: offline and missing, not found upstream, network failure, or a hash mismatch.
 
+    An entry without a published sha256 is checked against the Hub's content hash (an LFS file's
+    ETag) and its hash recorded (models/pins.py); so is every companion file.
     progress: show a progress bar on stderr (True), never (False), or only on a terminal (None).
     """
     cache = cache if cache is not None else HashCache()
-    if find_installed(entry) is not None or isinstance(entry.source, PypiSource):
-        # Installed already (verify it), or a pip-installed source (resolve explains how to install).
-        return PullResult(resolve_weights(entry, cache), was_downloaded=False)
     src = entry.source
     if not isinstance(src, HuggingFaceSource):
-        raise ModelError(f"model {entry.name!r} is not downloadable: {install_hint(entry)}")
+        # pip-installed or local: nothing to download; resolve says how to install it if missing.
+        return PullResult(resolve_weights(entry, cache), was_downloaded=False)
+    if find_installed(entry) is not None and _is_recorded(entry):
+        return PullResult(resolve_weights(entry, cache), was_downloaded=False)
     path = _download(entry, src, src.file, progress)
     try:
-        verify_file(path, entry.sha256, entry.size_bytes, cache)
+        if entry.sha256 is not None and entry.size_bytes is not None:
+            verify_file(path, entry.sha256, entry.size_bytes, cache)
+        else:
+            _record(entry, src.file, path, cache)
     except ModelError:
         _remove_cached(path)
         raise
     for companion in src.companions:
-        _download(entry, src, companion, progress)
-    return PullResult(path, was_downloaded=True)
+        companion_path = _download(entry, src, companion, progress)
+        try:
+            _record(entry, companion, companion_path, cache)
+        except ModelError:
+            _remove_cached(companion_path)
+            raise
+    return PullResult(resolve_weights(entry, cache), was_downloaded=True)
+
+
+def _is_recorded(entry: ModelEntry) -> bool:
+    """Every hash a load will check is known: published in the catalogue or recorded at a pull."""
+    src = entry.source
+    pins = PinStore()
+    names = src.companions if isinstance(src, HuggingFaceSource) else ()
+    weights_known = entry.sha256 is not None or pins.get(entry.name, entry.file_name) is not None
+    return weights_known and all(pins.get(entry.name, n) is not None for n in names)
+
+
+def _record(entry: ModelEntry, name: str, path: Path, cache: HashCache) -> None:
+    """Pin a downloaded file's hash after checking it against the Hub's content hash, when the
+    Hub gave one (huggingface-hub names the cached blob by its ETag: the sha256 for LFS files,
+    a git sha1 for small files, which proves nothing here)."""
+    digest = cache.sha256(path)
+    hub_hash = path.resolve().name
+    if re.fullmatch(r"[0-9a-f]{64}", hub_hash) and hub_hash != digest:
+        raise ModelError(
+            f"{path} has sha256 {digest} but the Hub's content hash (ETag) is {hub_hash}: "
+            "the download is corrupt; it was deleted, run the pull again"
+        )
+    PinStore().put(entry.name, name, Pin(digest, path.stat().st_size))
 
 
 def remove_cached(entry: ModelEntry) -> list[Path]:
-    """Delete the entry's files from the huggingface-hub cache; returns what was deleted."""
+    """Delete the entry's files from the huggingface-hub cache, and the hashes recorded for them;
+    returns what was deleted."""
     from huggingface_hub import try_to_load_from_cache
 
     src = entry.source
@@ -70,6 +106,7 @@ def remove_cached(entry: ModelEntry) -> list[Path]:
         found = try_to_load_from_cache(src.repo, name, cache_dir=hf_cache_dir(), revision=src.revision)
         if isinstance(found, str):
             removed += _remove_cached(Path(found))
+    PinStore().drop(entry.name)
     return removed
 
 

