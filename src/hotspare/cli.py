@@ -20,6 +20,7 @@ from hotspare.models.catalog import DEFAULT_MODEL, load_catalog
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -79,13 +80,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def serve_command(args: argparse.Namespace) -> int:
     """`hotspare serve`: returns when the server stops (Ctrl-C), or when the model cannot be loaded."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = _settings(args)
         load_catalog().get(settings.local.model)  # an unknown name fails now, not after binding
     except HotspareError as exc:
         print(f"hotspare: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -97,7 +98,12 @@ def serve_command(args: argparse.Namespace) -> int:
     )
     server = uvicorn.Server(config)
     app.state.on_fatal = lambda: setattr(server, "should_exit", True)
-    server.run()
+    try:
+        # After a graceful shutdown uvicorn re-raises the signal that stopped it, so SIGTERM ends the
+        # process as SIGTERM does (what service managers expect) and Ctrl-C arrives here.
+        server.run()
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
     return EXIT_FAILED if app.state.load_error is not None else EXIT_OK
 
 

@@ -35,7 +35,13 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ServerSettings(_Section):
+class _StrictSection(_Section):
+    """Values are taken as TOML typed them: "80" is not a port."""
+
+    model_config = ConfigDict(strict=True)
+
+
+class ServerSettings(_StrictSection):
     """Where hotspare listens and how it keeps streams alive."""
 
     host: str = Field(default=DEFAULT_HOST, min_length=1, description="address to bind")
@@ -45,7 +51,7 @@ class ServerSettings(_Section):
     )
 
 
-class LocalSettings(_Section):
+class LocalSettings(_StrictSection):
     """The local model hotspare keeps warm."""
 
     model: str = Field(default=DEFAULT_MODEL, min_length=1, description="a catalogue name")
@@ -53,11 +59,12 @@ class LocalSettings(_Section):
     num_threads: int = Field(default=0, ge=0, description="llama.cpp CPU threads; 0 = all physical cores")
 
 
-class ApiSettings(_Section):
+class ApiSettings(_StrictSection):
     """What clients may ask for."""
 
     allowed_models: tuple[str, ...] | None = Field(
         default=None,
+        strict=False,  # TOML gives a list; the names in it must still be strings
         description="model names clients may ask for (the local model's own name is always allowed); "
         "unset = any name is served by the local model",
     )

@@ -1,0 +1,107 @@
+"""`hotspare serve`: its help, its refusals, and real runs (logging, allowlist, clean stop, failed load)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from hotspare.cli import main
+from hotspare.models.catalog import DEFAULT_MODEL
+from serving import RunningServer, free_port, start_server, stop_server
+
+
+def test_serve_help_explains_every_flag_and_the_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--help"])
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    for needle in ("--host", "--port", "--model", "--config", "127.0.0.1", "8765", DEFAULT_MODEL, "/ready"):
+        assert needle in text
+
+
+def test_top_level_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for command in ("serve", "models", "bundle", "doctor"):
+        assert command in text
+
+
+@pytest.mark.parametrize("port", ["0", "70000", "http"])
+def test_a_bad_port_is_a_usage_error(port: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--port", port])
+    assert exited.value.code == 2
+    assert f"a port is a number from 1 to 65535, not '{port}'" in capsys.readouterr().err
+
+
+def test_an_unknown_model_is_refused_before_listening(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--model", "no-such-model"]) == 2
+    assert capsys.readouterr().err.startswith("hotspare: no model named 'no-such-model' in the catalogue")
+
+
+def test_a_bad_config_file_is_refused_with_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("[server]\nport = 8765\nworkers = 4\n")
+    assert main(["serve", "--config", str(config)]) == 2
+    assert (
+        capsys.readouterr().err == f"hotspare: invalid config file {config}: [server] workers: unknown key\n"
+    )
+
+
+def test_serve_logs_where_it_listens_which_model_and_the_load_time(server: RunningServer) -> None:
+    lines = [line for line in server.log().splitlines() if "hotspare listening on" in line]
+    assert len(lines) == 1
+    assert f"listening on http://127.0.0.1:{server.port}, model {DEFAULT_MODEL}, ready in " in lines[0]
+    assert lines[0].rstrip().endswith(" s")
+
+
+def test_a_configured_server_restricts_names_and_stops_cleanly(tmp_path: Path) -> None:
+    config = tmp_path / "hotspare.toml"
+    config.write_text('[local]\ncontext_tokens = 1024\n[api]\nallowed_models = ["gpt-4o"]\n')
+    running = start_server(tmp_path, "--config", str(config), "--host", "127.0.0.1")
+    try:
+        with httpx.Client(base_url=running.base_url, timeout=60) as http:
+            models = http.get("/v1/models").json()["data"]
+            assert [model["id"] for model in models] == [DEFAULT_MODEL, "gpt-4o"]
+            body = {"model": "gpt-5", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+            assert http.post("/v1/chat/completions", json=body).status_code == 404
+            answered = http.post("/v1/chat/completions", json={**body, "model": "gpt-4o"})
+            assert answered.status_code == 200
+            assert answered.json()["model"] == DEFAULT_MODEL
+    finally:
+        status = stop_server(running)
+    assert status == -signal.SIGTERM, running.log()  # uvicorn re-raises it after a graceful shutdown
+    assert "Traceback" not in running.log() and " ERROR " not in running.log()
+
+
+def test_a_model_that_cannot_load_makes_serve_exit_non_zero(tmp_path: Path) -> None:
+    weights = tmp_path / "broken.gguf"
+    weights.write_bytes(b"this is not a GGUF file")
+    catalogue = tmp_path / "models.toml"
+    catalogue.write_text(
+        '[[model]]\nname = "broken"\nfamily = "test"\nparams = "1M"\nquantization = "Q4_1"\n'
+        'backend = "llama_cpp"\ncontext_tokens = 512\nmemory_bytes = 1000\nverified = true\n'
+        f'sha256 = "{hashlib.sha256(weights.read_bytes()).hexdigest()}"\n'
+        f"size_bytes = {weights.stat().st_size}\n"
+        f'[model.source]\nkind = "local"\npath = "{weights}"\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "hotspare", "serve", "--model", "broken", "--port", str(free_port())],
+        env={**os.environ, "HOTSPARE_CATALOG": str(catalogue)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "hotspare cannot serve: " in done.stderr
+    assert str(weights) in done.stderr
