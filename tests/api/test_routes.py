@@ -423,3 +423,20 @@ def test_long_gaps_get_pings_and_keep_alive_comments(make_client: MakeClient) ->
     text = client.post("/v1/chat/completions", json={**CHAT, "stream": True}).text
     assert text.count(": keep-alive\n\n") >= 3
     assert sse_data(text)[-1] == "[DONE]"
+
+
+class BreaksMidStream(FakeBackend):
+    async def stream(self, request):  # type: ignore[no-untyped-def]
+        yield TextDelta("partial")
+        raise RuntimeError("a bug")
+
+
+def test_a_bug_after_the_stream_began_still_ends_it_with_an_error_event(make_client: MakeClient) -> None:
+    client = make_client(BreaksMidStream())
+    data = sse_data(client.post("/v1/chat/completions", json={**CHAT, "stream": True}).text)
+    assert data[-1]["error"]["message"] == "internal error: RuntimeError"
+    data = sse_data(client.post("/v1/messages", json={**MESSAGES, "stream": True}).text)
+    assert data[-1] == {
+        "type": "error",
+        "error": {"type": "api_error", "message": "internal error: RuntimeError"},
+    }

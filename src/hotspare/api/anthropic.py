@@ -19,10 +19,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Discriminator, Field, Tag
 
-from hotspare.api.errors import error_reply
+from hotspare.api.errors import client_error, error_reply
 from hotspare.api.sse import Heartbeat, encode_event, with_heartbeats
 from hotspare.api.wire import WireModel, text_as_parts
-from hotspare.core.errors import BackendUnavailable, HotspareError, InvalidRequest
+from hotspare.core.errors import BackendUnavailable, InvalidRequest
 from hotspare.core.types import (
     ApiFormat,
     ChatRequest,
@@ -309,5 +309,5 @@ async def stream_events(
                         yield closing
                     return
             raise BackendUnavailable("the answer ended without finishing")
-        except HotspareError as exc:
-            yield _event(error_reply(exc, ApiFormat.ANTHROPIC_MESSAGES).body)
+        except Exception as exc:  # the stream has begun: the error goes in-band, in the API's shape
+            yield _event(error_reply(client_error(exc), ApiFormat.ANTHROPIC_MESSAGES).body)

@@ -123,6 +123,15 @@ def error_reply(exc: HotspareError, api: ApiFormat, request_id: str = "") -> Err
     return ErrorReply(status=kind.status, body=body, headers=headers)
 
 
+def client_error(exc: Exception) -> HotspareError:
+    """`exc` as something safe to show a client: a HotspareError as it is, anything else (a bug) logged
+    and reduced to its type name."""
+    if isinstance(exc, HotspareError):
+        return exc
+    logger.error("unexpected error in an answer", exc_info=exc)
+    return HotspareError(f"internal error: {type(exc).__name__}")
+
+
 def _retry_headers(exc: HotspareError) -> dict[str, str]:
     retry_after_s: float | None = None
     if isinstance(exc, Overloaded | UpstreamError):
@@ -232,5 +241,4 @@ async def _on_http_exception(request: Request, exc: Exception) -> Response:
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
-    logger.exception("unexpected error serving %s %s", request.method, request.url.path)
-    return _respond(request, HotspareError(f"internal error: {type(exc).__name__}"), status=500)
+    return _respond(request, client_error(exc), status=500)

@@ -14,10 +14,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field
 
-from hotspare.api.errors import error_reply
+from hotspare.api.errors import client_error, error_reply
 from hotspare.api.sse import Heartbeat, encode_comment, encode_event, with_heartbeats
 from hotspare.api.wire import WireModel, text_as_parts
-from hotspare.core.errors import BackendUnavailable, HotspareError, InvalidRequest
+from hotspare.core.errors import BackendUnavailable, InvalidRequest
 from hotspare.core.types import (
     ApiFormat,
     ChatRequest,
@@ -320,5 +320,5 @@ async def stream_chunks(
                         yield chunk
                     return
             raise BackendUnavailable("the answer ended without finishing")
-        except HotspareError as exc:
-            yield encode_event(error_reply(exc, ApiFormat.OPENAI_CHAT).body)
+        except Exception as exc:  # the stream has begun: the error goes in-band, in the API's shape
+            yield encode_event(error_reply(client_error(exc), ApiFormat.OPENAI_CHAT).body)
