@@ -6,6 +6,8 @@ shape. `app.state` holds what the routes serve from (see api/routes.py):
 
     settings      Settings
     backend       the ChatBackend that answers chats; None until the local engine exists
+    router        the failover Router in front of it when upstreams are configured (mode auto or
+                  upstream-only), else None; it gets the local engine as its last backend when ready
     started_at    unix time the app was created
     load_error    why the local model could not be started, or None
     on_fatal      called (if set) when the local model cannot be started; `hotspare serve` sets it
@@ -22,6 +24,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import JSONResponse, Response
 
 from hotspare import __version__
@@ -33,6 +36,8 @@ from hotspare.core.types import ChatBackend
 from hotspare.engine.config import EngineConfig
 from hotspare.engine.local import LocalEngine
 from hotspare.models.catalog import load_catalog, resolve_weights
+from hotspare.router.config import Mode
+from hotspare.router.router import Router
 
 logger = logging.getLogger("hotspare")
 
@@ -53,11 +58,31 @@ def create_app(settings: Settings, backend: ChatBackend | None = None) -> FastAP
     app.state.started_at = time.time()
     app.state.load_error = None
     app.state.on_fatal = None
+    app.state.router = None
     install_error_handlers(app)
     app.include_router(router)
     app.add_api_route("/health", health, methods=["GET"])
     app.add_api_route("/ready", ready, methods=["GET"])
+    app.add_api_route("/status", status, methods=["GET"])
+    app.add_api_route("/metrics", metrics, methods=["GET"])
     return app
+
+
+async def status(request: Request) -> Response:
+    """The routing mode and every upstream's circuit state."""
+    state = request.app.state
+    failover: Router | None = state.router
+    mode = state.settings.router_config().effective_mode
+    upstreams = failover.snapshot() if failover is not None else {}
+    local = {"model": state.settings.local.model, "ready": state.backend is not None}
+    return JSONResponse({"mode": str(mode), "local": local, "upstreams": upstreams})
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus text format: the router's circuit and attempt counters."""
+    failover: Router | None = request.app.state.router
+    body = failover.metrics.render() if failover is not None else b""
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
 async def health(request: Request) -> Response:
@@ -69,6 +94,8 @@ async def ready(request: Request) -> Response:
     """200 once the backend can answer (for the local engine: loaded and warm), else 503."""
     state = request.app.state
     backend = state.backend
+    if state.router is not None and state.router.mode is Mode.UPSTREAM_ONLY:
+        return JSONResponse({"status": "ready", "model": None})
     if backend is not None and bool(getattr(backend, "is_ready", True)):
         return JSONResponse({"status": "ready", "model": state.settings.local.model})
     if state.load_error is not None:
@@ -78,19 +105,44 @@ async def ready(request: Request) -> Response:
 
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    if app.state.backend is not None:
+    async with _failover(app):
+        if app.state.backend is not None or _mode(app) is Mode.UPSTREAM_ONLY:
+            yield
+            return
+        engine_box: list[LocalEngine] = []
+        loading = asyncio.create_task(_start_local(app, engine_box), name="hotspare-load-model")
+        try:
+            yield
+        finally:
+            loading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loading
+            for engine in engine_box:
+                await engine.stop()
+            logger.info("hotspare stopped")
+
+
+def _mode(app: FastAPI) -> Mode:
+    settings: Settings = app.state.settings
+    return settings.router_config().effective_mode
+
+
+@contextlib.asynccontextmanager
+async def _failover(app: FastAPI) -> AsyncIterator[None]:
+    """The Router in front of the local backend while the app runs, when upstreams are configured.
+    It serves from the upstreams at once; the local engine joins as the last backend when ready."""
+    if _mode(app) is Mode.LOCAL_ONLY:
         yield
         return
-    engine_box: list[LocalEngine] = []
-    loading = asyncio.create_task(_start_local(app, engine_box), name="hotspare-load-model")
+    settings: Settings = app.state.settings
+    failover = Router.from_config(settings.router_config(), app.state.backend)
+    await failover.start()
+    app.state.router = failover
     try:
         yield
     finally:
-        loading.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await loading
-        for engine in engine_box:
-            await engine.stop()
+        app.state.router = None
+        await failover.aclose()
 
 
 async def _start_local(app: FastAPI, engine_box: list[LocalEngine]) -> None:
@@ -110,6 +162,8 @@ async def _start_local(app: FastAPI, engine_box: list[LocalEngine]) -> None:
         _fail(app, f"{type(exc).__name__}: {exc}")
         return
     app.state.backend = engine
+    if app.state.router is not None:
+        app.state.router.attach_local(engine)
     server = settings.server
     logger.info(
         "hotspare listening on http://%s:%d, model %s, ready in %.1f s",

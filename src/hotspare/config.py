@@ -10,8 +10,24 @@
     context_tokens = 0                # 0 = the catalogue's context length for the model
     num_threads = 0                   # CPU threads for llama.cpp; 0 = all physical cores
 
+    hedge = true                      # start the local model beside an upstream slow to answer
+
     [api]
     allowed_models = ["gpt-4o", "claude-sonnet-4-5"]   # optional; unset = any model name is served
+
+    mode = "auto"                     # "auto" | "local-only" | "upstream-only" (top level; default:
+                                      # auto when [[upstreams]] are configured, else local-only)
+    [[upstreams]]                     # the failover chain, in order; see hotspare/router/config.py
+    name = "anthropic"
+    kind = "anthropic"                # or "openai" (any OpenAI-compatible provider)
+    base_url = "https://api.anthropic.com"
+    api_key = "forward"               # or "env:ANTHROPIC_API_KEY"
+    models = ["claude-*"]
+    [upstreams.timeouts]
+    connect_s = 2
+    first_token_s = 10
+    idle_s = 15
+    total_s = 600
 
 Every section and key is optional. Unknown keys are refused with the file, the key and the value.
 """
@@ -22,10 +38,11 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from hotspare.core.errors import ConfigError
 from hotspare.models.catalog import DEFAULT_MODEL
+from hotspare.router.config import LocalConfig, Mode, RouterConfig, UpstreamConfig
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
@@ -57,6 +74,7 @@ class LocalSettings(_StrictSection):
     model: str = Field(default=DEFAULT_MODEL, min_length=1, description="a catalogue name")
     context_tokens: int = Field(default=0, ge=0, description="0 = the catalogue's context length")
     num_threads: int = Field(default=0, ge=0, description="llama.cpp CPU threads; 0 = all physical cores")
+    hedge: bool = Field(default=True, description="start the local model beside an upstream slow to answer")
 
 
 class ApiSettings(_StrictSection):
@@ -79,6 +97,17 @@ class Settings(_Section):
     server: ServerSettings = ServerSettings()
     local: LocalSettings = LocalSettings()
     api: ApiSettings = ApiSettings()
+    mode: Mode | None = Field(default=None, description="auto | local-only | upstream-only")
+    upstreams: tuple[UpstreamConfig, ...] = Field(default=(), description="the failover chain, in order")
+
+    @model_validator(mode="after")
+    def _check_router(self) -> Settings:
+        self.router_config()  # duplicate names, upstream-only without upstreams
+        return self
+
+    def router_config(self) -> RouterConfig:
+        local = LocalConfig(model=self.local.model, hedge=self.local.hedge)
+        return RouterConfig(mode=self.mode, upstreams=self.upstreams, local=local)
 
 
 def load_settings(path: Path | None) -> Settings:

@@ -25,8 +25,10 @@ from hotspare.api.errors import new_request_id, request_id_header
 from hotspare.api.sse import EventStreamResponse, close_stream, closing_stream
 from hotspare.api.wire import parse_body
 from hotspare.config import Settings
-from hotspare.core.errors import BackendUnavailable, NotFound
+from hotspare.core.errors import BackendUnavailable, HotspareError, NotFound
 from hotspare.core.types import ApiFormat, ChatBackend, ChatRequest, Finish, StreamEvent, TextDelta
+from hotspare.router.router import EventReply, RawReply, Router
+from hotspare.upstream.base import ClientCall
 
 T = TypeVar("T")
 
@@ -47,18 +49,20 @@ async def chat_completions(request: Request) -> Response:
     request_id = _begin(request, ApiFormat.OPENAI_CHAT)
     body = parse_body(await request.body(), openai.ChatCompletionRequest)
     chat = openai.to_chat_request(body, request_id)
-    backend = _serving_backend(request, chat.model)
     created = int(time.time())
     headers = {request_id_header(ApiFormat.OPENAI_CHAT): request_id}
     try:
+        served = await _serve(request, ApiFormat.OPENAI_CHAT, chat)
+        if isinstance(served, RawReply):
+            return await _raw_response(served, headers)
+        headers[BACKEND_HEADER] = served.backend
         if not chat.stream:
-            text, finish = await _until_disconnect(request, _collect(backend.stream(chat)))
+            text, finish = await _until_disconnect(request, _collect(served.events))
             return JSONResponse(openai.completion_body(text, finish, request_id, created), headers=headers)
-        events = await _until_disconnect(request, _primed(backend.stream(chat)))
     except ClientGone:
         return Response(status_code=STATUS_CLIENT_CLOSED)
-    chunks = openai.ChunkStream(request_id, created, _answering_model(backend, chat), body.includes_usage)
-    return EventStreamResponse(openai.stream_chunks(events, chunks, _heartbeat_s(request)), headers)
+    chunks = openai.ChunkStream(request_id, created, served.model, body.includes_usage)
+    return EventStreamResponse(openai.stream_chunks(served.events, chunks, _heartbeat_s(request)), headers)
 
 
 @router.get("/v1/models")
@@ -96,18 +100,22 @@ async def messages(request: Request) -> Response:
     request_id = _begin(request, ApiFormat.ANTHROPIC_MESSAGES)
     body = parse_body(await request.body(), anthropic.MessagesRequest)
     chat = anthropic.to_chat_request(body, request_id)
-    backend = _serving_backend(request, chat.model)
     headers = {request_id_header(ApiFormat.ANTHROPIC_MESSAGES): request_id}
     message_id = "msg_" + request_id.removeprefix("req_")
     try:
+        served = await _serve(request, ApiFormat.ANTHROPIC_MESSAGES, chat)
+        if isinstance(served, RawReply):
+            return await _raw_response(served, headers)
+        headers[BACKEND_HEADER] = served.backend
         if not chat.stream:
-            text, finish = await _until_disconnect(request, _collect(backend.stream(chat)))
+            text, finish = await _until_disconnect(request, _collect(served.events))
             return JSONResponse(anthropic.message_body(text, finish, message_id), headers=headers)
-        num_prompt_tokens, events = await _until_disconnect(request, _primed_and_counted(backend, chat))
+        num_prompt_tokens = await _until_disconnect(request, _prompt_size(request, served, chat))
     except ClientGone:
         return Response(status_code=STATUS_CLIENT_CLOSED)
-    model = _answering_model(backend, chat)
-    stream = anthropic.stream_events(events, message_id, model, num_prompt_tokens, _heartbeat_s(request))
+    stream = anthropic.stream_events(
+        served.events, message_id, served.model, num_prompt_tokens, _heartbeat_s(request)
+    )
     return EventStreamResponse(stream, headers)
 
 
@@ -126,6 +134,45 @@ async def count_tokens(request: Request) -> Response:
 
 
 # --- shared --------------------------------------------------------------------------------------
+
+BACKEND_HEADER = "x-hotspare-backend"
+
+
+async def _serve(request: Request, api: ApiFormat, chat: ChatRequest) -> RawReply | EventReply:
+    """The answer's start: from the failover router when one is configured (which may pass the
+    upstream's own bytes through), else from the local backend, primed to its first event."""
+    failover: Router | None = request.app.state.router
+    if failover is None:
+        backend = _serving_backend(request, chat.model)
+        events = await _until_disconnect(request, _primed(backend.stream(chat)))
+        return EventReply(backend.name, events, _answering_model(backend, chat))
+    _check_model(request, chat.model)
+    headers = tuple((name.lower(), value) for name, value in request.headers.items())
+    call = ClientCall(api, await request.body(), headers, chat)
+    return await _until_disconnect(request, failover.route(call))
+
+
+async def _raw_response(reply: RawReply, headers: dict[str, str]) -> Response:
+    """An upstream's own response, unchanged, plus who served it (and our request id if it has none)."""
+    out = dict(reply.headers)
+    for name, value in headers.items():
+        out.setdefault(name, value)
+    out[BACKEND_HEADER] = reply.backend
+    if "text/event-stream" in out.get("content-type", ""):
+        return EventStreamResponse(reply.body, out)
+    body = b"".join([chunk async for chunk in reply.body])
+    return Response(body, status_code=reply.status, headers=out)
+
+
+async def _prompt_size(request: Request, served: EventReply, chat: ChatRequest) -> int:
+    """The prompt's size for `message_start`, in the local model's tokens (0 if it is not ready)."""
+    backend: ChatBackend | None = request.app.state.backend
+    if backend is None:
+        return 0
+    try:
+        return await backend.count_tokens(chat)
+    except HotspareError:
+        return 0
 
 
 def _begin(request: Request, api: ApiFormat) -> str:
@@ -203,23 +250,6 @@ async def _prepend(first: StreamEvent, rest: AsyncIterator[StreamEvent]) -> Asyn
         yield first
         async for event in rest:
             yield event
-
-
-async def _primed_and_counted(
-    backend: ChatBackend, chat: ChatRequest
-) -> tuple[int, AsyncIterator[StreamEvent]]:
-    """The prompt's size (for `message_start`) and the primed stream, computed side by side."""
-    counting = asyncio.ensure_future(backend.count_tokens(chat))
-    try:
-        events = await _primed(backend.stream(chat))
-    except BaseException:
-        counting.cancel()
-        raise
-    try:
-        return await counting, events
-    except BaseException:
-        await close_stream(events)
-        raise
 
 
 async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:

@@ -118,6 +118,11 @@ class Router:
         self.members = [Member(u, clock, self._on_transition, self.metrics) for u in upstreams]
         self._prober = Prober([Guarded(m.upstream, m.breaker) for m in self.members])
 
+    def attach_local(self, local: ChatBackend) -> None:
+        """Make `local` the last backend of every chain (once the local engine is warm)."""
+        if self.mode is not Mode.UPSTREAM_ONLY:
+            self.local = local
+
     @classmethod
     def from_config(cls, config: RouterConfig, local: ChatBackend | None) -> Router:
         return cls(config, [build_upstream(u) for u in config.upstreams], local)
