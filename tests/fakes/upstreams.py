@@ -343,33 +343,35 @@ class FakeUpstream:
     async def _respond_stream(
         self, writer: asyncio.StreamWriter, b: Behavior, request: dict[str, Any], model: str
     ) -> bool:
-        writer.write(
-            _status_line(
-                200,
-                {
-                    "content-type": "text/event-stream; charset=utf-8",
-                    "cache-control": "no-cache",
-                    "transfer-encoding": "chunked",
-                    "request-id": "req_fake",
-                },
-            )
+        # Bytes are coalesced until a pause or the end: one write per burst, as a fast server sends.
+        pending = _status_line(
+            200,
+            {
+                "content-type": "text/event-stream; charset=utf-8",
+                "cache-control": "no-cache",
+                "transfer-encoding": "chunked",
+                "request-id": "req_fake",
+            },
         )
-        await writer.drain()
         events = AnthropicEvents(model, b) if self.kind == "anthropic" else OpenAIEvents(model, b, request)
         for step in events.steps():
-            if isinstance(step, float):
-                if step:
-                    await asyncio.sleep(step)
+            if isinstance(step, bytes) and step is not _CUT and step is not _STALL:
+                pending += _chunk(step)
                 continue
-            if step is _CUT:
+            if not step:  # a zero pause
+                continue
+            writer.write(pending)
+            pending = b""
+            await writer.drain()
+            if isinstance(step, float):
+                await asyncio.sleep(step)
+            elif step is _CUT:
                 return False
-            if step is _STALL:
+            else:  # _STALL
                 assert self._release is not None
                 await self._release.wait()
                 return False
-            writer.write(_chunk(step))
-            await writer.drain()
-        writer.write(b"0\r\n\r\n")
+        writer.write(pending + b"0\r\n\r\n")
         await writer.drain()
         return True
 

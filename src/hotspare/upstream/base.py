@@ -190,6 +190,7 @@ class UpstreamStream:
     async def next_event(self) -> tuple[SseEvent, StreamEvent | None] | None:
         while not self._pending:
             if self.parser.is_done:
+                await self._drain()
                 return None
             if self._eof:
                 if not self.parser.is_done:
@@ -228,6 +229,19 @@ class UpstreamStream:
                 FailureClass.STREAM_CUT, f"stream broke ({type(exc).__name__})"
             ) from exc
         self._pending.extend(self._decoder.feed(chunk))
+
+    async def _drain(self) -> None:
+        """Read what follows the terminator (the chunked body's end) so that the connection goes
+        back to the pool instead of being closed; give up quietly after a short wait."""
+        if self._eof:
+            return
+        self._eof = True
+        try:
+            async with asyncio.timeout(min(self.upstream.config.timeouts.idle_s, 1.0)):
+                async for _ in self._chunks:
+                    pass
+        except (TimeoutError, httpx.HTTPError):
+            pass
 
     async def aclose(self) -> None:
         await self._response.aclose()
