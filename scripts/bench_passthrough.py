@@ -38,6 +38,7 @@ with FakeUpstream("openai") as fake:
     print(fake.port, flush=True)
     sys.stdin.read()
 """
+CLIENT_KEY = "sk-bench-" + "0123456789abcdef" * 4  # LiteLLM's master key; the others ignore it
 BODY = {"model": "bench", "max_tokens": 16, "messages": [{"role": "user", "content": "Say hello"}]}
 
 
@@ -74,11 +75,12 @@ def start_fake() -> tuple[subprocess.Popen[bytes], int]:
     return proc, int(proc.stdout.readline())
 
 
-def start_hotspare(fake_port: int, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_hotspare(fake_port: int, workdir: Path, hedge: bool) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     config = workdir / "hotspare.toml"
     config.write_text(
-        'mode = "auto"\n[[upstreams]]\nname = "fake"\nkind = "openai"\n'
+        f'mode = "auto"\n[local]\nhedge = {str(hedge).lower()}\n'
+        '[[upstreams]]\nname = "fake"\nkind = "openai"\n'
         f'base_url = "http://127.0.0.1:{fake_port}"\napi_key = "forward"\nmodels = ["*"]\n'
     )
     log = (workdir / "hotspare.log").open("wb")
@@ -101,7 +103,12 @@ def start_litellm(binary: str, fake_port: int, workdir: Path) -> tuple[subproces
         "litellm_settings:\n  drop_params: true\n  telemetry: false\n"
     )
     log = (workdir / "litellm.log").open("wb")
-    env = {**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False"}
+    env = {
+        **os.environ,
+        "LITELLM_LOG": "ERROR",
+        "LITELLM_TELEMETRY": "False",
+        "LITELLM_MASTER_KEY": CLIENT_KEY,
+    }
     proc = subprocess.Popen(
         [binary, "--config", str(config), "--port", str(port), "--num_workers", "1"],
         stdout=log,
@@ -115,7 +122,9 @@ def start_litellm(binary: str, fake_port: int, workdir: Path) -> tuple[subproces
 async def one(client: httpx.AsyncClient, url: str, stream: bool) -> float:
     body = {**BODY, "stream": stream}
     started = time.perf_counter()
-    async with client.stream("POST", url, json=body, headers={"authorization": "Bearer sk-fake"}) as response:
+    async with client.stream(
+        "POST", url, json=body, headers={"authorization": f"Bearer {CLIENT_KEY}"}
+    ) as response:
         async for _ in response.aiter_raw():
             pass
         if response.status_code != 200:
@@ -187,6 +196,11 @@ def main() -> int:
     )
     parser.add_argument("--litellm", default="/tmp/litellm-venv/bin/litellm", help="litellm CLI ('' to skip)")
     parser.add_argument("--requests", type=int, default=400, help="requests per cell at concurrency 1")
+    parser.add_argument(
+        "--hedge",
+        action="store_true",
+        help="leave hedging on (under CPU starvation it starts the local model)",
+    )
     args = parser.parse_args()
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -194,7 +208,7 @@ def main() -> int:
             fake, fake_port = start_fake()
             procs.append(fake)
             targets = {"direct": f"http://127.0.0.1:{fake_port}"}
-            hotspare, targets["hotspare"] = start_hotspare(fake_port, Path(tmp))
+            hotspare, targets["hotspare"] = start_hotspare(fake_port, Path(tmp), args.hedge)
             procs.append(hotspare)
             if args.litellm and Path(args.litellm).exists():
                 litellm, targets["litellm"] = start_litellm(args.litellm, fake_port, Path(tmp))
@@ -203,6 +217,8 @@ def main() -> int:
                 print("LiteLLM not found; measuring hotspare only", file=sys.stderr)
             results = asyncio.run(run_all(targets, args.requests))
             report(results, [n for n in targets if n != "direct"])
+            served = httpx.get(f"{targets['hotspare']}/metrics").text
+            print("\n".join(line for line in served.splitlines() if line.startswith("hotspare_served_total")))
         finally:
             for proc in reversed(procs):
                 proc.send_signal(signal.SIGTERM)

@@ -87,6 +87,7 @@ def serve_command(args: argparse.Namespace) -> int:
         print(f"hotspare: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream request is noise
     app = create_app(settings)
     config = uvicorn.Config(
         app,

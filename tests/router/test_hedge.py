@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from hotspare.router.hedge import HedgePolicy, TtftTracker
+from hotspare.router.hedge import HedgeGate, HedgePolicy, TtftTracker
 
 
 def test_fixed_delay_is_capped_by_the_first_token_limit() -> None:
@@ -27,3 +27,11 @@ def test_tracker_keeps_the_most_recent_samples() -> None:
     for sample in (1.0, 2.0, 3.0, 4.0):
         tracker.add(sample)
     assert tracker.samples() == [2.0, 3.0, 4.0]
+
+
+def test_gate_admits_at_most_its_limit() -> None:
+    gate = HedgeGate(max_in_flight=2)
+    assert [gate.try_enter() for _ in range(3)] == [True, True, False]
+    gate.leave()
+    assert gate.try_enter()
+    assert gate.num_in_flight == 2

@@ -231,6 +231,15 @@ def test_hedge_starts_local_beside_a_slow_upstream_and_cancels_the_upstream(
     assert local.started == 1 and len(anthropic_fake.attempts()) == 1
 
 
+def test_no_hedge_when_the_gate_is_full(anthropic_fake: FakeUpstream) -> None:
+    anthropic_fake.script(Behavior(first_delay_s=0.5))
+    local = FakeLocal()
+    router = make_router([anthropic_fake], local, hedge=True, hedge_delay_s=0.1)
+    router.hedge_gate.max_in_flight = 0
+    reply, _ = run(route_once(router, make_call(ANTHROPIC)))
+    assert reply.backend == "anthropic" and local.started == 0
+
+
 def test_hedge_keeps_the_upstream_when_it_answers_first(anthropic_fake: FakeUpstream) -> None:
     local = FakeLocal()
     router = make_router([anthropic_fake], local, hedge=True, hedge_delay_s=1.0)

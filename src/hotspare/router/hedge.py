@@ -40,3 +40,22 @@ class TtftTracker:
 
     def samples(self) -> list[float]:
         return list(self._samples)
+
+
+class HedgeGate:
+    """Caps the local answers started as hedges that are still racing their upstream, so that when
+    everything is slow because the machine itself is saturated, hedging does not add local model runs
+    to the overload. Not thread-safe: one event loop."""
+
+    def __init__(self, max_in_flight: int = 2) -> None:
+        self.max_in_flight = max_in_flight
+        self.num_in_flight = 0
+
+    def try_enter(self) -> bool:
+        if self.num_in_flight >= self.max_in_flight:
+            return False
+        self.num_in_flight += 1
+        return True
+
+    def leave(self) -> None:
+        self.num_in_flight = max(0, self.num_in_flight - 1)

@@ -11,6 +11,7 @@ from typing import Any
 
 from hotspare.core.errors import UpstreamError
 from hotspare.core.types import ChatBackend, ChatRequest, StreamEvent
+from hotspare.router.hedge import HedgeGate
 from hotspare.upstream.base import ClientCall, Upstream, UpstreamStream
 
 log = logging.getLogger("hotspare.router")
@@ -67,17 +68,26 @@ class RaceResult:
 
 
 async def race_local(
-    opening: Coroutine[Any, Any, Opened], delay_s: float, local: ChatBackend, request: ChatRequest
+    opening: Coroutine[Any, Any, Opened],
+    delay_s: float,
+    local: ChatBackend,
+    request: ChatRequest,
+    gate: HedgeGate,
 ) -> RaceResult:
-    """Await `opening`; if it has no first content after `delay_s`, start `local` beside it and keep
-    whichever produces first, cancelling the other. Raises the upstream's error if both fail."""
+    """Await `opening`; if it has no first content after `delay_s` and `gate` admits a hedge, start
+    `local` beside it and keep whichever produces first, cancelling the other. Raises the upstream's
+    error if both fail (or if it fails unhedged)."""
     up = asyncio.ensure_future(opening)
     local_events: AsyncIterator[StreamEvent] | None = None
     lo: asyncio.Future[StreamEvent] | None = None
+    entered = False
     try:
         done, _ = await asyncio.wait({up}, timeout=delay_s)
         if up in done:
             return RaceResult(opened=up.result())
+        entered = gate.try_enter()
+        if not entered:
+            return RaceResult(opened=await up)
         log.info("hedge: no first token after %.2f s, starting the local model beside the upstream", delay_s)
         local_events = local.stream(request)
         lo = asyncio.ensure_future(anext(local_events))
@@ -102,6 +112,9 @@ async def race_local(
         if local_events is not None:
             await local_events.aclose()  # type: ignore[attr-defined]
         raise
+    finally:
+        if entered:
+            gate.leave()
 
 
 def _as_upstream(error: BaseException | None) -> UpstreamError | None:

@@ -35,7 +35,7 @@ from hotspare.core.types import ChatBackend, ChatRequest, Finish, StreamEvent, T
 from hotspare.router.breaker import CircuitBreaker, Transition
 from hotspare.router.classify import Action, classify
 from hotspare.router.config import Mode, RouterConfig, UpstreamConfig
-from hotspare.router.hedge import HedgePolicy, TtftTracker
+from hotspare.router.hedge import HedgeGate, HedgePolicy, TtftTracker
 from hotspare.router.metrics import RouterMetrics
 from hotspare.router.probe import Guarded, Prober
 from hotspare.router.race import Opened, open_upstream, prepend, race_local
@@ -115,6 +115,7 @@ class Router:
         self.local = local if self.mode is not Mode.UPSTREAM_ONLY else None
         self.transitions: list[Transition] = []
         self.metrics = RouterMetrics()
+        self.hedge_gate = HedgeGate()
         self.members = [Member(u, clock, self._on_transition, self.metrics) for u in upstreams]
         self._prober = Prober([Guarded(m.upstream, m.breaker) for m in self.members])
 
@@ -231,7 +232,7 @@ class Router:
         opening = open_upstream(upstream, sent, passthrough)
         if self.local is not None and self.config.local.hedge:
             delay_s = member.hedge.delay_s(member.ttft.samples())
-            race = await race_local(opening, delay_s, self.local, call.request)
+            race = await race_local(opening, delay_s, self.local, call.request, self.hedge_gate)
             if race.local_events is not None:  # the local model answered first; the upstream is cancelled
                 member.record(False if race.upstream_error is not None else None)
                 self.metrics.served(self.local.name, "hedge")
