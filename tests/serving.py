@@ -47,7 +47,8 @@ def start_server(workdir: Path, *args: str) -> RunningServer:
             [sys.executable, "-m", "hotspare", "serve", "--port", str(port), *args],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            # A home of its own: no saved prefix cache or hash cache leaks between servers or runs.
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "HOTSPARE_HOME": str(workdir / f"home-{port}")},
         )
     server = RunningServer(f"http://127.0.0.1:{port}", port, log_path, process)
     try:

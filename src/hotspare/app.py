@@ -36,6 +36,7 @@ from hotspare.core.types import ChatBackend
 from hotspare.engine.config import EngineConfig
 from hotspare.engine.local import LocalEngine
 from hotspare.models.catalog import load_catalog, resolve_weights
+from hotspare.models.home import hotspare_home
 from hotspare.router.config import Mode
 from hotspare.router.router import Router
 
@@ -187,10 +188,16 @@ def engine_config(settings: Settings) -> EngineConfig:
     (this hashes the file), and the local overrides. Raises NotFound or ModelError."""
     entry = load_catalog().get(settings.local.model)
     path = resolve_weights(entry)
+    local = settings.local
     return EngineConfig(
         model_path=path,
         model_name=entry.name,
-        context_tokens=settings.local.context_tokens or entry.context_tokens,
-        num_threads=settings.local.num_threads,
+        context_tokens=local.context_tokens or entry.context_tokens,
+        kv_cache_tokens=local.kv_cache_tokens,
+        max_running=local.max_running,
+        max_queued=local.max_queued,
+        step_tokens=local.step_tokens,
+        num_threads=local.num_threads,
         chat_template=entry.chat_template,
+        persist_dir=hotspare_home() / "kvcache" if local.persist_prefixes else None,
     )

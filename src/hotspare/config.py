@@ -75,6 +75,23 @@ class LocalSettings(_StrictSection):
     context_tokens: int = Field(default=0, ge=0, description="0 = the catalogue's context length")
     num_threads: int = Field(default=0, ge=0, description="llama.cpp CPU threads; 0 = all physical cores")
     hedge: bool = Field(default=True, description="start the local model beside an upstream slow to answer")
+    max_running: int = Field(default=16, ge=1, le=64, description="sequences decoded together in one step")
+    max_queued: int = Field(
+        default=64, ge=0, description="requests waiting for the local model before new ones get 'overloaded'"
+    )
+    kv_cache_tokens: int = Field(
+        default=0, ge=0, description="KV cells for all sequences and the prefix cache; 0 = 2x the context"
+    )
+    step_tokens: int = Field(
+        default=512, ge=16, le=8192, description="tokens in one decode step (running streams + prompt chunks)"
+    )
+    warm_conversations: bool = Field(
+        default=True,
+        description="prefill conversations passing through to upstreams into the local KV cache when idle",
+    )
+    persist_prefixes: bool = Field(
+        default=True, description="save the hottest cached prefixes to disk so a restart is warm"
+    )
 
 
 class ApiSettings(_StrictSection):

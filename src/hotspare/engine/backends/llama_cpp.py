@@ -82,6 +82,9 @@ class LlamaCppModel:
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
         cparams.kv_unified = True  # one cell pool for all slots: prefix sharing is a tag, not a copy
+        # Attention spans every used cell of the unified cache; only the flash-attention kernels skip
+        # cells masked out for a sequence, so idle cached prefixes cost next to nothing per step.
+        cparams.flash_attn_type = llama.LLAMA_FLASH_ATTN_TYPE_ENABLED
         cparams.no_perf = True
         self._ctx = llama.llama_init_from_model(self._model, cparams)
         if not self._ctx:
