@@ -156,3 +156,12 @@ async def test_cached_prefixes_survive_a_restart_on_disk(model_path: Path, tmp_p
         assert finish.usage.cached_tokens > 200
     finally:
         await second.stop()
+
+
+async def test_stats_count_steps_by_batch_size(engine: LocalEngine) -> None:
+    await asyncio.gather(*(collect(engine, chat(f"Name {i} colours.", max_tokens=6)) for i in range(3)))
+    stats = await engine.stats()
+    assert stats["batch_size_bounds"] == [1, 2, 4, 8, 16, 32, 64]
+    assert sum(stats["steps_by_batch_size"]) == stats["num_steps"]
+    assert stats["num_batched_sequences"] >= stats["num_steps"]
+    assert sum(stats["steps_by_batch_size"][1:]) >= 1  # some step decoded the requests together

@@ -7,6 +7,7 @@ step's events as one message. It blocks on the pipe only when there is no work.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import ctypes
 import logging
@@ -41,6 +42,9 @@ from hotspare.engine.text_output import TextOutput
 
 log = logging.getLogger(__name__)
 
+BATCH_SIZE_BOUNDS = (1, 2, 4, 8, 16, 32, 64)
+"""Upper bounds of the batch-size buckets counted per decode step (a Prometheus histogram's `le`)."""
+
 
 @dataclass(slots=True)
 class _Live:
@@ -69,6 +73,10 @@ class EngineCore:
         self.live: dict[int, _Live] = {}
         self.num_steps = 0
         self.num_generated_tokens = 0
+        # Steps by how many sequences they decoded: steps_by_batch_size[i] counts steps whose batch
+        # size was at most BATCH_SIZE_BOUNDS[i] (and above the bound before it); the last is the rest.
+        self.steps_by_batch_size = [0] * (len(BATCH_SIZE_BOUNDS) + 1)
+        self.num_batched_sequences = 0
         self.has_urgent_events = False
         self.is_cache_dirty = False
 
@@ -135,8 +143,13 @@ class EngineCore:
             self.scheduler.on_decode_failed(out)
             return []
         self.num_steps += 1
+        self._count_batch(len(out.items))
         to_sample = self.scheduler.update_from_output(out)
         return self._postprocess(to_sample, rows)
+
+    def _count_batch(self, size: int) -> None:
+        self.num_batched_sequences += size
+        self.steps_by_batch_size[bisect.bisect_left(BATCH_SIZE_BOUNDS, size)] += 1
 
     def _postprocess(self, seqs: list[Sequence], rows: list[int]) -> list[EngineEvent]:
         events: list[EngineEvent] = []
@@ -211,6 +224,9 @@ class EngineCore:
             "num_preemptions": s.stats.num_preemptions,
             "num_steps": self.num_steps,
             "num_generated_tokens": self.num_generated_tokens,
+            "batch_size_bounds": list(BATCH_SIZE_BOUNDS),
+            "steps_by_batch_size": list(self.steps_by_batch_size),
+            "num_batched_sequences": self.num_batched_sequences,
         }
 
 
