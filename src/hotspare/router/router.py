@@ -37,6 +37,7 @@ from hotspare.router.classify import Action, classify
 from hotspare.router.config import Mode, RouterConfig, UpstreamConfig
 from hotspare.router.hedge import HedgeGate, HedgePolicy, TtftTracker
 from hotspare.router.metrics import RouterMetrics
+from hotspare.router.observe import Advisor, RouterObserver, Stage
 from hotspare.router.probe import Guarded, Prober
 from hotspare.router.race import Opened, open_upstream, prepend, race_local
 from hotspare.router.takeover import Continuer, continue_events, continue_passthrough
@@ -84,10 +85,14 @@ class Member:
         metrics.add_upstream(upstream.name)
         self.ttft = TtftTracker()
         self.hedge = HedgePolicy(self.config.timeouts.first_token_s, self.config.hedge_delay_s)
+        self.observers: list[RouterObserver] = []
+        self.shed_credit = 0.0  # accumulates the advisor's shed share; each whole unit sheds a request
 
-    def record(self, verdict: bool | None) -> None:
+    def record(self, verdict: bool | None, failure: FailureClass | None = None) -> None:
         outcome = "cancelled" if verdict is None else "ok" if verdict else "failed"
         self.metrics.attempt(self.upstream.name, outcome)
+        for observer in self.observers:
+            observer.on_attempt(self.upstream.name, outcome, failure if verdict is False else None)
         if verdict is None:
             self.breaker.record_cancelled()
         elif verdict:
@@ -117,6 +122,10 @@ class Router:
         self.metrics = RouterMetrics()
         self.hedge_gate = HedgeGate()
         self.members = [Member(u, clock, self._on_transition, self.metrics) for u in upstreams]
+        self.observers: list[RouterObserver] = []  # shared with every member
+        self.advisor: Advisor | None = None
+        for member in self.members:
+            member.observers = self.observers
         self._prober = Prober([Guarded(m.upstream, m.breaker) for m in self.members])
 
     def attach_local(self, local: ChatBackend) -> None:
@@ -131,6 +140,8 @@ class Router:
     def _on_transition(self, transition: Transition) -> None:
         self.transitions.append(transition)
         self.metrics.on_transition(transition)
+        for observer in self.observers:
+            observer.on_transition(transition)
 
     async def start(self) -> None:
         self._prober.start()
@@ -170,6 +181,9 @@ class Router:
         while index < len(members):
             member = members[index]
             index += 1
+            if self._should_shed(member, has_next=index < len(members) or self.local is not None):
+                self._failover(member, "degraded", Stage.BEFORE_FIRST_BYTE)
+                continue
             try:
                 reply = await self._try_member(member, members[index:], call)
             except UpstreamError as exc:
@@ -178,13 +192,32 @@ class Router:
                     if not larger:
                         return self._client_fault(member, call, exc)
                     members, index = larger, 0
+                self._failover(member, str(exc.failure), Stage.BEFORE_FIRST_BYTE)
                 last = exc
                 continue
             if reply is not None:
                 return reply
+            self._failover(member, "circuit_open", Stage.BEFORE_FIRST_BYTE)
         if self.local is None:
             raise last or BackendUnavailable(f"every upstream for {call.request.model!r} is unavailable")
         return await self._local_reply(call)
+
+    def _should_shed(self, member: Member, has_next: bool) -> bool:
+        """Early warning: send the advisor's share of a degraded upstream's requests past it (only
+        when someone is after it), spread evenly rather than at random."""
+        share = self.advisor.shed_share(member.upstream.name) if self.advisor is not None else 0.0
+        if share <= 0 or not has_next:
+            member.shed_credit = 0.0
+            return False
+        member.shed_credit += min(share, 1.0)
+        if member.shed_credit < 1.0:
+            return False
+        member.shed_credit -= 1.0
+        return True
+
+    def _failover(self, member: Member, cause: str, stage: Stage) -> None:
+        for observer in self.observers:
+            observer.on_failover(member.upstream.name, cause, stage)
 
     async def _try_member(self, member: Member, rest: Sequence[Member], call: ClientCall) -> Reply | None:
         """One upstream with its retries: a reply, None if its circuit is open, or the UpstreamError."""
@@ -205,7 +238,7 @@ class Router:
                     max_retry_after_s=member.config.max_retry_after_s,
                     has_delivered=False,
                 )
-                member.record(False if decision.counts_as_failure else None)
+                member.record(False if decision.counts_as_failure else None, exc.failure)
                 log.warning("%s failed (%s): %s", member.upstream.name, exc.failure, decision.action)
                 if decision.action is Action.RETURN_TO_CLIENT:
                     return self._client_fault(member, call, exc)
@@ -232,9 +265,12 @@ class Router:
         opening = open_upstream(upstream, sent, passthrough)
         if self.local is not None and self.config.local.hedge:
             delay_s = member.hedge.delay_s(member.ttft.samples())
+            if self.advisor is not None:  # a degraded upstream is hedged sooner
+                delay_s *= self.advisor.hedge_scale(upstream.name)
             race = await race_local(opening, delay_s, self.local, call.request, self.hedge_gate)
             if race.local_events is not None:  # the local model answered first; the upstream is cancelled
-                member.record(False if race.upstream_error is not None else None)
+                error = race.upstream_error
+                member.record(False if error is not None else None, error.failure if error else None)
                 self.metrics.served(self.local.name, "hedge")
                 return EventReply(self.local.name, race.local_events, self._local_model(call))
             assert race.opened is not None
@@ -243,6 +279,8 @@ class Router:
             winner = await opening
         if winner.ttft_s is not None:
             member.ttft.add(winner.ttft_s)
+            for observer in self.observers:
+                observer.on_first_token(upstream.name, winner.ttft_s)
         continuers = self._continuers(rest, call)
         if winner.stream is not None and not call.request.stream:
             self.metrics.served(upstream.name, "passthrough")
@@ -283,6 +321,7 @@ class Router:
         stream = opened.stream
         assert stream is not None
         verdict: bool | None = None
+        failure: FailureClass | None = None
         try:
             for chunk in opened.prelude:
                 yield chunk
@@ -291,12 +330,13 @@ class Router:
                     yield item[0].raw
                 verdict = True
             except UpstreamError as exc:
-                verdict = False
+                verdict, failure = False, exc.failure
+                self._failover(member, str(exc.failure), Stage.MID_STREAM)
                 await stream.aclose()
                 async for chunk in continue_passthrough(stream.parser, call.request, continuers, exc):
                     yield chunk
         finally:
-            member.record(verdict)
+            member.record(verdict, failure)
             await stream.aclose()
 
     async def _event_body(
@@ -305,6 +345,7 @@ class Router:
         events = opened.events
         assert events is not None and opened.first is not None
         verdict: bool | None = None
+        failure: FailureClass | None = None
         sent_text, num_sent = "", 0
         try:
             event: StreamEvent | None = opened.first
@@ -319,11 +360,12 @@ class Router:
                     event = None
             verdict = True
         except UpstreamError as exc:
-            verdict = False
+            verdict, failure = False, exc.failure
+            self._failover(member, str(exc.failure), Stage.MID_STREAM)
             async for event in continue_events(call.request, sent_text, num_sent, continuers, exc):
                 yield event
         finally:
-            member.record(verdict)
+            member.record(verdict, failure)
             await events.aclose()  # type: ignore[attr-defined]
 
     def _continuers(self, rest: Sequence[Member], call: ClientCall) -> list[Continuer]:
