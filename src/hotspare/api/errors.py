@@ -7,8 +7,10 @@ Anthropic:  `{"type": "error", "error": {"type", "message"}, "request_id"}`
 | ----------------------------- | ------------------------------------ | ---------------------------- |
 | InvalidRequest                | 400 invalid_request_error            | 400 invalid_request_error    |
 | ContextOverflow               | 400 ... code context_length_exceeded | 400 invalid_request_error    |
+| RequestTooLarge               | 413 ... code request_too_large       | 413 request_too_large        |
 | AuthenticationFailed          | 401 ... code invalid_api_key         | 401 authentication_error     |
 | NotFound                      | 404 invalid_request_error            | 404 not_found_error          |
+| RateLimited (a client key)    | 429 code rate_limit_exceeded         | 429 rate_limit_error         |
 | Overloaded                    | 429 code rate_limit_exceeded         | 529 overloaded_error         |
 | BackendUnavailable/ModelError | 503 server_error                     | 503 api_error                |
 | UpstreamError (client fault)  | the upstream's own status and body   | the same                     |
@@ -40,6 +42,8 @@ from hotspare.core.errors import (
     ModelError,
     NotFound,
     Overloaded,
+    RateLimited,
+    RequestTooLarge,
     UpstreamError,
 )
 from hotspare.core.types import ApiFormat
@@ -68,6 +72,7 @@ class ErrorKind:
 # Most specific class first: the first isinstance match wins.
 _OPENAI_KINDS: tuple[tuple[type[HotspareError], ErrorKind], ...] = (
     (ContextOverflow, ErrorKind(400, "invalid_request_error", "context_length_exceeded")),
+    (RequestTooLarge, ErrorKind(413, "invalid_request_error", "request_too_large")),
     (InvalidRequest, ErrorKind(400, "invalid_request_error")),
     (AuthenticationFailed, ErrorKind(401, "invalid_request_error", "invalid_api_key")),
     (NotFound, ErrorKind(404, "invalid_request_error")),
@@ -78,9 +83,11 @@ _OPENAI_KINDS: tuple[tuple[type[HotspareError], ErrorKind], ...] = (
     (UpstreamError, ErrorKind(502, "server_error")),
 )
 _ANTHROPIC_KINDS: tuple[tuple[type[HotspareError], ErrorKind], ...] = (
+    (RequestTooLarge, ErrorKind(413, "request_too_large")),
     (InvalidRequest, ErrorKind(400, "invalid_request_error")),
     (AuthenticationFailed, ErrorKind(401, "authentication_error")),
     (NotFound, ErrorKind(404, "not_found_error")),
+    (RateLimited, ErrorKind(429, "rate_limit_error")),
     (Overloaded, ErrorKind(529, "overloaded_error")),
     (BackendUnavailable, ErrorKind(503, "api_error")),
     (ModelError, ErrorKind(503, "api_error")),

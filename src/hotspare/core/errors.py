@@ -2,10 +2,12 @@
 
     HotspareError
     ├── InvalidRequest            the client's fault: bad JSON, wrong fields, bad values   (400)
-    │   └── ContextOverflow       the prompt (plus what must be generated) does not fit    (400)
+    │   ├── ContextOverflow       the prompt (plus what must be generated) does not fit    (400)
+    │   └── RequestTooLarge       the request body is over the configured size limit       (413)
     ├── AuthenticationFailed      a missing or wrong hotspare key                          (401)
     ├── NotFound                  unknown model or route                                   (404)
     ├── Overloaded                queue or sequence limit reached; carries retry_after_s   (429/529)
+    │   └── RateLimited           a client key used up its request limit                   (429)
     ├── BackendUnavailable        the local engine is not loaded, crashed or restarting    (503)
     ├── ModelError                a model's weights are missing, corrupt or do not fit      (startup)
     ├── ConfigError               a config file is unreadable or invalid                    (startup)
@@ -51,6 +53,10 @@ class ContextOverflow(InvalidRequest):
         self.max_context_tokens = max_context_tokens
 
 
+class RequestTooLarge(InvalidRequest):
+    """The request body is larger than hotspare accepts."""
+
+
 class AuthenticationFailed(HotspareError):
     pass
 
@@ -65,6 +71,10 @@ class Overloaded(HotspareError):
     def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class RateLimited(Overloaded):
+    """A client key has used up its request limit; retry after `retry_after_s`."""
 
 
 class BackendUnavailable(HotspareError):
