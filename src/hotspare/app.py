@@ -29,6 +29,8 @@ from starlette.responses import JSONResponse, Response
 
 from hotspare import __version__
 from hotspare.api.errors import install_error_handlers
+from hotspare.api.responses_routes import close_store
+from hotspare.api.responses_routes import router as responses_router
 from hotspare.api.routes import router
 from hotspare.config import Settings
 from hotspare.core.errors import HotspareError
@@ -60,8 +62,10 @@ def create_app(settings: Settings, backend: ChatBackend | None = None) -> FastAP
     app.state.load_error = None
     app.state.on_fatal = None
     app.state.router = None
+    app.state.response_store = None  # the Responses API's conversation store, opened on first use
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(responses_router)
     app.add_api_route("/health", health, methods=["GET"])
     app.add_api_route("/ready", ready, methods=["GET"])
     app.add_api_route("/status", status, methods=["GET"])
@@ -106,7 +110,7 @@ async def ready(request: Request) -> Response:
 
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    async with _failover(app):
+    async with _failover(app), _response_store(app):
         if app.state.backend is not None or _mode(app) is Mode.UPSTREAM_ONLY:
             yield
             return
@@ -121,6 +125,14 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             for engine in engine_box:
                 await engine.stop()
             logger.info("hotspare stopped")
+
+
+@contextlib.asynccontextmanager
+async def _response_store(app: FastAPI) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        close_store(app)
 
 
 def _mode(app: FastAPI) -> Mode:

@@ -108,12 +108,22 @@ class ApiSettings(_StrictSection):
         return self.allowed_models is None or model == local_model or model in self.allowed_models
 
 
+class ResponsesSettings(_StrictSection):
+    """The Responses API's conversation store (api/response_store.py)."""
+
+    store: bool = Field(default=True, description="keep responses: previous_response_id resolves locally")
+    store_path: str = Field(default="", description="SQLite file; empty = $HOTSPARE_HOME/responses.sqlite3")
+    store_max_mb: int = Field(default=256, ge=1, description="stored JSON past this evicts the oldest turns")
+    store_max_age_s: float = Field(default=30 * 86400.0, gt=0, description="older turns are deleted")
+
+
 class Settings(_Section):
     """Everything `hotspare serve` runs with."""
 
     server: ServerSettings = ServerSettings()
     local: LocalSettings = LocalSettings()
     api: ApiSettings = ApiSettings()
+    responses: ResponsesSettings = ResponsesSettings()
     mode: Mode | None = Field(default=None, description="auto | local-only | upstream-only")
     upstreams: tuple[UpstreamConfig, ...] = Field(default=(), description="the failover chain, in order")
 

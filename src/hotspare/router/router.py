@@ -174,6 +174,8 @@ class Router:
         """Raises `HotspareError`: NotFound if nothing serves the model; the last failure if every
         backend failed before the first byte; the local backend's own errors."""
         members = self.chain(call.request.model)
+        if call.local_refusal is not None:  # only an upstream speaking the client's format can answer
+            members = [m for m in members if m.upstream.passes_through(call.api_format)]
         if not members and self.local is None:
             raise NotFound(f"no upstream serves model {call.request.model!r}")
         last: HotspareError | None = None
@@ -200,6 +202,9 @@ class Router:
             self._failover(member, "circuit_open", Stage.BEFORE_FIRST_BYTE)
         if self.local is None:
             raise last or BackendUnavailable(f"every upstream for {call.request.model!r} is unavailable")
+        if call.local_refusal is not None:
+            why = f"upstreams for {call.request.model!r} unavailable ({last.message if last else 'none'})"
+            raise BackendUnavailable(f"{why}, and the local model cannot answer: {call.local_refusal}")
         return await self._local_reply(call)
 
     def _should_shed(self, member: Member, has_next: bool) -> bool:
@@ -253,7 +258,7 @@ class Router:
     async def _attempt(self, member: Member, rest: Sequence[Member], call: ClientCall) -> Reply:
         """One attempt; the breaker verdict is recorded when its answer ends (or by the caller)."""
         upstream = member.upstream
-        passthrough = upstream.kind is call.api_format
+        passthrough = upstream.passes_through(call.api_format)
         sent = call
         if passthrough and not call.request.stream:
             streaming = upstream.as_streaming(call)
@@ -263,7 +268,7 @@ class Router:
                 return RawReply(raw.status, raw.headers, _single(raw.body), upstream.name)
             sent = streaming
         opening = open_upstream(upstream, sent, passthrough)
-        if self.local is not None and self.config.local.hedge:
+        if self.local is not None and self.config.local.hedge and call.local_refusal is None:
             delay_s = member.hedge.delay_s(member.ttft.samples())
             if self.advisor is not None:  # a degraded upstream is hedged sooner
                 delay_s *= self.advisor.hedge_scale(upstream.name)
@@ -369,6 +374,8 @@ class Router:
             await events.aclose()  # type: ignore[attr-defined]
 
     def _continuers(self, rest: Sequence[Member], call: ClientCall) -> list[Continuer]:
+        if call.local_refusal is not None:  # continuations are converted requests: none can serve it
+            return []
         out: list[Continuer] = []
         for m in rest:
             out.append(
@@ -400,7 +407,7 @@ class Router:
 
     def _client_fault(self, member: Member, call: ClientCall, exc: UpstreamError) -> RawReply:
         """The upstream's own error goes back unchanged when the client speaks its format."""
-        if member.upstream.kind is call.api_format and exc.status is not None:
+        if member.upstream.passes_through(call.api_format) and exc.status is not None:
             headers = (("content-type", exc.content_type),)
             return RawReply(exc.status, headers, _single(exc.body), member.upstream.name)
         message = f"upstream {member.upstream.name!r} rejected the request (HTTP {exc.status})"

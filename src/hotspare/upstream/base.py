@@ -17,6 +17,7 @@ are never logged, stored or put into an error message (a truncated sha256 identi
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import time
@@ -67,12 +68,17 @@ _NON_TEXT_KEYS = (
 @dataclass(frozen=True, slots=True)
 class ClientCall:
     """One client request as it arrived: its format, raw body, headers (lower-case names) and the
-    parsed `ChatRequest`. Headers include the client's credentials: never log them."""
+    parsed `ChatRequest`. Headers include the client's credentials: never log them.
+
+    `local_refusal`, when set, says why only an upstream speaking the client's own format can answer
+    (a built-in tool, an image, a conversation stored only at the provider): the router then neither
+    converts it for another format nor hands it to the local model."""
 
     api_format: ApiFormat
     body: bytes
     headers: tuple[tuple[str, str], ...]
     request: ChatRequest
+    local_refusal: str | None = None
 
     def header(self, name: str) -> str | None:
         for key, value in self.headers:
@@ -271,6 +277,18 @@ class Upstream(ABC):
     @abstractmethod
     def new_parser(self, client_body: Mapping[str, Any] | None) -> StreamParser: ...
 
+    def passes_through(self, api: ApiFormat) -> bool:
+        """Whether a client speaking `api` is passed through as it is (else converted)."""
+        return api is self.kind
+
+    def passthrough_path(self, api: ApiFormat) -> str:
+        """Where a passed-through request of format `api` goes."""
+        return self.chat_path
+
+    def passthrough_parser(self, call: ClientCall) -> StreamParser:
+        """The parser for a passed-through call's stream."""
+        return self.new_parser(_json_object(call.body))
+
     @abstractmethod
     def auth_headers(self, key: str) -> dict[str, str]: ...
 
@@ -326,9 +344,14 @@ class Upstream(ABC):
         return json.dumps(self.build_body(request)).encode(), headers
 
     async def _send(
-        self, body: bytes, headers: dict[str, str], key: str | None, headers_deadline_s: float
+        self,
+        body: bytes,
+        headers: dict[str, str],
+        key: str | None,
+        headers_deadline_s: float,
+        path: str | None = None,
     ) -> httpx.Response:
-        request = self._client.build_request("POST", self.chat_path, content=body, headers=headers)
+        request = self._client.build_request("POST", path or self.chat_path, content=body, headers=headers)
         try:
             async with asyncio.timeout(headers_deadline_s):
                 response = await self._client.send(request, stream=True)
@@ -390,14 +413,17 @@ class Upstream(ABC):
     async def open_stream(self, call: ClientCall, *, passthrough: bool) -> UpstreamStream:
         """Send a streaming request; return once 2xx headers arrived. Raises `UpstreamError`."""
         started = time.monotonic()
+        path = None
         if passthrough:
             body, headers = self._passthrough_request(call)
-            parser = self.new_parser(_json_object(call.body))
+            parser = self.passthrough_parser(call)
+            path = self.passthrough_path(call.api_format)
         else:
             body, headers = self._cross_request(call, call.request)
             parser = self.new_parser(None)
         t = self.config.timeouts
-        response = await self._send(body, headers, self._key_for(call), min(t.first_token_s, t.total_s))
+        deadline_s = min(t.first_token_s, t.total_s)
+        response = await self._send(body, headers, self._key_for(call), deadline_s, path)
         return UpstreamStream(self, response, parser, started)
 
     def as_streaming(self, call: ClientCall) -> ClientCall | None:
@@ -408,16 +434,17 @@ class Upstream(ABC):
         if body is None or any(body.get(k) for k in _NON_TEXT_KEYS) or (body.get("n") or 1) > 1:
             return None
         body["stream"] = True
-        if self.kind is ApiFormat.OPENAI_CHAT:
+        if call.api_format is ApiFormat.OPENAI_CHAT:
             body["stream_options"] = {"include_usage": True}
-        return ClientCall(call.api_format, json.dumps(body).encode(), call.headers, call.request)
+        return dataclasses.replace(call, body=json.dumps(body).encode())
 
     async def complete(self, call: ClientCall) -> RawResponse:
         """A non-streaming passthrough: the whole response, checked to be JSON. Raises `UpstreamError`."""
         body, headers = self._passthrough_request(call)
         total_s = self.config.timeouts.total_s
         started = time.monotonic()
-        response = await self._send(body, headers, self._key_for(call), total_s)
+        path = self.passthrough_path(call.api_format)
+        response = await self._send(body, headers, self._key_for(call), total_s, path)
         try:
             async with asyncio.timeout(max(0.0, started + total_s - time.monotonic())):
                 content = await response.aread()

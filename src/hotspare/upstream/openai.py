@@ -9,7 +9,8 @@ from typing import Any
 
 from hotspare.core.errors import FailureClass, UpstreamError
 from hotspare.core.types import ApiFormat, ChatRequest, Finish, FinishReason, StreamEvent, Usage
-from hotspare.upstream.base import StreamParser, Upstream
+from hotspare.upstream.base import ClientCall, StreamParser, Upstream
+from hotspare.upstream.openai_responses import RESPONSES_PATH, ResponsesParser
 from hotspare.upstream.sse import SseEvent
 
 _FINISH_REASONS = {
@@ -142,12 +143,25 @@ class OpenAIParser(StreamParser):
 
 
 class OpenAIUpstream(Upstream):
+    """Chat Completions, and passthrough of the Responses API (upstream/openai_responses.py)."""
+
     kind = ApiFormat.OPENAI_CHAT
     chat_path = "/v1/chat/completions"
 
     def new_parser(self, client_body: Mapping[str, Any] | None) -> StreamParser:
         options = (client_body or {}).get("stream_options") or {}
         return OpenAIParser(self.name, include_usage=bool(options.get("include_usage")))
+
+    def passes_through(self, api: ApiFormat) -> bool:
+        return api in (ApiFormat.OPENAI_CHAT, ApiFormat.OPENAI_RESPONSES)
+
+    def passthrough_path(self, api: ApiFormat) -> str:
+        return RESPONSES_PATH if api is ApiFormat.OPENAI_RESPONSES else self.chat_path
+
+    def passthrough_parser(self, call: ClientCall) -> StreamParser:
+        if call.api_format is ApiFormat.OPENAI_RESPONSES:
+            return ResponsesParser(self.name)
+        return super().passthrough_parser(call)
 
     def auth_headers(self, key: str) -> dict[str, str]:
         return {"authorization": f"Bearer {key}"}

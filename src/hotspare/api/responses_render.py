@@ -1,0 +1,226 @@
+"""Core answers -> OpenAI Responses wire format: the `response` object and its SSE event sequence.
+
+Streaming sends, each with a `sequence_number` counting from 0:
+
+    response.created, response.in_progress,
+    response.output_item.added, response.content_part.added,
+    response.output_text.delta ..., response.output_text.done,
+    response.content_part.done, response.output_item.done,
+    response.completed (or response.incomplete when max_output_tokens ran out)
+
+An error after the stream began ends it with an `error` event (its fields both flat, as the API
+reference documents, and nested under `error`, as the live API sends and the SDKs raise from) and
+`response.failed` carrying the output so far -- never a truncated answer presented as complete.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Any
+
+from hotspare.api.errors import client_error, error_reply
+from hotspare.api.responses import ResponsesRequest
+from hotspare.api.sse import Heartbeat, encode_comment, encode_event, with_heartbeats
+from hotspare.core.errors import BackendUnavailable, HotspareError
+from hotspare.core.types import ApiFormat, Finish, FinishReason, StreamEvent, TextDelta, Usage
+
+
+def new_response_id() -> str:
+    return "resp_" + uuid.uuid4().hex + uuid.uuid4().hex[:16]
+
+
+def new_item_id(prefix: str) -> str:
+    return f"{prefix}_" + uuid.uuid4().hex + uuid.uuid4().hex[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class Shell:
+    """What every rendering of one response shares: its id, creation time and the request it echoes."""
+
+    id: str
+    created_at: int
+    model: str
+    request: ResponsesRequest
+
+    @classmethod
+    def new(cls, request: ResponsesRequest, model: str) -> Shell:
+        return cls(new_response_id(), int(time.time()), model, request)
+
+
+def usage_body(usage: Usage) -> dict[str, Any]:
+    return {
+        "input_tokens": usage.input_tokens,
+        "input_tokens_details": {"cached_tokens": usage.cached_tokens},
+        "output_tokens": usage.output_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": usage.input_tokens + usage.output_tokens,
+    }
+
+
+def response_object(
+    shell: Shell,
+    status: str,
+    output: list[dict[str, Any]],
+    usage: Usage | None = None,
+    error: dict[str, Any] | None = None,
+    model: str | None = None,
+) -> dict[str, Any]:
+    """A whole `response` object; `status` is in_progress, completed, incomplete or failed."""
+    r = shell.request
+    text = r.text.model_dump(by_alias=True, exclude_none=True) if r.text is not None else {}
+    text.setdefault("format", {"type": "text"})
+    incomplete = {"reason": "max_output_tokens"} if status == "incomplete" else None
+    return {
+        "id": shell.id,
+        "object": "response",
+        "created_at": shell.created_at,
+        "status": status,
+        "background": False,
+        "error": error,
+        "incomplete_details": incomplete,
+        "instructions": r.instructions,
+        "max_output_tokens": r.max_output_tokens,
+        "max_tool_calls": None,
+        "model": model or shell.model,
+        "output": output,
+        "parallel_tool_calls": True if r.parallel_tool_calls is None else r.parallel_tool_calls,
+        "previous_response_id": r.previous_response_id,
+        "reasoning": {"effort": None, "summary": None},
+        "service_tier": "default",
+        "store": r.store is not False,
+        "temperature": 1.0 if r.temperature is None else r.temperature,
+        "text": text,
+        "tool_choice": "auto" if r.tool_choice is None else r.tool_choice,
+        "tools": r.tools or [],
+        "top_logprobs": 0,
+        "top_p": 1.0 if r.top_p is None else r.top_p,
+        "truncation": "disabled",
+        "usage": usage_body(usage) if usage is not None else None,
+        "user": r.user,
+        "metadata": r.metadata or {},
+    }
+
+
+def status_of(finish: Finish) -> str:
+    return "incomplete" if finish.reason is FinishReason.LENGTH else "completed"
+
+
+def text_part(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def message_item(item_id: str, text: str | None, status: str) -> dict[str, Any]:
+    content = [] if text is None else [text_part(text)]
+    return {"id": item_id, "type": "message", "status": status, "role": "assistant", "content": content}
+
+
+def final_response(shell: Shell, text: str, finish: Finish) -> dict[str, Any]:
+    """The response to a finished answer (non-streaming, or what `response.completed` carries)."""
+    status = status_of(finish)
+    output = [message_item(new_item_id("msg"), text, status)]
+    return response_object(shell, status, output, finish.usage, model=finish.model)
+
+
+@dataclass
+class EventRenderer:
+    """Renders one answer's events as Responses SSE events, numbering them. Not thread-safe."""
+
+    shell: Shell
+    item_id: str = field(default_factory=lambda: new_item_id("msg"))
+    text: str = ""
+    sequence_number: int = 0
+    has_message: bool = False
+    output: list[dict[str, Any]] = field(default_factory=list)
+
+    def event(self, kind: str, **fields: Any) -> bytes:
+        payload = {"type": kind, "sequence_number": self.sequence_number, **fields}
+        self.sequence_number += 1
+        return encode_event(payload, event=kind)
+
+    def opening(self) -> list[bytes]:
+        response = response_object(self.shell, "in_progress", [])
+        return [
+            self.event("response.created", response=response),
+            self.event("response.in_progress", response=response),
+        ]
+
+    def delta(self, text: str) -> list[bytes]:
+        out = self._open_message()
+        self.text += text
+        out.append(self.event("response.output_text.delta", **self._where(), delta=text, logprobs=[]))
+        return out
+
+    def closing(self, finish: Finish) -> tuple[list[bytes], dict[str, Any]]:
+        """The closing events, and the final response object they announce."""
+        status = status_of(finish)
+        out = self._open_message()
+        where = self._where()
+        part = text_part(self.text)
+        item = message_item(self.item_id, self.text, status)
+        out.append(self.event("response.output_text.done", **where, text=self.text, logprobs=[]))
+        out.append(self.event("response.content_part.done", **where, part=part))
+        out.append(self.event("response.output_item.done", output_index=0, item=item))
+        response = response_object(self.shell, status, [item], finish.usage, model=finish.model)
+        out.append(self.event(f"response.{status}", response=response))
+        return out, response
+
+    def failure(self, exc: HotspareError) -> list[bytes]:
+        body = error_reply(exc, ApiFormat.OPENAI_RESPONSES).body["error"]
+        code = body.get("code") or body.get("type") or "server_error"
+        error = {"code": code, "message": exc.message}
+        output = [message_item(self.item_id, self.text, "incomplete")] if self.has_message else []
+        failed = response_object(self.shell, "failed", output, error=error)
+        return [
+            self.event("error", code=code, message=exc.message, param=body.get("param"), error=body),
+            self.event("response.failed", response=failed),
+        ]
+
+    def _where(self) -> dict[str, Any]:
+        return {"item_id": self.item_id, "output_index": 0, "content_index": 0}
+
+    def _open_message(self) -> list[bytes]:
+        if self.has_message:
+            return []
+        self.has_message = True
+        return [
+            self.event(
+                "response.output_item.added",
+                output_index=0,
+                item=message_item(self.item_id, None, "in_progress"),
+            ),
+            self.event("response.content_part.added", **self._where(), part=text_part("")),
+        ]
+
+
+async def stream_events(
+    events: AsyncIterator[StreamEvent],
+    renderer: EventRenderer,
+    heartbeat_s: float,
+    on_done: Callable[[dict[str, Any]], Awaitable[None]],
+) -> AsyncIterator[bytes]:
+    """The SSE body of a streamed answer; `on_done` gets the final response object once the answer
+    finished. Closing this closes `events`."""
+    for chunk in renderer.opening():
+        yield chunk
+    async with aclosing(with_heartbeats(events, heartbeat_s)) as paced:
+        try:
+            async for event in paced:
+                if isinstance(event, Heartbeat):
+                    yield encode_comment("keep-alive")
+                elif isinstance(event, TextDelta):
+                    for chunk in renderer.delta(event.text):
+                        yield chunk
+                elif isinstance(event, Finish):
+                    closing, response = renderer.closing(event)
+                    await on_done(response)
+                    for chunk in closing:
+                        yield chunk
+                    return
+            raise BackendUnavailable("the answer ended without finishing")
+        except Exception as exc:  # the stream has begun: the error goes in-band
+            for chunk in renderer.failure(client_error(exc)):
+                yield chunk

@@ -1,0 +1,297 @@
+"""The Responses API endpoints: `POST /v1/responses`, `GET` and `DELETE /v1/responses/{id}`.
+
+A request is served like the chat endpoints (api/routes.py): by the failover router when upstreams are
+configured -- passed through unchanged to an OpenAI-kind upstream, whose bytes are read on the way
+past to keep the response -- else by the local model, whose events are rendered here.
+
+Conversations: a `previous_response_id` is resolved from the store (api/response_store.py) into the
+earlier turns, which the local model (or a cross-format upstream) then sees before this request's own
+input. An upstream is sent the id unchanged when it made that response itself; when another backend
+made it, the upstream cannot know the id, so the earlier turns are inlined into `input` instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from starlette.responses import JSONResponse, Response
+
+from hotspare.api.errors import request_id_header
+from hotspare.api.response_store import ResponseStore, StoredTurn
+from hotspare.api.responses import Conversion, ResponsesRequest, input_items, to_chat_request
+from hotspare.api.responses_render import EventRenderer, Shell, final_response, new_item_id, stream_events
+from hotspare.api.routes import (
+    BACKEND_HEADER,
+    STATUS_CLIENT_CLOSED,
+    ClientGone,
+    _answering_model,
+    _check_model,
+    _heartbeat_s,
+    _primed,
+    _raw_response,
+    _serving_backend,
+    _until_disconnect,
+)
+from hotspare.api.sse import EventStreamResponse, closing_stream
+from hotspare.api.wire import parse_body
+from hotspare.config import Settings
+from hotspare.core.errors import BackendUnavailable, HotspareError, InvalidRequest, NotFound
+from hotspare.core.types import ApiFormat, ChatBackend, ChatRequest, Finish, StreamEvent, TextDelta
+from hotspare.models.home import hotspare_home
+from hotspare.router.router import EventReply, RawReply, Router
+from hotspare.upstream.base import ClientCall
+from hotspare.upstream.openai_responses import TAKEOVER_COMMENT
+from hotspare.upstream.sse import SseDecoder
+
+log = logging.getLogger("hotspare.responses")
+
+router = APIRouter()
+
+API = ApiFormat.OPENAI_RESPONSES
+_FINAL_EVENTS = frozenset({"response.completed", "response.incomplete"})
+
+
+# --- the store -----------------------------------------------------------------------------------
+
+
+def open_store(settings: Settings) -> ResponseStore | None:
+    """The store `settings` ask for (None when it is off)."""
+    config = settings.responses
+    if not config.store:
+        return None
+    path: Path | str = config.store_path or hotspare_home() / "responses.sqlite3"
+    if path != ":memory:":
+        path = Path(path).expanduser()
+    return ResponseStore(path, config.store_max_mb * 1024 * 1024, config.store_max_age_s)
+
+
+def store_of(app: FastAPI) -> ResponseStore | None:
+    """The app's store, opened on first use (`app.state.response_store`; closed by the app)."""
+    if getattr(app.state, "response_store", None) is None:
+        app.state.response_store = open_store(app.state.settings)
+    store: ResponseStore | None = app.state.response_store
+    return store
+
+
+def close_store(app: FastAPI) -> None:
+    store: ResponseStore | None = getattr(app.state, "response_store", None)
+    app.state.response_store = None
+    if store is not None:
+        store.close()
+
+
+# --- endpoints -----------------------------------------------------------------------------------
+
+
+@router.get("/v1/responses/{response_id}")
+async def get_response(request: Request, response_id: str) -> Response:
+    store = store_of(request.app)
+    turn = await asyncio.to_thread(store.get, response_id) if store is not None else None
+    if turn is None:
+        raise NotFound(f"No response found with id {response_id!r}.")
+    return JSONResponse(turn.response)
+
+
+@router.delete("/v1/responses/{response_id}")
+async def delete_response(request: Request, response_id: str) -> Response:
+    store = store_of(request.app)
+    if store is None or not await asyncio.to_thread(store.delete, response_id):
+        raise NotFound(f"No response found with id {response_id!r}.")
+    return JSONResponse({"id": response_id, "object": "response", "deleted": True})
+
+
+@router.post("/v1/responses")
+async def create_response(request: Request) -> Response:
+    request_id = new_item_id("req")[:28]
+    request.state.request_id = request_id
+    raw = await request.body()
+    body = parse_body(raw, ResponsesRequest)
+    turn = Turn(request, body, await _earlier_turns(request, body))
+    headers = {request_id_header(API): request_id}
+    try:
+        served = await turn.serve(raw)
+        if isinstance(served, RawReply):
+            recorded = RawReply(served.status, served.headers, turn.recorded(served), served.backend)
+            return await _raw_response(recorded, headers)
+        headers[BACKEND_HEADER] = served.backend
+        shell = Shell.new(body, served.model)
+        if not body.stream:
+            text, finish = await _until_disconnect(request, _collect(served.events))
+            response = final_response(shell, text, finish)
+            await turn.keep(response, served.backend, is_upstream=False)
+            return JSONResponse(response, headers=headers)
+    except ClientGone:
+        return Response(status_code=STATUS_CLIENT_CLOSED)
+
+    async def on_done(response: dict[str, Any]) -> None:
+        await turn.keep(response, served.backend, is_upstream=False)
+
+    events = stream_events(served.events, EventRenderer(shell), _heartbeat_s(request), on_done)
+    return EventStreamResponse(events, headers)
+
+
+async def _earlier_turns(request: Request, body: ResponsesRequest) -> list[StoredTurn] | None:
+    """The stored conversation `previous_response_id` names (oldest first); [] without one; None
+    when it is not stored here (then only the upstream that made it can continue it)."""
+    if body.previous_response_id is None:
+        return []
+    store = store_of(request.app)
+    if store is None:
+        return None
+    try:
+        return await asyncio.to_thread(store.chain, body.previous_response_id)
+    except NotFound:
+        return None
+
+
+class Turn:
+    """One request of a conversation: how to serve it, and how to keep what it produced."""
+
+    def __init__(self, request: Request, body: ResponsesRequest, earlier: list[StoredTurn] | None) -> None:
+        self.request = request
+        self.body = body
+        self.earlier = earlier
+        self.history = [item for turn in earlier or () for item in (*turn.input, *turn.output)]
+        self.conversion: Conversion = to_chat_request(body, self.history, request.state.request_id)
+        self.local_refusal = self.conversion.local_refusal
+        if earlier is None:
+            why = f"previous_response_id {body.previous_response_id!r} is not stored here"
+            self.local_refusal = f"{self.local_refusal}; {why}" if self.local_refusal else why
+
+    @property
+    def chat(self) -> ChatRequest:
+        return self.conversion.chat
+
+    async def serve(self, raw: bytes) -> RawReply | EventReply:
+        """The answer's start, from the router (passthrough or events) or the local backend."""
+        request = self.request
+        failover: Router | None = request.app.state.router
+        if failover is None:
+            self._check_servable_locally()
+            backend = _serving_backend(request, self.chat.model)
+            events = await _until_disconnect(request, _primed(backend.stream(self.chat)))
+            return EventReply(backend.name, events, _answering_model(backend, self.chat))
+        _check_model(request, self.chat.model)
+        headers = tuple((name.lower(), value) for name, value in request.headers.items())
+        call = ClientCall(API, self._upstream_body(raw), headers, self.chat, self.local_refusal)
+        return await _until_disconnect(request, failover.route(call))
+
+    def _check_servable_locally(self) -> None:
+        if self.earlier is None:
+            raise NotFound(
+                f"Previous response with id {self.body.previous_response_id!r} not found.",
+            )
+        if self.local_refusal is not None:
+            raise InvalidRequest(f"not supported by the local model: {self.local_refusal}")
+
+    def _upstream_body(self, raw: bytes) -> bytes:
+        """The client's body, unless the previous response was made by someone the upstream does not
+        know: then the earlier turns go into `input` and the id is dropped."""
+        if not self.earlier or self.earlier[-1].is_upstream:
+            return raw
+        payload = json.loads(raw)
+        payload.pop("previous_response_id", None)
+        payload["input"] = [_inlined(item) for item in self.history] + input_items(self.body)
+        return json.dumps(payload).encode()
+
+    async def keep(self, response: dict[str, Any], backend: str, is_upstream: bool) -> None:
+        """Store a finished response (unless the client or the config opted out); for an upstream's
+        answer, warm the local model on the conversation so far."""
+        store = store_of(self.request.app)
+        if store is None or self.body.store is False or not isinstance(response.get("id"), str):
+            return
+        turn = StoredTurn(
+            id=response["id"],
+            created_at=float(response.get("created_at") or 0) or time.time(),
+            previous_id=self.body.previous_response_id,
+            backend=backend,
+            is_upstream=is_upstream,
+            input=input_items(self.body),
+            response=response,
+        )
+        await asyncio.to_thread(store.put, turn)
+        if is_upstream:
+            await self._warm(turn)
+
+    async def _warm(self, turn: StoredTurn) -> None:
+        settings: Settings = self.request.app.state.settings
+        backend: ChatBackend | None = self.request.app.state.backend
+        warm = getattr(backend, "warm", None)
+        if not settings.local.warm_conversations or warm is None:
+            return
+        body = self.body.model_copy(update={"input": [*turn.input, *turn.output]})
+        with contextlib.suppress(HotspareError):
+            await warm(to_chat_request(body, self.history).chat)
+
+    async def recorded(self, reply: RawReply) -> AsyncIterator[bytes]:
+        """`reply.body` unchanged, keeping the response it carries (an SSE stream's final response,
+        or a JSON body) once it is complete."""
+        decoder = SseDecoder()
+        is_stream = "text/event-stream" in dict(reply.headers).get("content-type", "")
+        taken_over = False
+        whole = b""
+        async with closing_stream(reply.body) as body:
+            async for chunk in body:
+                if not is_stream:
+                    whole += chunk
+                for event in decoder.feed(chunk) if is_stream else ():
+                    taken_over = taken_over or event.raw == TAKEOVER_COMMENT
+                    final = _final_response(event.data)
+                    if final is not None:
+                        await self.keep(final, reply.backend, is_upstream=not taken_over)
+                yield chunk
+        if not is_stream and reply.status == 200:
+            final = _json_response(whole)
+            if final is not None:
+                await self.keep(final, reply.backend, is_upstream=True)
+
+
+def _final_response(data: str) -> dict[str, Any] | None:
+    if not data or '"response.' not in data:
+        return None
+    event = _json_object(data)
+    if event is None or event.get("type") not in _FINAL_EVENTS:
+        return None
+    response = event.get("response")
+    return response if isinstance(response, dict) else None
+
+
+def _json_response(body: bytes) -> dict[str, Any] | None:
+    value = _json_object(body)
+    return value if value is not None and value.get("object") == "response" else None
+
+
+def _json_object(text: str | bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _inlined(item: dict[str, Any]) -> dict[str, Any]:
+    """An earlier item as input for an upstream that never saw it: ids it could not resolve dropped
+    (reasoning items keep theirs: that is how the provider finds their content)."""
+    if item.get("type") == "reasoning":
+        return item
+    return {key: value for key, value in item.items() if key not in ("id", "status")}
+
+
+async def _collect(events: AsyncIterator[StreamEvent]) -> tuple[str, Finish]:
+    """A whole answer: its text and its `Finish` (other events are not rendered yet)."""
+    async with closing_stream(events):
+        texts: list[str] = []
+        async for event in events:
+            if isinstance(event, TextDelta):
+                texts.append(event.text)
+            elif isinstance(event, Finish):
+                return "".join(texts), event
+    raise BackendUnavailable("the answer ended without finishing")
