@@ -12,6 +12,9 @@ shape. `app.state` holds what the routes serve from (see api/routes.py):
     load_error    why the local model could not be started, or None
     on_fatal      called (if set) when the local model cannot be started; `hotspare serve` sets it
                   to shut the server down
+    monitor       the operations hub (ops/monitor.py): metrics, status board, early warning, alerts
+
+Around every route: the request log (ops/requestlog.py, outermost), then access control (ops/access.py).
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
-from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import JSONResponse, Response
 
 from hotspare import __version__
@@ -39,6 +41,10 @@ from hotspare.engine.config import EngineConfig
 from hotspare.engine.local import LocalEngine
 from hotspare.models.catalog import load_catalog, resolve_weights
 from hotspare.models.home import hotspare_home
+from hotspare.ops import routes as ops_routes
+from hotspare.ops.access import AccessGuard, startup_keys
+from hotspare.ops.monitor import Monitor
+from hotspare.ops.requestlog import RequestLog
 from hotspare.router.config import Mode
 from hotspare.router.router import Router
 
@@ -47,7 +53,9 @@ logger = logging.getLogger("hotspare")
 
 def create_app(settings: Settings, backend: ChatBackend | None = None) -> FastAPI:
     """The app serving `settings`. With `backend` given, it answers chats and nothing is loaded (tests,
-    or a caller that manages its own backend); without, the lifespan starts the local engine."""
+    or a caller that manages its own backend); without, the lifespan starts the local engine.
+    Raises ConfigError if it would listen beyond loopback without client keys."""
+    keys = startup_keys(settings)
     app = FastAPI(
         title="hotspare",
         version=__version__,
@@ -62,32 +70,25 @@ def create_app(settings: Settings, backend: ChatBackend | None = None) -> FastAP
     app.state.load_error = None
     app.state.on_fatal = None
     app.state.router = None
+    app.state.monitor = monitor = Monitor(settings)
     app.state.response_store = None  # the Responses API's conversation store, opened on first use
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(responses_router)
     app.add_api_route("/health", health, methods=["GET"])
     app.add_api_route("/ready", ready, methods=["GET"])
-    app.add_api_route("/status", status, methods=["GET"])
-    app.add_api_route("/metrics", metrics, methods=["GET"])
+    app.add_api_route("/status", ops_routes.status, methods=["GET"])
+    app.add_api_route("/status.json", ops_routes.status_json, methods=["GET"])
+    app.add_api_route("/metrics", ops_routes.metrics, methods=["GET"])
+    app.add_middleware(AccessGuard, settings=settings.access, keys=keys, denied=monitor.on_denied)
+    log = settings.log
+    app.add_middleware(
+        RequestLog,
+        on_record=monitor.on_request,
+        log_requests=log.requests,
+        include_prompts=log.include_prompts,
+    )
     return app
-
-
-async def status(request: Request) -> Response:
-    """The routing mode and every upstream's circuit state."""
-    state = request.app.state
-    failover: Router | None = state.router
-    mode = state.settings.router_config().effective_mode
-    upstreams = failover.snapshot() if failover is not None else {}
-    local = {"model": state.settings.local.model, "ready": state.backend is not None}
-    return JSONResponse({"mode": str(mode), "local": local, "upstreams": upstreams})
-
-
-async def metrics(request: Request) -> Response:
-    """Prometheus text format: the router's circuit and attempt counters."""
-    failover: Router | None = request.app.state.router
-    body = failover.metrics.render() if failover is not None else b""
-    return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
 async def health(request: Request) -> Response:
@@ -110,7 +111,7 @@ async def ready(request: Request) -> Response:
 
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    async with _failover(app), _response_store(app):
+    async with _monitoring(app), _failover(app), _response_store(app):
         if app.state.backend is not None or _mode(app) is Mode.UPSTREAM_ONLY:
             yield
             return
@@ -135,6 +136,17 @@ async def _response_store(app: FastAPI) -> AsyncIterator[None]:
         close_store(app)
 
 
+@contextlib.asynccontextmanager
+async def _monitoring(app: FastAPI) -> AsyncIterator[None]:
+    """The ops monitor's engine poller and alert sender, for the life of the app."""
+    monitor: Monitor = app.state.monitor
+    await monitor.start(app.state)
+    try:
+        yield
+    finally:
+        await monitor.aclose()
+
+
 def _mode(app: FastAPI) -> Mode:
     settings: Settings = app.state.settings
     return settings.router_config().effective_mode
@@ -149,6 +161,8 @@ async def _failover(app: FastAPI) -> AsyncIterator[None]:
         return
     settings: Settings = app.state.settings
     failover = Router.from_config(settings.router_config(), app.state.backend)
+    failover.observers.append(app.state.monitor)
+    failover.advisor = app.state.monitor.warning
     await failover.start()
     app.state.router = failover
     try:

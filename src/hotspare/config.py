@@ -29,6 +29,8 @@
     idle_s = 15
     total_s = 600
 
+    [access] [alerts] [early_warning] [log]   # operations: see hotspare/ops/config.py
+
 Every section and key is optional. Unknown keys are refused with the file, the key and the value.
 """
 
@@ -42,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from hotspare.core.errors import ConfigError
 from hotspare.models.catalog import DEFAULT_MODEL
+from hotspare.ops.config import AccessSettings, AlertSettings, EarlyWarningSettings, LogSettings
 from hotspare.router.config import LocalConfig, Mode, RouterConfig, UpstreamConfig
 
 DEFAULT_HOST = "127.0.0.1"
@@ -126,6 +129,10 @@ class Settings(_Section):
     responses: ResponsesSettings = ResponsesSettings()
     mode: Mode | None = Field(default=None, description="auto | local-only | upstream-only")
     upstreams: tuple[UpstreamConfig, ...] = Field(default=(), description="the failover chain, in order")
+    access: AccessSettings = AccessSettings()  # client keys and request limits (hotspare/ops/config.py)
+    alerts: AlertSettings = AlertSettings()
+    early_warning: EarlyWarningSettings = EarlyWarningSettings()
+    log: LogSettings = LogSettings()
 
     @model_validator(mode="after")
     def _check_router(self) -> Settings:

@@ -1,0 +1,183 @@
+"""One record per request, as the client saw it, taken by an ASGI middleware around the whole app: the
+JSON log line (logger "hotspare.requests") and the request metrics both come from it.
+
+Outcomes: `ok`; `rejected` (4xx); `error` (5xx); `stream_error` (a stream that ended with its API's
+error event: the client was told the answer is incomplete); `client_closed` (the client left first).
+
+The line holds the request id, API, method, path, status, backend, outcome, whether it streamed,
+time to first byte and total time in ms, bytes out, token usage when the answer reported it, and the
+caller's key id -- never a key, a header or (unless `[log] include_prompts`) the request body.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from hotspare.ops.access import KEY_SCOPE
+
+log = logging.getLogger("hotspare.requests")
+
+QUIET_PATHS = frozenset({"/health", "/ready", "/metrics", "/status", "/status.json"})
+MAX_PROMPT_BYTES = 64_000
+_TAIL_BYTES = 4096
+_INPUT = re.compile(rb'"(?:prompt_tokens|input_tokens)":\s*(\d+)')
+_OUTPUT = re.compile(rb'"(?:completion_tokens|output_tokens)":\s*(\d+)')
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    id: str
+    api: str
+    method: str
+    path: str
+    status: int = 0
+    backend: str = "none"
+    outcome: str = "ok"
+    stream: bool = False
+    ttfb_ms: float | None = None
+    duration_ms: float = 0.0
+    bytes_out: int = 0
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    key: str | None = None
+    prompt: str | None = None
+
+
+def api_of(path: str) -> str:
+    if path == "/v1/chat/completions":
+        return "openai_chat"
+    if path.startswith("/v1/messages"):
+        return "anthropic_messages"
+    if path.startswith("/v1/responses"):
+        return "openai_responses"
+    return "other"
+
+
+class RequestLog:
+    """`on_record` gets every finished record (metrics, the status board)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        on_record: Callable[[RequestRecord], None],
+        *,
+        log_requests: bool = True,
+        include_prompts: bool = False,
+    ) -> None:
+        self.app = app
+        self._on_record = on_record
+        self._log_requests = log_requests
+        self._include_prompts = include_prompts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in QUIET_PATHS:
+            await self.app(scope, receive, send)
+            return
+        tap = _Tap(scope, time.monotonic(), self._include_prompts)
+        try:
+            await self.app(scope, tap.receive(receive), tap.send(send))
+        except Exception:
+            tap.has_raised = True  # the server's error handler answers 500 outside this middleware
+            raise
+        finally:
+            record = tap.finish()
+            self._on_record(record)
+            if self._log_requests:
+                log.info("%s", json.dumps({k: v for k, v in asdict(record).items() if v is not None}))
+
+
+class _Tap:
+    """Watches one request's messages as they pass."""
+
+    def __init__(self, scope: Scope, started: float, keep_body: bool) -> None:
+        self.started = started
+        self.record = RequestRecord("", api_of(scope["path"]), scope["method"], scope["path"])
+        self.scope = scope
+        self.keep_body = keep_body
+        self.body = bytearray()
+        self.head = b""
+        self.tail = b""
+        self.is_complete = False
+        self.saw_error_event = False
+        self.has_raised = False
+
+    def receive(self, receive: Receive) -> Receive:
+        if not self.keep_body:
+            return receive
+
+        async def tapped() -> Message:
+            message = await receive()
+            if message["type"] == "http.request" and len(self.body) < MAX_PROMPT_BYTES:
+                self.body += message.get("body", b"")[: MAX_PROMPT_BYTES - len(self.body)]
+            return message
+
+        return tapped
+
+    def send(self, send: Send) -> Send:
+        async def tapped(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self._on_start(message)
+            elif message["type"] == "http.response.body":
+                self._on_body(message)
+            await send(message)
+
+        return tapped
+
+    def _on_start(self, message: Message) -> None:
+        self.record.status = int(message["status"])
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in message.get("headers", [])}
+        self.record.id = headers.get("x-request-id") or headers.get("request-id") or ""
+        self.record.backend = headers.get("x-hotspare-backend", "none")
+        self.record.stream = "text/event-stream" in headers.get("content-type", "")
+
+    def _on_body(self, message: Message) -> None:
+        chunk: bytes = message.get("body", b"")
+        if chunk:
+            if self.record.ttfb_ms is None:
+                self.record.ttfb_ms = round((time.monotonic() - self.started) * 1000, 1)
+            self.record.bytes_out += len(chunk)
+            if len(self.head) < _TAIL_BYTES:
+                self.head += chunk[: _TAIL_BYTES - len(self.head)]
+            self.tail = (self.tail + chunk)[-_TAIL_BYTES:]
+            if self.record.stream and _is_error_event(chunk):
+                self.saw_error_event = True
+        if not message.get("more_body", False):
+            self.is_complete = True
+
+    def finish(self) -> RequestRecord:
+        r = self.record
+        r.duration_ms = round((time.monotonic() - self.started) * 1000, 1)
+        r.key = self.scope.get(KEY_SCOPE)
+        r.outcome = self._outcome()
+        text = self.head + self.tail
+        inputs, outputs = _INPUT.findall(text), _OUTPUT.findall(text)
+        r.input_tokens = int(inputs[0]) if inputs else None
+        r.output_tokens = int(outputs[-1]) if outputs else None
+        if self.keep_body:
+            r.prompt = bytes(self.body).decode("utf-8", errors="replace")
+        return r
+
+    def _outcome(self) -> str:
+        status = self.record.status
+        if self.has_raised and not self.is_complete:
+            self.record.status = 500
+            return "error"
+        if status == 0 or status == 499 or not self.is_complete:
+            return "client_closed"
+        if status >= 500:
+            return "error"
+        if status >= 400:
+            return "rejected"
+        return "stream_error" if self.saw_error_event else "ok"
+
+
+def _is_error_event(chunk: bytes) -> bool:
+    """An SSE error event in either API: `event: error` (Anthropic) or `data: {"error": ...}` (OpenAI)."""
+    return chunk.startswith(b"event: error") or b"\nevent: error" in chunk or b'data: {"error"' in chunk
