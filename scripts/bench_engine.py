@@ -149,9 +149,11 @@ class ServerResult:
     levels: dict[int, LevelResult]
     shared: SharedPrefixResult | None = None
     agent: AgentResult | None = None
+    after_agent: LevelResult | None = None
     load_before: str = ""
     load_after: str = ""
     error: str | None = None
+    foreign_cpu_share: float = 0.0
 
 
 async def measure(target: servers.Target, args: argparse.Namespace, nonce: str, result: ServerResult) -> None:
@@ -166,6 +168,9 @@ async def measure(target: servers.Target, args: argparse.Namespace, nonce: str, 
     if not args.skip_agent:
         result.agent = await run_agent(target, nonce, args.conversations, args.turns)
         log(f"{target.name}: agent TTFTs: {[round(t, 3) for t in result.agent.ttfts_s]}")
+        # Decoding speed once the KV cache holds many cached prefixes (attention may span them).
+        result.after_agent = await run_level(target, story_prompts(f"{nonce}-after", 1))
+        log(f"{target.name}: 1 stream after the agent workload: {result.after_agent}")
 
 
 @contextlib.asynccontextmanager
@@ -190,7 +195,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     log(f"logs in {log_dir}; hotspare via {args.hotspare}; load {servers.load_average()}")
     results: dict[str, ServerResult] = {}
     for name in args.servers:
+        await servers.wait_until_quiet(args.max_foreign_share, args.quiet_wait_s, log)
         results[name] = result = ServerResult({}, load_before=servers.load_average())
+        meter = servers.CpuMeter()
         try:
             async with asyncio.timeout(args.server_timeout_s), start(name, args, log_dir) as target:
                 await measure(target, args, nonce, result)
@@ -198,6 +205,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             result.error = f"{type(exc).__name__}: {exc}"
             log(f"{name}: FAILED: {result.error}")
         result.load_after = servers.load_average()
+        result.foreign_cpu_share = meter.foreign_share()
+        log(f"{name}: done; other processes used {result.foreign_cpu_share:.0%} of the CPU meanwhile")
     failover = None
     if "hotspare" in args.servers and not args.skip_failover:
         try:
@@ -249,6 +258,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
     add("shared 2.2k prefix: TTFT warm ms", lambda r: r.shared.warm_ttft_s * 1e3, "{:.0f}")
     add("agent: TTFT per turn p50 ms", lambda r: percentile(r.agent.warm_ttfts_s, 50) * 1e3, "{:.0f}")
     add("agent: TTFT per turn p95 ms", lambda r: percentile(r.agent.warm_ttfts_s, 95) * 1e3, "{:.0f}")
+    add("1 stream after agent: tok/s", lambda r: r.after_agent.tokens_per_s, "{:.1f}")
     lines.append("")
     for n in names:
         r = servers_[n]
@@ -257,7 +267,8 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
             for lv, x in r.levels.items()
         )
         lines.append(
-            f"- {n}: completion tokens per answer ({toks}); load avg {r.load_before} -> {r.load_after}"
+            f"- {n}: completion tokens per answer ({toks}); load avg {r.load_before} -> {r.load_after};"
+            f" other processes used {r.foreign_cpu_share:.0%} of the CPU meanwhile"
         )
         if r.error:
             lines.append(f"  FAILED: {r.error}")
@@ -296,6 +307,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--skip-shared", action="store_true")
     parser.add_argument("--skip-agent", action="store_true")
     parser.add_argument("--skip-failover", action="store_true")
+    parser.add_argument(
+        "--max-foreign-share",
+        type=float,
+        default=0.10,
+        help="before each server, wait until other processes use less than this share of the CPU",
+    )
+    parser.add_argument("--quiet-wait-s", type=float, default=900.0, help="longest such wait")
     parser.add_argument("--server-timeout-s", type=float, default=1200.0, help="per server, all workloads")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     args = parser.parse_args()
@@ -313,7 +331,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> int:
     args = parse_args()
-    results = asyncio.run(main_async(args))
+    try:
+        results = asyncio.run(main_async(args))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        log("interrupted; every server started was stopped")
+        return 130
     print(report(results, args))
     if args.json:
         raw = {

@@ -318,6 +318,62 @@ async def wait_engine_idle(engine: Any, timeout_s: float = 600.0) -> float:
     raise TimeoutError(f"the engine was still busy after {timeout_s:.0f} s")
 
 
+def _busy_jiffies() -> int:
+    """CPU time spent on anything but idle and iowait, all cores, since boot."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(fields) - fields[3] - fields[4]
+
+
+def _own_jiffies() -> int:
+    """CPU time of this process and every live descendant (servers, the engine process), plus
+    children already reaped by this process."""
+    parents: dict[int, int] = {}
+    times: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            pid = int(stat.parent.name)
+            parents[pid] = int(fields[1])
+            times[pid] = int(fields[11]) + int(fields[12])
+    me = os.getpid()
+    total = 0
+    for pid, cpu in times.items():
+        node = pid
+        while node > 1 and node != me:
+            node = parents.get(node, 0)
+        if node == me:
+            total += cpu
+    children = os.times()
+    return total + round((children.children_user + children.children_system) * os.sysconf("SC_CLK_TCK"))
+
+
+class CpuMeter:
+    """How much of the machine's CPU went to other people's processes while we measured."""
+
+    def __init__(self) -> None:
+        self._start = (time.monotonic(), _busy_jiffies(), _own_jiffies())
+
+    def foreign_share(self) -> float:
+        """Foreign CPU time over the interval, as a fraction of all cores' time (0..1)."""
+        started, busy0, own0 = self._start
+        elapsed_jiffies = (time.monotonic() - started) * os.sysconf("SC_CLK_TCK") * (os.cpu_count() or 1)
+        foreign = (_busy_jiffies() - busy0) - (_own_jiffies() - own0)
+        return max(0.0, foreign / elapsed_jiffies) if elapsed_jiffies else 0.0
+
+
+async def wait_until_quiet(max_foreign_share: float, max_wait_s: float, log: Any) -> float:
+    """Wait (at most `max_wait_s`) until other processes use under `max_foreign_share` of the CPU
+    for 5 s in a row. Returns the last share seen."""
+    deadline = time.monotonic() + max_wait_s
+    while True:
+        meter = CpuMeter()
+        await asyncio.sleep(5.0)
+        share = meter.foreign_share()
+        if share < max_foreign_share or time.monotonic() > deadline:
+            return share
+        log(f"machine busy ({share:.0%} of CPU used by other processes); waiting")
+
+
 def load_average() -> str:
     one, five, fifteen = os.getloadavg()
     return f"{one:.2f} {five:.2f} {fifteen:.2f}"
