@@ -80,24 +80,20 @@ class PrefixCache:
 
     def match(self, tokens: Seq[int]) -> PrefixMatch:
         """The longest prefix of `tokens` whose KV some slot holds. Does not change the cache."""
-        return self._match_below(self._root, tokens, 0)
-
-    def _match_below(self, node: _Node, tokens: Seq[int], pos: int) -> PrefixMatch:
+        best = PrefixMatch(num_tokens=0, slot=-1)
         # Siblings may repeat a token run (two requests prefilled the same text at once), so every
-        # child that matches is explored; there is almost always just one.
-        best = PrefixMatch(num_tokens=pos, slot=-1)
-        if pos >= len(tokens):
-            return best
-        for child in node.children.get(tokens[pos], ()):
-            n = _common_prefix_len(child.tokens, tokens, pos)
-            if n == len(child.tokens):
-                found = self._match_below(child, tokens, pos + n)
-                if found.slot < 0:
-                    found = PrefixMatch(pos + n, next(iter(child.holders)))
-            else:
-                found = PrefixMatch(pos + n, next(iter(child.holders)))
-            if found.num_tokens > best.num_tokens:
-                best = found
+        # child that matches is explored (depth first, no recursion); there is almost always one.
+        stack: list[tuple[_Node, int]] = [(self._root, 0)]
+        while stack:
+            node, pos = stack.pop()
+            if pos >= len(tokens):
+                continue
+            for child in node.children.get(tokens[pos], ()):
+                n = _common_prefix_len(child.tokens, tokens, pos)
+                if pos + n > best.num_tokens:
+                    best = PrefixMatch(pos + n, next(iter(child.holders)))
+                if n == len(child.tokens):
+                    stack.append((child, pos + n))
         return best
 
     def length(self, slot: int) -> int:
