@@ -16,6 +16,7 @@ from hotspare.config import DEFAULT_HOST, DEFAULT_PORT, Settings, load_settings
 from hotspare.core.errors import HotspareError
 from hotspare.models import commands as model_commands
 from hotspare.models.catalog import DEFAULT_MODEL, load_catalog
+from hotspare.ops.access import startup_keys
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -83,6 +84,7 @@ def serve_command(args: argparse.Namespace) -> int:
     try:
         settings = _settings(args)
         load_catalog().get(settings.local.model)  # an unknown name fails now, not after binding
+        startup_keys(settings)  # beyond loopback without client keys: refused before binding
     except HotspareError as exc:
         print(f"hotspare: {exc.message}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,0 +1,61 @@
+"""Early warning: degrade on a rising error rate or TTFT before the breaker would open, recover after."""
+
+from __future__ import annotations
+
+from hotspare.ops.config import EarlyWarningSettings
+from hotspare.ops.early_warning import EarlyWarning, Health
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(**overrides: object) -> tuple[EarlyWarning, Clock]:
+    clock = Clock()
+    return EarlyWarning(EarlyWarningSettings.model_validate(overrides), clock), clock
+
+
+def test_a_rising_error_rate_degrades_then_recovery_restores() -> None:
+    warning, clock = make(min_requests=5, max_error_rate=0.2, window_s=10)
+    changes = [warning.record_attempt("a", failed) for failed in (False, False, False, False)]
+    assert changes == [None] * 4 and warning.shed_share("a") == 0.0
+    change = warning.record_attempt("a", True)  # 1 of 5 = 20 %
+    assert change is not None and change.new is Health.DEGRADED
+    assert change.reason == "error rate 20% over 5 attempts"
+    assert (warning.shed_share("a"), warning.hedge_scale("a")) == (0.5, 0.5)
+    assert warning.shed_share("b") == 0.0 and warning.hedge_scale("b") == 1.0
+    clock.now += 11  # the failure leaves the window
+    changes = [warning.record_attempt("a", False) for _ in range(5)]
+    assert changes[0] is not None and changes[0].new is Health.HEALTHY
+    assert warning.health("a") is Health.HEALTHY
+
+
+def test_a_rising_ttft_degrades() -> None:
+    warning, _ = make(ttft_factor=2.0, min_ttft_s=0.25)
+    for _ in range(5):
+        assert warning.record_ttft("a", 0.2) is None
+    for _ in range(2):
+        assert warning.record_ttft("a", 0.6) is None  # recent median still 0.2
+    warning.record_ttft("a", 0.6)
+    change = warning.record_ttft("a", 0.6) or warning.record_ttft("a", 0.6)
+    assert change is not None and change.new is Health.DEGRADED
+    assert change.reason == "time to first token 0.60 s, baseline 0.20 s"
+
+
+def test_fast_ttfts_never_degrade_below_the_floor() -> None:
+    warning, _ = make(min_ttft_s=0.25)
+    for ttft in [0.01] * 5 + [0.1] * 5:  # 10x the baseline but still fast
+        assert warning.record_ttft("a", ttft) is None
+
+
+def test_disabled_never_degrades_and_reset_forgets() -> None:
+    warning, _ = make(enabled=False, min_requests=1)
+    assert warning.record_attempt("a", True) is None and warning.shed_share("a") == 0.0
+    warning, _ = make(min_requests=1)
+    assert warning.record_attempt("a", True) is not None
+    warning.reset("a")
+    assert warning.health("a") is Health.HEALTHY
