@@ -167,6 +167,16 @@ def test_warmups_run_only_when_idle_and_yield_to_real_requests() -> None:
     assert s.cache.match(list(range(20, 32))).num_tokens == 12  # resumed from its parked 4 tokens
 
 
+def test_a_warmup_of_an_already_cached_prompt_feeds_one_token_never_an_empty_batch() -> None:
+    s = sched()
+    s.add(seq(10, [5, 6, 7], max_new=0, warmup=True))
+    while s.has_work:
+        run_step(s)
+    s.add(seq(11, [5, 6, 7], max_new=0, warmup=True))
+    assert fed(run_step(s)) == [(11, 2, 1, False)]
+    assert not s.has_work
+
+
 def test_a_fixed_schedule_is_reproducible() -> None:
     def trace() -> list[list[tuple[int, int, int, bool]]]:
         s = sched(step_tokens=6, max_running=3)

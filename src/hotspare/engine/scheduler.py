@@ -196,8 +196,10 @@ class Scheduler:
             self.running.append(seq)
 
     def _reuse_prefix(self, seq: Sequence, slot: int, out: SchedulerOutput) -> int:
-        # Keep at least one token to feed, so the step yields logits for the next sample.
-        limit = len(seq.tokens) - (0 if seq.is_warmup else 1)
+        # Keep at least one token to feed: a real request needs the logits for its next sample, and
+        # a warm-up whose prompt is all cached already must still decode something (an empty batch
+        # is a llama_decode error).
+        limit = len(seq.tokens) - 1
         match = self.cache.match(seq.tokens[:limit])
         if match.num_tokens > 0:
             self.cache.attach(slot, match.slot, match.num_tokens)
