@@ -46,6 +46,28 @@ class ToolSpec:
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
+class ToolChoiceMode(StrEnum):
+    AUTO = "auto"  # the model answers in text or calls tools, as it sees fit
+    NONE = "none"  # no tool calls
+    REQUIRED = "required"  # at least one call, to any tool
+    NAMED = "named"  # a call to the tool `ToolChoice.name`
+
+
+@dataclass(frozen=True, slots=True)
+class ToolChoice:
+    """Whether and which tools the model must call. `name` is set exactly when `mode` is NAMED."""
+
+    mode: ToolChoiceMode = ToolChoiceMode.AUTO
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JsonOutput:
+    """Structured output: the answer is one JSON value satisfying `schema`; None means any JSON object."""
+
+    schema: dict[str, Any] | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     """One turn. `content` is plain text (text parts joined); tool calls and results ride alongside."""
@@ -77,6 +99,9 @@ class SamplingParams:
     presence_penalty: float = 0.0
     repeat_penalty: float = 1.0
     grammar: str | None = None
+    grammar_triggers: tuple[str, ...] = ()
+    """With triggers, `grammar` is lazy: text is free until one of these literal strings appears,
+    and from its start on the grammar constrains every token. Empty: it constrains from the first."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +114,9 @@ class ChatRequest:
     stream: bool = False
     tools: tuple[ToolSpec, ...] = ()
     request_id: str = ""
+    tool_choice: ToolChoice = field(default_factory=ToolChoice)
+    parallel_tool_calls: bool = True
+    json_output: JsonOutput | None = None
 
 
 class FinishReason(StrEnum):
@@ -115,6 +143,32 @@ class TextDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCallStart:
+    """The model began tool call number `index` (0, 1, ... in answer order) to `name`."""
+
+    index: int
+    id: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """The next piece of call `index`'s arguments; a call's pieces joined are its JSON arguments."""
+
+    index: int
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class ContextFitted:
+    """The conversation did not fit the model's context and was shortened to fit (the `fit` policy).
+    Sent at most once, just before the answer's first other event."""
+
+    num_original_tokens: int
+    num_fitted_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
 class Finish:
     """The last event of every successful stream."""
 
@@ -124,14 +178,17 @@ class Finish:
     stop_sequence: str | None = None
 
 
-StreamEvent = TextDelta | Finish
+StreamEvent = TextDelta | ToolCallStart | ToolCallDelta | ContextFitted | Finish
 
 
 class ChatBackend(Protocol):
     """Anything that can answer a `ChatRequest`: the local engine, an upstream, the router.
 
-    `stream` yields zero or more `TextDelta`s and then exactly one `Finish`; failures raise an
-    exception from `hotspare.core.errors`. Closing the iterator early cancels the request and frees
+    `stream` yields at most one `ContextFitted` first, then the answer -- `TextDelta`s, and for each
+    tool call one `ToolCallStart` followed by its `ToolCallDelta`s (calls come one after another,
+    never interleaved, and text may precede them) -- and then exactly one `Finish` (reason TOOL_CALLS
+    when the answer ended with calls). Failures raise an exception from `hotspare.core.errors`.
+    Closing the iterator early cancels the request and frees
     what it held. `count_tokens` returns the prompt's size in the backend's own tokens.
     """
 

@@ -1,0 +1,91 @@
+"""The grammar that constrains one answer: tool calls whose arguments satisfy the tool's schema,
+and JSON answers that satisfy the requested schema.
+
+| request                                   | grammar                          | applies           |
+| ----------------------------------------- | -------------------------------- | ----------------- |
+| no tools (or tool_choice none), no JSON   | none                             |                   |
+| tools, tool_choice auto                   | one or more calls                | lazily, from `<tool_call>` |
+| tools, tool_choice required / named       | one call (named: to that tool)   | from the first token |
+| JSON output, no tools offered             | one JSON value                   | from the first token |
+| JSON output and tools, tool_choice auto   | calls, or one JSON value         | from the first token |
+
+"One or more" is one when `parallel_tool_calls` is false, else up to `MAX_PARALLEL_CALLS`. A forced
+call is exactly one: a small model offered "another call or stop" after a forced call tends to call
+again and again. Once the grammar is complete only an end-of-generation token can follow, so the
+model stops right after.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from hotspare.agents.prompt import offered_tools
+from hotspare.agents.syntax import CALL_CLOSE, CALL_OPEN
+from hotspare.core.errors import InvalidRequest
+from hotspare.core.types import ChatRequest, ToolChoiceMode, ToolSpec
+from hotspare.engine.backends.gbnf import GrammarBuilder, literal
+
+MAX_PARALLEL_CALLS = 4
+"""A small model asked for parallel calls may never stop calling: the grammar ends it here."""
+
+_WS = "[ \\t\\n]{0,4}"
+_NAME_KEY = literal('"name"')
+_ARGUMENTS_KEY = literal('"arguments"')
+
+
+@dataclass(frozen=True, slots=True)
+class Constraint:
+    """A GBNF grammar and, for a lazy one, the literal texts that switch it on."""
+
+    grammar: str
+    triggers: tuple[str, ...] = ()
+    num_degraded_schemas: int = 0
+
+
+def constraint_for(request: ChatRequest) -> Constraint | None:
+    """The grammar for `request` (see the module table), or None. Raises InvalidRequest when a named
+    tool_choice names no tool of the request, or a call is forced without tools."""
+    tools = offered_tools(request)
+    mode = request.tool_choice.mode
+    if mode in (ToolChoiceMode.REQUIRED, ToolChoiceMode.NAMED) and not tools:
+        raise InvalidRequest(
+            "tool_choice: a tool call is required but the request has no tools", "tool_choice"
+        )
+    builder = GrammarBuilder()
+    if mode is ToolChoiceMode.NAMED:
+        tools = tuple(t for t in tools if t.name == request.tool_choice.name)
+        if not tools:
+            raise InvalidRequest(
+                f"tool_choice: no tool named {request.tool_choice.name!r} among the request's tools",
+                "tool_choice",
+            )
+    parallel = request.parallel_tool_calls and mode is ToolChoiceMode.AUTO
+    calls = _calls_rule(builder, tools, parallel) if tools else None
+    output = request.json_output
+    json_rule = builder.json_rule(output.schema, "answer") if output is not None else None
+    if calls is None and json_rule is None:
+        return None
+    if calls is None:
+        return Constraint(builder.render(f"{_WS} {json_rule}"), (), builder.num_degraded)
+    if mode is not ToolChoiceMode.AUTO:
+        return Constraint(builder.render(calls), (), builder.num_degraded)
+    if json_rule is not None:
+        return Constraint(builder.render(f"{calls} | {_WS} {json_rule}"), (), builder.num_degraded)
+    return Constraint(builder.render(calls), (CALL_OPEN,), builder.num_degraded)
+
+
+def _calls_rule(builder: GrammarBuilder, tools: tuple[ToolSpec, ...], parallel: bool) -> str:
+    """`calls`: one call, or up to MAX_PARALLEL_CALLS, to any of `tools`, each in the syntax.py form."""
+    choices = []
+    for index, tool in enumerate(tools):
+        arguments = builder.json_rule(tool.parameters, f"tool{index}-arguments")
+        head = f'{literal(json.dumps(tool.name))} {_WS} "," {_WS} {_ARGUMENTS_KEY} {_WS} ":" {_WS}'
+        choices.append(builder.add_rule(f"tool{index}-call", f"{head} {arguments}"))
+    body = (
+        f'{literal(CALL_OPEN)} {_WS} "{{" {_WS} {_NAME_KEY} {_WS} ":" {_WS} '
+        f'({" | ".join(choices)}) {_WS} "}}" {_WS} {literal(CALL_CLOSE)}'
+    )
+    builder.add_rule("call", body)
+    repeat = f"{{0,{MAX_PARALLEL_CALLS - 1}}}"
+    return builder.add_rule("calls", f"call ({_WS} call){repeat}" if parallel else "call")
