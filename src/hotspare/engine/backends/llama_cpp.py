@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import re
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,7 +226,7 @@ class LlamaCppModel:
         chain = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
         add = llama.llama_sampler_chain_add
         if params.grammar:
-            grammar = llama.llama_sampler_init_grammar(self._vocab, params.grammar.encode(), b"root")
+            grammar = self._grammar_sampler(params.grammar, params.grammar_triggers)
             if not grammar:
                 llama.llama_sampler_free(chain)
                 raise ValueError("the grammar could not be parsed")
@@ -253,6 +254,17 @@ class LlamaCppModel:
         add(chain, llama.llama_sampler_init_temp(params.temperature))
         add(chain, llama.llama_sampler_init_dist(seed & 0xFFFFFFFF))
         return chain  # type: ignore[no-any-return]
+
+    def _grammar_sampler(self, grammar: str, triggers: Seq[str]) -> ctypes.c_void_p | None:
+        if not triggers:
+            return llama.llama_sampler_init_grammar(self._vocab, grammar.encode(), b"root")  # type: ignore[no-any-return]
+        # Lazy: llama.cpp matches all output so far against the pattern and, once it matches,
+        # constrains from the start of its first group (the trigger) on.
+        pattern = "[\\s\\S]*?(" + "|".join(re.escape(t) for t in triggers) + ")[\\s\\S]*"
+        patterns = (ctypes.c_char_p * 1)(pattern.encode())
+        return llama.llama_sampler_init_grammar_lazy_patterns(  # type: ignore[no-any-return]
+            self._vocab, grammar.encode(), b"root", patterns, 1, None, 0
+        )
 
     def sample(self, sampler: ctypes.c_void_p, row: int) -> int:
         """Sample from batch row `row` of the last decode (also records the token in the chain)."""
