@@ -46,18 +46,21 @@ class ChatTemplate:
         self._bos = bos_token
         self._eos = eos_token
 
-    def render(self, messages: tuple[Message, ...]) -> str:
-        """The prompt for `messages`, ready for generation (see the module docstring)."""
+    def render(self, messages: tuple[Message, ...], tools: list[dict[str, Any]] | None = None) -> str:
+        """The prompt for `messages`, ready for generation (see the module docstring). `tools`
+        (OpenAI-style function objects) go to templates that render tools themselves."""
         prefill = ""
         if messages and messages[-1].role is Role.ASSISTANT:
             prefill = messages[-1].content
             messages = messages[:-1]
+        extra = {"tools": tools} if tools else {}
         try:
             text = self._template.render(
                 messages=[self._as_dict(m) for m in messages],
                 add_generation_prompt=True,
                 bos_token=self._bos,
                 eos_token=self._eos,
+                **extra,
             )
         except jinja2.TemplateError as exc:
             raise InvalidRequest(f"the model's chat template failed: {exc}") from exc

@@ -20,6 +20,9 @@ from collections.abc import AsyncIterator
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from hotspare.agents.fit import ContextPolicy
+from hotspare.agents.prompt import PromptInput, template_knows_tools
+from hotspare.agents.turn import AnswerReader, Renderer, prepare_turn
 from hotspare.core.errors import (
     BackendUnavailable,
     ContextOverflow,
@@ -28,7 +31,7 @@ from hotspare.core.errors import (
     ModelError,
     Overloaded,
 )
-from hotspare.core.types import ChatRequest, Finish, StreamEvent, TextDelta, Usage
+from hotspare.core.types import ChatRequest, Finish, StreamEvent, Usage
 from hotspare.engine.chat_template import ChatTemplate
 from hotspare.engine.config import EngineConfig
 from hotspare.engine.protocol import (
@@ -103,9 +106,15 @@ class LocalEngine:
     name = "local"
 
     def __init__(
-        self, config: EngineConfig, *, load_timeout_s: float = 300.0, hang_timeout_s: float = 60.0
+        self,
+        config: EngineConfig,
+        *,
+        load_timeout_s: float = 300.0,
+        hang_timeout_s: float = 60.0,
+        context_policy: ContextPolicy = ContextPolicy.REJECT,
     ) -> None:
         self.config = config
+        self.context_policy = context_policy
         self.model_name = config.model_name
         self.context_tokens = 0
         self.load_s = 0.0
@@ -245,24 +254,41 @@ class LocalEngine:
             raise BackendUnavailable("the local engine process is not reachable") from None
         return rid, queue
 
-    def render(self, request: ChatRequest) -> str:
-        if self._template is None:
+    def _renderer(self) -> Renderer:
+        """Renders requests (with their tools) into prompt text; see hotspare.agents."""
+        template = self._template
+        if template is None:
             raise BackendUnavailable("the local model is not loaded (starting or restarting)")
-        return self._template.render(request.messages)
+
+        def render(prompt: PromptInput) -> str:
+            return template.render(prompt.messages, prompt.tools)
+
+        async def count(prompt: str) -> int:
+            return int(await self._call(lambda r: Tokenize(r, prompt)))
+
+        return Renderer(render, count, template_knows_tools(template.source))
+
+    def render(self, request: ChatRequest) -> str:
+        return self._renderer().prompt(request)
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
-        prompt = self.render(request)
-        rid, queue = self._submit(lambda r: Submit(r, prompt, request.sampling))
+        turn = await prepare_turn(request, self._renderer(), self.context_tokens, self.context_policy)
+        answer = AnswerReader(turn)
+        rid, queue = self._submit(lambda r: Submit(r, turn.prompt, turn.sampling))
         done = False
         try:
             while True:
                 event = await queue.get()
                 if isinstance(event, Delta):
-                    yield TextDelta(event.text)
+                    for out in answer.text(event.text):
+                        yield out
                 elif isinstance(event, Done):
                     done = True
                     usage = Usage(event.num_prompt_tokens, event.num_output_tokens, event.num_cached_tokens)
-                    yield Finish(event.reason, usage, self.model_name, event.stop_sequence)
+                    for out in answer.finish(
+                        Finish(event.reason, usage, self.model_name, event.stop_sequence)
+                    ):
+                        yield out
                     return
                 elif isinstance(event, Failed):
                     done = True
