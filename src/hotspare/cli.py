@@ -17,6 +17,7 @@ from hotspare.core.errors import HotspareError
 from hotspare.models import commands as model_commands
 from hotspare.models.catalog import DEFAULT_MODEL, load_catalog
 from hotspare.ops.access import startup_keys
+from hotspare.ops.requestlog import configure_log as configure_request_log
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -90,6 +91,7 @@ def serve_command(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream request is noise
+    configure_request_log()  # one bare JSON line per request
     app = create_app(settings)
     config = uvicorn.Config(
         app,

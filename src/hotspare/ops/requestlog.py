@@ -17,6 +17,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -48,6 +49,15 @@ class RequestRecord:
     output_tokens: int | None = None
     key: str | None = None
     prompt: str | None = None
+
+
+def configure_log(stream: Any = None) -> None:
+    """Write request records as bare JSON lines (no logging prefix) to `stream` (stderr by default)."""
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
 
 
 def api_of(path: str) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 
 REFRESH_S = 5
 GREEN, AMBER, RED, GREY = "#1b873f", "#d68a00", "#d32f2f", "#8a8f98"
+ERRORS = "#b0417a"  # the error-rate chart: not the open-circuit red, so a screenshot can tell them apart
 CHART_W, CHART_H = 300, 60
 
 _CSS = """
@@ -66,7 +67,7 @@ def _upstreams(doc: dict[str, Any]) -> str:
             f'<tr data-upstream="{escape(name)}" data-state="{escape(u["state"])}">'
             f"<td><b>{escape(name)}</b></td><td>{_badge(u['state'], u['health'])}</td>"
             f"<td>{u['error_rate']:.0%}</td><td>{ttft}</td><td>{u['attempts']}</td>"
-            f"<td>{_chart(series['error_rate'], RED, 1.0)}</td>"
+            f"<td>{_chart(series['error_rate'], ERRORS, 1.0)}</td>"
             f"<td>{_chart(series['ttft_s'], AMBER)}</td></tr>"
         )
     rows.append("</table>")
