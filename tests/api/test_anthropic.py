@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from hotspare.api import anthropic
+from hotspare.api.answer import Answer
 from hotspare.api.wire import parse_body
 from hotspare.core.errors import InvalidRequest
 from hotspare.core.types import (
@@ -167,7 +168,7 @@ FINISH = Finish(FinishReason.STOP_SEQUENCE, Usage(12, 4, cached_tokens=5), "smol
 
 
 def test_message_body_follows_anthropic_usage_accounting() -> None:
-    assert anthropic.message_body("abc", FINISH, "msg_1") == {
+    assert anthropic.message_body(Answer("abc", [], FINISH), "msg_1") == {
         "id": "msg_1",
         "type": "message",
         "role": "assistant",

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from hotspare.api import openai
+from hotspare.api.answer import Answer
 from hotspare.api.wire import parse_body
 from hotspare.core.errors import InvalidRequest
 from hotspare.core.types import (
@@ -111,7 +112,6 @@ def test_fields_the_local_model_cannot_honour_are_accepted_and_ignored() -> None
 @pytest.mark.parametrize(
     ("body", "message", "param"),
     [
-        ({"n": 2}, "n: only n=1 is supported (the local model answers once), got 2", "n"),
         (
             {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
             "messages[0].content[0]: image_url content is not supported: the local model reads text only",
@@ -191,7 +191,7 @@ FINISH = Finish(FinishReason.LENGTH, Usage(10, 3, cached_tokens=4), "smollm2-135
 
 
 def test_completion_body_reports_the_model_that_answered() -> None:
-    assert openai.completion_body("abc", FINISH, "chatcmpl-1", 1700000000) == {
+    assert openai.completion_body([Answer("abc", [], FINISH)], "chatcmpl-1", 1700000000) == {
         "id": "chatcmpl-1",
         "object": "chat.completion",
         "created": 1700000000,

@@ -247,8 +247,10 @@ def test_openai_sdk_raises_the_matching_errors(make_client: MakeClient) -> None:
     sdk = openai.OpenAI(base_url="http://testserver/v1", api_key="x", http_client=client, max_retries=0)
     with pytest.raises(openai.RateLimitError):
         sdk.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
-    with pytest.raises(openai.BadRequestError, match="n: only n=1"):
-        sdk.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], n=2)
+    with pytest.raises(openai.BadRequestError, match="tool_choice"):
+        sdk.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "hi"}], extra_body={"tool_choice": "maybe"}
+        )
 
 
 def test_anthropic_sdk_raises_the_matching_errors(make_client: MakeClient) -> None:

@@ -1,10 +1,13 @@
 """Anthropic Messages <-> core types.
 
-Requests: every field the real API accepts is accepted; those the local model cannot honour
-(thinking, tool_choice, metadata, service_tier, cache_control, ...) are accepted and ignored, so a
-client written for Claude keeps working. Unknown fields are refused, as Anthropic refuses them.
-Answers: a `message`, or the full SSE event sequence (message_start, content_block_start, ping,
-content_block_delta..., content_block_stop, message_delta, message_stop), with pings in long gaps.
+Requests: every field the real API accepts is accepted. Custom tools, `tool_choice` and JSON output
+(`output_config.format` / `output_format`) become core types the local model honours (see
+hotspare.agents); what it cannot honour (thinking, metadata, service_tier, cache_control,
+context_management, ...) is accepted and ignored, so a client written for Claude keeps working.
+Unknown fields are refused, as Anthropic refuses them.
+Answers: a `message`, or the full SSE event sequence (message_start, ping, per content block
+content_block_start / content_block_delta... / content_block_stop, message_delta, message_stop), with
+pings in long gaps. Tool calls are `tool_use` blocks (streamed as `input_json_delta`s).
 
 Usage follows Anthropic's accounting: `input_tokens` is the part of the prompt that was not read from
 the cache, `cache_read_input_tokens` the part that was; together they are the whole prompt.
@@ -19,21 +22,28 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Discriminator, Field, Tag
 
+from hotspare.api.answer import Answer, arguments_object
 from hotspare.api.errors import client_error, error_reply
 from hotspare.api.sse import Heartbeat, encode_event, with_heartbeats
-from hotspare.api.wire import WireModel, text_as_parts
+from hotspare.api.wire import MediaPolicy, WireModel, media_placeholder, text_as_parts
 from hotspare.core.errors import BackendUnavailable, InvalidRequest
 from hotspare.core.types import (
     ApiFormat,
     ChatRequest,
+    ContextFitted,
     Finish,
     FinishReason,
+    JsonOutput,
     Message,
     Role,
     SamplingParams,
     StreamEvent,
     TextDelta,
     ToolCall,
+    ToolCallDelta,
+    ToolCallStart,
+    ToolChoice,
+    ToolChoiceMode,
     ToolSpec,
     Usage,
 )
@@ -60,7 +70,7 @@ class ToolUseBlock(WireModel):
 class ToolResultBlock(WireModel):
     type: Literal["tool_result"]
     tool_use_id: str
-    content: Annotated[list[TextBlock], BeforeValidator(text_as_parts)] | None = None
+    content: Annotated[list[ResultPart], BeforeValidator(text_as_parts)] | None = None
     is_error: bool | None = None
     cache_control: Any = None
 
@@ -81,6 +91,17 @@ class OtherBlock(WireModel, extra="allow"):
 
 
 _TAGGED_BLOCKS = {"text", "tool_use", "tool_result", "thinking", "redacted_thinking"}
+
+
+def _result_part_tag(value: Any) -> str:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return "text" if kind == "text" else "other"
+
+
+ResultPart = Annotated[
+    Annotated[TextBlock, Tag("text")] | Annotated[OtherBlock, Tag("other")], Discriminator(_result_part_tag)
+]
+ToolResultBlock.model_rebuild()
 
 
 def _block_tag(value: Any) -> str:
@@ -146,12 +167,16 @@ class CountTokensRequest(Conversation):
     """POST /v1/messages/count_tokens."""
 
 
-def to_chat_request(body: Conversation, request_id: str = "") -> ChatRequest:
-    """The core request for `body`; raises InvalidRequest for content the local model cannot read."""
+def to_chat_request(
+    body: Conversation, request_id: str = "", media: MediaPolicy = MediaPolicy.REJECT
+) -> ChatRequest:
+    """The core request for `body`; raises InvalidRequest for content the local model cannot read
+    (media, unless `media` is PLACEHOLDER) or a malformed tool_choice / output format."""
     system = "\n".join(block.text for block in body.system or ())
     messages = [Message(Role.SYSTEM, system)] if system else []
     for index, message in enumerate(body.messages):
-        messages.extend(_to_messages(message, index))
+        messages.extend(_to_messages(message, index, media))
+    choice, parallel = _tool_choice(body.tool_choice)
     return ChatRequest(
         model=body.model,
         messages=tuple(messages),
@@ -159,7 +184,52 @@ def to_chat_request(body: Conversation, request_id: str = "") -> ChatRequest:
         stream=bool(body.stream) if isinstance(body, MessagesRequest) else False,
         tools=_tools(body.tools or []),
         request_id=request_id,
+        tool_choice=choice,
+        parallel_tool_calls=parallel,
+        json_output=_json_output(body),
     )
+
+
+def media_kinds(body: Conversation) -> list[str]:
+    """The kinds of blocks in `body` the local model cannot read ("image", "document", ...), in order."""
+    kinds = []
+    for message in body.messages:
+        for block in message.content:
+            if isinstance(block, OtherBlock):
+                kinds.append(block.type)
+            elif isinstance(block, ToolResultBlock):
+                kinds.extend(part.type for part in block.content or () if isinstance(part, OtherBlock))
+    return kinds
+
+
+def _tool_choice(value: Any) -> tuple[ToolChoice, bool]:
+    """The tool choice and whether parallel calls are allowed."""
+    if value is None:
+        return ToolChoice(), True
+    kind = value.get("type") if isinstance(value, dict) else None
+    parallel = not (isinstance(value, dict) and value.get("disable_parallel_tool_use"))
+    if kind == "tool" and isinstance(value.get("name"), str):
+        return ToolChoice(ToolChoiceMode.NAMED, value["name"]), parallel
+    modes = {"auto": ToolChoiceMode.AUTO, "any": ToolChoiceMode.REQUIRED, "none": ToolChoiceMode.NONE}
+    if kind in modes:
+        return ToolChoice(modes[kind]), parallel
+    raise InvalidRequest(
+        'tool_choice: expected {"type": "auto" | "any" | "none"} or {"type": "tool", "name": ...}',
+        "tool_choice",
+    )
+
+
+def _json_output(body: Conversation) -> JsonOutput | None:
+    """JSON output from `output_config.format` (or the older beta `output_format`)."""
+    config = body.output_config if isinstance(body.output_config, dict) else {}
+    where, spec = "output_config.format", config.get("format")
+    if spec is None:
+        where, spec = "output_format", body.output_format
+    if spec is None:
+        return None
+    if isinstance(spec, dict) and spec.get("type") == "json_schema" and isinstance(spec.get("schema"), dict):
+        return JsonOutput(spec["schema"])
+    raise InvalidRequest(f'{where}: expected {{"type": "json_schema", "schema": {{...}}}}', where)
 
 
 def _sampling(body: MessagesRequest) -> SamplingParams:
@@ -187,7 +257,7 @@ def _tools(tools: list[dict[str, Any]]) -> tuple[ToolSpec, ...]:
     return tuple(specs)
 
 
-def _to_messages(message: InputMessage, index: int) -> list[Message]:
+def _to_messages(message: InputMessage, index: int, media: MediaPolicy) -> list[Message]:
     """One Anthropic turn as core messages: tool results become tool messages ahead of the text."""
     texts: list[str] = []
     calls: list[ToolCall] = []
@@ -198,19 +268,27 @@ def _to_messages(message: InputMessage, index: int) -> list[Message]:
         elif isinstance(block, ToolUseBlock):
             calls.append(ToolCall(block.id, block.name, json.dumps(block.input)))
         elif isinstance(block, ToolResultBlock):
-            text = "\n".join(part.text for part in block.content or ())
+            where = f"messages[{index}].content[{number}].content"
+            text = "\n".join(_text_of(part, where, media) for part in block.content or ())
             is_error = bool(block.is_error)
             results.append(Message(Role.TOOL, text, tool_call_id=block.tool_use_id, is_error=is_error))
         elif isinstance(block, OtherBlock):
-            raise InvalidRequest(
-                f"messages[{index}].content[{number}]: {block.type} content is not supported: the local "
-                "model reads text only",
-                f"messages[{index}].content",
-            )
+            texts.append(_text_of(block, f"messages[{index}].content[{number}]", media))
     text = "\n".join(texts)
     if message.role == "assistant":
         return [Message(Role.ASSISTANT, text, tool_calls=tuple(calls))]
     return [*results, Message(Role.USER, text)] if text or not results else results
+
+
+def _text_of(block: TextBlock | OtherBlock, where: str, media: MediaPolicy) -> str:
+    if isinstance(block, TextBlock):
+        return block.text
+    if media is MediaPolicy.PLACEHOLDER:
+        return media_placeholder(block.type)
+    raise InvalidRequest(
+        f"{where}: {block.type} content is not supported: the local model reads text only",
+        where.rsplit("[", 1)[0] if where.endswith("]") else where,
+    )
 
 
 # --- response ------------------------------------------------------------------------------------
@@ -236,14 +314,22 @@ def usage_body(usage: Usage) -> dict[str, Any]:
     }
 
 
-def message_body(text: str, finish: Finish, message_id: str) -> dict[str, Any]:
-    """A whole `message` for an answer that has finished."""
+def message_body(answer: Answer, message_id: str) -> dict[str, Any]:
+    """A whole `message` for an answer that has finished: its text, then its tool calls."""
+    content: list[dict[str, Any]] = []
+    if answer.text or not answer.tool_calls:
+        content.append({"type": "text", "text": answer.text})
+    for call in answer.tool_calls:
+        content.append(
+            {"type": "tool_use", "id": call.id, "name": call.name, "input": arguments_object(call.arguments)}
+        )
+    finish = answer.finish
     return {
         "id": message_id,
         "type": "message",
         "role": "assistant",
         "model": finish.model,
-        "content": [{"type": "text", "text": text}],
+        "content": content,
         "stop_reason": stop_reason(finish.reason),
         "stop_sequence": finish.stop_sequence,
         "usage": usage_body(finish.usage),
@@ -269,20 +355,52 @@ def _opening(message_id: str, model: str, num_prompt_tokens: int) -> list[bytes]
         "stop_sequence": None,
         "usage": usage_body(Usage(input_tokens=num_prompt_tokens, output_tokens=0)),
     }
-    return [
-        _event({"type": "message_start", "message": message}),
-        _event({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-        _event({"type": "ping"}),
-    ]
+    return [_event({"type": "message_start", "message": message})]
 
 
-def _closing(finish: Finish) -> list[bytes]:
-    delta = {"stop_reason": stop_reason(finish.reason), "stop_sequence": finish.stop_sequence}
-    return [
-        _event({"type": "content_block_stop", "index": 0}),
-        _event({"type": "message_delta", "delta": delta, "usage": usage_body(finish.usage)}),
-        _event({"type": "message_stop"}),
-    ]
+class _Blocks:
+    """The content blocks of a streamed answer: each opened when its first event arrives (a text
+    block for text, a tool_use block per call), the previous one closed then."""
+
+    def __init__(self) -> None:
+        self.index = -1
+        self.kind: str | None = None  # of the open block
+
+    def event(self, event: TextDelta | ToolCallStart | ToolCallDelta) -> list[bytes]:
+        if isinstance(event, ToolCallDelta):
+            delta = {"type": "input_json_delta", "partial_json": event.arguments}
+            return [_event({"type": "content_block_delta", "index": self.index, "delta": delta})]
+        if isinstance(event, ToolCallStart):
+            block = {"type": "tool_use", "id": event.id, "name": event.name, "input": {}}
+            return self._open("tool_use", block)
+        out = [] if self.kind == "text" else self._open("text", {"type": "text", "text": ""})
+        delta = {"type": "text_delta", "text": event.text}
+        return [*out, _event({"type": "content_block_delta", "index": self.index, "delta": delta})]
+
+    def _open(self, kind: str, block: dict[str, Any]) -> list[bytes]:
+        out = self.close()
+        self.index, self.kind = self.index + 1, kind
+        out.append(_event({"type": "content_block_start", "index": self.index, "content_block": block}))
+        if self.index == 0:
+            out.append(_event({"type": "ping"}))  # where Anthropic sends its first ping
+        return out
+
+    def close(self) -> list[bytes]:
+        if self.kind is None:
+            return []
+        self.kind = None
+        return [_event({"type": "content_block_stop", "index": self.index})]
+
+    def finish(self, finish: Finish) -> list[bytes]:
+        # An answer with no content at all still has its (empty) text block, as Anthropic's do.
+        opening = self._open("text", {"type": "text", "text": ""}) if self.index < 0 else []
+        delta = {"stop_reason": stop_reason(finish.reason), "stop_sequence": finish.stop_sequence}
+        return [
+            *opening,
+            *self.close(),
+            _event({"type": "message_delta", "delta": delta, "usage": usage_body(finish.usage)}),
+            _event({"type": "message_stop"}),
+        ]
 
 
 async def stream_events(
@@ -296,16 +414,19 @@ async def stream_events(
     (what the Anthropic SDKs raise from). Closing this closes `events`."""
     for opening in _opening(message_id, model, num_prompt_tokens):
         yield opening
+    blocks = _Blocks()
     async with aclosing(with_heartbeats(events, heartbeat_s)) as paced:
         try:
             async for event in paced:
                 if isinstance(event, Heartbeat):
                     yield _event({"type": "ping"})
-                elif isinstance(event, TextDelta):
-                    delta = {"type": "text_delta", "text": event.text}
-                    yield _event({"type": "content_block_delta", "index": 0, "delta": delta})
+                elif isinstance(event, ContextFitted):
+                    continue  # told in a response header
+                elif isinstance(event, TextDelta | ToolCallStart | ToolCallDelta):
+                    for chunk in blocks.event(event):
+                        yield chunk
                 else:
-                    for closing in _closing(event):
+                    for closing in blocks.finish(event):
                         yield closing
                     return
             raise BackendUnavailable("the answer ended without finishing")

@@ -1,34 +1,44 @@
 """OpenAI Chat Completions <-> core types.
 
-Requests: every field the real API accepts is accepted; those the local model cannot honour
-(logprobs, response_format, tool_choice, service_tier, ...) are accepted and ignored, so a client
-written for the cloud keeps working. Unknown fields are refused, as OpenAI refuses them.
-Answers: a `chat.completion`, or `chat.completion.chunk`s over SSE ending in `data: [DONE]`.
+Requests: every field the real API accepts is accepted. Tools (`tools`, `tool_choice`,
+`parallel_tool_calls`) and `response_format` become core types the local model honours (see
+hotspare.agents); those it cannot honour (logprobs, service_tier, ...) are accepted and ignored, so a
+client written for the cloud keeps working. Unknown fields are refused, as OpenAI refuses them.
+Answers: a `chat.completion`, or `chat.completion.chunk`s over SSE ending in `data: [DONE]`; tool
+calls as `message.tool_calls` / `delta.tool_calls` with `finish_reason: tool_calls`.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import dataclasses
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import aclosing
 from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field
 
+from hotspare.api.answer import Answer
 from hotspare.api.errors import client_error, error_reply
 from hotspare.api.sse import Heartbeat, encode_comment, encode_event, with_heartbeats
-from hotspare.api.wire import WireModel, text_as_parts
+from hotspare.api.wire import MediaPolicy, WireModel, media_placeholder, text_as_parts
 from hotspare.core.errors import BackendUnavailable, InvalidRequest
 from hotspare.core.types import (
     ApiFormat,
     ChatRequest,
+    ContextFitted,
     Finish,
     FinishReason,
+    JsonOutput,
     Message,
     Role,
     SamplingParams,
     StreamEvent,
     TextDelta,
     ToolCall,
+    ToolCallDelta,
+    ToolCallStart,
+    ToolChoice,
+    ToolChoiceMode,
     ToolSpec,
     Usage,
 )
@@ -165,11 +175,12 @@ class ChatCompletionRequest(WireModel):
         return bool(self.stream_options and self.stream_options.include_usage)
 
 
-def to_chat_request(body: ChatCompletionRequest, request_id: str = "") -> ChatRequest:
-    """The core request for `body`; raises InvalidRequest for what the local model cannot do at all."""
-    if body.n is not None and body.n > 1:
-        raise InvalidRequest(f"n: only n=1 is supported (the local model answers once), got {body.n}", "n")
-    messages = tuple(_to_message(message, index) for index, message in enumerate(body.messages))
+def to_chat_request(
+    body: ChatCompletionRequest, request_id: str = "", media: MediaPolicy = MediaPolicy.REJECT
+) -> ChatRequest:
+    """The core request for `body` (one choice of it: `n` is the caller's to repeat); raises
+    InvalidRequest for what the local model cannot do at all."""
+    messages = tuple(_to_message(message, index, media) for index, message in enumerate(body.messages))
     tools = tuple(
         ToolSpec(tool.function.name, tool.function.description, tool.function.parameters)
         for tool in body.tools or ()
@@ -181,6 +192,58 @@ def to_chat_request(body: ChatCompletionRequest, request_id: str = "") -> ChatRe
         stream=bool(body.stream),
         tools=tools,
         request_id=request_id,
+        tool_choice=_tool_choice(body.tool_choice),
+        parallel_tool_calls=body.parallel_tool_calls is not False,
+        json_output=_json_output(body.response_format),
+    )
+
+
+def media_kinds(body: ChatCompletionRequest) -> list[str]:
+    """The kinds of media parts in `body` ("image_url", "file", ...), in order."""
+    return [
+        part.type
+        for message in body.messages
+        if isinstance(message, UserMessage)
+        for part in message.content
+        if isinstance(part, MediaPart)
+    ]
+
+
+def _tool_choice(value: Any) -> ToolChoice:
+    if value is None or value == "auto":
+        return ToolChoice()
+    if value in ("none", "required"):
+        return ToolChoice(ToolChoiceMode(value))
+    if isinstance(value, dict) and value.get("type") == "function":
+        name = (value.get("function") or {}).get("name") if isinstance(value.get("function"), dict) else None
+        if isinstance(name, str):
+            return ToolChoice(ToolChoiceMode.NAMED, name)
+    if isinstance(value, dict) and value.get("type") == "allowed_tools":
+        mode = (value.get("allowed_tools") or {}).get("mode", "auto")
+        if mode in ("auto", "required"):
+            return ToolChoice(ToolChoiceMode(mode))
+    raise InvalidRequest(
+        'tool_choice: expected "none", "auto", "required" or {"type": "function", "function": {"name": ...}}',
+        "tool_choice",
+    )
+
+
+def _json_output(value: Any) -> JsonOutput | None:
+    kind = value.get("type") if isinstance(value, dict) else None
+    if value is None or kind == "text":
+        return None
+    if kind == "json_object":
+        return JsonOutput()
+    if kind == "json_schema":
+        spec = value.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if isinstance(spec, dict) and isinstance(spec.get("name"), str) and isinstance(schema, dict | None):
+            return JsonOutput(schema or {"type": "object"})
+        raise InvalidRequest(
+            "response_format.json_schema: needs a name and an object schema", "response_format.json_schema"
+        )
+    raise InvalidRequest(
+        'response_format: type must be "text", "json_object" or "json_schema"', "response_format.type"
     )
 
 
@@ -197,19 +260,24 @@ def _sampling(body: ChatCompletionRequest) -> SamplingParams:
     )
 
 
-def _to_message(message: ChatMessage, index: int) -> Message:
+def _to_message(message: ChatMessage, index: int, media: MediaPolicy) -> Message:
     where = f"messages[{index}]"
     if isinstance(message, SystemMessage):
         return Message(Role.SYSTEM, _join_text(message.content))
     if isinstance(message, UserMessage):
+        texts = []
         for number, part in enumerate(message.content):
-            if isinstance(part, MediaPart):
+            if isinstance(part, TextPart):
+                texts.append(part.text)
+            elif media is MediaPolicy.PLACEHOLDER:
+                texts.append(media_placeholder(part.type))
+            else:
                 raise InvalidRequest(
                     f"{where}.content[{number}]: {part.type} content is not supported: the local model "
                     "reads text only",
                     f"{where}.content",
                 )
-        return Message(Role.USER, _join_text(message.content))
+        return Message(Role.USER, "\n".join(texts))
     if isinstance(message, AssistantMessage):
         text = _join_text(message.content or [])
         calls = tuple(ToolCall(c.id, c.function.name, c.function.arguments) for c in message.tool_calls or ())
@@ -244,23 +312,37 @@ def usage_body(usage: Usage) -> dict[str, Any]:
     }
 
 
-def completion_body(text: str, finish: Finish, completion_id: str, created: int) -> dict[str, Any]:
-    """A whole `chat.completion` for an answer that has finished."""
+def completion_body(answers: list[Answer], completion_id: str, created: int) -> dict[str, Any]:
+    """A whole `chat.completion` for answers that have finished (one choice each; usage summed)."""
+    usage = Usage(
+        answers[0].finish.usage.input_tokens,
+        sum(a.finish.usage.output_tokens for a in answers),
+        answers[0].finish.usage.cached_tokens,
+    )
     return {
         "id": completion_id,
         "object": "chat.completion",
         "created": created,
-        "model": finish.model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text, "refusal": None},
-                "logprobs": None,
-                "finish_reason": finish_reason(finish.reason),
-            }
-        ],
-        "usage": usage_body(finish.usage),
+        "model": answers[0].finish.model,
+        "choices": [_choice(index, answer) for index, answer in enumerate(answers)],
+        "usage": usage_body(usage),
         "system_fingerprint": None,
+    }
+
+
+def _choice(index: int, answer: Answer) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": answer.text, "refusal": None}
+    if answer.tool_calls:
+        message["content"] = answer.text or None
+        message["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in answer.tool_calls
+        ]
+    return {
+        "index": index,
+        "message": message,
+        "logprobs": None,
+        "finish_reason": finish_reason(answer.finish.reason),
     }
 
 
@@ -290,35 +372,78 @@ class ChunkStream:
             body["usage"] = usage_body(usage) if usage is not None else None
         return encode_event(body)
 
-    def delta(self, delta: dict[str, Any], reason: FinishReason | None = None) -> bytes:
+    def delta(self, delta: dict[str, Any], reason: FinishReason | None = None, choice: int = 0) -> bytes:
         finish = finish_reason(reason) if reason is not None else None
-        return self.chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}])
+        return self.chunk([{"index": choice, "delta": delta, "logprobs": None, "finish_reason": finish}])
+
+    def event(self, event: TextDelta | ToolCallStart | ToolCallDelta, choice: int = 0) -> bytes:
+        """The chunk of one answer event: text content, or a tool call's start or argument piece."""
+        if isinstance(event, TextDelta):
+            return self.delta({"content": event.text}, choice=choice)
+        call: dict[str, Any] = {"index": event.index}
+        if isinstance(event, ToolCallStart):
+            call |= {"id": event.id, "type": "function", "function": {"name": event.name, "arguments": ""}}
+        else:
+            call["function"] = {"arguments": event.arguments}
+        return self.delta({"tool_calls": [call]}, choice=choice)
 
     def finish(self, finish: Finish) -> list[bytes]:
+        return [*self.finish_choice(finish), *self.close(finish.usage)]
+
+    def finish_choice(self, finish: Finish, choice: int = 0) -> list[bytes]:
         self.model = finish.model
-        closing = [self.delta({}, finish.reason)]
-        if self.include_usage:
-            closing.append(self.chunk([], finish.usage))
+        return [self.delta({}, finish.reason, choice)]
+
+    def close(self, usage: Usage) -> list[bytes]:
+        """The usage chunk (if asked for) and `[DONE]`, after every choice has finished."""
+        closing = [self.chunk([], usage)] if self.include_usage else []
         return [*closing, encode_event("[DONE]")]
 
 
 async def stream_chunks(
-    events: AsyncIterator[StreamEvent], chunks: ChunkStream, heartbeat_s: float
+    events: AsyncIterator[StreamEvent],
+    chunks: ChunkStream,
+    heartbeat_s: float,
+    more_choices: Sequence[Callable[[], AsyncIterator[StreamEvent]]] = (),
 ) -> AsyncIterator[bytes]:
-    """The SSE body of a streamed answer. An error after the stream began becomes an in-band
-    `{"error": ...}` event (what the OpenAI SDKs raise from). Closing this closes `events`."""
-    yield chunks.delta({"role": "assistant", "content": ""})
-    async with aclosing(with_heartbeats(events, heartbeat_s)) as paced:
-        try:
-            async for event in paced:
-                if isinstance(event, Heartbeat):
-                    yield encode_comment("keep-alive")
-                elif isinstance(event, TextDelta):
-                    yield chunks.delta({"content": event.text})
+    """The SSE body of a streamed answer: choice 0 from `events`, then (n > 1) one more choice from
+    each of `more_choices`, opened in turn. An error after the stream began becomes an in-band
+    `{"error": ...}` event (what the OpenAI SDKs raise from). Closing this closes what is open."""
+    output_tokens, finish = 0, None
+    try:
+        for choice, opened in enumerate([lambda: events, *more_choices]):
+            finish = None
+            async for chunk in _choice_chunks(opened(), chunks, heartbeat_s, choice):
+                if isinstance(chunk, Finish):
+                    finish = chunk
                 else:
-                    for chunk in chunks.finish(event):
-                        yield chunk
-                    return
-            raise BackendUnavailable("the answer ended without finishing")
-        except Exception as exc:  # the stream has begun: the error goes in-band, in the API's shape
-            yield encode_event(error_reply(client_error(exc), ApiFormat.OPENAI_CHAT).body)
+                    yield chunk
+            if finish is None:
+                raise BackendUnavailable("the answer ended without finishing")
+            output_tokens += finish.usage.output_tokens
+    except Exception as exc:  # the stream has begun: the error goes in-band, in the API's shape
+        yield encode_event(error_reply(client_error(exc), ApiFormat.OPENAI_CHAT).body)
+        return
+    assert finish is not None
+    for chunk in chunks.close(dataclasses.replace(finish.usage, output_tokens=output_tokens)):
+        yield chunk
+
+
+async def _choice_chunks(
+    events: AsyncIterator[StreamEvent], chunks: ChunkStream, heartbeat_s: float, choice: int
+) -> AsyncIterator[bytes | Finish]:
+    """One choice's chunks, then its Finish (not rendered: the caller closes the stream)."""
+    yield chunks.delta({"role": "assistant", "content": ""}, choice=choice)
+    async with aclosing(with_heartbeats(events, heartbeat_s)) as paced:
+        async for event in paced:
+            if isinstance(event, Heartbeat):
+                yield encode_comment("keep-alive")
+            elif isinstance(event, ContextFitted):
+                continue  # told in a response header
+            elif isinstance(event, TextDelta | ToolCallStart | ToolCallDelta):
+                yield chunks.event(event, choice)
+            else:
+                for chunk in chunks.finish_choice(event, choice):
+                    yield chunk
+                yield event
+                return

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import suppress
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -21,12 +21,13 @@ from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
 from hotspare.api import anthropic, openai
+from hotspare.api.answer import Answer, collect, context_fit_header
 from hotspare.api.errors import new_request_id, request_id_header
 from hotspare.api.sse import EventStreamResponse, close_stream, closing_stream
-from hotspare.api.wire import parse_body
+from hotspare.api.wire import MediaPolicy, media_header, parse_body
 from hotspare.config import Settings
 from hotspare.core.errors import BackendUnavailable, HotspareError, NotFound
-from hotspare.core.types import ApiFormat, ChatBackend, ChatRequest, Finish, StreamEvent, TextDelta
+from hotspare.core.types import ApiFormat, ChatBackend, ChatRequest, ContextFitted, StreamEvent
 from hotspare.router.router import EventReply, RawReply, Router
 from hotspare.upstream.base import ClientCall
 
@@ -48,21 +49,28 @@ class ClientGone(Exception):
 async def chat_completions(request: Request) -> Response:
     request_id = _begin(request, ApiFormat.OPENAI_CHAT)
     body = parse_body(await request.body(), openai.ChatCompletionRequest)
-    chat = openai.to_chat_request(body, request_id)
+    media = _settings(request).api.media
+    chat = openai.to_chat_request(body, request_id, media)
     created = int(time.time())
     headers = {request_id_header(ApiFormat.OPENAI_CHAT): request_id}
+    headers |= media_header(openai.media_kinds(body)) if media is MediaPolicy.PLACEHOLDER else {}
     try:
         served = await _serve(request, ApiFormat.OPENAI_CHAT, chat)
         if isinstance(served, RawReply):
             return await _raw_response(served, headers)
         headers[BACKEND_HEADER] = served.backend
+        more = _more_choices(request, served, chat, body.n or 1)
         if not chat.stream:
-            text, finish = await _until_disconnect(request, _collect(served.events))
-            return JSONResponse(openai.completion_body(text, finish, request_id, created), headers=headers)
+            answers = await _until_disconnect(request, _collect_all([lambda: served.events, *more]))
+            headers |= _notice_headers(answers[0])
+            return JSONResponse(openai.completion_body(answers, request_id, created), headers=headers)
+        events, notice = await _leading_notice(served.events)
     except ClientGone:
         return Response(status_code=STATUS_CLIENT_CLOSED)
+    headers |= context_fit_header(notice) if notice is not None else {}
     chunks = openai.ChunkStream(request_id, created, served.model, body.includes_usage)
-    return EventStreamResponse(openai.stream_chunks(served.events, chunks, _heartbeat_s(request)), headers)
+    stream = openai.stream_chunks(events, chunks, _heartbeat_s(request), more)
+    return EventStreamResponse(stream, headers)
 
 
 @router.get("/v1/models")
@@ -99,8 +107,10 @@ def _anthropic_model(name: str) -> dict[str, Any]:
 async def messages(request: Request) -> Response:
     request_id = _begin(request, ApiFormat.ANTHROPIC_MESSAGES)
     body = parse_body(await request.body(), anthropic.MessagesRequest)
-    chat = anthropic.to_chat_request(body, request_id)
+    media = _settings(request).api.media
+    chat = anthropic.to_chat_request(body, request_id, media)
     headers = {request_id_header(ApiFormat.ANTHROPIC_MESSAGES): request_id}
+    headers |= media_header(anthropic.media_kinds(body)) if media is MediaPolicy.PLACEHOLDER else {}
     message_id = "msg_" + request_id.removeprefix("req_")
     try:
         served = await _serve(request, ApiFormat.ANTHROPIC_MESSAGES, chat)
@@ -108,13 +118,18 @@ async def messages(request: Request) -> Response:
             return await _raw_response(served, headers)
         headers[BACKEND_HEADER] = served.backend
         if not chat.stream:
-            text, finish = await _until_disconnect(request, _collect(served.events))
-            return JSONResponse(anthropic.message_body(text, finish, message_id), headers=headers)
-        num_prompt_tokens = await _until_disconnect(request, _prompt_size(request, served, chat))
+            answer = await _until_disconnect(request, collect(served.events))
+            headers |= _notice_headers(answer)
+            return JSONResponse(anthropic.message_body(answer, message_id), headers=headers)
+        events, notice = await _leading_notice(served.events)
+        num_prompt_tokens = notice.num_fitted_tokens if notice is not None else 0
+        if notice is None:
+            num_prompt_tokens = await _until_disconnect(request, _prompt_size(request, served, chat))
     except ClientGone:
         return Response(status_code=STATUS_CLIENT_CLOSED)
+    headers |= context_fit_header(notice) if notice is not None else {}
     stream = anthropic.stream_events(
-        served.events, message_id, served.model, num_prompt_tokens, _heartbeat_s(request)
+        events, message_id, served.model, num_prompt_tokens, _heartbeat_s(request)
     )
     return EventStreamResponse(stream, headers)
 
@@ -123,7 +138,7 @@ async def messages(request: Request) -> Response:
 async def count_tokens(request: Request) -> Response:
     request_id = _begin(request, ApiFormat.ANTHROPIC_MESSAGES)
     body = parse_body(await request.body(), anthropic.CountTokensRequest)
-    chat = anthropic.to_chat_request(body, request_id)
+    chat = anthropic.to_chat_request(body, request_id, _settings(request).api.media)
     backend = _serving_backend(request, chat.model)
     try:
         num_tokens = await _until_disconnect(request, backend.count_tokens(chat))
@@ -220,16 +235,37 @@ def _answering_model(backend: ChatBackend, chat: ChatRequest) -> str:
     return name if isinstance(name, str) else chat.model
 
 
-async def _collect(events: AsyncIterator[StreamEvent]) -> tuple[str, Finish]:
-    """A whole answer: its text and its `Finish`."""
-    async with closing_stream(events):
-        texts: list[str] = []
-        async for event in events:
-            if isinstance(event, TextDelta):
-                texts.append(event.text)
-            else:
-                return "".join(texts), event
-    raise BackendUnavailable("the answer ended without finishing")
+async def _collect_all(openers: list[Callable[[], AsyncIterator[StreamEvent]]]) -> list[Answer]:
+    """Whole answers of several streams (n > 1 choices), generated side by side."""
+    return list(await asyncio.gather(*(collect(open_()) for open_ in openers)))
+
+
+def _more_choices(
+    request: Request, served: EventReply, chat: ChatRequest, n: int
+) -> list[Callable[[], AsyncIterator[StreamEvent]]]:
+    """Openers of choices 1..n-1 of an OpenAI request with n > 1, from the local backend when it
+    served choice 0 (an upstream's converted answer has one choice)."""
+    backend: ChatBackend | None = request.app.state.backend
+    if n <= 1 or backend is None or served.backend != backend.name:
+        return []
+    return [lambda: backend.stream(chat) for _ in range(n - 1)]
+
+
+def _notice_headers(answer: Answer) -> dict[str, str]:
+    return context_fit_header(answer.fitted) if answer.fitted is not None else {}
+
+
+async def _leading_notice(
+    events: AsyncIterator[StreamEvent],
+) -> tuple[AsyncIterator[StreamEvent], ContextFitted | None]:
+    """Take a `ContextFitted` off the front of a primed stream (it arrives together with the first
+    answer event, so this does not wait) to put it in the response headers."""
+    first = await anext(events, None)
+    if first is None:
+        return events, None
+    if isinstance(first, ContextFitted):
+        return events, first
+    return _prepend(first, events), None
 
 
 async def _primed(events: AsyncIterator[StreamEvent]) -> AsyncIterator[StreamEvent]:

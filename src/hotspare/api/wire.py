@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -48,3 +49,25 @@ def parse_body(raw: bytes, model: type[M]) -> M:
 def _json_kind(value: Any) -> str:
     names = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
     return names.get(type(value), "null")
+
+
+class MediaPolicy(StrEnum):
+    """What the local model (which reads text only) does with images, audio and documents."""
+
+    REJECT = "reject"  # refuse the request with a 400 that says so
+    PLACEHOLDER = "placeholder"  # replace each with a short text placeholder; a response header says so
+
+
+MEDIA_HEADER = "x-hotspare-media-omitted"
+"""Set when media were replaced by placeholders: the kinds replaced and how many, `image=2, document=1`."""
+
+
+def media_placeholder(kind: str) -> str:
+    return f"[{kind} omitted: the local model reads text only]"
+
+
+def media_header(kinds: list[str]) -> dict[str, str]:
+    if not kinds:
+        return {}
+    counts = {kind: kinds.count(kind) for kind in dict.fromkeys(kinds)}
+    return {MEDIA_HEADER: ", ".join(f"{kind}={n}" for kind, n in counts.items())}

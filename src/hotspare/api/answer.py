@@ -1,0 +1,84 @@
+"""A whole answer collected from a backend's `StreamEvent`s, for the non-streaming form of any API,
+and what every API does with answer-level notices (response headers)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from hotspare.api.sse import closing_stream
+from hotspare.core.errors import BackendUnavailable
+from hotspare.core.types import (
+    ContextFitted,
+    Finish,
+    StreamEvent,
+    TextDelta,
+    ToolCall,
+    ToolCallDelta,
+    ToolCallStart,
+)
+
+CONTEXT_FIT_HEADER = "x-hotspare-context-fit"
+"""Set when the conversation was shortened to fit the local model's context: `<before>-><after> tokens`."""
+
+
+def context_fit_header(notice: ContextFitted) -> dict[str, str]:
+    return {CONTEXT_FIT_HEADER: f"{notice.num_original_tokens}->{notice.num_fitted_tokens} tokens"}
+
+
+@dataclass(slots=True)
+class ToolCallBuilder:
+    """The tool calls of an answer, assembled from their start and argument pieces."""
+
+    calls: list[ToolCall] = field(default_factory=list)
+    _arguments: list[list[str]] = field(default_factory=list)
+
+    def add(self, event: ToolCallStart | ToolCallDelta) -> None:
+        if isinstance(event, ToolCallStart):
+            self.calls.append(ToolCall(event.id, event.name, ""))
+            self._arguments.append([])
+        else:
+            self._arguments[event.index].append(event.arguments)
+
+    def build(self) -> list[ToolCall]:
+        return [
+            ToolCall(c.id, c.name, "".join(parts))
+            for c, parts in zip(self.calls, self._arguments, strict=True)
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    text: str
+    tool_calls: list[ToolCall]
+    finish: Finish
+    fitted: ContextFitted | None = None
+
+
+async def collect(events: AsyncIterator[StreamEvent]) -> Answer:
+    """The whole answer of `events` (closed however this ends)."""
+    async with closing_stream(events):
+        texts: list[str] = []
+        calls = ToolCallBuilder()
+        fitted: ContextFitted | None = None
+        async for event in events:
+            if isinstance(event, TextDelta):
+                texts.append(event.text)
+            elif isinstance(event, ToolCallStart | ToolCallDelta):
+                calls.add(event)
+            elif isinstance(event, ContextFitted):
+                fitted = event
+            else:
+                return Answer("".join(texts), calls.build(), event, fitted)
+    raise BackendUnavailable("the answer ended without finishing")
+
+
+def arguments_object(arguments: str) -> dict[str, Any]:
+    """A call's JSON arguments as an object; {} when they are not one (a call cut short)."""
+    try:
+        value = json.loads(arguments) if arguments else {}
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
