@@ -178,7 +178,7 @@ async def _start_local(app: FastAPI, engine_box: list[LocalEngine]) -> None:
     began = time.monotonic()
     try:
         config = await asyncio.to_thread(engine_config, settings)
-        engine = LocalEngine(config)
+        engine = LocalEngine(config, context_policy=settings.local.context_policy)
         engine_box.append(engine)
         await engine.start()
     except HotspareError as exc:

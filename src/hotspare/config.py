@@ -42,6 +42,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from hotspare.agents.fit import ContextPolicy
+from hotspare.api.wire import MediaPolicy
 from hotspare.core.errors import ConfigError
 from hotspare.models.catalog import DEFAULT_MODEL
 from hotspare.ops.config import AccessSettings, AlertSettings, EarlyWarningSettings, LogSettings
@@ -78,6 +80,11 @@ class LocalSettings(_StrictSection):
     context_tokens: int = Field(default=0, ge=0, description="0 = the catalogue's context length")
     num_threads: int = Field(default=0, ge=0, description="llama.cpp CPU threads; 0 = all physical cores")
     hedge: bool = Field(default=True, description="start the local model beside an upstream slow to answer")
+    context_policy: ContextPolicy = Field(
+        default=ContextPolicy.REJECT,
+        strict=False,  # TOML gives a string
+        description="a conversation longer than the context: 'reject' it, or 'fit' it (docs/agents.md)",
+    )
     max_running: int = Field(default=16, ge=1, le=64, description="sequences decoded together in one step")
     max_queued: int = Field(
         default=64, ge=0, description="requests waiting for the local model before new ones get 'overloaded'"
@@ -105,6 +112,11 @@ class ApiSettings(_StrictSection):
         strict=False,  # TOML gives a list; the names in it must still be strings
         description="model names clients may ask for (the local model's own name is always allowed); "
         "unset = any name is served by the local model",
+    )
+    media: MediaPolicy = Field(
+        default=MediaPolicy.REJECT,
+        strict=False,  # TOML gives a string
+        description="images, audio, documents: 'reject' with a 400, or 'placeholder' text (docs/agents.md)",
     )
 
     def allows(self, model: str, local_model: str) -> bool:
