@@ -64,6 +64,8 @@ async def continue_events(
                     sent_text += event.text
                     num_sent_tokens += 1
                     yield event
+                elif not isinstance(event, Finish):
+                    yield event  # a tool call (or a context notice) of the continuation
                 else:
                     verdict = True
                     usage = Usage(event.usage.input_tokens, num_sent_tokens, event.usage.cached_tokens)
@@ -98,7 +100,7 @@ async def continue_passthrough(
         async for event in continue_events(request, parser.text, num_delivered, continuers, error):
             if isinstance(event, TextDelta):
                 yield parser.render_delta(event.text)
-            else:
+            elif isinstance(event, Finish):
                 new = Usage(event.usage.input_tokens, event.usage.output_tokens - num_delivered)
                 yield parser.render_finish(Finish(event.reason, new, event.model, event.stop_sequence))
     except HotspareError as last:
