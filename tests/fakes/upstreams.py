@@ -1,5 +1,6 @@
 """Fault-injecting fake providers: real HTTP/1.1 servers on 127.0.0.1 speaking the Anthropic Messages
-and OpenAI Chat Completions wire formats, misbehaving on command.
+and OpenAI Chat Completions wire formats (and, on the OpenAI fake, the Responses API at /v1/responses,
+which remembers the responses it made so that `previous_response_id` resolves), misbehaving on command.
 
 Raw asyncio sockets (not a framework) so a test can cut a connection mid-chunk, stall, or hang before
 the headers. Each server runs its own event loop in a thread; use it as a context manager so it is
@@ -112,6 +113,7 @@ class FakeUpstream:
         self._server: asyncio.Server | None = None
         self._release: asyncio.Event | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self.response_ids: list[str] = []  # Responses API: the ids this fake made, oldest first
         self.port = 0
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -250,6 +252,8 @@ class FakeUpstream:
             await self._send_json(writer, b.status, self._error_body(b), extra)
             return True
         model = b.model or str(request.get("model", "fake-model"))
+        if path.endswith("/v1/responses"):
+            return await self._respond_responses(writer, b, request, model)
         if not request.get("stream"):
             return await self._respond_json(writer, b, request, model)
         return await self._respond_stream(writer, b, request, model)
@@ -340,8 +344,39 @@ class FakeUpstream:
         await self._send_json(writer, 200, payload)
         return True
 
-    async def _respond_stream(
+    async def _respond_responses(
         self, writer: asyncio.StreamWriter, b: Behavior, request: dict[str, Any], model: str
+    ) -> bool:
+        previous = request.get("previous_response_id")
+        if previous is not None and previous not in self.response_ids:
+            error = {
+                "message": f"Previous response with id '{previous}' not found.",
+                "type": "invalid_request_error",
+                "param": "previous_response_id",
+                "code": "previous_response_not_found",
+            }
+            await self._send_json(writer, 404, {"error": error})
+            return True
+        with self._cond:
+            self.response_ids.append(f"resp_fake{len(self.response_ids):04d}")
+            response_id = self.response_ids[-1]
+        events = ResponsesEvents(model, b, request, response_id)
+        if request.get("stream"):
+            return await self._respond_stream(writer, b, request, model, events)
+        if b.cut_after is not None:
+            writer.write(_status_line(200, {"content-type": "application/json", "content-length": "999"}))
+            await writer.drain()
+            return False
+        await self._send_json(writer, 200, events.response("completed", "".join(b.deltas)))
+        return True
+
+    async def _respond_stream(
+        self,
+        writer: asyncio.StreamWriter,
+        b: Behavior,
+        request: dict[str, Any],
+        model: str,
+        events: _Events | None = None,
     ) -> bool:
         # Bytes are coalesced until a pause or the end: one write per burst, as a fast server sends.
         pending = _status_line(
@@ -353,7 +388,10 @@ class FakeUpstream:
                 "request-id": "req_fake",
             },
         )
-        events = AnthropicEvents(model, b) if self.kind == "anthropic" else OpenAIEvents(model, b, request)
+        if events is None:
+            events = (
+                AnthropicEvents(model, b) if self.kind == "anthropic" else OpenAIEvents(model, b, request)
+            )
         for step in events.steps():
             if isinstance(step, bytes) and step is not _CUT and step is not _STALL:
                 pending += _chunk(step)
@@ -530,3 +568,82 @@ class OpenAIEvents(_Events):
             }
         }
         return f"data: {json.dumps(payload)}\n\n".encode()
+
+
+class ResponsesEvents(_Events):
+    """The Responses API's stream: one assistant message, numbered events."""
+
+    def __init__(self, model: str, b: Behavior, request: dict[str, Any], response_id: str) -> None:
+        super().__init__(model, b, request)
+        self.response_id = response_id
+        self.sequence_number = 0
+        self.text = ""
+
+    def response(self, status: str, text: str | None = None) -> dict[str, Any]:
+        output = [] if text is None else [self.message("completed", text)]
+        n = len(self.b.deltas)
+        usage = {
+            "input_tokens": 10,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": n,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": 10 + n,
+        }
+        return {
+            "id": self.response_id,
+            "object": "response",
+            "created_at": 1700000000,
+            "status": status,
+            "error": None,
+            "incomplete_details": None,
+            "model": self.model,
+            "output": output,
+            "parallel_tool_calls": True,
+            "previous_response_id": self.request.get("previous_response_id"),
+            "tool_choice": "auto",
+            "tools": [],
+            "usage": usage if status == "completed" else None,
+        }
+
+    def message(self, status: str, text: str | None) -> dict[str, Any]:
+        content = [] if text is None else [{"type": "output_text", "text": text, "annotations": []}]
+        return {
+            "id": "msg_fake01",
+            "type": "message",
+            "status": status,
+            "role": "assistant",
+            "content": content,
+        }
+
+    def event(self, kind: str, **fields: Any) -> bytes:
+        payload = {"type": kind, "sequence_number": self.sequence_number, **fields}
+        self.sequence_number += 1
+        return _event(kind, payload)
+
+    def start(self) -> Iterator[bytes]:
+        yield self.event("response.created", response=self.response("in_progress"))
+        yield self.event("response.in_progress", response=self.response("in_progress"))
+        yield self.event("response.output_item.added", output_index=0, item=self.message("in_progress", None))
+        part = {"type": "output_text", "text": "", "annotations": []}
+        yield self.event(
+            "response.content_part.added", item_id="msg_fake01", output_index=0, content_index=0, part=part
+        )
+
+    def delta(self, text: str) -> bytes:
+        self.text += text
+        where = {"item_id": "msg_fake01", "output_index": 0, "content_index": 0}
+        return self.event("response.output_text.delta", **where, delta=text, logprobs=[])
+
+    def end(self) -> Iterator[bytes]:
+        where = {"item_id": "msg_fake01", "output_index": 0, "content_index": 0}
+        part = {"type": "output_text", "text": self.text, "annotations": []}
+        yield self.event("response.output_text.done", **where, text=self.text, logprobs=[])
+        yield self.event("response.content_part.done", **where, part=part)
+        yield self.event(
+            "response.output_item.done", output_index=0, item=self.message("completed", self.text)
+        )
+        yield self.event("response.completed", response=self.response("completed", self.text))
+
+    def error(self) -> bytes:
+        error = {"type": "server_error", "code": "server_error", "message": "fake failure", "param": None}
+        return self.event("error", error=error)

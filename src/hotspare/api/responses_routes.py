@@ -210,7 +210,7 @@ class Turn:
             return
         turn = StoredTurn(
             id=response["id"],
-            created_at=float(response.get("created_at") or 0) or time.time(),
+            created_at=time.time(),  # when kept here: the age bound counts from it
             previous_id=self.body.previous_response_id,
             backend=backend,
             is_upstream=is_upstream,

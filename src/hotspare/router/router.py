@@ -183,7 +183,8 @@ class Router:
         while index < len(members):
             member = members[index]
             index += 1
-            if self._should_shed(member, has_next=index < len(members) or self.local is not None):
+            can_go_local = self.local is not None and call.local_refusal is None
+            if self._should_shed(member, has_next=index < len(members) or can_go_local):
                 self._failover(member, "degraded", Stage.BEFORE_FIRST_BYTE)
                 continue
             try:

@@ -1,0 +1,176 @@
+"""The Responses API through `hotspare serve --config` (real subprocess, real local model) in front of a
+fake OpenAI upstream speaking the Responses wire format, driven by the official openai SDK: passthrough,
+failover before the first byte, mid-stream takeover, and a conversation that continues by
+`previous_response_id` on the local model after the upstream that started it went down."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from fakes.upstreams import Behavior, FakeUpstream
+from serving import RunningServer, start_server, stop_server
+
+GPT = "gpt-test"
+KEY = "sk-test-client"
+UPSTREAM_TEXT = "Hello from the fake upstream."
+
+CONFIG = """
+mode = "auto"
+[local]
+hedge = false
+
+[[upstreams]]
+name = "oai"
+kind = "openai"
+base_url = "{openai}"
+api_key = "forward"
+models = ["gpt-*"]
+[upstreams.timeouts]
+connect_s = 1
+first_token_s = 1.5
+idle_s = 1
+total_s = 30
+[upstreams.breaker]
+consecutive_failures = 100           # never opens here: every test starts with a closed circuit
+min_requests = 1000
+open_s = 0.3
+probe_interval_s = 0.1
+close_after_successes = 1
+"""
+
+
+@pytest.fixture(scope="module")
+def hotspare(
+    openai_server: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    workdir = tmp_path_factory.mktemp("responses-failover")
+    config = workdir / "hotspare.toml"
+    config.write_text(CONFIG.format(openai=openai_server.url))
+    running = start_server(Path(workdir), "--config", str(config))
+    yield running
+    stop_server(running)
+
+
+def client(server: RunningServer) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=KEY, max_retries=0, timeout=60)
+
+
+def via_upstream(oai: openai.OpenAI, **kwargs: Any) -> openai.types.responses.Response:
+    """`responses.create` until the upstream answers it: after failures, an early-warning advisor
+    may send a share of requests past a healthy-again upstream for a while."""
+    for _ in range(4):
+        raw = oai.responses.with_raw_response.create(max_output_tokens=8, **kwargs)
+        if raw.headers["x-hotspare-backend"] == "oai":
+            return raw.parse()
+    raise AssertionError("the upstream never answered")
+
+
+def test_non_streaming_passes_through_and_is_kept(hotspare: RunningServer, openai_fake: FakeUpstream) -> None:
+    raw = client(hotspare).responses.with_raw_response.create(model=GPT, input="Say hello")
+    response = raw.parse()
+    assert raw.headers["x-hotspare-backend"] == "oai"
+    assert (response.id, response.output_text) == (openai_fake.response_ids[-1], UPSTREAM_TEXT)
+    (attempt,) = openai_fake.attempts()
+    assert attempt.path == "/v1/responses"
+    assert attempt.body is not None and attempt.body["input"] == "Say hello"
+    assert client(hotspare).responses.retrieve(response.id).output_text == UPSTREAM_TEXT
+
+
+def test_streaming_passes_through_event_for_event(hotspare: RunningServer, openai_fake: FakeUpstream) -> None:
+    with client(hotspare).responses.stream(model=GPT, input="Say hello") as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    assert final.output_text == UPSTREAM_TEXT
+    assert final.id == openai_fake.response_ids[-1]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert client(hotspare).responses.retrieve(final.id).status == "completed"
+
+
+def test_a_stream_cut_mid_answer_is_finished_by_the_local_model(
+    hotspare: RunningServer, openai_fake: FakeUpstream
+) -> None:
+    openai_fake.default = Behavior(cut_after=3)
+    with client(hotspare).responses.stream(model=GPT, input="Say hello", max_output_tokens=12) as stream:
+        events = list(stream)
+    last = events[-1]
+    assert last.type in ("response.completed", "response.incomplete")  # max_output_tokens may end it
+    final = last.response
+    assert final.output_text.startswith("Hello from the")
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert final.usage is not None and final.usage.output_tokens >= 3
+    # The upstream's own copy is incomplete: the next turn inlines the conversation instead.
+    openai_fake.default = Behavior()
+    via_upstream(client(hotspare), model=GPT, input="More", previous_response_id=final.id)
+    body = openai_fake.attempts()[-1].body
+    assert body is not None and "previous_response_id" not in body
+    assert [item.get("role") for item in body["input"]] == ["user", "assistant", "user"]
+
+
+def test_a_conversation_continues_locally_after_its_upstream_went_down(
+    hotspare: RunningServer, openai_fake: FakeUpstream
+) -> None:
+    oai = client(hotspare)
+    question = "What did I ask you before?"
+    first = oai.responses.create(model=GPT, input="Say hello, my name is Ada and I like tea.")
+    assert first.output_text == UPSTREAM_TEXT
+    openai_fake.refuse()
+    raw = oai.responses.with_raw_response.create(
+        model=GPT, input=question, previous_response_id=first.id, max_output_tokens=8
+    )
+    second = raw.parse()
+    assert raw.headers["x-hotspare-backend"] == "local"
+    fresh = oai.responses.create(model="not-routed", input=question, max_output_tokens=8)  # local
+    assert second.usage is not None and fresh.usage is not None
+    # The earlier user turn and the upstream's answer are in the local model's prompt.
+    assert second.usage.input_tokens >= fresh.usage.input_tokens + 15
+    # Back up: the upstream never saw the local turn, so it gets the whole conversation inline.
+    openai_fake.accept()
+    third = via_upstream(oai, model=GPT, input="Thanks", previous_response_id=second.id)
+    assert third.output_text == UPSTREAM_TEXT
+    body = openai_fake.attempts()[-1].body
+    assert body is not None and "previous_response_id" not in body
+    texts = [
+        item["content"] if isinstance(item["content"], str) else item["content"][0]["text"]
+        for item in body["input"]
+    ]
+    assert texts[:2] == ["Say hello, my name is Ada and I like tea.", UPSTREAM_TEXT]
+    assert texts[2:] == [question, second.output_text, "Thanks"]
+    # And a turn the upstream made itself is referred to by id again.
+    via_upstream(oai, model=GPT, input="Bye", previous_response_id=third.id)
+    last = openai_fake.attempts()[-1].body
+    assert last is not None and last["previous_response_id"] == third.id and last["input"] == "Bye"
+
+
+def test_a_built_in_tool_is_passed_through_but_never_given_to_the_local_model(
+    hotspare: RunningServer, openai_fake: FakeUpstream
+) -> None:
+    tools: list[openai.types.responses.ToolParam] = [{"type": "web_search"}]
+    response = via_upstream(client(hotspare), model=GPT, input="news?", tools=tools)
+    assert response.output_text == UPSTREAM_TEXT
+    openai_fake.default = Behavior(status=500)
+    with pytest.raises(openai.InternalServerError, match="web_search"):
+        client(hotspare).responses.create(model=GPT, input="news?", tools=tools)
+
+
+@pytest.mark.parametrize(
+    "behavior",
+    [Behavior(status=500), Behavior(reset=True), Behavior(first_delay_s=10), Behavior(error_after=0)],
+    ids=["500", "reset", "first-token", "error-event"],
+)
+def test_failure_before_the_first_token_is_answered_locally(
+    hotspare: RunningServer, openai_fake: FakeUpstream, behavior: Behavior
+) -> None:
+    openai_fake.default = behavior
+    raw = client(hotspare).responses.with_raw_response.create(
+        model=GPT, input="Say hello", max_output_tokens=8
+    )
+    response = raw.parse()
+    assert raw.headers["x-hotspare-backend"] == "local"
+    assert response.id.startswith("resp_") and response.id not in openai_fake.response_ids
+    assert response.status in ("completed", "incomplete")
+    assert response.model == "smollm2-135m-instruct"
