@@ -164,7 +164,7 @@ def _batch_histogram(s: EngineSample) -> HistogramMetricFamily:
     total = 0
     for bound, count in zip(s.batch_size_bounds, s.steps_by_batch_size, strict=False):
         total += count
-        buckets.append((str(bound), float(total)))
+        buckets.append((str(float(bound)), float(total)))
     total = sum(s.steps_by_batch_size)
     buckets.append(("+Inf", float(total)))
     return HistogramMetricFamily(
