@@ -52,11 +52,19 @@ def test_create_answers_with_text_usage_and_the_model_that_answered(
     assert response.id.startswith("resp_")
     assert (response.status, response.model, response.output_text) == ("completed", MODEL, "Hello world")
     assert response.usage is not None
-    assert (response.usage.input_tokens, response.usage.output_tokens, response.usage.total_tokens) == (7, 2, 9)
+    assert (response.usage.input_tokens, response.usage.output_tokens, response.usage.total_tokens) == (
+        7,
+        2,
+        9,
+    )
     assert (response.instructions, response.max_output_tokens, response.temperature) == ("be brief", 16, 0.5)
     (request,) = backend.requests
     assert request.messages == (Message(Role.SYSTEM, "be brief"), Message(Role.USER, "hi"))
-    assert (request.sampling.max_tokens, request.sampling.temperature, request.sampling.top_p) == (16, 0.5, 0.9)
+    assert (request.sampling.max_tokens, request.sampling.temperature, request.sampling.top_p) == (
+        16,
+        0.5,
+        0.9,
+    )
 
 
 def test_stream_sends_the_full_event_sequence_numbered_from_zero(oai: openai.OpenAI) -> None:
@@ -70,7 +78,9 @@ def test_stream_sends_the_full_event_sequence_numbered_from_zero(oai: openai.Ope
     assert final.status == "completed"
 
 
-def test_max_output_tokens_reached_is_an_incomplete_response(oai: openai.OpenAI, backend: FakeBackend) -> None:
+def test_max_output_tokens_reached_is_an_incomplete_response(
+    oai: openai.OpenAI, backend: FakeBackend
+) -> None:
     backend.events = answer("Hel", end=finish(FinishReason.LENGTH, output_tokens=1))
     response = oai.responses.create(model="gpt-4o", input="hi", max_output_tokens=1)
     assert response.status == "incomplete"
@@ -100,7 +110,15 @@ def test_input_items_become_messages_with_tool_calls_and_results(
                 "content": [{"type": "output_text", "text": "It rains.", "annotations": []}],
             },
         ],
-        tools=[{"type": "function", "name": "weather", "parameters": {"type": "object"}, "strict": False}],
+        tools=[
+            {"type": "function", "name": "weather", "parameters": {"type": "object"}, "strict": False},
+            {
+                "type": "namespace",
+                "name": "ns",
+                "description": "",
+                "tools": [{"type": "function", "name": "f"}],
+            },
+        ],
     )
     (request,) = backend.requests
     assert request.messages == (
@@ -110,7 +128,7 @@ def test_input_items_become_messages_with_tool_calls_and_results(
         Message(Role.TOOL, "rain", tool_call_id="c1"),
         Message(Role.ASSISTANT, "It rains."),
     )
-    assert [tool.name for tool in request.tools] == ["weather"]
+    assert [tool.name for tool in request.tools] == ["weather", "f"]
 
 
 def test_previous_response_id_puts_the_earlier_turns_before_the_new_input(
@@ -152,7 +170,7 @@ def test_a_streamed_response_is_stored_too(oai: openai.OpenAI) -> None:
 
 def test_store_false_keeps_nothing(oai: openai.OpenAI) -> None:
     created = oai.responses.create(model="gpt-4o", input="hi", store=False)
-    assert created.store is False
+    assert created.to_dict()["store"] is False
     with pytest.raises(openai.NotFoundError):
         oai.responses.retrieve(created.id)
 
@@ -170,7 +188,10 @@ def test_an_unknown_previous_response_is_404(oai: openai.OpenAI, backend: FakeBa
         ({"tools": [{"type": "file_search", "vector_store_ids": ["vs_1"]}]}, "'file_search'"),
         ({"tool_choice": "required"}, "tool_choice required"),
         ({"text": {"format": {"type": "json_schema", "name": "x", "schema": {}}}}, "json_schema"),
-        ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]}, "input_image"),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
+            "input_image",
+        ),
     ],
 )
 def test_what_the_local_model_cannot_do_is_refused_naming_it(
@@ -195,13 +216,17 @@ def test_what_the_local_model_cannot_do_is_refused_naming_it(
         ({"model": "m", "input": "hi", "max_output_tokens": 0}, "max_output_tokens"),
     ],
 )
-def test_malformed_requests_are_400_naming_the_field(http: TestClient, body: dict[str, Any], param: str) -> None:
+def test_malformed_requests_are_400_naming_the_field(
+    http: TestClient, body: dict[str, Any], param: str
+) -> None:
     reply = http.post("/v1/responses", json=body)
     assert reply.status_code == 400
     assert reply.json()["error"]["param"] == param
 
 
-def test_a_failure_mid_stream_ends_with_error_and_response_failed(http: TestClient, backend: FakeBackend) -> None:
+def test_a_failure_mid_stream_ends_with_error_and_response_failed(
+    http: TestClient, backend: FakeBackend
+) -> None:
     backend.events = [TextDelta("Hel")]  # ends without a Finish
     reply = http.post("/v1/responses", json={"model": "m", "input": "hi", "stream": True})
     events = [json.loads(line[6:]) for line in reply.text.splitlines() if line.startswith("data: ")]

@@ -66,7 +66,8 @@ def via_upstream(oai: openai.OpenAI, **kwargs: Any) -> openai.types.responses.Re
     for _ in range(4):
         raw = oai.responses.with_raw_response.create(max_output_tokens=8, **kwargs)
         if raw.headers["x-hotspare-backend"] == "oai":
-            return raw.parse()
+            response: openai.types.responses.Response = raw.parse()
+            return response
     raise AssertionError("the upstream never answered")
 
 

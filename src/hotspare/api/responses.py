@@ -252,7 +252,9 @@ def _parse(model: type[ItemT], item: dict[str, Any], where: str) -> ItemT:
 
 def _tool_specs(tools: Iterable[dict[str, Any]]) -> Iterable[ToolSpec]:
     for tool in tools:
-        if tool.get("type") == "function" and isinstance(tool.get("name"), str):
+        if tool.get("type") == "namespace" and isinstance(tool.get("tools"), list):
+            yield from _tool_specs(item for item in tool["tools"] if isinstance(item, dict))
+        elif tool.get("type") == "function" and isinstance(tool.get("name"), str):
             parameters = tool.get("parameters")
             description = tool.get("description")
             yield ToolSpec(
@@ -271,7 +273,7 @@ def _tool_refusals(body: ResponsesRequest) -> list[str]:
         if kind == "function":
             if not isinstance(tool.get("name"), str):
                 raise InvalidRequest(f"tools[{index}].name: field required", f"tools[{index}].name")
-        elif kind != "custom":
+        elif kind not in ("custom", "namespace"):  # a namespace groups function tools
             refusals.append(f"tools[{index}]: the built-in tool {kind!r} is not available on the local model")
     choice = body.tool_choice
     if choice not in (None, "auto", "none"):
