@@ -126,8 +126,8 @@ def test_count_tokens_request_has_no_sampling() -> None:
         ({"stop_sequences": "END"}, "stop_sequences: Input should be a valid list"),
         ({"messages": []}, "messages: List should have at least 1 item after validation, not 0"),
         (
-            {"messages": [{"role": "system", "content": "x"}]},
-            "messages[0].role: Input should be 'user' or 'assistant'",
+            {"messages": [{"role": "tool", "content": "x"}]},
+            "messages[0].role: Input should be 'user', 'assistant' or 'system'",
         ),
         (
             {"messages": [{"role": "user", "content": [{"type": "text", "text": 3}]}]},

@@ -94,7 +94,7 @@ async def _condense_tools(
 
 def _condensed_tool(tool: ToolSpec, keep_description: bool) -> ToolSpec:
     description = _first_sentence(tool.description) if keep_description else ""
-    return ToolSpec(tool.name, description, _without_notes(tool.parameters))
+    return ToolSpec(tool.name, description, schema_without_notes(tool.parameters))
 
 
 def _first_sentence(text: str, max_chars: int = 160) -> str:
@@ -103,18 +103,19 @@ def _first_sentence(text: str, max_chars: int = 160) -> str:
     return sentence if len(sentence) <= max_chars else sentence[: max_chars - 3] + "..."
 
 
-def _without_notes(schema: Any) -> Any:
-    """`schema` without documentation keys (keeps every key under `properties`, which are names)."""
+def schema_without_notes(schema: Any) -> Any:
+    """`schema` without documentation keys (keeps every key under `properties`, which are names).
+    Validation is unchanged: a schema of only a description allows any value, like `{}`."""
     if isinstance(schema, list):
-        return [_without_notes(item) for item in schema]
+        return [schema_without_notes(item) for item in schema]
     if not isinstance(schema, dict):
         return schema
     out = {}
     for key, value in schema.items():
         if key == "properties" and isinstance(value, dict):
-            out[key] = {name: _without_notes(sub) for name, sub in value.items()}
+            out[key] = {name: schema_without_notes(sub) for name, sub in value.items()}
         elif key not in _SCHEMA_NOTES:
-            out[key] = _without_notes(value)
+            out[key] = schema_without_notes(value)
     return out
 
 

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
+from hotspare.agents.fit import schema_without_notes
 from hotspare.agents.prompt import offered_tools
 from hotspare.agents.syntax import CALL_CLOSE, CALL_OPEN
 from hotspare.core.errors import InvalidRequest
@@ -28,6 +30,12 @@ from hotspare.engine.backends.gbnf import GrammarBuilder, literal
 
 MAX_PARALLEL_CALLS = 4
 """A small model asked for parallel calls may never stop calling: the grammar ends it here."""
+
+MAX_GRAMMAR_BOUND = 256
+"""Length and count bounds (maxLength, maxItems, ...) above this are left to the model: the converter
+writes a bound of n as n nested optionals, and llama.cpp's grammar parser overflows its stack on
+a few thousand (Claude Code's Workflow tool has maxLength 200000)."""
+_BOUNDS = ("maxLength", "minLength", "maxItems", "minItems", "maxProperties", "minProperties")
 
 _WS = "[ \\t\\n]{0,4}"
 _NAME_KEY = literal('"name"')
@@ -63,7 +71,7 @@ def constraint_for(request: ChatRequest) -> Constraint | None:
     parallel = request.parallel_tool_calls and mode is ToolChoiceMode.AUTO
     calls = _calls_rule(builder, tools, parallel) if tools else None
     output = request.json_output
-    json_rule = builder.json_rule(output.schema, "answer") if output is not None else None
+    json_rule = builder.json_rule(grammar_schema(output.schema), "answer") if output is not None else None
     if calls is None and json_rule is None:
         return None
     if calls is None:
@@ -75,11 +83,29 @@ def constraint_for(request: ChatRequest) -> Constraint | None:
     return Constraint(builder.render(calls), (CALL_OPEN,), builder.num_degraded)
 
 
+def grammar_schema(schema: Any) -> Any:
+    """`schema` as the grammar enforces it: without documentation keys (a property schema of only a
+    description then allows any value, as it should) and without bounds above MAX_GRAMMAR_BOUND."""
+    return _without_large_bounds(schema_without_notes(schema))
+
+
+def _without_large_bounds(schema: Any) -> Any:
+    if isinstance(schema, list):
+        return [_without_large_bounds(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    return {
+        key: _without_large_bounds(value)
+        for key, value in schema.items()
+        if not (key in _BOUNDS and isinstance(value, int) and value > MAX_GRAMMAR_BOUND)
+    }
+
+
 def _calls_rule(builder: GrammarBuilder, tools: tuple[ToolSpec, ...], parallel: bool) -> str:
     """`calls`: one call, or up to MAX_PARALLEL_CALLS, to any of `tools`, each in the syntax.py form."""
     choices = []
     for index, tool in enumerate(tools):
-        arguments = builder.json_rule(tool.parameters, f"tool{index}-arguments")
+        arguments = builder.json_rule(grammar_schema(tool.parameters), f"tool{index}-arguments")
         head = f'{literal(json.dumps(tool.name))} {_WS} "," {_WS} {_ARGUMENTS_KEY} {_WS} ":" {_WS}'
         choices.append(builder.add_rule(f"tool{index}-call", f"{head} {arguments}"))
     body = (

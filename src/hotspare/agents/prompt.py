@@ -63,11 +63,22 @@ def offered_tools(request: ChatRequest) -> tuple[ToolSpec, ...]:
 def prompt_input(request: ChatRequest, native: bool) -> PromptInput:
     """The messages (and tools) to render for `request`; see the module docstring."""
     tools = offered_tools(request)
+    messages = one_system_message(request.messages)
     if native:
-        messages = _with_system_note(request.messages, _json_note(request.json_output))
+        messages = _with_system_note(messages, _json_note(request.json_output))
         return PromptInput(messages, [_function(tool) for tool in tools] or None)
     note = "\n\n".join(part for part in (_tools_section(tools), _json_note(request.json_output)) if part)
-    return PromptInput(_with_system_note(_as_plain_turns(request.messages), note))
+    return PromptInput(_with_system_note(_as_plain_turns(messages), note))
+
+
+def one_system_message(messages: tuple[Message, ...]) -> tuple[Message, ...]:
+    """System messages later in the conversation (Anthropic's mid-conversation system messages)
+    joined to the first one: most chat templates accept a system message only at the start."""
+    systems = [m.content for m in messages if m.role is Role.SYSTEM]
+    if len(systems) <= 1 and (not systems or messages[0].role is Role.SYSTEM):
+        return messages
+    rest = tuple(m for m in messages if m.role is not Role.SYSTEM)
+    return (Message(Role.SYSTEM, "\n\n".join(s for s in systems if s)), *rest)
 
 
 def _function(tool: ToolSpec) -> dict[str, Any]:

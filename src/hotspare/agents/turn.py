@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from hotspare.agents.calls import ToolCallParser
 from hotspare.agents.fit import ContextPolicy, fit
 from hotspare.agents.grammar import constraint_for
-from hotspare.agents.prompt import PromptInput, offered_tools, prompt_input
+from hotspare.agents.prompt import PromptInput, offered_tools, one_system_message, prompt_input
 from hotspare.core.types import (
     ChatRequest,
     ContextFitted,
@@ -65,6 +65,7 @@ async def prepare_turn(
             sampling, grammar=constraint.grammar, grammar_triggers=constraint.triggers
         )
     fitted: ContextFitted | None = None
+    request = dataclasses.replace(request, messages=one_system_message(request.messages))
     if policy is ContextPolicy.FIT:
         result = await fit(request, renderer.measure, max_context_tokens)
         request = result.request

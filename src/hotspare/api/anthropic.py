@@ -122,7 +122,8 @@ ContentBlock = Annotated[
 
 
 class InputMessage(WireModel):
-    role: Literal["user", "assistant"]
+    # "system" mid-conversation: the mid-conversation-system beta (Claude Code sends it)
+    role: Literal["user", "assistant", "system"]
     content: Annotated[list[ContentBlock], BeforeValidator(text_as_parts)]
 
 
@@ -275,6 +276,8 @@ def _to_messages(message: InputMessage, index: int, media: MediaPolicy) -> list[
         elif isinstance(block, OtherBlock):
             texts.append(_text_of(block, f"messages[{index}].content[{number}]", media))
     text = "\n".join(texts)
+    if message.role == "system":
+        return [Message(Role.SYSTEM, text)]
     if message.role == "assistant":
         return [Message(Role.ASSISTANT, text, tool_calls=tuple(calls))]
     return [*results, Message(Role.USER, text)] if text or not results else results
