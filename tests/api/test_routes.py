@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anthropic
@@ -11,7 +13,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from hotspare.core.errors import BackendUnavailable, ContextOverflow, HotspareError, Overloaded
-from hotspare.core.types import FinishReason, Message, Role, TextDelta
+from hotspare.core.types import ChatRequest, FinishReason, Message, Role, StreamEvent, TextDelta
 
 from .conftest import MakeClient
 from .fakes import MODEL, FakeBackend, answer, finish
@@ -442,3 +444,21 @@ def test_a_bug_after_the_stream_began_still_ends_it_with_an_error_event(make_cli
         "type": "error",
         "error": {"type": "api_error", "message": "internal error: RuntimeError"},
     }
+
+
+class SlowStart(FakeBackend):
+    """A backend whose first event takes a while (a long prompt on a busy machine)."""
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+        await asyncio.sleep(0.3)
+        async for event in super().stream(request):
+            yield event
+
+
+def test_a_slow_first_event_does_not_hold_back_the_stream_headers(make_client: MakeClient) -> None:
+    client = make_client(SlowStart(), heartbeat_s=0.05)
+    names = sse_event_names(client.post("/v1/messages", json={**MESSAGES, "stream": True}).text)
+    assert names[:2] == ["message_start", "ping"]
+    assert names[-3:] == ["content_block_stop", "message_delta", "message_stop"]
+    text = client.post("/v1/chat/completions", json={**CHAT, "stream": True}).text
+    assert ": keep-alive\n\n" in text and sse_data(text)[-1] == "[DONE]"

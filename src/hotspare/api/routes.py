@@ -64,7 +64,7 @@ async def chat_completions(request: Request) -> Response:
             answers = await _until_disconnect(request, _collect_all([lambda: served.events, *more]))
             headers |= _notice_headers(answers[0])
             return JSONResponse(openai.completion_body(answers, request_id, created), headers=headers)
-        events, notice = await _leading_notice(served.events)
+        events, notice = await _leading_notice(served.events, _heartbeat_s(request))
     except ClientGone:
         return Response(status_code=STATUS_CLIENT_CLOSED)
     headers |= context_fit_header(notice) if notice is not None else {}
@@ -121,10 +121,11 @@ async def messages(request: Request) -> Response:
             answer = await _until_disconnect(request, collect(served.events))
             headers |= _notice_headers(answer)
             return JSONResponse(anthropic.message_body(answer, message_id), headers=headers)
-        events, notice = await _leading_notice(served.events)
+        events, notice = await _leading_notice(served.events, _heartbeat_s(request))
         num_prompt_tokens = notice.num_fitted_tokens if notice is not None else 0
         if notice is None:
-            num_prompt_tokens = await _until_disconnect(request, _prompt_size(request, served, chat))
+            size = _prompt_size(request, served, chat)
+            num_prompt_tokens = await _until_disconnect(request, _within(size, _heartbeat_s(request), 0))
     except ClientGone:
         return Response(status_code=STATUS_CLIENT_CLOSED)
     headers |= context_fit_header(notice) if notice is not None else {}
@@ -159,7 +160,8 @@ async def _serve(request: Request, api: ApiFormat, chat: ChatRequest) -> RawRepl
     failover: Router | None = request.app.state.router
     if failover is None:
         backend = _serving_backend(request, chat.model)
-        events = await _until_disconnect(request, _primed(backend.stream(chat)))
+        max_wait_s = _heartbeat_s(request) if chat.stream else None
+        events = await _until_disconnect(request, _primed(backend.stream(chat), max_wait_s))
         return EventReply(backend.name, events, _answering_model(backend, chat))
     _check_model(request, chat.model)
     headers = tuple((name.lower(), value) for name, value in request.headers.items())
@@ -256,29 +258,68 @@ def _notice_headers(answer: Answer) -> dict[str, str]:
 
 
 async def _leading_notice(
-    events: AsyncIterator[StreamEvent],
+    events: AsyncIterator[StreamEvent], max_wait_s: float
 ) -> tuple[AsyncIterator[StreamEvent], ContextFitted | None]:
-    """Take a `ContextFitted` off the front of a primed stream (it arrives together with the first
-    answer event, so this does not wait) to put it in the response headers."""
-    first = await anext(events, None)
-    if first is None:
-        return events, None
+    """Take a `ContextFitted` off the front of a stream (it arrives together with the first answer
+    event) to put it in the response headers; if no event comes within `max_wait_s`, the stream
+    starts without it."""
+    primed = await _primed(events, max_wait_s)
+    first_read = asyncio.ensure_future(anext(primed))
+    await asyncio.wait({first_read}, timeout=max_wait_s)
+    if not first_read.done():
+        return _after(first_read, primed), None
+    first = first_read.result()
     if isinstance(first, ContextFitted):
-        return events, first
-    return _prepend(first, events), None
+        return primed, first
+    return _prepend(first, primed), None
 
 
-async def _primed(events: AsyncIterator[StreamEvent]) -> AsyncIterator[StreamEvent]:
-    """Wait for the first event, so that a refusal (overload, context overflow) is still an HTTP
-    error; then return a stream that yields it first and closes `events` when it is closed."""
+async def _within(work: Awaitable[T], timeout_s: float, default: T) -> T:
+    """`work`'s result, or `default` if it takes longer than `timeout_s`."""
     try:
-        first = await anext(events)
+        return await asyncio.wait_for(work, timeout_s)
+    except TimeoutError:
+        return default
+
+
+async def _primed(
+    events: AsyncIterator[StreamEvent], max_wait_s: float | None = None
+) -> AsyncIterator[StreamEvent]:
+    """Wait for the first event, so that a refusal (overload, context overflow) is still an HTTP
+    error; then return a stream that yields it first and closes `events` when it is closed.
+
+    With `max_wait_s`, a first event that takes longer (a long prompt on a busy machine) is not
+    waited for: the stream is returned at once and yields it when it comes, so a streaming client
+    gets its headers and keep-alives instead of timing out (Claude Code gives up after 300 s)."""
+    first_read = asyncio.ensure_future(anext(events))
+    try:
+        await asyncio.wait({first_read}, timeout=max_wait_s)
+    except BaseException:
+        first_read.cancel()
+        await close_stream(events)
+        raise
+    if not first_read.done():
+        return _after(first_read, events)
+    try:
+        first = first_read.result()
     except StopAsyncIteration:
         raise BackendUnavailable("the answer ended without finishing") from None
     except BaseException:
         await close_stream(events)
         raise
     return _prepend(first, events)
+
+
+async def _after(
+    first: asyncio.Future[StreamEvent], rest: AsyncIterator[StreamEvent]
+) -> AsyncIterator[StreamEvent]:
+    async with closing_stream(rest):
+        try:
+            yield await first
+        except StopAsyncIteration:
+            raise BackendUnavailable("the answer ended without finishing") from None
+        async for event in rest:
+            yield event
 
 
 async def _prepend(first: StreamEvent, rest: AsyncIterator[StreamEvent]) -> AsyncIterator[StreamEvent]:
