@@ -13,7 +13,19 @@ from starlette.testclient import TestClient
 from hotspare.app import create_app
 from hotspare.config import ResponsesSettings, Settings
 from hotspare.core.errors import BackendUnavailable
-from hotspare.core.types import FinishReason, Message, Role, TextDelta, ToolCall
+from hotspare.core.types import (
+    FinishReason,
+    JsonOutput,
+    Message,
+    Role,
+    StreamEvent,
+    TextDelta,
+    ToolCall,
+    ToolCallDelta,
+    ToolCallStart,
+    ToolChoice,
+    ToolChoiceMode,
+)
 
 from .fakes import MODEL, FakeBackend, answer, finish
 
@@ -186,8 +198,7 @@ def test_an_unknown_previous_response_is_404(oai: openai.OpenAI, backend: FakeBa
     [
         ({"tools": [{"type": "web_search"}]}, "'web_search'"),
         ({"tools": [{"type": "file_search", "vector_store_ids": ["vs_1"]}]}, "'file_search'"),
-        ({"tool_choice": "required"}, "tool_choice required"),
-        ({"text": {"format": {"type": "json_schema", "name": "x", "schema": {}}}}, "json_schema"),
+        ({"tool_choice": {"type": "web_search"}}, "tool_choice web_search"),
         (
             {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
             "input_image",
@@ -248,3 +259,86 @@ def test_a_refusal_before_the_first_token_is_an_http_error(oai: openai.OpenAI, b
     backend.error = BackendUnavailable("restarting")
     with pytest.raises(openai.InternalServerError, match="restarting"):
         oai.responses.create(model="m", input="hi", stream=True)
+
+
+WEATHER: openai.types.responses.FunctionToolParam = {
+    "type": "function",
+    "name": "weather",
+    "parameters": {"type": "object"},
+    "strict": True,
+}
+CALLS: list[StreamEvent] = [
+    TextDelta("Let me check."),
+    ToolCallStart(0, "call_1", "weather"),
+    ToolCallDelta(0, '{"city":'),
+    ToolCallDelta(0, '"Oslo"}'),
+    finish(FinishReason.TOOL_CALLS),
+]
+
+
+def test_tool_choice_and_json_schema_reach_the_core_request(oai: openai.OpenAI, backend: FakeBackend) -> None:
+    schema: dict[str, object] = {
+        "type": "object",
+        "properties": {"a": {"type": "integer"}},
+        "required": ["a"],
+    }
+    oai.responses.create(
+        model="m",
+        input="hi",
+        tools=[WEATHER],
+        tool_choice={"type": "function", "name": "weather"},
+        parallel_tool_calls=False,
+    )
+    oai.responses.create(
+        model="m", input="hi", text={"format": {"type": "json_schema", "name": "x", "schema": schema}}
+    )
+    oai.responses.create(
+        model="m", input="hi", tool_choice="required", text={"format": {"type": "json_object"}}
+    )
+    first, second, third = backend.requests
+    assert (first.tool_choice, first.parallel_tool_calls) == (
+        ToolChoice(ToolChoiceMode.NAMED, "weather"),
+        False,
+    )
+    assert second.json_output == JsonOutput(schema)
+    assert (third.tool_choice, third.json_output) == (ToolChoice(ToolChoiceMode.REQUIRED), JsonOutput())
+
+
+def test_tool_calls_become_function_call_items(oai: openai.OpenAI, backend: FakeBackend) -> None:
+    backend.events = CALLS
+    response = oai.responses.create(model="m", input="weather?", tools=[WEATHER])
+    message, call = response.output
+    assert message.type == "message" and response.output_text == "Let me check."
+    assert call.type == "function_call"
+    assert (call.call_id, call.name, call.arguments, call.status) == (
+        "call_1",
+        "weather",
+        '{"city":"Oslo"}',
+        "completed",
+    )
+
+
+def test_streamed_tool_calls_send_argument_deltas(oai: openai.OpenAI, backend: FakeBackend) -> None:
+    backend.events = CALLS
+    with oai.responses.stream(model="m", input="weather?", tools=[WEATHER]) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    assert [e.type for e in events] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.output_item.added",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    call = final.output[1]
+    assert call.type == "function_call" and call.arguments == '{"city":"Oslo"}'

@@ -12,7 +12,6 @@ forced tool calls and structured output, none of which the local model can honou
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -22,7 +21,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from hotspare.api.errors import invalid_body
 from hotspare.api.wire import WireModel
 from hotspare.core.errors import InvalidRequest
-from hotspare.core.types import ChatRequest, Message, Role, SamplingParams, ToolCall, ToolSpec
+from hotspare.core.types import (
+    ChatRequest,
+    JsonOutput,
+    Message,
+    Role,
+    SamplingParams,
+    ToolCall,
+    ToolChoice,
+    ToolChoiceMode,
+    ToolSpec,
+)
 
 # --- request -------------------------------------------------------------------------------------
 
@@ -167,7 +176,6 @@ def to_chat_request(
     for index, item in enumerate(input_items(body)):
         _append_item(messages, item, f"input[{index}]", refusals)
     refusals.extend(_tool_refusals(body))
-    refusals.extend(_format_refusals(body))
     chat = ChatRequest(
         model=body.model,
         messages=tuple(messages),
@@ -179,6 +187,9 @@ def to_chat_request(
         stream=bool(body.stream),
         tools=tuple(_tool_specs(body.tools or ())),
         request_id=request_id,
+        tool_choice=_tool_choice(body.tool_choice, refusals),
+        parallel_tool_calls=body.parallel_tool_calls is not False,
+        json_output=_json_output(body),
     )
     return Conversion(chat, "; ".join(refusals) if refusals else None)
 
@@ -275,15 +286,31 @@ def _tool_refusals(body: ResponsesRequest) -> list[str]:
                 raise InvalidRequest(f"tools[{index}].name: field required", f"tools[{index}].name")
         elif kind not in ("custom", "namespace"):  # a namespace groups function tools
             refusals.append(f"tools[{index}]: the built-in tool {kind!r} is not available on the local model")
-    choice = body.tool_choice
-    if choice not in (None, "auto", "none"):
-        shown = choice if isinstance(choice, str) else json.dumps(choice, separators=(",", ":"))
-        refusals.append(f"tool_choice {shown}: the local model cannot be made to call a tool")
     return refusals
 
 
-def _format_refusals(body: ResponsesRequest) -> list[str]:
+def _tool_choice(value: str | dict[str, Any] | None, refusals: list[str]) -> ToolChoice:
+    """`auto`, `none`, `required` or one named function; forcing anything else is refused locally."""
+    if value is None:
+        return ToolChoice()
+    if isinstance(value, str) and value in ("auto", "none", "required"):
+        return ToolChoice(ToolChoiceMode(value))
+    kind = value.get("type") if isinstance(value, dict) else None
+    if isinstance(value, dict) and kind == "function" and isinstance(value.get("name"), str):
+        return ToolChoice(ToolChoiceMode.NAMED, value["name"])
+    if isinstance(kind, str):  # a built-in tool, allowed_tools, custom or mcp
+        refusals.append(f"tool_choice {kind}: not supported by the local model")
+        return ToolChoice()
+    raise InvalidRequest(
+        'tool_choice: expected "none", "auto", "required" or {"type": "function", "name": ...}', "tool_choice"
+    )
+
+
+def _json_output(body: ResponsesRequest) -> JsonOutput | None:
+    """`text.format` json_schema (its schema) or json_object (any JSON object) as structured output."""
     fmt = body.text.format if body.text is not None else None
     if fmt is None or fmt.type == "text":
-        return []
-    return [f"text.format {fmt.type}: the local model cannot guarantee structured output yet"]
+        return None
+    if fmt.type == "json_object":
+        return JsonOutput()
+    return JsonOutput(fmt.schema_ or {"type": "object"})

@@ -26,7 +26,16 @@ from hotspare.api.errors import client_error, error_reply
 from hotspare.api.responses import ResponsesRequest
 from hotspare.api.sse import Heartbeat, encode_comment, encode_event, with_heartbeats
 from hotspare.core.errors import BackendUnavailable, HotspareError
-from hotspare.core.types import ApiFormat, Finish, FinishReason, StreamEvent, TextDelta, Usage
+from hotspare.core.types import (
+    ApiFormat,
+    Finish,
+    FinishReason,
+    StreamEvent,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallStart,
+    Usage,
+)
 
 
 def new_response_id() -> str:
@@ -118,23 +127,39 @@ def message_item(item_id: str, text: str | None, status: str) -> dict[str, Any]:
     return {"id": item_id, "type": "message", "status": status, "role": "assistant", "content": content}
 
 
-def final_response(shell: Shell, text: str, finish: Finish) -> dict[str, Any]:
-    """The response to a finished answer (non-streaming, or what `response.completed` carries)."""
-    status = status_of(finish)
-    output = [message_item(new_item_id("msg"), text, status)]
-    return response_object(shell, status, output, finish.usage, model=finish.model)
+def call_item(item_id: str, call_id: str, name: str, arguments: str, status: str) -> dict[str, Any]:
+    return {
+        "id": item_id,
+        "type": "function_call",
+        "status": status,
+        "call_id": call_id,
+        "name": name,
+        "arguments": arguments,
+    }
+
+
+@dataclass
+class _Open:
+    """The output item being streamed: a message's text or a function call's arguments."""
+
+    index: int
+    item_id: str
+    kind: str  # "message" | "function_call"
+    text: str = ""
+    call_id: str = ""
+    name: str = ""
 
 
 @dataclass
 class EventRenderer:
-    """Renders one answer's events as Responses SSE events, numbering them. Not thread-safe."""
+    """Renders one answer's events as Responses SSE events, numbering them; `output` collects the
+    finished items. Feeding every event and ignoring the bytes gives the non-streaming answer too.
+    Not thread-safe."""
 
     shell: Shell
-    item_id: str = field(default_factory=lambda: new_item_id("msg"))
-    text: str = ""
     sequence_number: int = 0
-    has_message: bool = False
     output: list[dict[str, Any]] = field(default_factory=list)
+    current: _Open | None = None
 
     def event(self, kind: str, **fields: Any) -> bytes:
         payload = {"type": kind, "sequence_number": self.sequence_number, **fields}
@@ -149,22 +174,33 @@ class EventRenderer:
         ]
 
     def delta(self, text: str) -> list[bytes]:
-        out = self._open_message()
-        self.text += text
+        out = [] if self._is_open("message") else [*self._close("completed"), *self._open_message()]
+        assert self.current is not None
+        self.current.text += text
         out.append(self.event("response.output_text.delta", **self._where(), delta=text, logprobs=[]))
         return out
+
+    def call_start(self, start: ToolCallStart) -> list[bytes]:
+        out = self._close("completed")
+        self.current = _Open(len(self.output), new_item_id("fc"), "function_call", "", start.id, start.name)
+        item = call_item(self.current.item_id, start.id, start.name, "", "in_progress")
+        out.append(self.event("response.output_item.added", output_index=self.current.index, item=item))
+        return out
+
+    def call_delta(self, delta: ToolCallDelta) -> list[bytes]:
+        if not self._is_open("function_call"):
+            return []
+        assert self.current is not None
+        self.current.text += delta.arguments
+        where = {"item_id": self.current.item_id, "output_index": self.current.index}
+        return [self.event("response.function_call_arguments.delta", **where, delta=delta.arguments)]
 
     def closing(self, finish: Finish) -> tuple[list[bytes], dict[str, Any]]:
         """The closing events, and the final response object they announce."""
         status = status_of(finish)
-        out = self._open_message()
-        where = self._where()
-        part = text_part(self.text)
-        item = message_item(self.item_id, self.text, status)
-        out.append(self.event("response.output_text.done", **where, text=self.text, logprobs=[]))
-        out.append(self.event("response.content_part.done", **where, part=part))
-        out.append(self.event("response.output_item.done", output_index=0, item=item))
-        response = response_object(self.shell, status, [item], finish.usage, model=finish.model)
+        out = self._open_message() if not self.output and self.current is None else []
+        out += self._close(status)
+        response = response_object(self.shell, status, self.output, finish.usage, model=finish.model)
         out.append(self.event(f"response.{status}", response=response))
         return out, response
 
@@ -172,28 +208,79 @@ class EventRenderer:
         body = error_reply(exc, ApiFormat.OPENAI_RESPONSES).body["error"]
         code = body.get("code") or body.get("type") or "server_error"
         error = {"code": code, "message": exc.message}
-        output = [message_item(self.item_id, self.text, "incomplete")] if self.has_message else []
-        failed = response_object(self.shell, "failed", output, error=error)
+        if self.current is not None:  # left as it was: no closing events after a failure
+            self.output.append(self._item(self.current, "incomplete"))
+            self.current = None
+        failed = response_object(self.shell, "failed", self.output, error=error)
         return [
             self.event("error", code=code, message=exc.message, param=body.get("param"), error=body),
             self.event("response.failed", response=failed),
         ]
 
+    def _is_open(self, kind: str) -> bool:
+        return self.current is not None and self.current.kind == kind
+
     def _where(self) -> dict[str, Any]:
-        return {"item_id": self.item_id, "output_index": 0, "content_index": 0}
+        assert self.current is not None
+        return {"item_id": self.current.item_id, "output_index": self.current.index, "content_index": 0}
 
     def _open_message(self) -> list[bytes]:
-        if self.has_message:
-            return []
-        self.has_message = True
+        self.current = _Open(len(self.output), new_item_id("msg"), "message")
+        added = message_item(self.current.item_id, None, "in_progress")
         return [
-            self.event(
-                "response.output_item.added",
-                output_index=0,
-                item=message_item(self.item_id, None, "in_progress"),
-            ),
+            self.event("response.output_item.added", output_index=self.current.index, item=added),
             self.event("response.content_part.added", **self._where(), part=text_part("")),
         ]
+
+    def _close(self, status: str) -> list[bytes]:
+        """Finish the open item (if any) with `status`, appending it to `output`."""
+        current, self.current = self.current, None
+        if current is None:
+            return []
+        where = {"item_id": current.item_id, "output_index": current.index}
+        item = self._item(current, status)
+        if current.kind == "message":
+            text = current.text
+            done = [
+                self.event("response.output_text.done", **where, content_index=0, text=text, logprobs=[]),
+                self.event("response.content_part.done", **where, content_index=0, part=text_part(text)),
+            ]
+        else:
+            args = current.text
+            done = [
+                self.event(
+                    "response.function_call_arguments.done", **where, name=current.name, arguments=args
+                )
+            ]
+        self.output.append(item)
+        return [*done, self.event("response.output_item.done", output_index=current.index, item=item)]
+
+    @staticmethod
+    def _item(current: _Open, status: str) -> dict[str, Any]:
+        if current.kind == "message":
+            return message_item(current.item_id, current.text, status)
+        return call_item(current.item_id, current.call_id, current.name, current.text, status)
+
+    def feed(self, event: StreamEvent) -> list[bytes]:
+        """The events for one core event (the Finish's closing events are `closing`'s)."""
+        if isinstance(event, TextDelta):
+            return self.delta(event.text)
+        if isinstance(event, ToolCallStart):
+            return self.call_start(event)
+        if isinstance(event, ToolCallDelta):
+            return self.call_delta(event)
+        return []  # ContextFitted: nothing in this API shows it
+
+
+async def final_response(events: AsyncIterator[StreamEvent], shell: Shell) -> dict[str, Any]:
+    """The whole response to a non-streaming request. Closing is the caller's (or this ends `events`)."""
+    renderer = EventRenderer(shell)
+    async with aclosing(events) as stream:  # type: ignore[type-var]
+        async for event in stream:
+            if isinstance(event, Finish):
+                return renderer.closing(event)[1]
+            renderer.feed(event)
+    raise BackendUnavailable("the answer ended without finishing")
 
 
 async def stream_events(
@@ -211,10 +298,10 @@ async def stream_events(
             async for event in paced:
                 if isinstance(event, Heartbeat):
                     yield encode_comment("keep-alive")
-                elif isinstance(event, TextDelta):
-                    for chunk in renderer.delta(event.text):
+                elif not isinstance(event, Finish):
+                    for chunk in renderer.feed(event):
                         yield chunk
-                elif isinstance(event, Finish):
+                else:
                     closing, response = renderer.closing(event)
                     await on_done(response)
                     for chunk in closing:

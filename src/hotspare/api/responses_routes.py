@@ -43,8 +43,8 @@ from hotspare.api.routes import (
 from hotspare.api.sse import EventStreamResponse, closing_stream
 from hotspare.api.wire import parse_body
 from hotspare.config import Settings
-from hotspare.core.errors import BackendUnavailable, HotspareError, InvalidRequest, NotFound
-from hotspare.core.types import ApiFormat, ChatBackend, ChatRequest, Finish, StreamEvent, TextDelta
+from hotspare.core.errors import HotspareError, InvalidRequest, NotFound
+from hotspare.core.types import ApiFormat, ChatBackend, ChatRequest
 from hotspare.models.home import hotspare_home
 from hotspare.router.router import EventReply, RawReply, Router
 from hotspare.upstream.base import ClientCall
@@ -124,8 +124,7 @@ async def create_response(request: Request) -> Response:
         headers[BACKEND_HEADER] = served.backend
         shell = Shell.new(body, served.model)
         if not body.stream:
-            text, finish = await _until_disconnect(request, _collect(served.events))
-            response = final_response(shell, text, finish)
+            response = await _until_disconnect(request, final_response(served.events, shell))
             await turn.keep(response, served.backend, is_upstream=False)
             return JSONResponse(response, headers=headers)
     except ClientGone:
@@ -283,15 +282,3 @@ def _inlined(item: dict[str, Any]) -> dict[str, Any]:
     if item.get("type") == "reasoning":
         return item
     return {key: value for key, value in item.items() if key not in ("id", "status")}
-
-
-async def _collect(events: AsyncIterator[StreamEvent]) -> tuple[str, Finish]:
-    """A whole answer: its text and its `Finish` (other events are not rendered yet)."""
-    async with closing_stream(events):
-        texts: list[str] = []
-        async for event in events:
-            if isinstance(event, TextDelta):
-                texts.append(event.text)
-            elif isinstance(event, Finish):
-                return "".join(texts), event
-    raise BackendUnavailable("the answer ended without finishing")
