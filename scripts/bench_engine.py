@@ -189,35 +189,68 @@ async def start(name: str, args: argparse.Namespace, log_dir: Path) -> AsyncIter
             yield servers.InProcessTarget(engine)
 
 
+async def measure_server(name: str, args: argparse.Namespace, log_dir: Path, nonce: str) -> ServerResult:
+    """Start one server, run its workloads, stop it. Errors are recorded, not raised."""
+    await servers.wait_until_quiet(args.max_foreign_share, args.quiet_wait_s, log)
+    result = ServerResult({}, load_before=servers.load_average())
+    meter = servers.CpuMeter()
+    try:
+        async with asyncio.timeout(args.server_timeout_s), start(name, args, log_dir) as target:
+            await measure(target, args, nonce, result)
+    except Exception as exc:  # one server's failure is reported; the others still run
+        result.error = f"{type(exc).__name__}: {exc}"
+        log(f"{name}: FAILED: {result.error}")
+    result.load_after = servers.load_average()
+    result.foreign_cpu_share = meter.foreign_share()
+    log(f"{name}: done; other processes used {result.foreign_cpu_share:.0%} of the CPU meanwhile")
+    return result
+
+
+async def measure_failover(args: argparse.Namespace, nonce: str) -> tuple[FailoverResult | None, float]:
+    await servers.wait_until_quiet(args.max_foreign_share, args.quiet_wait_s, log)
+    meter = servers.CpuMeter()
+    failover = None
+    try:
+        async with asyncio.timeout(args.server_timeout_s), servers.hotspare_in_process() as engine:
+            target = servers.InProcessTarget(engine)
+            await target.chat([{"role": "user", "content": "Say hello."}], 8)
+            failover = await run_failover(engine, target, nonce, args.failover_conversations)
+            log(f"hotspare: failover: {failover}")
+    except Exception as exc:
+        log(f"hotspare failover: FAILED: {type(exc).__name__}: {exc}")
+    return failover, meter.foreign_share()
+
+
+def _is_disturbed(share: float, args: argparse.Namespace) -> bool:
+    return share > args.max_disturbed_share
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    nonce = f"{time.time():.0f}"
+    """Each server in turn; one whose measurement other processes disturbed (they used more than
+    --max-disturbed-share of the CPU meanwhile) is measured again, up to --attempts times, and the
+    least disturbed attempt is kept."""
+    run_id = f"{time.time():.0f}"
     log_dir = servers.scratch_dir()
     log(f"logs in {log_dir}; hotspare via {args.hotspare}; load {servers.load_average()}")
     results: dict[str, ServerResult] = {}
     for name in args.servers:
-        await servers.wait_until_quiet(args.max_foreign_share, args.quiet_wait_s, log)
-        results[name] = result = ServerResult({}, load_before=servers.load_average())
-        meter = servers.CpuMeter()
-        try:
-            async with asyncio.timeout(args.server_timeout_s), start(name, args, log_dir) as target:
-                await measure(target, args, nonce, result)
-        except Exception as exc:  # one server's failure is reported; the others still run
-            result.error = f"{type(exc).__name__}: {exc}"
-            log(f"{name}: FAILED: {result.error}")
-        result.load_after = servers.load_average()
-        result.foreign_cpu_share = meter.foreign_share()
-        log(f"{name}: done; other processes used {result.foreign_cpu_share:.0%} of the CPU meanwhile")
-    failover = None
+        for attempt in range(args.attempts):
+            result = await measure_server(name, args, log_dir, f"{run_id}-{attempt}")
+            if name not in results or result.foreign_cpu_share < results[name].foreign_cpu_share:
+                results[name] = result
+            if not _is_disturbed(result.foreign_cpu_share, args):
+                break
+            log(f"{name}: disturbed by other processes; measuring again")
+    failover: FailoverResult | None = None
+    failover_share = 1.0
     if "hotspare" in args.servers and not args.skip_failover:
-        try:
-            async with asyncio.timeout(args.server_timeout_s), servers.hotspare_in_process() as engine:
-                target = servers.InProcessTarget(engine)
-                await target.chat([{"role": "user", "content": "Say hello."}], 8)
-                failover = await run_failover(engine, target, nonce, args.failover_conversations)
-                log(f"hotspare: failover: {failover}")
-        except Exception as exc:
-            log(f"hotspare failover: FAILED: {type(exc).__name__}: {exc}")
-    return {"servers": results, "failover": failover}
+        for attempt in range(args.attempts):
+            got, share = await measure_failover(args, f"{run_id}-{attempt}")
+            if got is not None and share < failover_share:
+                failover, failover_share = got, share
+            if not _is_disturbed(share, args):
+                break
+    return {"servers": results, "failover": failover, "failover_foreign_cpu_share": failover_share}
 
 
 # ----- report -----
@@ -282,7 +315,8 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         lines.append(
             f"- hotspare failover: {f.conversation_tokens}-token conversation warmed in {f.warm_s:.1f} s;"
             f" next-turn TTFT warm {', '.join(f'{t * 1e3:.0f}' for t in f.warm_ttfts_s)} ms,"
-            f" cold {f.cold_ttft_s:.2f} s"
+            f" cold {f.cold_ttft_s:.2f} s; other processes used"
+            f" {results['failover_foreign_cpu_share']:.0%} of the CPU meanwhile"
         )
     return "\n".join(lines)
 
@@ -313,6 +347,13 @@ def parse_args() -> argparse.Namespace:
         default=0.10,
         help="before each server, wait until other processes use less than this share of the CPU",
     )
+    parser.add_argument(
+        "--max-disturbed-share",
+        type=float,
+        default=0.15,
+        help="measure a server again if other processes used more than this share of the CPU meanwhile",
+    )
+    parser.add_argument("--attempts", type=int, default=3, help="measurements per server at most")
     parser.add_argument("--quiet-wait-s", type=float, default=900.0, help="longest such wait")
     parser.add_argument("--server-timeout-s", type=float, default=1200.0, help="per server, all workloads")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
@@ -341,6 +382,8 @@ def main() -> int:
         raw = {
             "servers": {n: asdict(r) for n, r in results["servers"].items()},
             "failover": asdict(results["failover"]) if results["failover"] else None,
+            "failover_foreign_cpu_share": results["failover_foreign_cpu_share"],
+            "args": {k: str(v) for k, v in vars(args).items()},
         }
         args.json.write_text(json.dumps(raw, indent=2))
     return 0
