@@ -63,15 +63,20 @@ FIELDS = {
     "metadata": JSON,
     "response_format": JSON,
     "unknown_field": JSON,
+    "input": st.one_of(st.text(max_size=20), st.lists(MESSAGE, max_size=3), JSON),
+    "instructions": JSON,
+    "previous_response_id": JSON,
+    "max_output_tokens": st.one_of(st.integers(min_value=-5, max_value=10), JSON),
 }
 BODY = st.one_of(st.fixed_dictionaries({}, optional=FIELDS), JSON)
-PATHS = ["/v1/chat/completions", "/v1/messages", "/v1/messages/count_tokens"]
+PATHS = ["/v1/chat/completions", "/v1/messages", "/v1/messages/count_tokens", "/v1/responses"]
 
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[TestClient]:
     backend = FakeBackend()
-    with TestClient(create_app(Settings(), backend=backend), raise_server_exceptions=False) as c:
+    settings = Settings.model_validate({"responses": {"store_path": ":memory:"}})  # nothing on disk
+    with TestClient(create_app(settings, backend=backend), raise_server_exceptions=False) as c:
         yield c
 
 
