@@ -281,6 +281,11 @@ many engine threads as cores every wake-up stalls llama.cpp's spinning thread po
 steps into ~20 ms messages is invisible to a reader and keeps single-stream decoding at full speed."""
 
 
+ALIVE_INTERVAL_S = 5.0
+"""With work but nothing to say (a long prefill produces no events), the engine still sends an empty
+message this often: the API side kills an engine that stays silent with work in flight."""
+
+
 def _should_flush(events: list[EngineEvent], core: EngineCore, last_flush: float) -> bool:
     if (
         core.has_urgent_events
@@ -318,8 +323,9 @@ def worker_main(conn: Connection, config: EngineConfig) -> None:
                 running = False
         if core.scheduler.has_work:
             events.extend(core.step())
-        if events and _should_flush(events, core, last_flush):
+        is_alive_due = core.scheduler.has_work and time.monotonic() - last_flush >= ALIVE_INTERVAL_S
+        if (events and _should_flush(events, core, last_flush)) or is_alive_due:
             with contextlib.suppress(BrokenPipeError, OSError):
-                conn.send(events)
+                conn.send(events)  # possibly empty: a sign of life
             events = []
             last_flush = time.monotonic()
