@@ -68,7 +68,7 @@ def prompt_input(request: ChatRequest, native: bool) -> PromptInput:
         messages = _with_system_note(messages, _json_note(request.json_output))
         return PromptInput(messages, [_function(tool) for tool in tools] or None)
     note = "\n\n".join(part for part in (_tools_section(tools), _json_note(request.json_output)) if part)
-    return PromptInput(_with_system_note(_as_plain_turns(messages), note))
+    return PromptInput(_with_system_note(as_plain_turns(messages), note))
 
 
 def one_system_message(messages: tuple[Message, ...]) -> tuple[Message, ...]:
@@ -118,8 +118,9 @@ def _with_system_note(messages: tuple[Message, ...], note: str) -> tuple[Message
     return (Message(Role.SYSTEM, note), *messages)
 
 
-def _as_plain_turns(messages: tuple[Message, ...]) -> tuple[Message, ...]:
-    """Tool calls written into assistant text, tool results as user turns; adjacent user turns merged."""
+def as_plain_turns(messages: tuple[Message, ...]) -> tuple[Message, ...]:
+    """Tool calls written into assistant text, tool results as user turns; adjacent user turns merged.
+    Also what a cross-format upstream gets: a history that any chat API accepts without tools."""
     out: list[Message] = []
     for message in messages:
         if message.role is Role.ASSISTANT and message.tool_calls:

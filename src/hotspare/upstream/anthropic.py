@@ -6,6 +6,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from hotspare.agents.prompt import as_plain_turns
 from hotspare.core.errors import FailureClass, UpstreamError
 from hotspare.core.types import ApiFormat, ChatRequest, Finish, FinishReason, Role, StreamEvent, Usage
 from hotspare.upstream.base import StreamParser, Upstream
@@ -190,7 +191,7 @@ class AnthropicUpstream(Upstream):
         system = "\n\n".join(m.content for m in request.messages if m.role is Role.SYSTEM)
         messages = [
             {"role": "assistant" if m.role is Role.ASSISTANT else "user", "content": m.content}
-            for m in request.messages
+            for m in as_plain_turns(request.messages)  # tool turns as text: tools are not converted (yet)
             if m.role is not Role.SYSTEM
         ]
         body: dict[str, Any] = {

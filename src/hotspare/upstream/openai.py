@@ -7,6 +7,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from hotspare.agents.prompt import as_plain_turns
 from hotspare.core.errors import FailureClass, UpstreamError
 from hotspare.core.types import ApiFormat, ChatRequest, Finish, FinishReason, StreamEvent, Usage
 from hotspare.upstream.base import ClientCall, StreamParser, Upstream
@@ -180,7 +181,10 @@ class OpenAIUpstream(Upstream):
         s = request.sampling
         body: dict[str, Any] = {
             "model": self.config.upstream_model(request.model),
-            "messages": [{"role": str(m.role), "content": m.content} for m in request.messages],
+            # tool turns as text: the tools themselves are not converted (yet)
+            "messages": [
+                {"role": str(m.role), "content": m.content} for m in as_plain_turns(request.messages)
+            ],
             "stream": True,
             "stream_options": {"include_usage": True},
             "temperature": s.temperature,
