@@ -25,6 +25,8 @@ CONFIG = """
 mode = "auto"
 [local]
 hedge = false
+[early_warning]
+enabled = false  # its shedding is probabilistic; these tests pin each failure's exact handling
 
 [[upstreams]]
 name = "anth"
@@ -73,6 +75,9 @@ def hotspare(
     config.write_text(CONFIG.format(anthropic=anthropic_server.url, openai=openai_server.url))
     running = start_server(Path(workdir), "--config", str(config))
     yield running
+    for sdk_client in _CLIENTS.values():
+        sdk_client.close()
+    _CLIENTS.clear()
     stop_server(running)
 
 
@@ -102,12 +107,27 @@ USER_A: list[anthropic.types.MessageParam] = [{"role": "user", "content": "Say h
 USER_O: list[openai.types.chat.ChatCompletionMessageParam] = [{"role": "user", "content": "Say hello"}]
 
 
+_CLIENTS: dict[str, anthropic.Anthropic | openai.OpenAI] = {}  # one of each per server, closed with it
+
+
 def claude(server: RunningServer) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=server.base_url, api_key=KEY, max_retries=0, timeout=60)
+    key = f"anthropic {server.base_url}"
+    if key not in _CLIENTS:
+        _CLIENTS[key] = anthropic.Anthropic(base_url=server.base_url, api_key=KEY, max_retries=0, timeout=60)
+    sdk_client = _CLIENTS[key]
+    assert isinstance(sdk_client, anthropic.Anthropic)
+    return sdk_client
 
 
 def gpt(server: RunningServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=KEY, max_retries=0, timeout=60)
+    key = f"openai {server.base_url}"
+    if key not in _CLIENTS:
+        _CLIENTS[key] = openai.OpenAI(
+            base_url=f"{server.base_url}/v1", api_key=KEY, max_retries=0, timeout=60
+        )
+    sdk_client = _CLIENTS[key]
+    assert isinstance(sdk_client, openai.OpenAI)
+    return sdk_client
 
 
 def claude_stream(server: RunningServer) -> tuple[str, anthropic.types.Message, str]:
