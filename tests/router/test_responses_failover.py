@@ -56,8 +56,21 @@ def hotspare(
     stop_server(running)
 
 
+_CLIENTS: list[openai.OpenAI] = []
+
+
 def client(server: RunningServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=KEY, max_retries=0, timeout=60)
+    """An SDK client for `server`, closed after the test (an unclosed one leaks its sockets)."""
+    oai = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=KEY, max_retries=0, timeout=60)
+    _CLIENTS.append(oai)
+    return oai
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _CLIENTS:
+        _CLIENTS.pop().close()
 
 
 def via_upstream(oai: openai.OpenAI, **kwargs: Any) -> openai.types.responses.Response:
