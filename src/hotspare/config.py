@@ -152,7 +152,9 @@ class Settings(_Section):
         return self
 
     def router_config(self) -> RouterConfig:
-        local = LocalConfig(model=self.local.model, hedge=self.local.hedge)
+        local = LocalConfig(
+            model=self.local.model, hedge=self.local.hedge, warm_conversations=self.local.warm_conversations
+        )
         return RouterConfig(mode=self.mode, upstreams=self.upstreams, local=local)
 
 

@@ -339,3 +339,52 @@ def test_non_streaming_with_tools_goes_up_unchanged(anthropic_fake: FakeUpstream
     _, raw = run(route_once(make_router([anthropic_fake], FakeLocal()), call))
     assert isinstance(raw, bytes) and json.loads(raw)["content"][0]["text"] == "Hello from the fake upstream."
     assert anthropic_fake.attempts()[-1].body == body
+
+
+class WarmingLocal(FakeLocal):
+    """A local backend that also records the conversations handed to its warm-up."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.warmed: list[tuple[Role, str]] = []
+
+    async def warm(self, request: Any) -> None:
+        self.warmed = [(m.role, m.content) for m in request.messages]
+
+
+@pytest.mark.parametrize(
+    ("api", "upstream"), [(ANTHROPIC, "anthropic"), (OPENAI, "openai"), (OPENAI, "anthropic")]
+)
+def test_conversations_answered_upstream_are_handed_to_the_local_warm_up(
+    api: ApiFormat, upstream: str, anthropic_fake: FakeUpstream, openai_fake: FakeUpstream
+) -> None:
+    """Passthrough (same format) and cross-format alike: the conversation plus the upstream's answer,
+    as the next turn will send it, so a later failover finds it in the local KV cache."""
+    local = WarmingLocal()
+    fake = anthropic_fake if upstream == "anthropic" else openai_fake
+    call = make_call(api)
+    reply, _ = run(route_once(make_router([fake], local), call))
+    assert reply.backend == fake_name(fake) and local.started == 0
+    expected = [(m.role, m.content) for m in call.request.messages]
+    assert local.warmed == [*expected, (Role.ASSISTANT, "Hello from the fake upstream.")]
+
+
+def test_warm_up_can_be_switched_off(anthropic_fake: FakeUpstream) -> None:
+    local = WarmingLocal()
+    router = make_router([anthropic_fake], local)
+    router.config = router.config.model_copy(
+        update={"local": router.config.local.model_copy(update={"warm_conversations": False})}
+    )
+    run(route_once(router, make_call(ANTHROPIC)))
+    assert local.warmed == []
+
+
+def test_a_failed_upstream_answer_is_not_warmed(openai_fake: FakeUpstream) -> None:
+    openai_fake.refuse()
+    local = WarmingLocal()
+    run(route_once(make_router([openai_fake], local), make_call(OPENAI)))
+    assert local.warmed == []
+
+
+def fake_name(fake: FakeUpstream) -> str:
+    return make_router([fake], None).members[0].upstream.name

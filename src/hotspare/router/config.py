@@ -150,6 +150,9 @@ class UpstreamConfig(_Strict):
 class LocalConfig(_Strict):
     model: str | None = Field(default=None, description="catalogue name of the local model; None = default")
     hedge: bool = Field(default=True, description="start the local model beside an upstream slow to answer")
+    warm_conversations: bool = Field(
+        default=True, description="prefill conversations answered upstream into the local KV cache when idle"
+    )
 
 
 class RouterConfig(_Strict):

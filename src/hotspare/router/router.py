@@ -17,6 +17,8 @@ and whichever produces first is streamed while the other is cancelled.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -31,7 +33,16 @@ from hotspare.core.errors import (
     NotFound,
     UpstreamError,
 )
-from hotspare.core.types import ChatBackend, ChatRequest, Finish, StreamEvent, TextDelta
+from hotspare.core.types import (
+    ApiFormat,
+    ChatBackend,
+    ChatRequest,
+    Finish,
+    Message,
+    Role,
+    StreamEvent,
+    TextDelta,
+)
 from hotspare.router.breaker import CircuitBreaker, Transition
 from hotspare.router.classify import Action, classify
 from hotspare.router.config import Mode, RouterConfig, UpstreamConfig
@@ -335,6 +346,7 @@ class Router:
                 while (item := await stream.next_event()) is not None:
                     yield item[0].raw
                 verdict = True
+                await self._warm_local(call, stream.parser.text)
             except UpstreamError as exc:
                 verdict, failure = False, exc.failure
                 self._failover(member, str(exc.failure), Stage.MID_STREAM)
@@ -365,6 +377,7 @@ class Router:
                 except StopAsyncIteration:
                     event = None
             verdict = True
+            await self._warm_local(call, sent_text)
         except UpstreamError as exc:
             verdict, failure = False, exc.failure
             self._failover(member, str(exc.failure), Stage.MID_STREAM)
@@ -373,6 +386,18 @@ class Router:
         finally:
             member.record(verdict, failure)
             await events.aclose()  # type: ignore[attr-defined]
+
+    async def _warm_local(self, call: ClientCall, answer: str) -> None:
+        """Hand a conversation an upstream just answered to the local engine's warm-up, so that if the
+        upstream fails on a later turn the local model already holds this conversation's KV."""
+        warm = getattr(self.local, "warm", None)
+        if warm is None or not self.config.local.warm_conversations or call.local_refusal is not None:
+            return
+        if call.api_format is ApiFormat.OPENAI_RESPONSES:
+            return  # the Responses route warms from its conversation store, previous turns included
+        answered = (*call.request.messages, Message(Role.ASSISTANT, answer))
+        with contextlib.suppress(HotspareError):
+            await warm(dataclasses.replace(call.request, messages=answered))
 
     def _continuers(self, rest: Sequence[Member], call: ClientCall) -> list[Continuer]:
         if call.local_refusal is not None:  # continuations are converted requests: none can serve it
