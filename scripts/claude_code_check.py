@@ -220,7 +220,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompt", default="Say hello")
     parser.add_argument("--record", type=Path)
-    parser.add_argument("--timeout-s", type=float, default=900.0)
+    parser.add_argument("--timeout-s", type=float, default=1800.0)
     parser.add_argument("--dump", type=Path, help="write each request body to DIR/request-N.json")
     args = parser.parse_args()
     binary = claude_binary()
