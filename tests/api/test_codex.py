@@ -65,6 +65,7 @@ def codex_exec(codex: str, base_url: str, workdir: Path, prompt: str) -> subproc
     )
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(CODEX_TIMEOUT_S + 30)
 def test_codex_exec_completes_against_the_local_model(server: RunningServer, tmp_path: Path) -> None:
     codex = codex_binary()
