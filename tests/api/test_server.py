@@ -228,8 +228,8 @@ TOO_LONG = "word " * 9000  # beyond the embedded model's 8192-token context
             "max_tokens: Input should be a valid integer",
         ),
         (
-            b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "n": 2}',
-            "n: only n=1 is supported (the local model answers once), got 2",
+            b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "n": 0}',
+            "n: Input should be greater than or equal to 1",
         ),
     ],
 )
@@ -277,7 +277,7 @@ def test_a_prompt_longer_than_the_context_is_400_naming_the_limit(
 @pytest.mark.parametrize(
     ("method", "path", "status"),
     [
-        ("POST", "/v1/responses", 404),
+        ("POST", "/v1/embeddings", 404),
         ("GET", "/v1/nothing", 404),
         ("POST", "/v1/messages/batches", 404),
         ("GET", "/v1/messages", 405),
