@@ -113,9 +113,13 @@ def agent_task(conversation: int, turn: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class SharedPrefixResult:
+    """`warm_uncached_tokens`: prompt tokens the server says it computed for each warm request
+    (None where it does not report cached tokens)."""
+
     prompt_tokens: int
     cold_ttft_s: float
     warm_ttfts_s: tuple[float, ...]
+    warm_uncached_tokens: tuple[int | None, ...]
 
     @property
     def warm_ttft_s(self) -> float:
@@ -124,12 +128,23 @@ class SharedPrefixResult:
 
 async def run_shared_prefix(target: Target, nonce: str, num_warm: int = 3) -> SharedPrefixResult:
     system = agent_system_prompt(f"{nonce}-shared")
-    ttfts = []
+    results = []
     for i in range(num_warm + 1):
         question = f"Question {i}: which of the tools above would you use to {_TOPICS[i]}? Explain."
         messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
-        ttfts.append((await target.chat(messages, max_tokens=8)).ttft_s)
-    return SharedPrefixResult(count_tokens(system), ttfts[0], tuple(ttfts[1:]))
+        results.append(await target.chat(messages, max_tokens=8))
+    return SharedPrefixResult(
+        count_tokens(system),
+        results[0].ttft_s,
+        tuple(r.ttft_s for r in results[1:]),
+        tuple(uncached_tokens(r) for r in results[1:]),
+    )
+
+
+def uncached_tokens(result: StreamResult) -> int | None:
+    if result.prompt_tokens is None or result.cached_tokens is None:
+        return None
+    return result.prompt_tokens - result.cached_tokens
 
 
 # ----- interleaved multi-turn conversations -----
@@ -142,6 +157,7 @@ class AgentResult:
     ttfts_s: tuple[float, ...]
     prompt_tokens: tuple[int, ...]
     completion_tokens: tuple[int, ...]
+    uncached_tokens: tuple[int | None, ...]
 
     @property
     def warm_ttfts_s(self) -> tuple[float, ...]:
@@ -156,12 +172,15 @@ async def run_agent(target: Target, nonce: str, num_conversations: int, num_turn
     for turn in range(num_turns):
         for c, history in enumerate(histories):
             history.append({"role": "user", "content": agent_task(c, turn)})
-            result = await target.chat(history, max_tokens=64)
+            result = await target.chat(history, max_tokens=64, conversation=c)
             history.append({"role": "assistant", "content": result.text})
             results.append(result)
             sizes.append(result.prompt_tokens or count_tokens("".join(m["content"] for m in history)))
     return AgentResult(
-        tuple(r.ttft_s for r in results), tuple(sizes), tuple(r.completion_tokens for r in results)
+        tuple(r.ttft_s for r in results),
+        tuple(sizes),
+        tuple(r.completion_tokens for r in results),
+        tuple(uncached_tokens(r) for r in results),
     )
 
 
@@ -173,6 +192,7 @@ class FailoverResult:
     conversation_tokens: int
     warm_s: float
     warm_ttfts_s: tuple[float, ...]
+    warm_uncached_tokens: tuple[int | None, ...]
     cold_ttft_s: float
 
 
@@ -209,4 +229,10 @@ async def run_failover(engine: Any, target: Target, nonce: str, num_conversation
     warm_results = [await target.chat([*c, follow_up], max_tokens=16) for c in warmed]
     cold_result = await target.chat([*cold, follow_up], max_tokens=16)
     size = min(r.prompt_tokens or 0 for r in warm_results)
-    return FailoverResult(size, warm_s, tuple(r.ttft_s for r in warm_results), cold_result.ttft_s)
+    return FailoverResult(
+        size,
+        warm_s,
+        tuple(r.ttft_s for r in warm_results),
+        tuple(uncached_tokens(r) for r in warm_results),
+        cold_result.ttft_s,
+    )

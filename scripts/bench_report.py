@@ -107,16 +107,22 @@ def _targets(results: Results) -> list[str]:
     if shared := _value(results, "shared", "hotspare"):
         warm = shared.warm_ttft_s * 1e3
         lines.append(f"- shared ~2.2k prefix warm TTFT {warm:.0f} ms (< 60 ms: {_ok(warm < 60)})")
-    ours, peer = _value(results, "agent", "hotspare"), _value(results, "agent", "llama-server")
-    if ours and peer:
-        ratio = percentile(ours["agent"].warm_ttfts_s, 50) / percentile(peer["agent"].warm_ttfts_s, 50)
-        lines.append(f"- agent TTFT per turn p50 {ratio:.2f}x llama-server's (<= 0.5: {_ok(ratio <= 0.5)})")
+    ours = _value(results, "agent", "hotspare")
+    for name in ("llama-server", "llama-server-pinned"):
+        peer = _value(results, "agent", name)
+        if ours and peer:
+            ratio = percentile(ours["agent"].warm_ttfts_s, 50) / percentile(peer["agent"].warm_ttfts_s, 50)
+            lines.append(f"- agent TTFT per turn p50 {ratio:.2f}x {name}'s (<= 0.5: {_ok(ratio <= 0.5)})")
     if failover := _value(results, "failover", "hotspare"):
         worst = max(failover.warm_ttfts_s) * 1e3
         lines.append(
             f"- failover TTFT, warmed conversation, worst {worst:.0f} ms (< 250 ms: {_ok(worst < 250)})"
         )
     return lines
+
+
+def _counts(values: tuple[int | None, ...]) -> str:
+    return "not reported" if all(v is None for v in values) else " ".join(str(v) for v in values)
 
 
 def _ok(met: bool) -> str:
@@ -134,6 +140,7 @@ def _notes(results: Results, hotspare_mode: str) -> list[str]:
                 line += "; completion tokens per answer " + ", ".join(
                     f"{lv}: {r.min_completion_tokens}-{r.max_completion_tokens}"
                     + ("" if r.is_counted else " (chunks; no usage reported)")
+                    + f" (others {r.foreign_share:.0%})"
                     for lv, r in m.value.items()
                 )
             elif workload == "agent":
@@ -141,15 +148,20 @@ def _notes(results: Results, hotspare_mode: str) -> list[str]:
                 line += (
                     f"; prompts {min(a.prompt_tokens)}-{max(a.prompt_tokens)} tokens, first (cold) TTFT"
                     f" {a.ttfts_s[0]:.2f} s, all TTFTs (s) {' '.join(f'{t:.2f}' for t in a.ttfts_s)}"
+                    f"; prompt tokens computed {_counts(a.uncached_tokens)}"
                 )
             elif workload == "shared":
-                line += f"; {m.value.prompt_tokens}-token system prompt"
+                line += (
+                    f"; {m.value.prompt_tokens}-token system prompt; prompt tokens computed per warm"
+                    f" request {_counts(m.value.warm_uncached_tokens)}"
+                )
             elif workload == "failover":
                 f = m.value
                 line += (
                     f"; {f.conversation_tokens}-token conversation, warmed in {f.warm_s:.1f} s; next-turn"
-                    f" TTFT warm {', '.join(f'{t * 1e3:.0f}' for t in f.warm_ttfts_s)} ms, never-seen"
-                    f" conversation of the same size {f.cold_ttft_s:.2f} s"
+                    f" TTFT warm {', '.join(f'{t * 1e3:.0f}' for t in f.warm_ttfts_s)} ms (prompt tokens"
+                    f" computed {_counts(f.warm_uncached_tokens)}), never-seen conversation of the same"
+                    f" size {f.cold_ttft_s:.2f} s"
                 )
             lines.append(line)
     return lines

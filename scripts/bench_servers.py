@@ -52,7 +52,8 @@ class StreamResult:
     """One streamed answer. Times are seconds from sending the request; `gaps_s` are the waits
     between consecutive text chunks (each server sends about one token per chunk).
     `completion_tokens` is the server's usage count, or the number of text chunks where the server
-    reports no usage (`is_counted` False)."""
+    reports no usage (`is_counted` False). `cached_tokens` is the part of the prompt the server says
+    it served from its cache (None if it does not say)."""
 
     ttft_s: float
     total_s: float
@@ -60,6 +61,7 @@ class StreamResult:
     completion_tokens: int
     is_counted: bool
     prompt_tokens: int | None
+    cached_tokens: int | None
     text: str
 
 
@@ -76,7 +78,9 @@ class _Timer:
             self.times.append(time.perf_counter() - self.started)
             self.parts.append(text)
 
-    def result(self, completion_tokens: int | None, prompt_tokens: int | None) -> StreamResult:
+    def result(
+        self, completion_tokens: int | None, prompt_tokens: int | None, cached_tokens: int | None
+    ) -> StreamResult:
         if not self.times:
             raise RuntimeError("the server streamed no text")
         gaps = tuple(b - a for a, b in zip(self.times, self.times[1:], strict=False))
@@ -87,32 +91,46 @@ class _Timer:
             completion_tokens=completion_tokens if completion_tokens is not None else len(self.times),
             is_counted=completion_tokens is not None,
             prompt_tokens=prompt_tokens,
+            cached_tokens=cached_tokens,
             text="".join(self.parts),
         )
 
 
 class Target(Protocol):
-    """A server under test: one streamed chat completion, greedy."""
+    """A server under test: one streamed chat completion, greedy. `conversation` identifies the
+    conversation a request belongs to (only a server told to pin conversations to slots uses it)."""
 
     name: str
 
-    async def chat(self, messages: list[dict[str, str]], max_tokens: int) -> StreamResult: ...
+    async def chat(
+        self, messages: list[dict[str, str]], max_tokens: int, conversation: int | None = None
+    ) -> StreamResult: ...
 
 
 class HttpTarget:
-    """An OpenAI-compatible server on 127.0.0.1; `extra_body` is merged into every request."""
+    """An OpenAI-compatible server on 127.0.0.1; `extra_body` is merged into every request;
+    `slot_field` (llama-server's `id_slot`) carries the conversation number when set."""
 
-    def __init__(self, name: str, base_url: str, extra_body: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        base_url: str,
+        extra_body: dict[str, Any] | None = None,
+        slot_field: str | None = None,
+    ) -> None:
         self.name = name
         self.base_url = base_url
         self.extra_body = extra_body or {}
+        self.slot_field = slot_field
         limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
         self.client = httpx.AsyncClient(base_url=base_url, timeout=REQUEST_TIMEOUT_S, limits=limits)
 
     async def aclose(self) -> None:
         await self.client.aclose()
 
-    async def chat(self, messages: list[dict[str, str]], max_tokens: int) -> StreamResult:
+    async def chat(
+        self, messages: list[dict[str, str]], max_tokens: int, conversation: int | None = None
+    ) -> StreamResult:
         body = {
             "model": MODEL_ALIAS,
             "messages": messages,
@@ -123,6 +141,8 @@ class HttpTarget:
             "stream_options": {"include_usage": True},
             **self.extra_body,
         }
+        if self.slot_field and conversation is not None:
+            body[self.slot_field] = conversation
         timer = _Timer()
         usage: dict[str, Any] | None = None
         async with self.client.stream("POST", "/v1/chat/completions", json=body) as response:
@@ -134,9 +154,10 @@ class HttpTarget:
                 usage = chunk.get("usage") or usage
                 for choice in chunk.get("choices") or ():
                     timer.chunk((choice.get("delta") or {}).get("content") or "")
+        usage = usage or {}
+        details = usage.get("prompt_tokens_details") or {}
         return timer.result(
-            usage.get("completion_tokens") if usage else None,
-            usage.get("prompt_tokens") if usage else None,
+            usage.get("completion_tokens"), usage.get("prompt_tokens"), details.get("cached_tokens")
         )
 
 
@@ -157,7 +178,9 @@ class InProcessTarget:
         self.name = "hotspare"
         self.engine = engine
 
-    async def chat(self, messages: list[dict[str, str]], max_tokens: int) -> StreamResult:
+    async def chat(
+        self, messages: list[dict[str, str]], max_tokens: int, conversation: int | None = None
+    ) -> StreamResult:
         from hotspare.core.types import Finish, TextDelta
 
         timer = _Timer()
@@ -168,7 +191,7 @@ class InProcessTarget:
             elif isinstance(event, Finish):
                 usage = event.usage
         assert usage is not None
-        return timer.result(usage.output_tokens, usage.input_tokens)
+        return timer.result(usage.output_tokens, usage.input_tokens, usage.cached_tokens)
 
 
 def chat_request(messages: list[dict[str, str]], max_tokens: int) -> Any:
@@ -192,10 +215,18 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def server_process(name: str, argv: list[str], ready_url: str, log_path: Path) -> Iterator[None]:
+def server_process(
+    name: str, argv: list[str], ready_url: str, log_path: Path, env: dict[str, str] | None = None
+) -> Iterator[None]:
     """Run `argv` in its own process group until the block ends; wait until `ready_url` is 200."""
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+        )
         try:
             _wait_ready(name, proc, ready_url, log_path)
             yield
@@ -231,27 +262,45 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 @contextlib.asynccontextmanager
 async def http_server(
-    name: str, argv: list[str], port: int, ready_path: str, log_dir: Path, extra_body: dict[str, Any]
+    name: str,
+    argv: list[str],
+    port: int,
+    ready_path: str,
+    log_dir: Path,
+    extra_body: dict[str, Any],
+    *,
+    slot_field: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> AsyncIterator[HttpTarget]:
     base_url = f"http://127.0.0.1:{port}"
     log_path = log_dir / f"{name}.log"
-    with server_process(name, argv, base_url + ready_path, log_path):
-        target = HttpTarget(name, base_url, extra_body)
+    with server_process(name, argv, base_url + ready_path, log_path, env):
+        target = HttpTarget(name, base_url, extra_body, slot_field)
         try:
             yield target
         finally:
             await target.aclose()
 
 
-def llama_server(log_dir: Path, *, num_slots: int, context_tokens: int) -> Any:
-    """llama.cpp's C++ server (built by scripts/build-llama-server), prompt cache on."""
+def llama_server(log_dir: Path, *, num_slots: int, context_tokens: int, pin_slots: bool = False) -> Any:
+    """llama.cpp's C++ server (built by scripts/build-llama-server), prompt cache on. With
+    `pin_slots` each conversation is sent to its own slot (`id_slot`), as a client that knows
+    llama-server's slots can do, and idle slots keep their cells (`--no-cache-idle-slots`; with a
+    unified KV cache llama-server otherwise clears every idle slot when a task starts, and a slot
+    chosen by id is not reloaded from its RAM prompt cache). By default llama-server picks the slot
+    itself: by longest common prefix, which sends every conversation sharing a system prompt to the
+    same slot, each overwriting the last one's history."""
     if not LLAMA_SERVER_PATH.exists():
         raise RuntimeError(f"{LLAMA_SERVER_PATH} is missing: run scripts/build-llama-server first")
     port = free_port()
     argv = [str(LLAMA_SERVER_PATH), "-m", str(model_path()), "-a", MODEL_ALIAS]
     argv += ["-np", str(num_slots), "--kv-unified", "-t", str(NUM_THREADS), "-tb", str(NUM_THREADS)]
     argv += ["-c", str(context_tokens), "--host", "127.0.0.1", "--port", str(port), "--no-webui"]
-    return http_server("llama-server", argv, port, "/health", log_dir, {"cache_prompt": True})
+    if pin_slots:
+        argv.append("--no-cache-idle-slots")
+    name = "llama-server-pinned" if pin_slots else "llama-server"
+    slot_field = "id_slot" if pin_slots else None
+    return http_server(name, argv, port, "/health", log_dir, {"cache_prompt": True}, slot_field=slot_field)
 
 
 def llama_cpp_python_server(log_dir: Path, *, context_tokens: int) -> Any:
@@ -274,12 +323,15 @@ def has_hotspare_serve() -> bool:
 
 
 def hotspare_server(log_dir: Path) -> Any:
-    """`hotspare serve` with its default local model (the same GGUF) and 2 threads."""
+    """`hotspare serve` with its default local model (the same GGUF), 2 threads, and an empty
+    HOTSPARE_HOME: prefixes persisted by earlier runs would otherwise be restored into the KV cache
+    at start, and idle cached cells slow every step (see docs/benchmarks.md)."""
     port = free_port()
     config = log_dir / "hotspare.toml"
     config.write_text(f'[local]\nmodel = "{MODEL_ALIAS}"\nnum_threads = {NUM_THREADS}\n')
     argv = [str(shutil.which("hotspare")), "serve", "--config", str(config), "--port", str(port)]
-    return http_server("hotspare", argv, port, "/ready", log_dir, {})
+    env = {"HOTSPARE_HOME": str(Path(tempfile.mkdtemp(prefix="home-", dir=log_dir)))}
+    return http_server("hotspare", argv, port, "/ready", log_dir, {}, env=env)
 
 
 @contextlib.asynccontextmanager
