@@ -105,7 +105,7 @@ async def run_level(target: servers.Target, prompts: list[str]) -> LevelResult:
 async def streams(target: servers.Target, args: argparse.Namespace, nonce: str, _: Any) -> Any:
     """Each level is short, so a burst of other work can spoil one level alone: a disturbed level
     is run again (new prompts) and the least disturbed run kept."""
-    results = {}
+    results: dict[int, LevelResult] = {}
     for level in args.levels:
         for attempt in range(args.attempts):
             meter = servers.CpuMeter()

@@ -62,15 +62,20 @@ class _Table:
         self.lines.append("| " + " | ".join([label, *cells, *ratios]) + " |")
 
 
+def _level(level: int, field: str, scale: float = 1.0) -> Getter:
+    def get(value: Any) -> float:
+        return float(getattr(value[level], field)) * scale
+
+    return get
+
+
 def report(results: Results, names: list[str], levels: list[int], hotspare_mode: str) -> str:
     table = _Table(results, names)
     for lv in levels:
-        table.add("streams", f"{lv} streams: tok/s", lambda v, lv=lv: v[lv].tokens_per_s, "{:.1f}")
-        table.add("streams", f"{lv} streams: TTFT p50 s", lambda v, lv=lv: v[lv].ttft_p50_s, "{:.2f}")
-        table.add("streams", f"{lv} streams: TTFT p95 s", lambda v, lv=lv: v[lv].ttft_p95_s, "{:.2f}")
-        table.add(
-            "streams", f"{lv} streams: inter-token p95 ms", lambda v, lv=lv: v[lv].itl_p95_s * 1e3, "{:.0f}"
-        )
+        table.add("streams", f"{lv} streams: tok/s", _level(lv, "tokens_per_s"), "{:.1f}")
+        table.add("streams", f"{lv} streams: TTFT p50 s", _level(lv, "ttft_p50_s"), "{:.2f}")
+        table.add("streams", f"{lv} streams: TTFT p95 s", _level(lv, "ttft_p95_s"), "{:.2f}")
+        table.add("streams", f"{lv} streams: inter-token p95 ms", _level(lv, "itl_p95_s", 1e3), "{:.0f}")
     table.add("shared", "shared ~2.2k prefix: TTFT cold s", lambda v: v.cold_ttft_s, "{:.2f}")
     table.add("shared", "shared ~2.2k prefix: TTFT warm ms", lambda v: v.warm_ttft_s * 1e3, "{:.0f}")
     table.add(
