@@ -199,3 +199,27 @@ def _common_greedy_steps(a: list[npt.NDArray[np.float32]], b: list[npt.NDArray[n
         if int(x.argmax()) != int(y.argmax()):
             break
     return n
+
+
+def test_prefix_copied_into_a_slot_evicted_in_the_same_step_survives(
+    model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With every slot id taken by idle cache, a continuation evicts the LRU slot and copies its own
+    conversation's prefix into that same slot in one step; it must compute as if cold."""
+    small, _ = load(EngineConfig(model_path=model_path, model_name="test", max_running=1))
+    try:
+        info = small.model.info
+        tpl = ChatTemplate(info.chat_template, bos_token=info.bos_token, eos_token=info.eos_token)
+        rec = LogitRecorder(small, monkeypatch)
+        prompts = [prompt(tpl, f"Note {i}: the secret word is {w}.") for i, w in enumerate([*TOPICS, "owl"])]
+        assert len(prompts) == small.scheduler.config.max_slots
+        for p in prompts:
+            run(small, [p])
+        follow_up = prompts[5] + "What was the secret word?"
+        (warm,) = run(small, [follow_up])
+        assert small.scheduler.stats.num_cached_tokens > 0
+        _evict_everything(small)
+        (cold,) = run(small, [follow_up])
+        assert_close(rec.by_request[cold], rec.by_request[warm], 1)
+    finally:
+        small.model.close()

@@ -192,3 +192,30 @@ def test_a_fixed_schedule_is_reproducible() -> None:
         return steps
 
     assert trace() == trace()
+
+
+def test_a_slot_freed_and_reused_in_one_step_is_emptied_before_the_prefix_is_copied_in() -> None:
+    """Regression: removals used to be applied after copies, wiping the prefix just copied into a
+    slot that was evicted to make room for it (the request then ran without its conversation)."""
+    s = sched(max_slots=2, max_running=1)
+    for rid, tokens in ((1, [1, 2, 3]), (2, [7, 8, 9])):
+        s.add(seq(rid, tokens))
+        run_step(s)
+        s.finish(s.running[0], FinishReason.END_TURN)
+    run_step(s)  # flush the ops of the finishes
+    s.add(seq(3, [7, 8, 9, 10]))
+    out = s.schedule()
+    assert [type(op).__name__ for op in out.kv_ops] == ["Remove", "Copy"]
+    assert out.removals == [0] and out.copies == [(1, 0, 3)]
+
+
+def test_a_slot_evicted_after_a_prefix_was_copied_from_it_is_emptied_after_the_copy() -> None:
+    s = sched(max_slots=3, max_running=2, capacity_tokens=8)
+    s.add(seq(1, [1, 2, 3, 4, 9, 9]))
+    run_step(s)
+    s.finish(s.running[0], FinishReason.END_TURN)
+    run_step(s)
+    s.add(seq(2, [1, 2, 3, 4, 5, 6, 7]))  # copies 4 cells of slot 0, then needs room: evicts slot 0
+    out = s.schedule()
+    assert [type(op).__name__ for op in out.kv_ops] == ["Copy", "Remove"]
+    assert s.cache.match([1, 2, 3, 4]).num_tokens == 4  # the shared cells survive in the new slot

@@ -8,7 +8,7 @@ recently used first when cells or slot ids run out. When even that is not enough
 sequence is preempted: its cells stay cached and it goes back to the head of the queue.
 
 Plain synchronous Python with no I/O and no llama_cpp: the worker applies a `SchedulerOutput` to the
-model (KV copies, then removals, then one decode) and reports back with `update_from_output`.
+model (its KV operations in order, then one decode) and reports back with `update_from_output`.
 """
 
 from __future__ import annotations
@@ -47,15 +47,45 @@ class BatchItem:
     wants_logits: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Copy:
+    """seq_cp: slot `dst` (empty) shares the first `num_tokens` cells of slot `src`."""
+
+    src: int
+    dst: int
+    num_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class Remove:
+    """seq_rm of every cell of `slot`."""
+
+    slot: int
+
+
+KvOp = Copy | Remove
+
+
 @dataclass(slots=True)
 class SchedulerOutput:
-    """What one step does, in order: `copies` (seq_cp src->dst of the first n cells), `removals`
-    (seq_rm of whole slots), then one decode of `items`."""
+    """What one step does: `kv_ops` applied strictly in order, then one decode of `items`.
 
-    copies: list[tuple[int, int, int]] = field(default_factory=list)
-    removals: list[int] = field(default_factory=list)
+    The order is the order in which the scheduler changed its `PrefixCache`, and it matters both ways:
+    a slot released and handed out again in the same step must be emptied *before* a prefix is copied
+    into it, and a slot evicted right after a prefix was copied *from* it must be emptied *after*.
+    """
+
+    kv_ops: list[KvOp] = field(default_factory=list)
     items: list[BatchItem] = field(default_factory=list)
     finished: list[Sequence] = field(default_factory=list)
+
+    @property
+    def copies(self) -> list[tuple[int, int, int]]:
+        return [(op.src, op.dst, op.num_tokens) for op in self.kv_ops if isinstance(op, Copy)]
+
+    @property
+    def removals(self) -> list[int]:
+        return [op.slot for op in self.kv_ops if isinstance(op, Remove)]
 
     @property
     def num_tokens(self) -> int:
@@ -79,7 +109,7 @@ class Scheduler:
         self.running: list[Sequence] = []
         self.stats = CacheStats()
         self._free_slots = list(range(config.max_slots - 1, -1, -1))
-        self._pending_removals: list[int] = []
+        self._kv_ops: list[KvOp] = []  # every cache change since the last step, in order
         self._finished: list[Sequence] = []
 
     # ----- requests in and out -----
@@ -147,8 +177,7 @@ class Scheduler:
         if not self.waiting and not any(not s.is_warmup for s in self.running):
             self._admit(self.warmups, out)
         self._build_batch(out)
-        out.removals.extend(self._pending_removals)
-        self._pending_removals = []
+        out.kv_ops, self._kv_ops = self._kv_ops, []
         return out
 
     def update_from_output(self, out: SchedulerOutput) -> list[Sequence]:
@@ -182,7 +211,7 @@ class Scheduler:
             need = seq.num_pending + self.config.reserve_tokens * (len(self.running) + 1)
             if not self._make_room(need):
                 self.cache.release(slot)
-                out.removals.append(slot)
+                self._kv_ops.append(Remove(slot))
                 self._free_slots.append(slot)
                 seq.num_computed = 0
                 return
@@ -204,7 +233,7 @@ class Scheduler:
         if match.num_tokens > 0:
             self.cache.attach(slot, match.slot, match.num_tokens)
             self.cache.touch(match.slot)
-            out.copies.append((match.slot, slot, match.num_tokens))
+            self._kv_ops.append(Copy(match.slot, slot, match.num_tokens))
         else:
             self.cache.attach(slot, slot, 0)
         seq.num_computed = match.num_tokens
@@ -231,7 +260,7 @@ class Scheduler:
 
     def _release(self, slot: int) -> int:
         freed = self.cache.release(slot)
-        self._pending_removals.append(slot)
+        self._kv_ops.append(Remove(slot))
         self._free_slots.append(slot)
         return freed
 

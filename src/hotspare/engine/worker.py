@@ -1,7 +1,7 @@
 """The engine process: one model, one scheduling loop, commands in and events out over a Pipe.
 
-The loop is: take the commands that arrived, `schedule()`, run the model (KV copies, removals, one
-decode, one sample per sequence that reached its end), `postprocess` (text, stop checks), send the
+The loop is: take the commands that arrived, `schedule()`, run the model (the KV operations in order,
+one decode, one sample per sequence that reached its end), `postprocess` (text, stop checks), send the
 step's events as one message. It blocks on the pipe only when there is no work.
 """
 
@@ -36,7 +36,7 @@ from hotspare.engine.protocol import (
     Submit,
     Tokenize,
 )
-from hotspare.engine.scheduler import Scheduler, SchedulerConfig
+from hotspare.engine.scheduler import Copy, Scheduler, SchedulerConfig
 from hotspare.engine.sequence import Sequence
 from hotspare.engine.text_output import TextOutput
 
@@ -126,10 +126,11 @@ class EngineCore:
         out = self.scheduler.schedule()
         for seq in out.finished:
             self._forget(seq.request_id)
-        for src, dst, n in out.copies:
-            self.model.copy_prefix(src, dst, n)
-        for slot in out.removals:
-            self.model.remove(slot)
+        for op in out.kv_ops:
+            if isinstance(op, Copy):
+                self.model.copy_prefix(op.src, op.dst, op.num_tokens)
+            else:
+                self.model.remove(op.slot)
         if not out.items:
             return []
         try:

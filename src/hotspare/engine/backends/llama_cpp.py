@@ -19,6 +19,7 @@ from pathlib import Path
 import llama_cpp as llama
 import numpy as np
 import numpy.typing as npt
+import psutil
 
 from hotspare.core.errors import ModelError
 from hotspare.core.types import SamplingParams
@@ -74,7 +75,8 @@ class LlamaCppModel:
         self._model = llama.llama_model_load_from_file(str(path).encode(), mparams)
         if not self._model:
             raise ModelError(f"llama.cpp could not load the model file {path}")
-        threads = num_threads or max(1, (os.cpu_count() or 2))
+        # 0 = physical cores: llama.cpp's spinning threads gain nothing from SMT siblings.
+        threads = num_threads or psutil.cpu_count(logical=False) or os.cpu_count() or 1
         cparams = llama.llama_context_default_params()
         cparams.n_ctx = kv_cache_tokens
         cparams.n_batch = batch_tokens
