@@ -53,17 +53,7 @@ class ChatTemplate:
         if messages and messages[-1].role is Role.ASSISTANT:
             prefill = messages[-1].content
             messages = messages[:-1]
-        extra = {"tools": tools} if tools else {}
-        try:
-            text = self._template.render(
-                messages=[self._as_dict(m) for m in messages],
-                add_generation_prompt=True,
-                bos_token=self._bos,
-                eos_token=self._eos,
-                **extra,
-            )
-        except jinja2.TemplateError as exc:
-            raise InvalidRequest(f"the model's chat template failed: {exc}") from exc
+        text = self._render(messages, add_generation_prompt=True, tools=tools)
         return text + prefill
 
     def render_history(self, messages: tuple[Message, ...]) -> str:
@@ -71,16 +61,27 @@ class ChatTemplate:
         closed as finished turns, up to where the next user message's text would begin. Used to warm
         the KV cache with a conversation seen passing through to an upstream."""
         sentinel = "\x00hotspare-next-turn\x00"
+        text = self._render((*messages, Message(Role.USER, sentinel)), add_generation_prompt=False)
+        return text[: text.index(sentinel)] if sentinel in text else ""
+
+    def _render(
+        self,
+        messages: tuple[Message, ...],
+        *,
+        add_generation_prompt: bool,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> str:
+        extra = {"tools": tools} if tools else {}
         try:
-            text = self._template.render(
-                messages=[self._as_dict(m) for m in (*messages, Message(Role.USER, sentinel))],
-                add_generation_prompt=False,
+            return self._template.render(
+                messages=[self._as_dict(m) for m in messages],
+                add_generation_prompt=add_generation_prompt,
                 bos_token=self._bos,
                 eos_token=self._eos,
+                **extra,
             )
         except jinja2.TemplateError as exc:
             raise InvalidRequest(f"the model's chat template failed: {exc}") from exc
-        return text[: text.index(sentinel)] if sentinel in text else ""
 
     @staticmethod
     def _as_dict(message: Message) -> dict[str, Any]:

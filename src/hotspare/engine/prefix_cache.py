@@ -103,12 +103,6 @@ class PrefixCache:
         """The tokens whose cells `slot` holds, in position order."""
         return [t for node in self._paths.get(slot, ()) for t in node.tokens]
 
-    def holds(self, slot: int) -> bool:
-        return slot in self._paths
-
-    def is_idle(self, slot: int) -> bool:
-        return slot in self._idle
-
     @property
     def idle_slots(self) -> list[int]:
         """Idle slots, least recently used first."""
@@ -184,10 +178,6 @@ class PrefixCache:
             if not path or path[-1].holders - {s} - set(redundant):
                 redundant.append(s)
         return redundant
-
-    def unpark(self, slot: int) -> None:
-        """An idle slot is taken back into use (e.g. a preempted request resumes in it)."""
-        self._idle.pop(slot, None)
 
     def touch(self, slot: int) -> None:
         """Record a use of an idle slot's prefix (a cache hit), for LRU order."""

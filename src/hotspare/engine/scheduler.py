@@ -210,9 +210,7 @@ class Scheduler:
             reused = self._reuse_prefix(seq, slot, out)
             need = seq.num_pending + self.config.reserve_tokens * (len(self.running) + 1)
             if not self._make_room(need):
-                self.cache.release(slot)
-                self._kv_ops.append(Remove(slot))
-                self._free_slots.append(slot)
+                self._release(slot)
                 seq.num_computed = 0
                 return
             queue.popleft()
@@ -298,6 +296,10 @@ class Scheduler:
         seq = self.running.pop()
         self.stats.num_preemptions += 1
         out.items = [item for item in out.items if item.seq is not seq]
+        self._requeue(seq)
+
+    def _requeue(self, seq: Sequence) -> None:
+        """Take a running sequence back to the head of its queue; its cells stay cached (parked)."""
         self._park(seq.slot)
         seq.slot = -1
         seq.status = SequenceStatus.WAITING
@@ -310,7 +312,4 @@ class Scheduler:
             return
         for seq in [s for s in self.running if s.is_warmup]:
             self.running.remove(seq)
-            self._park(seq.slot)
-            seq.slot = -1
-            seq.status = SequenceStatus.WAITING
-            self.warmups.appendleft(seq)
+            self._requeue(seq)

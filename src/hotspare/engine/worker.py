@@ -60,7 +60,7 @@ class EngineCore:
         self.model = model
         self.config = config
         self.context_tokens = context_tokens
-        max_slots = min(256, max(config.max_running * 4, config.max_running + 8))
+        max_slots = num_slots(config)
         self.scheduler = Scheduler(
             SchedulerConfig(
                 capacity_tokens=model.info.kv_capacity_tokens,
@@ -248,6 +248,11 @@ def _handle(core: EngineCore, cmd: EngineCommand, events: list[EngineEvent]) -> 
     return True
 
 
+def num_slots(config: EngineConfig) -> int:
+    """llama.cpp sequence ids: the running sequences plus idle ones kept as prefix cache (at most 256)."""
+    return min(256, max(config.max_running * 4, config.max_running + 8))
+
+
 def load(config: EngineConfig) -> tuple[EngineCore, Ready]:
     started = time.monotonic()
     probe_ctx = config.context_tokens or 0
@@ -255,7 +260,7 @@ def load(config: EngineConfig) -> tuple[EngineCore, Ready]:
     model = LlamaCppModel(
         config.model_path,
         kv_cache_tokens=kv or max(2 * (probe_ctx or 8192), 4096),
-        max_slots=min(256, max(config.max_running * 4, config.max_running + 8)),
+        max_slots=num_slots(config),
         batch_tokens=config.step_tokens,
         num_threads=config.num_threads,
     )

@@ -165,9 +165,6 @@ class LlamaCppModel:
     def clear(self) -> None:
         llama.llama_memory_clear(self._mem, True)
 
-    def slot_max_position(self, slot: int) -> int:
-        return int(llama.llama_memory_seq_pos_max(self._mem, slot))
-
     def save_slot(self, slot: int, tokens: Seq[int], path: Path) -> int:
         """Write `slot`'s KV cells and their tokens to `path`; returns bytes written (0 on failure)."""
         arr = (llama.llama_token * len(tokens))(*tokens)
