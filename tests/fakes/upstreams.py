@@ -113,6 +113,9 @@ class FakeUpstream:
         self._server: asyncio.Server | None = None
         self._release: asyncio.Event | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        # asyncio drops its reference to a connection's task when the peer goes away; a task still
+        # parked (a stall, a hang) would then be garbage-collected while pending. Hold them here.
+        self._tasks: set[asyncio.Task[None]] = set()
         self.response_ids: list[str] = []  # Responses API: the ids this fake made, oldest first
         self.port = 0
 
@@ -184,6 +187,8 @@ class FakeUpstream:
             self._server = None
         for writer in list(self._writers):
             writer.transport.abort()
+        for task in list(self._tasks):
+            task.cancel()
 
     async def _shutdown(self) -> None:
         if self._release is not None:
@@ -210,6 +215,9 @@ class FakeUpstream:
         return behavior
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
         self._writers.add(writer)
         try:
             while True:
@@ -229,6 +237,7 @@ class FakeUpstream:
         except (ConnectionError, asyncio.IncompleteReadError):
             return
         finally:
+            self._tasks.discard(task)
             self._writers.discard(writer)
             writer.transport.abort()
 
