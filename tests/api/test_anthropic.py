@@ -8,19 +8,15 @@ from typing import Any
 import pytest
 
 from hotspare.api import anthropic
-from hotspare.api.answer import Answer
 from hotspare.api.wire import parse_body
 from hotspare.core.errors import InvalidRequest
 from hotspare.core.types import (
     ChatRequest,
-    Finish,
-    FinishReason,
     Message,
     Role,
     SamplingParams,
     ToolCall,
     ToolSpec,
-    Usage,
 )
 
 
@@ -162,37 +158,3 @@ def test_images_are_refused_with_where_they_are() -> None:
 def test_a_custom_tool_without_a_name_is_refused() -> None:
     with pytest.raises(InvalidRequest, match=r"^tools\[0\]: a tool needs a string name"):
         convert(tools=[{"input_schema": {"type": "object"}}])
-
-
-FINISH = Finish(FinishReason.STOP_SEQUENCE, Usage(12, 4, cached_tokens=5), "smollm2-135m-instruct", "END")
-
-
-def test_message_body_follows_anthropic_usage_accounting() -> None:
-    assert anthropic.message_body(Answer("abc", [], FINISH), "msg_1") == {
-        "id": "msg_1",
-        "type": "message",
-        "role": "assistant",
-        "model": "smollm2-135m-instruct",
-        "content": [{"type": "text", "text": "abc"}],
-        "stop_reason": "stop_sequence",
-        "stop_sequence": "END",
-        "usage": {
-            "input_tokens": 7,
-            "output_tokens": 4,
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 5,
-        },
-    }
-
-
-@pytest.mark.parametrize(
-    ("reason", "wire"),
-    [
-        (FinishReason.END_TURN, "end_turn"),
-        (FinishReason.STOP_SEQUENCE, "stop_sequence"),
-        (FinishReason.LENGTH, "max_tokens"),
-        (FinishReason.TOOL_CALLS, "tool_use"),
-    ],
-)
-def test_stop_reasons(reason: FinishReason, wire: str) -> None:
-    assert anthropic.stop_reason(reason) == wire

@@ -8,19 +8,15 @@ from typing import Any
 import pytest
 
 from hotspare.api import openai
-from hotspare.api.answer import Answer
 from hotspare.api.wire import parse_body
 from hotspare.core.errors import InvalidRequest
 from hotspare.core.types import (
     ChatRequest,
-    Finish,
-    FinishReason,
     Message,
     Role,
     SamplingParams,
     ToolCall,
     ToolSpec,
-    Usage,
 )
 
 
@@ -185,84 +181,3 @@ def test_malformed_bodies_are_refused(raw: bytes, message: str) -> None:
     with pytest.raises(InvalidRequest) as caught:
         parse_body(raw, openai.ChatCompletionRequest)
     assert caught.value.message == message
-
-
-FINISH = Finish(FinishReason.LENGTH, Usage(10, 3, cached_tokens=4), "smollm2-135m-instruct")
-
-
-def test_completion_body_reports_the_model_that_answered() -> None:
-    assert openai.completion_body([Answer("abc", [], FINISH)], "chatcmpl-1", 1700000000) == {
-        "id": "chatcmpl-1",
-        "object": "chat.completion",
-        "created": 1700000000,
-        "model": "smollm2-135m-instruct",
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": "abc", "refusal": None},
-                "logprobs": None,
-                "finish_reason": "length",
-            }
-        ],
-        "usage": {
-            "prompt_tokens": 10,
-            "completion_tokens": 3,
-            "total_tokens": 13,
-            "prompt_tokens_details": {"cached_tokens": 4},
-        },
-        "system_fingerprint": None,
-    }
-
-
-@pytest.mark.parametrize(
-    ("reason", "wire"),
-    [
-        (FinishReason.END_TURN, "stop"),
-        (FinishReason.STOP_SEQUENCE, "stop"),
-        (FinishReason.LENGTH, "length"),
-        (FinishReason.TOOL_CALLS, "tool_calls"),
-    ],
-)
-def test_finish_reasons(reason: FinishReason, wire: str) -> None:
-    assert openai.finish_reason(reason) == wire
-
-
-def decode(event: bytes) -> Any:
-    text = event.decode()
-    assert text.startswith("data: ") and text.endswith("\n\n")
-    payload = text.removeprefix("data: ").removesuffix("\n\n")
-    return payload if payload == "[DONE]" else json.loads(payload)
-
-
-def test_chunks_with_usage_end_with_a_usage_chunk_and_done() -> None:
-    chunks = openai.ChunkStream("chatcmpl-1", 5, "local", include_usage=True)
-    first = decode(chunks.delta({"role": "assistant", "content": ""}))
-    assert first == {
-        "id": "chatcmpl-1",
-        "object": "chat.completion.chunk",
-        "created": 5,
-        "model": "local",
-        "system_fingerprint": None,
-        "choices": [
-            {
-                "index": 0,
-                "delta": {"role": "assistant", "content": ""},
-                "logprobs": None,
-                "finish_reason": None,
-            }
-        ],
-        "usage": None,
-    }
-    closing = [decode(chunk) for chunk in chunks.finish(FINISH)]
-    assert closing[0]["choices"] == [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "length"}]
-    assert closing[0]["model"] == "smollm2-135m-instruct"
-    assert closing[1]["choices"] == []
-    assert closing[1]["usage"] == openai.usage_body(FINISH.usage)
-    assert closing[2] == "[DONE]"
-
-
-def test_chunks_without_usage_have_no_usage_field() -> None:
-    chunks = openai.ChunkStream("chatcmpl-1", 5, "local", include_usage=False)
-    closing = [decode(chunk) for chunk in chunks.finish(FINISH)]
-    assert "usage" not in closing[0]
-    assert len(closing) == 2 and closing[1] == "[DONE]"

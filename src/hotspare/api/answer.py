@@ -1,14 +1,16 @@
-"""A whole answer collected from a backend's `StreamEvent`s, for the non-streaming form of any API,
-and what every API does with answer-level notices (response headers)."""
+"""A backend's answer as every API's renderer reads it: collected whole (`collect`, for the
+non-streaming form of any API) or paced for a stream (`paced_answer`), and what every API does with
+answer-level notices (response headers)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
-from hotspare.api.sse import closing_stream
+from hotspare.api.sse import Heartbeat, closing_stream, with_heartbeats
 from hotspare.core.errors import BackendUnavailable
 from hotspare.core.types import (
     ContextFitted,
@@ -19,6 +21,9 @@ from hotspare.core.types import (
     ToolCallDelta,
     ToolCallStart,
 )
+
+AnswerEvent = TextDelta | ToolCallStart | ToolCallDelta
+"""The events that carry an answer's content (text, a tool call's start or a piece of its arguments)."""
 
 CONTEXT_FIT_HEADER = "x-hotspare-context-fit"
 """Set when the conversation was shortened to fit the local model's context: `<before>-><after> tokens`."""
@@ -72,6 +77,23 @@ async def collect(events: AsyncIterator[StreamEvent]) -> Answer:
                 fitted = event
             else:
                 return Answer("".join(texts), calls.build(), event, fitted)
+    raise BackendUnavailable("the answer ended without finishing")
+
+
+async def paced_answer(
+    events: AsyncIterator[StreamEvent], heartbeat_s: float
+) -> AsyncGenerator[Heartbeat | AnswerEvent | Finish, None]:
+    """`events` as a streaming renderer reads them: a `Heartbeat` after every `heartbeat_s` of
+    silence (the renderer sends its API's keep-alive), no `ContextFitted` (told in a response
+    header), ending with the `Finish`. Raises BackendUnavailable if `events` ends without one, and
+    whatever `events` raises. Closing this closes `events`; callers hold it in `aclosing`."""
+    async with aclosing(with_heartbeats(events, heartbeat_s)) as paced:
+        async for event in paced:
+            if isinstance(event, ContextFitted):
+                continue
+            yield event
+            if isinstance(event, Finish):
+                return
     raise BackendUnavailable("the answer ended without finishing")
 
 

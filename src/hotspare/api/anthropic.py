@@ -1,51 +1,31 @@
-"""Anthropic Messages <-> core types.
+"""Anthropic Messages requests -> core types (answers are rendered by api/anthropic_render.py).
 
 Requests: every field the real API accepts is accepted. Custom tools, `tool_choice` and JSON output
 (`output_config.format` / `output_format`) become core types the local model honours (see
 hotspare.agents); what it cannot honour (thinking, metadata, service_tier, cache_control,
 context_management, ...) is accepted and ignored, so a client written for Claude keeps working.
 Unknown fields are refused, as Anthropic refuses them.
-Answers: a `message`, or the full SSE event sequence (message_start, ping, per content block
-content_block_start / content_block_delta... / content_block_stop, message_delta, message_stop), with
-pings in long gaps. Tool calls are `tool_use` blocks (streamed as `input_json_delta`s).
-
-Usage follows Anthropic's accounting: `input_tokens` is the part of the prompt that was not read from
-the cache, `cache_read_input_tokens` the part that was; together they are the whole prompt.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import aclosing
 from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Discriminator, Field, Tag
 
-from hotspare.api.answer import Answer, arguments_object
-from hotspare.api.errors import client_error, error_reply
-from hotspare.api.sse import Heartbeat, encode_event, with_heartbeats
 from hotspare.api.wire import MediaPolicy, WireModel, media_placeholder, text_as_parts
-from hotspare.core.errors import BackendUnavailable, InvalidRequest
+from hotspare.core.errors import InvalidRequest
 from hotspare.core.types import (
-    ApiFormat,
     ChatRequest,
-    ContextFitted,
-    Finish,
-    FinishReason,
     JsonOutput,
     Message,
     Role,
     SamplingParams,
-    StreamEvent,
-    TextDelta,
     ToolCall,
-    ToolCallDelta,
-    ToolCallStart,
     ToolChoice,
     ToolChoiceMode,
     ToolSpec,
-    Usage,
 )
 
 # --- request -------------------------------------------------------------------------------------
@@ -292,146 +272,3 @@ def _text_of(block: TextBlock | OtherBlock, where: str, media: MediaPolicy) -> s
         f"{where}: {block.type} content is not supported: the local model reads text only",
         where.rsplit("[", 1)[0] if where.endswith("]") else where,
     )
-
-
-# --- response ------------------------------------------------------------------------------------
-
-_STOP_REASONS = {
-    FinishReason.END_TURN: "end_turn",
-    FinishReason.STOP_SEQUENCE: "stop_sequence",
-    FinishReason.LENGTH: "max_tokens",
-    FinishReason.TOOL_CALLS: "tool_use",
-}
-
-
-def stop_reason(reason: FinishReason) -> str:
-    return _STOP_REASONS[reason]
-
-
-def usage_body(usage: Usage) -> dict[str, Any]:
-    return {
-        "input_tokens": usage.input_tokens - usage.cached_tokens,
-        "output_tokens": usage.output_tokens,
-        "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": usage.cached_tokens,
-    }
-
-
-def message_body(answer: Answer, message_id: str) -> dict[str, Any]:
-    """A whole `message` for an answer that has finished: its text, then its tool calls."""
-    content: list[dict[str, Any]] = []
-    if answer.text or not answer.tool_calls:
-        content.append({"type": "text", "text": answer.text})
-    for call in answer.tool_calls:
-        content.append(
-            {"type": "tool_use", "id": call.id, "name": call.name, "input": arguments_object(call.arguments)}
-        )
-    finish = answer.finish
-    return {
-        "id": message_id,
-        "type": "message",
-        "role": "assistant",
-        "model": finish.model,
-        "content": content,
-        "stop_reason": stop_reason(finish.reason),
-        "stop_sequence": finish.stop_sequence,
-        "usage": usage_body(finish.usage),
-    }
-
-
-def count_tokens_body(num_tokens: int) -> dict[str, Any]:
-    return {"input_tokens": num_tokens}
-
-
-def _event(data: dict[str, Any]) -> bytes:
-    return encode_event(data, event=str(data["type"]))
-
-
-def _opening(message_id: str, model: str, num_prompt_tokens: int) -> list[bytes]:
-    message: dict[str, Any] = {
-        "id": message_id,
-        "type": "message",
-        "role": "assistant",
-        "model": model,
-        "content": [],
-        "stop_reason": None,
-        "stop_sequence": None,
-        "usage": usage_body(Usage(input_tokens=num_prompt_tokens, output_tokens=0)),
-    }
-    return [_event({"type": "message_start", "message": message})]
-
-
-class _Blocks:
-    """The content blocks of a streamed answer: each opened when its first event arrives (a text
-    block for text, a tool_use block per call), the previous one closed then."""
-
-    def __init__(self) -> None:
-        self.index = -1
-        self.kind: str | None = None  # of the open block
-
-    def event(self, event: TextDelta | ToolCallStart | ToolCallDelta) -> list[bytes]:
-        if isinstance(event, ToolCallDelta):
-            delta = {"type": "input_json_delta", "partial_json": event.arguments}
-            return [_event({"type": "content_block_delta", "index": self.index, "delta": delta})]
-        if isinstance(event, ToolCallStart):
-            block = {"type": "tool_use", "id": event.id, "name": event.name, "input": {}}
-            return self._open("tool_use", block)
-        out = [] if self.kind == "text" else self._open("text", {"type": "text", "text": ""})
-        delta = {"type": "text_delta", "text": event.text}
-        return [*out, _event({"type": "content_block_delta", "index": self.index, "delta": delta})]
-
-    def _open(self, kind: str, block: dict[str, Any]) -> list[bytes]:
-        out = self.close()
-        self.index, self.kind = self.index + 1, kind
-        out.append(_event({"type": "content_block_start", "index": self.index, "content_block": block}))
-        if self.index == 0:
-            out.append(_event({"type": "ping"}))  # where Anthropic sends its first ping
-        return out
-
-    def close(self) -> list[bytes]:
-        if self.kind is None:
-            return []
-        self.kind = None
-        return [_event({"type": "content_block_stop", "index": self.index})]
-
-    def finish(self, finish: Finish) -> list[bytes]:
-        # An answer with no content at all still has its (empty) text block, as Anthropic's do.
-        opening = self._open("text", {"type": "text", "text": ""}) if self.index < 0 else []
-        delta = {"stop_reason": stop_reason(finish.reason), "stop_sequence": finish.stop_sequence}
-        return [
-            *opening,
-            *self.close(),
-            _event({"type": "message_delta", "delta": delta, "usage": usage_body(finish.usage)}),
-            _event({"type": "message_stop"}),
-        ]
-
-
-async def stream_events(
-    events: AsyncIterator[StreamEvent],
-    message_id: str,
-    model: str,
-    num_prompt_tokens: int,
-    heartbeat_s: float,
-) -> AsyncIterator[bytes]:
-    """The SSE body of a streamed answer. An error after the stream began becomes an `error` event
-    (what the Anthropic SDKs raise from). Closing this closes `events`."""
-    for opening in _opening(message_id, model, num_prompt_tokens):
-        yield opening
-    blocks = _Blocks()
-    async with aclosing(with_heartbeats(events, heartbeat_s)) as paced:
-        try:
-            async for event in paced:
-                if isinstance(event, Heartbeat):
-                    yield _event({"type": "ping"})
-                elif isinstance(event, ContextFitted):
-                    continue  # told in a response header
-                elif isinstance(event, TextDelta | ToolCallStart | ToolCallDelta):
-                    for chunk in blocks.event(event):
-                        yield chunk
-                else:
-                    for closing in blocks.finish(event):
-                        yield closing
-                    return
-            raise BackendUnavailable("the answer ended without finishing")
-        except Exception as exc:  # the stream has begun: the error goes in-band, in the API's shape
-            yield _event(error_reply(client_error(exc), ApiFormat.ANTHROPIC_MESSAGES).body)

@@ -1,46 +1,29 @@
-"""OpenAI Chat Completions <-> core types.
+"""OpenAI Chat Completions requests -> core types (answers are rendered by api/openai_render.py).
 
 Requests: every field the real API accepts is accepted. Tools (`tools`, `tool_choice`,
 `parallel_tool_calls`) and `response_format` become core types the local model honours (see
 hotspare.agents); those it cannot honour (logprobs, service_tier, ...) are accepted and ignored, so a
 client written for the cloud keeps working. Unknown fields are refused, as OpenAI refuses them.
-Answers: a `chat.completion`, or `chat.completion.chunk`s over SSE ending in `data: [DONE]`; tool
-calls as `message.tool_calls` / `delta.tool_calls` with `finish_reason: tool_calls`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import aclosing
 from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field
 
-from hotspare.api.answer import Answer
-from hotspare.api.errors import client_error, error_reply
-from hotspare.api.sse import Heartbeat, encode_comment, encode_event, with_heartbeats
 from hotspare.api.wire import MediaPolicy, WireModel, media_placeholder, text_as_parts
-from hotspare.core.errors import BackendUnavailable, InvalidRequest
+from hotspare.core.errors import InvalidRequest
 from hotspare.core.types import (
-    ApiFormat,
     ChatRequest,
-    ContextFitted,
-    Finish,
-    FinishReason,
     JsonOutput,
     Message,
     Role,
     SamplingParams,
-    StreamEvent,
-    TextDelta,
     ToolCall,
-    ToolCallDelta,
-    ToolCallStart,
     ToolChoice,
     ToolChoiceMode,
     ToolSpec,
-    Usage,
 )
 
 # --- request -------------------------------------------------------------------------------------
@@ -287,163 +270,3 @@ def _to_message(message: ChatMessage, index: int, media: MediaPolicy) -> Message
 
 def _join_text(parts: list[TextPart] | list[UserPart] | list[AssistantPart]) -> str:
     return "\n".join(part.text for part in parts if isinstance(part, TextPart))
-
-
-# --- response ------------------------------------------------------------------------------------
-
-_FINISH_REASONS = {
-    FinishReason.END_TURN: "stop",
-    FinishReason.STOP_SEQUENCE: "stop",
-    FinishReason.LENGTH: "length",
-    FinishReason.TOOL_CALLS: "tool_calls",
-}
-
-
-def finish_reason(reason: FinishReason) -> str:
-    return _FINISH_REASONS[reason]
-
-
-def usage_body(usage: Usage) -> dict[str, Any]:
-    return {
-        "prompt_tokens": usage.input_tokens,
-        "completion_tokens": usage.output_tokens,
-        "total_tokens": usage.input_tokens + usage.output_tokens,
-        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
-    }
-
-
-def completion_body(answers: list[Answer], completion_id: str, created: int) -> dict[str, Any]:
-    """A whole `chat.completion` for answers that have finished (one choice each; usage summed)."""
-    usage = Usage(
-        answers[0].finish.usage.input_tokens,
-        sum(a.finish.usage.output_tokens for a in answers),
-        answers[0].finish.usage.cached_tokens,
-    )
-    return {
-        "id": completion_id,
-        "object": "chat.completion",
-        "created": created,
-        "model": answers[0].finish.model,
-        "choices": [_choice(index, answer) for index, answer in enumerate(answers)],
-        "usage": usage_body(usage),
-        "system_fingerprint": None,
-    }
-
-
-def _choice(index: int, answer: Answer) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": answer.text, "refusal": None}
-    if answer.tool_calls:
-        message["content"] = answer.text or None
-        message["tool_calls"] = [
-            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-            for c in answer.tool_calls
-        ]
-    return {
-        "index": index,
-        "message": message,
-        "logprobs": None,
-        "finish_reason": finish_reason(answer.finish.reason),
-    }
-
-
-class ChunkStream:
-    """Renders one answer's events as `chat.completion.chunk` SSE events.
-
-    `model` names the model in the chunks before the answer finishes; the closing chunks name the one
-    the `Finish` reports.
-    """
-
-    def __init__(self, completion_id: str, created: int, model: str, include_usage: bool) -> None:
-        self.completion_id = completion_id
-        self.created = created
-        self.model = model
-        self.include_usage = include_usage
-
-    def chunk(self, choices: list[dict[str, Any]], usage: Usage | None = None) -> bytes:
-        body: dict[str, Any] = {
-            "id": self.completion_id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": None,
-            "choices": choices,
-        }
-        if self.include_usage:
-            body["usage"] = usage_body(usage) if usage is not None else None
-        return encode_event(body)
-
-    def delta(self, delta: dict[str, Any], reason: FinishReason | None = None, choice: int = 0) -> bytes:
-        finish = finish_reason(reason) if reason is not None else None
-        return self.chunk([{"index": choice, "delta": delta, "logprobs": None, "finish_reason": finish}])
-
-    def event(self, event: TextDelta | ToolCallStart | ToolCallDelta, choice: int = 0) -> bytes:
-        """The chunk of one answer event: text content, or a tool call's start or argument piece."""
-        if isinstance(event, TextDelta):
-            return self.delta({"content": event.text}, choice=choice)
-        call: dict[str, Any] = {"index": event.index}
-        if isinstance(event, ToolCallStart):
-            call |= {"id": event.id, "type": "function", "function": {"name": event.name, "arguments": ""}}
-        else:
-            call["function"] = {"arguments": event.arguments}
-        return self.delta({"tool_calls": [call]}, choice=choice)
-
-    def finish(self, finish: Finish) -> list[bytes]:
-        return [*self.finish_choice(finish), *self.close(finish.usage)]
-
-    def finish_choice(self, finish: Finish, choice: int = 0) -> list[bytes]:
-        self.model = finish.model
-        return [self.delta({}, finish.reason, choice)]
-
-    def close(self, usage: Usage) -> list[bytes]:
-        """The usage chunk (if asked for) and `[DONE]`, after every choice has finished."""
-        closing = [self.chunk([], usage)] if self.include_usage else []
-        return [*closing, encode_event("[DONE]")]
-
-
-async def stream_chunks(
-    events: AsyncIterator[StreamEvent],
-    chunks: ChunkStream,
-    heartbeat_s: float,
-    more_choices: Sequence[Callable[[], AsyncIterator[StreamEvent]]] = (),
-) -> AsyncIterator[bytes]:
-    """The SSE body of a streamed answer: choice 0 from `events`, then (n > 1) one more choice from
-    each of `more_choices`, opened in turn. An error after the stream began becomes an in-band
-    `{"error": ...}` event (what the OpenAI SDKs raise from). Closing this closes what is open."""
-    output_tokens, finish = 0, None
-    try:
-        for choice, opened in enumerate([lambda: events, *more_choices]):
-            finish = None
-            async for chunk in _choice_chunks(opened(), chunks, heartbeat_s, choice):
-                if isinstance(chunk, Finish):
-                    finish = chunk
-                else:
-                    yield chunk
-            if finish is None:
-                raise BackendUnavailable("the answer ended without finishing")
-            output_tokens += finish.usage.output_tokens
-    except Exception as exc:  # the stream has begun: the error goes in-band, in the API's shape
-        yield encode_event(error_reply(client_error(exc), ApiFormat.OPENAI_CHAT).body)
-        return
-    assert finish is not None
-    for chunk in chunks.close(dataclasses.replace(finish.usage, output_tokens=output_tokens)):
-        yield chunk
-
-
-async def _choice_chunks(
-    events: AsyncIterator[StreamEvent], chunks: ChunkStream, heartbeat_s: float, choice: int
-) -> AsyncIterator[bytes | Finish]:
-    """One choice's chunks, then its Finish (not rendered: the caller closes the stream)."""
-    yield chunks.delta({"role": "assistant", "content": ""}, choice=choice)
-    async with aclosing(with_heartbeats(events, heartbeat_s)) as paced:
-        async for event in paced:
-            if isinstance(event, Heartbeat):
-                yield encode_comment("keep-alive")
-            elif isinstance(event, ContextFitted):
-                continue  # told in a response header
-            elif isinstance(event, TextDelta | ToolCallStart | ToolCallDelta):
-                yield chunks.event(event, choice)
-            else:
-                for chunk in chunks.finish_choice(event, choice):
-                    yield chunk
-                yield event
-                return

@@ -22,9 +22,10 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
+from hotspare.api.answer import paced_answer
 from hotspare.api.errors import client_error, error_reply
 from hotspare.api.responses import ResponsesRequest
-from hotspare.api.sse import Heartbeat, encode_comment, encode_event, with_heartbeats
+from hotspare.api.sse import Heartbeat, encode_comment, encode_event
 from hotspare.core.errors import BackendUnavailable, HotspareError
 from hotspare.core.types import (
     ApiFormat,
@@ -293,21 +294,19 @@ async def stream_events(
     finished. Closing this closes `events`."""
     for chunk in renderer.opening():
         yield chunk
-    async with aclosing(with_heartbeats(events, heartbeat_s)) as paced:
-        try:
+    try:
+        async with aclosing(paced_answer(events, heartbeat_s)) as paced:
             async for event in paced:
                 if isinstance(event, Heartbeat):
                     yield encode_comment("keep-alive")
-                elif not isinstance(event, Finish):
-                    for chunk in renderer.feed(event):
-                        yield chunk
-                else:
+                elif isinstance(event, Finish):
                     closing, response = renderer.closing(event)
                     await on_done(response)
                     for chunk in closing:
                         yield chunk
-                    return
-            raise BackendUnavailable("the answer ended without finishing")
-        except Exception as exc:  # the stream has begun: the error goes in-band
-            for chunk in renderer.failure(client_error(exc)):
-                yield chunk
+                else:
+                    for chunk in renderer.feed(event):
+                        yield chunk
+    except Exception as exc:  # the stream has begun: the error goes in-band
+        for chunk in renderer.failure(client_error(exc)):
+            yield chunk

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
-from hotspare.api import anthropic, openai
+from hotspare.api import anthropic, anthropic_render, openai, openai_render
 from hotspare.api.answer import Answer, collect, context_fit_header
 from hotspare.api.errors import new_request_id, request_id_header
 from hotspare.api.sse import EventStreamResponse, close_stream, closing_stream
@@ -63,13 +63,13 @@ async def chat_completions(request: Request) -> Response:
         if not chat.stream:
             answers = await _until_disconnect(request, _collect_all([lambda: served.events, *more]))
             headers |= _notice_headers(answers[0])
-            return JSONResponse(openai.completion_body(answers, request_id, created), headers=headers)
+            return JSONResponse(openai_render.completion_body(answers, request_id, created), headers=headers)
         events, notice = await _leading_notice(served.events, _heartbeat_s(request))
     except ClientGone:
         return Response(status_code=STATUS_CLIENT_CLOSED)
     headers |= context_fit_header(notice) if notice is not None else {}
-    chunks = openai.ChunkStream(request_id, created, served.model, body.includes_usage)
-    stream = openai.stream_chunks(events, chunks, _heartbeat_s(request), more)
+    chunks = openai_render.ChunkStream(request_id, created, served.model, body.includes_usage)
+    stream = openai_render.stream_chunks(events, chunks, _heartbeat_s(request), more)
     return EventStreamResponse(stream, headers)
 
 
@@ -120,7 +120,7 @@ async def messages(request: Request) -> Response:
         if not chat.stream:
             answer = await _until_disconnect(request, collect(served.events))
             headers |= _notice_headers(answer)
-            return JSONResponse(anthropic.message_body(answer, message_id), headers=headers)
+            return JSONResponse(anthropic_render.message_body(answer, message_id), headers=headers)
         events, notice = await _leading_notice(served.events, _heartbeat_s(request))
         num_prompt_tokens = notice.num_fitted_tokens if notice is not None else 0
         if notice is None:
@@ -129,7 +129,7 @@ async def messages(request: Request) -> Response:
     except ClientGone:
         return Response(status_code=STATUS_CLIENT_CLOSED)
     headers |= context_fit_header(notice) if notice is not None else {}
-    stream = anthropic.stream_events(
+    stream = anthropic_render.stream_events(
         events, message_id, served.model, num_prompt_tokens, _heartbeat_s(request)
     )
     return EventStreamResponse(stream, headers)
@@ -146,7 +146,7 @@ async def count_tokens(request: Request) -> Response:
     except ClientGone:
         return Response(status_code=STATUS_CLIENT_CLOSED)
     headers = {request_id_header(ApiFormat.ANTHROPIC_MESSAGES): request_id}
-    return JSONResponse(anthropic.count_tokens_body(num_tokens), headers=headers)
+    return JSONResponse(anthropic_render.count_tokens_body(num_tokens), headers=headers)
 
 
 # --- shared --------------------------------------------------------------------------------------
