@@ -34,6 +34,7 @@ Label values come from a closed set (config names, enums); nothing a client send
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from functools import partial
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import (
@@ -53,65 +54,50 @@ TTFT_BUCKETS_S = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 class OpsMetrics:
     def __init__(self, engine_sample: Callable[[], EngineSample]) -> None:
         self.registry = CollectorRegistry()
-        r = self.registry
-        self.requests = Counter(
-            "hotspare_requests",
-            "Client requests by API, backend and outcome.",
-            ["api", "backend", "outcome"],
-            registry=r,
+        counter = partial(Counter, registry=self.registry)
+        ttft_histogram = partial(Histogram, buckets=TTFT_BUCKETS_S, registry=self.registry)
+        self.requests = counter(
+            "hotspare_requests", "Client requests by API, backend and outcome.", ["api", "backend", "outcome"]
         )
         self.duration = Histogram(
             "hotspare_request_duration_seconds",
             "Client request to last byte.",
             ["api", "backend"],
             buckets=LATENCY_BUCKETS_S,
-            registry=r,
+            registry=self.registry,
         )
-        self.ttft = Histogram(
-            "hotspare_time_to_first_token_seconds",
-            "Streaming request to first answer byte.",
-            ["backend"],
-            buckets=TTFT_BUCKETS_S,
-            registry=r,
+        self.ttft = ttft_histogram(
+            "hotspare_time_to_first_token_seconds", "Streaming request to first answer byte.", ["backend"]
         )
-        self.tokens = Counter(
-            "hotspare_tokens", "Tokens reported in answers' usage.", ["backend", "direction"], registry=r
+        self.tokens = counter(
+            "hotspare_tokens", "Tokens reported in answers' usage.", ["backend", "direction"]
         )
-        self.denied = Counter(
-            "hotspare_access_denied", "Requests refused before routing.", ["reason"], registry=r
-        )
-        self.upstream_requests = Counter(
+        self.denied = counter("hotspare_access_denied", "Requests refused before routing.", ["reason"])
+        self.upstream_requests = counter(
             "hotspare_upstream_requests",
             "Upstream attempts by outcome and failure class.",
             ["upstream", "outcome", "failure"],
-            registry=r,
         )
-        self.upstream_ttft = Histogram(
+        self.upstream_ttft = ttft_histogram(
             "hotspare_upstream_time_to_first_token_seconds",
             "Upstream request to first content.",
             ["upstream"],
-            buckets=TTFT_BUCKETS_S,
-            registry=r,
         )
         self.degraded = Gauge(
             "hotspare_upstream_degraded",
             "1 while early warning degrades the upstream.",
             ["upstream"],
-            registry=r,
+            registry=self.registry,
         )
-        self.failovers = Counter(
+        self.failovers = counter(
             "hotspare_failovers",
             "Requests that moved on from an upstream, by cause and stage.",
             ["upstream", "cause", "stage"],
-            registry=r,
         )
-        self.failbacks = Counter(
-            "hotspare_failbacks",
-            "Traffic returning to an upstream, by cause.",
-            ["upstream", "cause"],
-            registry=r,
+        self.failbacks = counter(
+            "hotspare_failbacks", "Traffic returning to an upstream, by cause.", ["upstream", "cause"]
         )
-        r.register(_EngineCollector(engine_sample))
+        self.registry.register(_EngineCollector(engine_sample))
 
     def add_upstream(self, name: str) -> None:
         """Export an upstream's series at zero before anything happens to it."""

@@ -8,6 +8,8 @@ hotspare_served_total{backend,how}                      passthrough | events | t
 
 from __future__ import annotations
 
+from functools import partial
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from hotspare.router.breaker import CircuitState, Transition
@@ -18,30 +20,20 @@ _STATE_VALUES = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState
 class RouterMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        counter = partial(Counter, registry=self.registry)
         self._state = Gauge(
             "hotspare_upstream_circuit_state",
             "Circuit state: 0 closed, 1 half-open, 2 open.",
             ["upstream"],
             registry=self.registry,
         )
-        self._transitions = Counter(
-            "hotspare_upstream_circuit_transitions",
-            "Circuit state changes.",
-            ["upstream", "to"],
-            registry=self.registry,
+        self._transitions = counter(
+            "hotspare_upstream_circuit_transitions", "Circuit state changes.", ["upstream", "to"]
         )
-        self._attempts = Counter(
-            "hotspare_upstream_attempts",
-            "Upstream attempts by outcome.",
-            ["upstream", "outcome"],
-            registry=self.registry,
+        self._attempts = counter(
+            "hotspare_upstream_attempts", "Upstream attempts by outcome.", ["upstream", "outcome"]
         )
-        self._served = Counter(
-            "hotspare_served",
-            "Answers started, by backend and how.",
-            ["backend", "how"],
-            registry=self.registry,
-        )
+        self._served = counter("hotspare_served", "Answers started, by backend and how.", ["backend", "how"])
 
     def add_upstream(self, name: str) -> None:
         self._state.labels(name).set(0)
