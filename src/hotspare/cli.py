@@ -13,11 +13,13 @@ import uvicorn
 from hotspare import __version__
 from hotspare.app import create_app
 from hotspare.config import DEFAULT_HOST, DEFAULT_PORT, Settings, load_settings
-from hotspare.core.errors import HotspareError
+from hotspare.core.errors import HotspareError, ModelError
 from hotspare.models import commands as model_commands
 from hotspare.models.catalog import DEFAULT_MODEL, load_catalog
+from hotspare.models.hardware import Choice, serving_choice
 from hotspare.ops.access import startup_keys
 from hotspare.ops.requestlog import configure_log as configure_request_log
+from hotspare.router.config import Mode
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -38,7 +40,11 @@ Load a model, warm it up, and serve the OpenAI and Anthropic chat APIs:
 
 The server listens at once; /ready turns 200 when the model is warm, and one log line then says
 where it listens, which model it serves and how long loading took. Flags override the config file.
-Default: http://{DEFAULT_HOST}:{DEFAULT_PORT}, model {DEFAULT_MODEL} (embedded, no download).
+Default: http://{DEFAULT_HOST}:{DEFAULT_PORT}, and the most capable installed model that fits this
+machine with headroom (`hotspare doctor` says which and why; after a plain install that is
+{DEFAULT_MODEL}, embedded, no download). A model named with --model or [local] model that would
+not fit is refused before anything is loaded ([local] check_fit = false loads it anyway).
+A catalogue model with backend "vllm" runs in a supervised vLLM process on the GPU (README: GPU).
 """
 
 
@@ -63,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--model",
-        help=f"catalogue name of the local model (default: {DEFAULT_MODEL}; [local] model); "
-        "`hotspare models list` shows the names",
+        help="catalogue name of the local model (default: the best installed model that fits; "
+        "[local] model); `hotspare models list` shows the names",
     )
     serve.add_argument(
         "--config", type=Path, metavar="FILE", help="TOML settings file (see README: Configuration)"
@@ -84,14 +90,20 @@ def serve_command(args: argparse.Namespace) -> int:
     """`hotspare serve`: returns when the server stops (Ctrl-C), or when the model cannot be loaded."""
     try:
         settings = _settings(args)
-        load_catalog().get(settings.local.model)  # an unknown name fails now, not after binding
+        # Before binding: an unknown name, or a model that would not fit, is refused now.
+        settings, choice = _with_model(settings)
         startup_keys(settings)  # beyond loopback without client keys: refused before binding
+    except ModelError as exc:
+        print(f"hotspare: {exc.message}", file=sys.stderr)
+        return EXIT_FAILED
     except HotspareError as exc:
         print(f"hotspare: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream request is noise
     configure_request_log()  # one bare JSON line per request
+    if choice is not None:
+        logging.getLogger("hotspare").info("model %s: %s", choice.entry.name, choice.reason)
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -120,6 +132,18 @@ def _settings(args: argparse.Namespace) -> Settings:
     )
     local = settings.local if args.model is None else settings.local.model_copy(update={"model": args.model})
     return settings.model_copy(update={"server": server, "local": local})
+
+
+def _with_model(settings: Settings) -> tuple[Settings, Choice | None]:
+    """`settings` serving the model `serve` runs: the one named by `--model` or `[local] model`, else
+    the best installed model that fits (models/hardware.py). None when no local model runs."""
+    if settings.router_config().effective_mode is Mode.UPSTREAM_ONLY:
+        return settings, None
+    local = settings.local
+    requested = local.model if "model" in local.model_fields_set else None
+    choice = serving_choice(load_catalog(), requested, check_fit=local.check_fit)
+    local = local.model_copy(update={"model": choice.entry.name})
+    return settings.model_copy(update={"local": local}), choice
 
 
 def _port(text: str) -> int:

@@ -6,7 +6,9 @@
     heartbeat_s = 10.0          # longest silence on an open stream before a ping / keep-alive
 
     [local]
-    model = "smollm2-135m-instruct"   # a name from the model catalogue (`hotspare models list`)
+    model = "smollm2-135m-instruct"   # a name from the model catalogue (`hotspare models list`);
+                                      # unset = the best installed model that fits (`hotspare doctor`)
+    check_fit = true                  # refuse a model that would not fit this machine's memory
     context_tokens = 0                # 0 = the catalogue's context length for the model
     num_threads = 0                   # CPU threads for llama.cpp; 0 = all physical cores
 
@@ -76,7 +78,14 @@ class ServerSettings(_StrictSection):
 class LocalSettings(_StrictSection):
     """The local model hotspare keeps warm."""
 
-    model: str = Field(default=DEFAULT_MODEL, min_length=1, description="a catalogue name")
+    model: str = Field(
+        default=DEFAULT_MODEL,
+        min_length=1,
+        description="a catalogue name; unset (and no --model) = the best installed model that fits",
+    )
+    check_fit: bool = Field(
+        default=True, description="refuse a model that would not fit this machine; false = load it anyway"
+    )
     context_tokens: int = Field(default=0, ge=0, description="0 = the catalogue's context length")
     num_threads: int = Field(default=0, ge=0, description="llama.cpp CPU threads; 0 = all physical cores")
     hedge: bool = Field(default=True, description="start the local model beside an upstream slow to answer")

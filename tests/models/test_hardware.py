@@ -6,7 +6,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from hotspare.core.errors import ModelError
+from hotspare.core.errors import ModelError, NotFound
+from hotspare.models.catalog import Catalog
 from hotspare.models.entry import ModelEntry
 from hotspare.models.hardware import (
     RAM_RESERVE_BYTES,
@@ -14,6 +15,7 @@ from hotspare.models.hardware import (
     MachineProfile,
     check_disk,
     check_fits,
+    choose_for_serve,
     choose_model,
     detect_gpus,
     detect_machine,
@@ -129,6 +131,25 @@ def test_refusing_before_loading_and_checking_disk() -> None:
     check_fits(MID, laptop(8))
     with pytest.raises(ModelError, match=r"model 'mid' needs 1.6 GiB of disk, 1.0 GiB free"):
         check_disk(MID, laptop(8, disk_free_bytes=GiB))
+
+
+def test_serve_without_a_name_chooses_and_with_a_name_refuses_what_does_not_fit() -> None:
+    catalog, installed = Catalog(CATALOG), {"tiny", "small", "mid"}
+    assert choose_for_serve(laptop(3), catalog, installed, None).entry is SMALL
+    named = choose_for_serve(laptop(3), catalog, set(), "tiny")
+    assert named.entry is TINY
+    assert named.reason == (
+        "named in the configuration; it fits: needs 1.1 GiB of RAM with headroom, 3.0 GiB available"
+    )
+    with pytest.raises(ModelError, match=r"^model 'mid' does not fit: needs 4.3 GiB of RAM .* 3.0 GiB"):
+        choose_for_serve(laptop(3), catalog, installed, "mid")
+    forced = choose_for_serve(laptop(3), catalog, installed, "mid", check_fit=False)
+    assert forced.entry is MID
+    assert "the fit check is off" in forced.reason
+    with pytest.raises(NotFound, match=r"no model named 'huge' in the catalogue"):
+        choose_for_serve(laptop(3), catalog, installed, "huge")
+    with pytest.raises(ModelError, match=r"no installed model fits this machine"):
+        choose_for_serve(laptop(0.5), catalog, installed, None)
 
 
 def test_parse_nvidia_smi_csv() -> None:

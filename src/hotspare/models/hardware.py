@@ -21,7 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hotspare.core.errors import ModelError
+from hotspare.models.catalog import Catalog
 from hotspare.models.entry import ModelEntry
+from hotspare.models.home import hotspare_home
+from hotspare.models.locate import is_installed
 
 RAM_MARGIN = 0.2
 RAM_RESERVE_BYTES = 512 * 2**20  # the OS, the hotspare process itself, and the page cache it needs
@@ -141,6 +144,33 @@ def choose_model(
     if passed:
         reason += " (passed over: " + "; ".join(f"{v.entry.name} {v.reason}" for v in passed) + ")"
     return Choice(chosen.entry, reason)
+
+
+def choose_for_serve(
+    machine: MachineProfile,
+    catalog: Catalog,
+    installed: Collection[str],
+    requested: str | None,
+    *,
+    check_fit: bool = True,
+) -> Choice:
+    """The model `hotspare serve` runs. Pure. A named model (`requested`) is that entry, refused if it
+    would not fit unless `check_fit` is False; with none named, the best installed model that fits
+    (`choose_model`). Raises NotFound for an unknown name, ModelError when nothing can be served."""
+    if requested is None:
+        return choose_model(machine, catalog.entries, installed)
+    entry = catalog.get(requested)
+    if not check_fit:
+        return Choice(entry, "named in the configuration; the fit check is off ([local] check_fit)")
+    check_fits(entry, machine)
+    return Choice(entry, f"named in the configuration; it {fit(entry, machine).reason}")
+
+
+def serving_choice(catalog: Catalog, requested: str | None, *, check_fit: bool = True) -> Choice:
+    """`choose_for_serve` on this machine and the models installed on it."""
+    machine = detect_machine(hotspare_home())
+    installed = {e.name for e in catalog.entries if is_installed(e)} if requested is None else set()
+    return choose_for_serve(machine, catalog, installed, requested, check_fit=check_fit)
 
 
 def detect_machine(disk_path: Path) -> MachineProfile:
