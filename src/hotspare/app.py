@@ -39,8 +39,10 @@ from hotspare.core.errors import HotspareError
 from hotspare.core.types import ChatBackend
 from hotspare.engine.config import EngineConfig
 from hotspare.engine.local import LocalEngine
-from hotspare.models.catalog import load_catalog, resolve_weights
+from hotspare.models.catalog import ModelEntry, load_catalog, resolve_weights
+from hotspare.models.hardware import serving_choice
 from hotspare.models.home import hotspare_home
+from hotspare.models.vllm_backend import VllmBackend, vllm_backend
 from hotspare.ops import routes as ops_routes
 from hotspare.ops.access import AccessGuard, startup_keys
 from hotspare.ops.monitor import Monitor
@@ -49,6 +51,8 @@ from hotspare.router.config import Mode
 from hotspare.router.router import Router
 
 logger = logging.getLogger("hotspare")
+
+LocalBackend = LocalEngine | VllmBackend  # what the lifespan starts and stops
 
 
 def create_app(settings: Settings, backend: ChatBackend | None = None) -> FastAPI:
@@ -115,7 +119,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         if app.state.backend is not None or _mode(app) is Mode.UPSTREAM_ONLY:
             yield
             return
-        engine_box: list[LocalEngine] = []
+        engine_box: list[LocalBackend] = []
         loading = asyncio.create_task(_start_local(app, engine_box), name="hotspare-load-model")
         try:
             yield
@@ -172,13 +176,12 @@ async def _failover(app: FastAPI) -> AsyncIterator[None]:
         await failover.aclose()
 
 
-async def _start_local(app: FastAPI, engine_box: list[LocalEngine]) -> None:
+async def _start_local(app: FastAPI, engine_box: list[LocalBackend]) -> None:
     """Resolve, load and warm the local model, then install it as the backend (or report why not)."""
     settings: Settings = app.state.settings
     began = time.monotonic()
     try:
-        config = await asyncio.to_thread(engine_config, settings)
-        engine = LocalEngine(config, context_policy=settings.local.context_policy)
+        engine = await asyncio.to_thread(local_backend, settings)
         engine_box.append(engine)
         await engine.start()
     except HotspareError as exc:
@@ -209,10 +212,21 @@ def _fail(app: FastAPI, message: str) -> None:
         on_fatal()
 
 
-def engine_config(settings: Settings) -> EngineConfig:
-    """The local engine's config: the catalogue entry for `settings.local.model`, its weights verified
-    (this hashes the file), and the local overrides. Raises NotFound or ModelError."""
-    entry = load_catalog().get(settings.local.model)
+def local_backend(settings: Settings) -> LocalBackend:
+    """The backend for `settings.local.model`, not yet started: a supervised vLLM process for a
+    catalogue entry with backend "vllm", else the llama.cpp engine. A model that would not fit this
+    machine is refused before anything is loaded (unless [local] check_fit is off). Verifies the
+    weights (this hashes them). Raises NotFound or ModelError."""
+    local = settings.local
+    entry = serving_choice(load_catalog(), local.model, check_fit=local.check_fit).entry
+    if entry.backend == "vllm":
+        return vllm_backend(entry, local.context_tokens)
+    return LocalEngine(engine_config(settings, entry), context_policy=local.context_policy)
+
+
+def engine_config(settings: Settings, entry: ModelEntry) -> EngineConfig:
+    """The llama.cpp engine's config: `entry`, its weights verified (this hashes the file), and the
+    local overrides. Raises ModelError."""
     path = resolve_weights(entry)
     local = settings.local
     return EngineConfig(
@@ -225,5 +239,6 @@ def engine_config(settings: Settings) -> EngineConfig:
         step_tokens=local.step_tokens,
         num_threads=local.num_threads,
         chat_template=entry.chat_template,
+        stop=entry.stop,
         persist_dir=hotspare_home() / "kvcache" if local.persist_prefixes else None,
     )

@@ -44,9 +44,7 @@ def serve(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=os.environ.copy())
 
 
-def test_without_a_model_serve_runs_the_best_installed_model_that_fits(
-    catalog: Path, tmp_path: Path
-) -> None:
+def test_without_a_model_serve_runs_the_best_installed_model_that_fits(catalog: Path, tmp_path: Path) -> None:
     running = start_server(tmp_path)
     try:
         ready = httpx.get(f"{running.base_url}/ready", timeout=10).json()

@@ -19,6 +19,7 @@ class EngineConfig:
     step_tokens: token budget of one decode step (running tokens + chunked prefill).
     num_threads: CPU threads for llama.cpp; 0 = all physical cores.
     chat_template: a Jinja template overriding the GGUF's own; None = use the GGUF's.
+    stop: the model's own stop strings (the catalogue's `stop`), added to every request's.
     persist_dir: where the hottest cached prefixes are saved when the engine is idle and restored at
         start, so a restart is warm too; None = off.
     persist_slots: how many cached prefixes to keep on disk.
@@ -33,6 +34,7 @@ class EngineConfig:
     step_tokens: int = 512
     num_threads: int = 0
     chat_template: str | None = None
+    stop: tuple[str, ...] = ()
     seed: int = 0
     persist_dir: Path | None = None
     persist_slots: int = 4

@@ -272,7 +272,9 @@ class LocalEngine:
         return self._renderer().prompt(request)
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
-        turn = await prepare_turn(request, self._renderer(), self.context_tokens, self.context_policy)
+        turn = await prepare_turn(
+            request, self._renderer(), self.context_tokens, self.context_policy, self.config.stop
+        )
         answer = AnswerReader(turn)
         rid, queue = self._submit(lambda r: Submit(r, turn.prompt, turn.sampling))
         done = False

@@ -65,7 +65,11 @@ class VllmLaunch:
 
 
 def vllm_executable() -> str:
-    """The `vllm` command beside this interpreter (same virtualenv), else the one on PATH."""
+    """$HOTSPARE_VLLM_EXECUTABLE if set (another engine that takes `vllm serve`'s arguments and speaks
+    its API, or a stand-in for tests), else the `vllm` command beside this interpreter (same
+    virtualenv), else the one on PATH."""
+    if override := os.environ.get("HOTSPARE_VLLM_EXECUTABLE"):
+        return override
     beside = Path(sys.executable).parent / "vllm"
     if beside.is_file():
         return str(beside)
