@@ -1,7 +1,11 @@
-"""The shared real server: `hotspare serve` on the embedded model, as a subprocess on a free port.
+"""Fixtures every test directory shares.
 
-One per test session (loading is the slow part). Tests that use it talk HTTP to `server.base_url`
-with the official SDKs or httpx; it is stopped when the session ends. The helpers are in serving.py.
+* `server`: the real server, `hotspare serve` on the embedded model as a subprocess on a free port, one
+  per test session (loading is the slow part). Tests talk HTTP to `server.base_url` with the official
+  SDKs or httpx; it is stopped when the session ends. The helpers are in serving.py.
+* `anthropic_server` / `openai_server`: the fake providers (fakes/upstreams.py), one of each per test
+  module; `anthropic_fake` / `openai_fake` hand them to a test reset and healthy.
+* SDK clients made with sdk_clients.py are closed after each test.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from fakes.upstreams import Behavior, FakeUpstream
+from sdk_clients import close_all
 from serving import RunningServer, start_server, stop_server
 
 
@@ -19,3 +25,39 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     running = start_server(tmp_path_factory.mktemp("server"))
     yield running
     stop_server(running)
+
+
+@pytest.fixture(autouse=True)
+def _close_sdk_clients() -> Iterator[None]:
+    yield
+    close_all()
+
+
+@pytest.fixture(scope="module")
+def anthropic_server() -> Iterator[FakeUpstream]:
+    with FakeUpstream("anthropic") as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def openai_server() -> Iterator[FakeUpstream]:
+    with FakeUpstream("openai") as fake:
+        yield fake
+
+
+def _reset(fake: FakeUpstream) -> FakeUpstream:
+    fake.clear()
+    fake.default = Behavior()
+    fake.probe_status = 200
+    fake.accept()
+    return fake
+
+
+@pytest.fixture
+def anthropic_fake(anthropic_server: FakeUpstream) -> FakeUpstream:
+    return _reset(anthropic_server)
+
+
+@pytest.fixture
+def openai_fake(openai_server: FakeUpstream) -> FakeUpstream:
+    return _reset(openai_server)

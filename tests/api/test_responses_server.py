@@ -4,28 +4,15 @@ streaming and not, a forced function call, and json_schema output."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import openai
-import pytest
 
+from sdk_clients import openai_client
 from serving import RunningServer
-
-_CLIENTS: list[openai.OpenAI] = []
 
 
 def client(server: RunningServer) -> openai.OpenAI:
-    """An SDK client for `server`, closed after the test (an unclosed one leaks its sockets)."""
-    oai = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0, timeout=120)
-    _CLIENTS.append(oai)
-    return oai
-
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    yield
-    while _CLIENTS:
-        _CLIENTS.pop().close()
+    return openai_client(server, "x", timeout_s=120)
 
 
 def test_create_and_stream_on_the_local_model(server: RunningServer) -> None:

@@ -22,14 +22,23 @@ import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import httpx
 import psutil
 
+from fakes.serve_config import QUICK_TIMEOUTS, upstream_table
 from fakes.upstreams import Behavior, FakeUpstream
 
-SOAK_CONFIG = """
+_soak_upstream = partial(
+    upstream_table,
+    api_key="env:HS_SOAK_UPSTREAM_KEY",
+    timeouts=QUICK_TIMEOUTS | {"total_s": 20},
+    breaker={"consecutive_failures": 5, "open_s": 1, "probe_interval_s": 0.5},
+)
+SOAK_CONFIG = (
+    """
 mode = "auto"
 [local]
 hedge = true
@@ -37,38 +46,10 @@ num_threads = 1      # a small machine shared with the soak's own clients and fa
 [log]
 requests = false
 
-[[upstreams]]
-name = "anth"
-kind = "anthropic"
-base_url = "{anthropic}"
-api_key = "env:HS_SOAK_UPSTREAM_KEY"
-models = ["claude-*"]
-[upstreams.timeouts]
-connect_s = 1
-first_token_s = 1.5
-idle_s = 1
-total_s = 20
-[upstreams.breaker]
-consecutive_failures = 5
-open_s = 1
-probe_interval_s = 0.5
-
-[[upstreams]]
-name = "oai"
-kind = "openai"
-base_url = "{openai}"
-api_key = "env:HS_SOAK_UPSTREAM_KEY"
-models = ["gpt-*", "claude-*"]
-[upstreams.timeouts]
-connect_s = 1
-first_token_s = 1.5
-idle_s = 1
-total_s = 20
-[upstreams.breaker]
-consecutive_failures = 5
-open_s = 1
-probe_interval_s = 0.5
 """
+    + _soak_upstream("anth", "anthropic", "{anthropic}", ["claude-*"])
+    + _soak_upstream("oai", "openai", "{openai}", ["gpt-*", "claude-*"])
+)
 
 FAULTS: dict[str, Behavior] = {
     "healthy": Behavior(),

@@ -8,6 +8,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,10 @@ import httpx
 import openai
 import pytest
 
+from fakes.serve_config import QUICK_TIMEOUTS, upstream_table
 from fakes.upstreams import Behavior, FakeUpstream
 from hotspare.ops.status_page import GREEN, RED
+from sdk_clients import anthropic_client, openai_client
 from serving import RunningServer, start_server, stop_server
 
 from .browser import dump_dom, screenshot
@@ -30,7 +33,12 @@ PROMPT = "Say hello, zebra-marker-7"  # must never reach the request log
 USER_A: list[anthropic.types.MessageParam] = [{"role": "user", "content": PROMPT}]
 USER_O: list[openai.types.chat.ChatCompletionMessageParam] = [{"role": "user", "content": PROMPT}]
 
-CONFIG = """
+ops_upstream = partial(
+    upstream_table, api_key="env:HS_TEST_UPSTREAM_KEY", timeouts=QUICK_TIMEOUTS | {"first_token_s": 2}
+)
+NEVER_OPENS = {"consecutive_failures": 50, "min_requests": 1000}
+CONFIG = (
+    """
 mode = "auto"
 [local]
 hedge = false
@@ -45,49 +53,12 @@ min_requests = 4
 max_error_rate = 0.25
 shed_share = 0.5
 
-[[upstreams]]
-name = "anth"
-kind = "anthropic"
-base_url = "{anthropic}"
-api_key = "env:HS_TEST_UPSTREAM_KEY"
-models = ["claude-*"]
-[upstreams.timeouts]
-connect_s = 1
-first_token_s = 2
-idle_s = 1
-total_s = 30
-[upstreams.breaker]
-consecutive_failures = 4
-min_requests = 1000
-open_s = 0.3
-probe_interval_s = 0.1
-close_after_successes = 1
-
-[[upstreams]]
-name = "oai"
-kind = "openai"
-base_url = "{openai}"
-api_key = "env:HS_TEST_UPSTREAM_KEY"
-models = ["gpt-*"]
-[upstreams.timeouts]
-connect_s = 1
-first_token_s = 2
-idle_s = 1
-total_s = 30
-[upstreams.breaker]
-consecutive_failures = 50
-min_requests = 1000
-
-[[upstreams]]
-name = "ew"                      # only the early-warning test sends it requests
-kind = "openai"
-base_url = "{openai}"
-api_key = "env:HS_TEST_UPSTREAM_KEY"
-models = ["ew-*"]
-[upstreams.breaker]
-consecutive_failures = 50
-min_requests = 1000
 """
+    + ops_upstream("anth", "anthropic", "{anthropic}", ["claude-*"])
+    + ops_upstream("oai", "openai", "{openai}", ["gpt-*"], breaker=NEVER_OPENS)
+    # only the early-warning test sends requests to "ew"
+    + ops_upstream("ew", "openai", "{openai}", ["ew-*"], timeouts=None, breaker=NEVER_OPENS)
+)
 
 
 @pytest.fixture(scope="module")
@@ -120,11 +91,11 @@ def hotspare(
 
 
 def claude(server: RunningServer) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=server.base_url, api_key=CLIENT_KEY, max_retries=0, timeout=60)
+    return anthropic_client(server, CLIENT_KEY)
 
 
 def gpt(server: RunningServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=CLIENT_KEY, max_retries=0, timeout=60)
+    return openai_client(server, CLIENT_KEY)
 
 
 def claude_stream(server: RunningServer) -> str:

@@ -12,36 +12,22 @@ from typing import Any
 import openai
 import pytest
 
+from fakes.serve_config import QUICK_BREAKER, upstream_table
 from fakes.upstreams import Behavior, FakeUpstream
+from sdk_clients import openai_client
 from serving import RunningServer, start_server, stop_server
 
 GPT = "gpt-test"
 KEY = "sk-test-client"
 UPSTREAM_TEXT = "Hello from the fake upstream."
 
+NEVER_OPENS = QUICK_BREAKER | {"consecutive_failures": 100}  # every test starts with a closed circuit
 CONFIG = """
 mode = "auto"
 [local]
 hedge = false
 
-[[upstreams]]
-name = "oai"
-kind = "openai"
-base_url = "{openai}"
-api_key = "forward"
-models = ["gpt-*"]
-[upstreams.timeouts]
-connect_s = 1
-first_token_s = 1.5
-idle_s = 1
-total_s = 30
-[upstreams.breaker]
-consecutive_failures = 100           # never opens here: every test starts with a closed circuit
-min_requests = 1000
-open_s = 0.3
-probe_interval_s = 0.1
-close_after_successes = 1
-"""
+""" + upstream_table("oai", "openai", "{openai}", ["gpt-*"], breaker=NEVER_OPENS)
 
 
 @pytest.fixture(scope="module")
@@ -56,21 +42,8 @@ def hotspare(
     stop_server(running)
 
 
-_CLIENTS: list[openai.OpenAI] = []
-
-
 def client(server: RunningServer) -> openai.OpenAI:
-    """An SDK client for `server`, closed after the test (an unclosed one leaks its sockets)."""
-    oai = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=KEY, max_retries=0, timeout=60)
-    _CLIENTS.append(oai)
-    return oai
-
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    yield
-    while _CLIENTS:
-        _CLIENTS.pop().close()
+    return openai_client(server, KEY)
 
 
 def via_upstream(oai: openai.OpenAI, **kwargs: Any) -> openai.types.responses.Response:
@@ -188,3 +161,4 @@ def test_failure_before_the_first_token_is_answered_locally(
     assert response.id.startswith("resp_") and response.id not in openai_fake.response_ids
     assert response.status in ("completed", "incomplete")
     assert response.model == "smollm2-135m-instruct"
+

@@ -13,7 +13,9 @@ import httpx
 import openai
 import pytest
 
+from fakes.serve_config import upstream_table
 from fakes.upstreams import Behavior, FakeUpstream, key_hash
+from sdk_clients import anthropic_client, openai_client
 from serving import RunningServer, start_server, stop_server
 
 CLAUDE = "claude-test"  # served by the anthropic fake
@@ -21,49 +23,18 @@ GPT = "gpt-test"  # served by the openai fake
 KEY = "sk-test-client"
 UPSTREAM_TEXT = "Hello from the fake upstream."
 
-CONFIG = """
+CONFIG = (
+    """
 mode = "auto"
 [local]
 hedge = false
 [early_warning]
 enabled = false  # its shedding is probabilistic; these tests pin each failure's exact handling
 
-[[upstreams]]
-name = "anth"
-kind = "anthropic"
-base_url = "{anthropic}"
-api_key = "forward"
-models = ["claude-*"]
-[upstreams.timeouts]
-connect_s = 1
-first_token_s = 1.5
-idle_s = 1
-total_s = 30
-[upstreams.breaker]
-consecutive_failures = 4
-min_requests = 1000
-open_s = 0.3
-probe_interval_s = 0.1
-close_after_successes = 1
-
-[[upstreams]]
-name = "oai"
-kind = "openai"
-base_url = "{openai}"
-api_key = "forward"
-models = ["gpt-*"]
-[upstreams.timeouts]
-connect_s = 1
-first_token_s = 1.5
-idle_s = 1
-total_s = 30
-[upstreams.breaker]
-consecutive_failures = 4
-min_requests = 1000
-open_s = 0.3
-probe_interval_s = 0.1
-close_after_successes = 1
 """
+    + upstream_table("anth", "anthropic", "{anthropic}", ["claude-*"])
+    + upstream_table("oai", "openai", "{openai}", ["gpt-*"])
+)
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +46,6 @@ def hotspare(
     config.write_text(CONFIG.format(anthropic=anthropic_server.url, openai=openai_server.url))
     running = start_server(Path(workdir), "--config", str(config))
     yield running
-    for sdk_client in _CLIENTS.values():
-        sdk_client.close()
-    _CLIENTS.clear()
     stop_server(running)
 
 
@@ -107,27 +75,12 @@ USER_A: list[anthropic.types.MessageParam] = [{"role": "user", "content": "Say h
 USER_O: list[openai.types.chat.ChatCompletionMessageParam] = [{"role": "user", "content": "Say hello"}]
 
 
-_CLIENTS: dict[str, anthropic.Anthropic | openai.OpenAI] = {}  # one of each per server, closed with it
-
-
 def claude(server: RunningServer) -> anthropic.Anthropic:
-    key = f"anthropic {server.base_url}"
-    if key not in _CLIENTS:
-        _CLIENTS[key] = anthropic.Anthropic(base_url=server.base_url, api_key=KEY, max_retries=0, timeout=60)
-    sdk_client = _CLIENTS[key]
-    assert isinstance(sdk_client, anthropic.Anthropic)
-    return sdk_client
+    return anthropic_client(server, KEY)
 
 
 def gpt(server: RunningServer) -> openai.OpenAI:
-    key = f"openai {server.base_url}"
-    if key not in _CLIENTS:
-        _CLIENTS[key] = openai.OpenAI(
-            base_url=f"{server.base_url}/v1", api_key=KEY, max_retries=0, timeout=60
-        )
-    sdk_client = _CLIENTS[key]
-    assert isinstance(sdk_client, openai.OpenAI)
-    return sdk_client
+    return openai_client(server, KEY)
 
 
 def claude_stream(server: RunningServer) -> tuple[str, anthropic.types.Message, str]:

@@ -1,0 +1,41 @@
+"""`[[upstreams]]` tables for the `hotspare serve --config` files that put a real server in front of the
+fake providers: quick timeouts and a quick breaker by default, so a test sees failover, probes and
+failback in well under a second. Values are written as TOML (strings quoted, lists as arrays); a
+`base_url` of "{anthropic}" stays a `str.format` placeholder for the fake's address.
+"""
+
+from __future__ import annotations
+
+import json
+
+QUICK_TIMEOUTS: dict[str, float] = {"connect_s": 1, "first_token_s": 1.5, "idle_s": 1, "total_s": 30}
+QUICK_BREAKER: dict[str, float] = {
+    "consecutive_failures": 4,
+    "min_requests": 1000,
+    "open_s": 0.3,
+    "probe_interval_s": 0.1,
+    "close_after_successes": 1,
+}
+
+
+def upstream_table(
+    name: str,
+    kind: str,
+    base_url: str,
+    models: list[str],
+    *,
+    api_key: str = "forward",
+    timeouts: dict[str, float] | None = QUICK_TIMEOUTS,
+    breaker: dict[str, float] | None = QUICK_BREAKER,
+) -> str:
+    """One `[[upstreams]]` table with its `timeouts` and `breaker` sub-tables (None leaves one out)."""
+    fields = {"name": name, "kind": kind, "base_url": base_url, "api_key": api_key, "models": models}
+    lines = ["[[upstreams]]", *_assignments(fields)]
+    for table, values in (("timeouts", timeouts), ("breaker", breaker)):
+        if values is not None:
+            lines += [f"[upstreams.{table}]", *_assignments(values)]
+    return "\n".join(lines) + "\n"
+
+
+def _assignments(values: dict[str, object]) -> list[str]:
+    return [f"{key} = {json.dumps(value)}" for key, value in values.items()]
