@@ -38,9 +38,11 @@ def free_port() -> int:
         return port
 
 
-def start_server(workdir: Path, *args: str) -> RunningServer:
-    """Start `hotspare serve --port <free> *args` and wait until GET /ready is 200."""
+def start_server(workdir: Path, *args: str, home: Path | None = None) -> RunningServer:
+    """Start `hotspare serve --port <free> *args` and wait until GET /ready is 200. `home`: its
+    HOTSPARE_HOME (hashes recorded at a pull live there); default: a fresh one in `workdir`."""
     port = free_port()
+    home_dir = home or workdir / f"home-{port}"
     log_path = workdir / f"hotspare-{port}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -48,7 +50,7 @@ def start_server(workdir: Path, *args: str) -> RunningServer:
             stdout=log,
             stderr=subprocess.STDOUT,
             # A home of its own: no saved prefix cache or hash cache leaks between servers or runs.
-            env={**os.environ, "PYTHONUNBUFFERED": "1", "HOTSPARE_HOME": str(workdir / f"home-{port}")},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "HOTSPARE_HOME": str(home_dir)},
         )
     server = RunningServer(f"http://127.0.0.1:{port}", port, log_path, process)
     try:

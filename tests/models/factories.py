@@ -6,6 +6,8 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from hotspare.models.entry import ModelEntry
 
 
@@ -75,3 +77,31 @@ def write_catalog(path: Path, *entries: dict[str, Any]) -> Path:
         lines += [f"{k} = {value(v)}" for k, v in entry.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+GPU_WEIGHTS = b"\0" * 1000
+
+
+def install_gpu_model(catalog_path: Path, monkeypatch: pytest.MonkeyPatch, **overrides: Any) -> Path:
+    """A vLLM catalogue entry "gpu-model" written to `catalog_path` (made $HOTSPARE_CATALOG), pulled
+    for real from a local Hub server into $HF_HOME. Returns its model directory."""
+    from hotspare.models.catalog import load_catalog
+    from hotspare.models.fetch import pull
+
+    from .hub_server import COMMIT, HubServer
+
+    data = entry_dict(name="gpu-model", backend="vllm", context_tokens=4096, verified=False)
+    data = {k: v for k, v in data.items() if k not in ("sha256", "size_bytes")} | overrides
+    data["source"] = {
+        "kind": "huggingface",
+        "repo": "o/r",
+        "file": "model.safetensors",
+        "revision": COMMIT,
+        "companions": ["config.json"],
+    }
+    monkeypatch.setenv("HOTSPARE_CATALOG", str(write_catalog(catalog_path, data)))
+    with HubServer() as hub, monkeypatch.context() as patch:
+        hub.state.files[("o/r", "model.safetensors")] = GPU_WEIGHTS
+        hub.state.files[("o/r", "config.json")] = b"{}"
+        patch.setenv("HF_ENDPOINT", hub.url)
+        return pull(load_catalog().get("gpu-model"), progress=False).path.parent
