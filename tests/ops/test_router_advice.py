@@ -11,8 +11,10 @@ from hotspare.core.errors import FailureClass
 from hotspare.core.types import ApiFormat
 from hotspare.router.breaker import Transition
 from hotspare.router.config import RouterConfig
+from hotspare.router.member import build_upstream
 from hotspare.router.observe import Stage
-from hotspare.router.router import EventReply, RawReply, Reply, Router, build_upstream
+from hotspare.router.replies import EventReply, RawReply, Reply
+from hotspare.router.router import Router
 from router.factories import FakeLocal, make_call, upstream_config
 
 

@@ -15,7 +15,9 @@ from hotspare.core.errors import FailureClass, UpstreamError
 from hotspare.core.types import ApiFormat, Finish, Role, StreamEvent, TextDelta
 from hotspare.router.breaker import CircuitState
 from hotspare.router.config import RouterConfig
-from hotspare.router.router import EventReply, RawReply, Reply, Router, build_upstream
+from hotspare.router.member import build_upstream
+from hotspare.router.replies import EventReply, RawReply, Reply
+from hotspare.router.router import Router
 from hotspare.upstream.base import ClientCall
 
 from .factories import FakeLocal, make_call, upstream_config

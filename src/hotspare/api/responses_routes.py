@@ -46,7 +46,8 @@ from hotspare.config import Settings
 from hotspare.core.errors import HotspareError, InvalidRequest, NotFound
 from hotspare.core.types import ApiFormat, ChatBackend, ChatRequest
 from hotspare.models.home import hotspare_home
-from hotspare.router.router import EventReply, RawReply, Router
+from hotspare.router.replies import EventReply, RawReply
+from hotspare.router.router import Router
 from hotspare.upstream.base import ClientCall
 from hotspare.upstream.openai_responses import TAKEOVER_COMMENT
 from hotspare.upstream.sse import SseDecoder

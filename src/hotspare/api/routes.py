@@ -28,7 +28,8 @@ from hotspare.api.wire import MediaPolicy, media_header, parse_body
 from hotspare.config import Settings
 from hotspare.core.errors import BackendUnavailable, HotspareError, NotFound
 from hotspare.core.types import ApiFormat, ChatBackend, ChatRequest, ContextFitted, StreamEvent
-from hotspare.router.router import EventReply, RawReply, Router
+from hotspare.router.replies import EventReply, RawReply
+from hotspare.router.router import Router
 from hotspare.upstream.base import ClientCall
 
 T = TypeVar("T")

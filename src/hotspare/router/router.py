@@ -12,6 +12,10 @@ first byte is still invisible to the client) as either
 Per upstream: a circuit breaker (open -> zero attempts), one quick retry where classify() allows it,
 and hedging -- the local model starts beside an upstream with no first content after the hedge delay,
 and whichever produces first is streamed while the other is cancelled.
+
+The pieces: member.py (one upstream and its health), race.py (opening an upstream up to its first
+content, hedged), relay.py and takeover.py (the answer after its first content, continued by the next
+backend if it breaks), replies.py (what `route` returns).
 """
 
 from __future__ import annotations
@@ -22,14 +26,11 @@ import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
 
 from hotspare.core.errors import (
-    AuthenticationFailed,
     BackendUnavailable,
     FailureClass,
     HotspareError,
-    InvalidRequest,
     NotFound,
     UpstreamError,
 )
@@ -37,83 +38,25 @@ from hotspare.core.types import (
     ApiFormat,
     ChatBackend,
     ChatRequest,
-    Finish,
     Message,
     Role,
     StreamEvent,
-    TextDelta,
 )
-from hotspare.router.breaker import CircuitBreaker, Transition
+from hotspare.router.breaker import Transition
 from hotspare.router.classify import Action, classify
-from hotspare.router.config import Mode, RouterConfig, UpstreamConfig
-from hotspare.router.hedge import HedgeGate, HedgePolicy, TtftTracker
+from hotspare.router.config import Mode, RouterConfig
+from hotspare.router.hedge import HedgeGate
+from hotspare.router.member import Member, build_upstream, larger_context
 from hotspare.router.metrics import RouterMetrics
 from hotspare.router.observe import Advisor, RouterObserver, Stage
 from hotspare.router.probe import Guarded, Prober
-from hotspare.router.race import Opened, open_upstream, prepend, race_local
-from hotspare.router.takeover import Continuer, continue_events, continue_passthrough
-from hotspare.upstream.anthropic import AnthropicUpstream
-from hotspare.upstream.base import ClientCall, Upstream, UpstreamStream
-from hotspare.upstream.openai import OpenAIUpstream
+from hotspare.router.race import open_upstream, prepend, race_local
+from hotspare.router.relay import Relay, buffered_reply
+from hotspare.router.replies import EventReply, RawReply, Reply, client_fault, single
+from hotspare.router.takeover import Continuer
+from hotspare.upstream.base import ClientCall, Upstream
 
 log = logging.getLogger("hotspare.router")
-
-
-@dataclass(frozen=True, slots=True)
-class RawReply:
-    status: int
-    headers: tuple[tuple[str, str], ...]
-    body: AsyncIterator[bytes]
-    backend: str
-
-
-@dataclass(frozen=True, slots=True)
-class EventReply:
-    """`model`: the name to announce before the Finish says which model answered."""
-
-    backend: str
-    events: AsyncIterator[StreamEvent]
-    model: str
-
-
-Reply = RawReply | EventReply
-
-
-class Member:
-    """One upstream in the chain with its health state."""
-
-    def __init__(
-        self,
-        upstream: Upstream,
-        clock: Callable[[], float],
-        on_transition: Callable[[Transition], None],
-        metrics: RouterMetrics,
-    ):
-        self.upstream = upstream
-        self.config: UpstreamConfig = upstream.config
-        self.breaker = CircuitBreaker(upstream.name, self.config.breaker, clock, on_transition)
-        self.metrics = metrics
-        metrics.add_upstream(upstream.name)
-        self.ttft = TtftTracker()
-        self.hedge = HedgePolicy(self.config.timeouts.first_token_s, self.config.hedge_delay_s)
-        self.observers: list[RouterObserver] = []
-        self.shed_credit = 0.0  # accumulates the advisor's shed share; each whole unit sheds a request
-
-    def record(self, verdict: bool | None, failure: FailureClass | None = None) -> None:
-        outcome = "cancelled" if verdict is None else "ok" if verdict else "failed"
-        self.metrics.attempt(self.upstream.name, outcome)
-        for observer in self.observers:
-            observer.on_attempt(self.upstream.name, outcome, failure if verdict is False else None)
-        if verdict is None:
-            self.breaker.record_cancelled()
-        elif verdict:
-            self.breaker.record_success()
-        else:
-            self.breaker.record_failure()
-
-
-def build_upstream(config: UpstreamConfig) -> Upstream:
-    return AnthropicUpstream(config) if config.kind == "anthropic" else OpenAIUpstream(config)
 
 
 class Router:
@@ -202,9 +145,9 @@ class Router:
                 reply = await self._try_member(member, members[index:], call)
             except UpstreamError as exc:
                 if exc.failure is FailureClass.CONTEXT_LENGTH:
-                    larger = _larger_context(member, members[index:])
+                    larger = larger_context(member, members[index:])
                     if not larger:
-                        return self._client_fault(member, call, exc)
+                        return client_fault(member, call, exc)
                     members, index = larger, 0
                 self._failover(member, str(exc.failure), Stage.BEFORE_FIRST_BYTE)
                 last = exc
@@ -220,17 +163,8 @@ class Router:
         return await self._local_reply(call)
 
     def _should_shed(self, member: Member, has_next: bool) -> bool:
-        """Early warning: send the advisor's share of a degraded upstream's requests past it (only
-        when someone is after it), spread evenly rather than at random."""
         share = self.advisor.shed_share(member.upstream.name) if self.advisor is not None else 0.0
-        if share <= 0 or not has_next:
-            member.shed_credit = 0.0
-            return False
-        member.shed_credit += min(share, 1.0)
-        if member.shed_credit < 1.0:
-            return False
-        member.shed_credit -= 1.0
-        return True
+        return member.should_shed(share, has_next)
 
     def _failover(self, member: Member, cause: str, stage: Stage) -> None:
         for observer in self.observers:
@@ -258,7 +192,7 @@ class Router:
                 member.record(False if decision.counts_as_failure else None, exc.failure)
                 log.warning("%s failed (%s): %s", member.upstream.name, exc.failure, decision.action)
                 if decision.action is Action.RETURN_TO_CLIENT:
-                    return self._client_fault(member, call, exc)
+                    return client_fault(member, call, exc)
                 if decision.action is not Action.RETRY:
                     raise
                 num_retries += 1
@@ -277,7 +211,7 @@ class Router:
             if streaming is None:  # may hold tool calls: forwarded as is, guarded by total_s only
                 raw = await upstream.complete(call)
                 member.record(True)
-                return RawReply(raw.status, raw.headers, _single(raw.body), upstream.name)
+                return RawReply(raw.status, raw.headers, single(raw.body), upstream.name)
             sent = streaming
         opening = open_upstream(upstream, sent, passthrough)
         if self.local is not None and self.config.local.hedge and call.local_refusal is None:
@@ -298,94 +232,22 @@ class Router:
             member.ttft.add(winner.ttft_s)
             for observer in self.observers:
                 observer.on_first_token(upstream.name, winner.ttft_s)
-        continuers = self._continuers(rest, call)
         if winner.stream is not None and not call.request.stream:
             self.metrics.served(upstream.name, "passthrough")
-            return await self._buffered_reply(member, winner.stream)
+            return await buffered_reply(member, winner.stream)
         self.metrics.served(upstream.name, "passthrough" if passthrough else "events")
+        takeovers: list[str] = []
+        continuers = self._continuers(rest, call)
+        relay = Relay(member, call, continuers, takeovers, self._failover, self._warm_local)
         if winner.stream is not None:
-            body = self._passthrough_body(member, winner, call, continuers)
-            return RawReply(winner.stream.status, winner.stream.headers, body, upstream.name)
+            body = relay.passthrough(winner)
+            return RawReply(winner.stream.status, winner.stream.headers, body, upstream.name, takeovers)
         model = member.config.upstream_model(call.request.model)
-        return EventReply(upstream.name, self._event_body(member, winner, call, continuers), model)
-
-    async def _buffered_reply(self, member: Member, stream: UpstreamStream) -> RawReply:
-        """A non-streaming client's answer from an internal stream, as the vendor's JSON. Nothing
-        reached the client yet, so a failure is an ordinary UpstreamError (retry or fail over)."""
-        finish: Finish | None = None
-        try:
-            while (item := await stream.next_event()) is not None:
-                if isinstance(item[1], Finish):
-                    finish = item[1]
-        finally:
-            await stream.aclose()
-        if finish is None or stream.parser.has_other_content:
-            raise member.upstream.error(FailureClass.MALFORMED, "the stream held more than a text answer")
-        member.record(True)
-        headers = tuple((k, v) for k, v in stream.headers if k.lower() != "content-type")
-        body = stream.parser.render_message(stream.parser.text, finish)
-        return RawReply(
-            200, (("content-type", "application/json"), *headers), _single(body), member.upstream.name
-        )
+        return EventReply(upstream.name, relay.events(winner), model, takeovers)
 
     def _local_model(self, call: ClientCall) -> str:
         name = getattr(self.local, "model_name", None)
         return name if isinstance(name, str) else call.request.model
-
-    async def _passthrough_body(
-        self, member: Member, opened: Opened, call: ClientCall, continuers: list[Continuer]
-    ) -> AsyncIterator[bytes]:
-        stream = opened.stream
-        assert stream is not None
-        verdict: bool | None = None
-        failure: FailureClass | None = None
-        try:
-            for chunk in opened.prelude:
-                yield chunk
-            try:
-                while (item := await stream.next_event()) is not None:
-                    yield item[0].raw
-                verdict = True
-                await self._warm_local(call, stream.parser.text)
-            except UpstreamError as exc:
-                verdict, failure = False, exc.failure
-                self._failover(member, str(exc.failure), Stage.MID_STREAM)
-                await stream.aclose()
-                async for chunk in continue_passthrough(stream.parser, call.request, continuers, exc):
-                    yield chunk
-        finally:
-            member.record(verdict, failure)
-            await stream.aclose()
-
-    async def _event_body(
-        self, member: Member, opened: Opened, call: ClientCall, continuers: list[Continuer]
-    ) -> AsyncIterator[StreamEvent]:
-        events = opened.events
-        assert events is not None and opened.first is not None
-        verdict: bool | None = None
-        failure: FailureClass | None = None
-        sent_text, num_sent = "", 0
-        try:
-            event: StreamEvent | None = opened.first
-            while event is not None:
-                yield event
-                if isinstance(event, TextDelta):
-                    sent_text += event.text
-                    num_sent += 1
-                try:
-                    event = await anext(events)
-                except StopAsyncIteration:
-                    event = None
-            verdict = True
-            await self._warm_local(call, sent_text)
-        except UpstreamError as exc:
-            verdict, failure = False, exc.failure
-            self._failover(member, str(exc.failure), Stage.MID_STREAM)
-            async for event in continue_events(call.request, sent_text, num_sent, continuers, exc):
-                yield event
-        finally:
-            member.record(verdict, failure)
-            await events.aclose()  # type: ignore[attr-defined]
 
     async def _warm_local(self, call: ClientCall, answer: str) -> None:
         """Hand a conversation an upstream just answered to the local engine's warm-up, so that if the
@@ -404,9 +266,7 @@ class Router:
             return []
         out: list[Continuer] = []
         for m in rest:
-            out.append(
-                Continuer(m.upstream.name, self._counted(m.upstream.name, _member_opener(m, call)), m.record)
-            )
+            out.append(Continuer(m.upstream.name, self._counted(m.upstream.name, m.opener(call)), m.record))
         if self.local is not None:
             out.append(Continuer(self.local.name, self._counted(self.local.name, self.local.stream)))
         return out
@@ -430,39 +290,3 @@ class Router:
             raise
         self.metrics.served(self.local.name, "events")
         return EventReply(self.local.name, prepend(first, events), self._local_model(call))
-
-    def _client_fault(self, member: Member, call: ClientCall, exc: UpstreamError) -> RawReply:
-        """The upstream's own error goes back unchanged when the client speaks its format."""
-        if member.upstream.passes_through(call.api_format) and exc.status is not None:
-            headers = (("content-type", exc.content_type),)
-            return RawReply(exc.status, headers, _single(exc.body), member.upstream.name)
-        message = f"upstream {member.upstream.name!r} rejected the request (HTTP {exc.status})"
-        if exc.status in (401, 403):
-            raise AuthenticationFailed(message) from exc
-        if exc.status == 404:
-            raise NotFound(message) from exc
-        raise InvalidRequest(message) from exc
-
-
-def _member_opener(member: Member, call: ClientCall) -> Callable[[ChatRequest], AsyncIterator[StreamEvent]]:
-    def open_(request: ChatRequest) -> AsyncIterator[StreamEvent]:
-        if not member.breaker.try_acquire():
-            skipped = UpstreamError(FailureClass.CONNECT_ERROR, "circuit open", upstream=member.upstream.name)
-            return _raise(skipped)
-        return member.upstream.events(call, request)
-
-    return open_
-
-
-def _larger_context(failed: Member, rest: Sequence[Member]) -> list[Member]:
-    size = failed.config.max_context_tokens or 0
-    return [m for m in rest if (m.config.max_context_tokens or 0) > size]
-
-
-async def _single(body: bytes) -> AsyncIterator[bytes]:
-    yield body
-
-
-async def _raise(exc: HotspareError) -> AsyncIterator[StreamEvent]:
-    raise exc
-    yield  # pragma: no cover -- makes this an async generator

@@ -50,9 +50,11 @@ async def continue_events(
     num_sent_tokens: int,
     continuers: Sequence[Continuer],
     error: HotspareError,
+    takeovers: list[str] | None = None,
 ) -> AsyncIterator[StreamEvent]:
     """Core events that finish an answer of which `sent_text` was delivered. The final Finish counts
-    the delivered tokens too. Raises the last error if no continuer can finish it."""
+    the delivered tokens too. Each continuer that delivers an event is appended to `takeovers`.
+    Raises the last error if no continuer can finish it."""
     for continuer in continuers:
         log.warning("takeover by %s after %d chars (%s)", continuer.name, len(sent_text), error.message)
         continuation = continuation_request(request, sent_text, num_sent_tokens)
@@ -60,6 +62,8 @@ async def continue_events(
         verdict: bool | None = None
         try:
             async for event in events:
+                if takeovers is not None and takeovers[-1:] != [continuer.name]:
+                    takeovers.append(continuer.name)
                 if isinstance(event, TextDelta):
                     sent_text += event.text
                     num_sent_tokens += 1
@@ -85,6 +89,7 @@ async def continue_passthrough(
     request: ChatRequest,
     continuers: Sequence[Continuer],
     error: UpstreamError,
+    takeovers: list[str] | None = None,
 ) -> AsyncIterator[bytes]:
     """The rest of a passthrough stream in its own vendor format, rendered by `parser`, ending with
     the vendor's terminating events -- or with its error event if no one can finish the answer."""
@@ -97,7 +102,7 @@ async def continue_passthrough(
         return
     num_delivered = parser.num_text_events
     try:
-        async for event in continue_events(request, parser.text, num_delivered, continuers, error):
+        async for event in continue_events(request, parser.text, num_delivered, continuers, error, takeovers):
             if isinstance(event, TextDelta):
                 yield parser.render_delta(event.text)
             elif isinstance(event, Finish):

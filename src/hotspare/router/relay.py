@@ -1,0 +1,108 @@
+"""Relaying an opened upstream answer to the client: passthrough bytes or core events, taken over
+mid-stream by the next backend if it breaks, with the upstream's breaker verdict recorded when the
+answer ends (ok, failed, or cancelled when the client left)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+from hotspare.core.errors import FailureClass, UpstreamError
+from hotspare.core.types import Finish, StreamEvent, TextDelta
+from hotspare.router.member import Member
+from hotspare.router.observe import Stage
+from hotspare.router.race import Opened
+from hotspare.router.replies import RawReply, single
+from hotspare.router.takeover import Continuer, continue_events, continue_passthrough
+from hotspare.upstream.base import ClientCall, UpstreamStream
+
+
+@dataclass(frozen=True, slots=True)
+class Relay:
+    """One upstream answer on its way to the client. `takeovers` gets the name of each backend that
+    takes over, in order (it is the reply's own list). `on_failover` is told when the upstream
+    breaks mid-stream; `on_answered` gets the whole answer's text when the upstream finished it."""
+
+    member: Member
+    call: ClientCall
+    continuers: list[Continuer]
+    takeovers: list[str]
+    on_failover: Callable[[Member, str, Stage], None]
+    on_answered: Callable[[ClientCall, str], Awaitable[None]]
+
+    async def passthrough(self, opened: Opened) -> AsyncIterator[bytes]:
+        """The upstream's own bytes; after a break, the takeover rendered in the same vendor format."""
+        stream = opened.stream
+        assert stream is not None
+        verdict: bool | None = None
+        failure: FailureClass | None = None
+        try:
+            for chunk in opened.prelude:
+                yield chunk
+            try:
+                while (item := await stream.next_event()) is not None:
+                    yield item[0].raw
+                verdict = True
+                await self.on_answered(self.call, stream.parser.text)
+            except UpstreamError as exc:
+                verdict, failure = False, exc.failure
+                self.on_failover(self.member, str(exc.failure), Stage.MID_STREAM)
+                await stream.aclose()
+                request = self.call.request
+                async for chunk in continue_passthrough(
+                    stream.parser, request, self.continuers, exc, self.takeovers
+                ):
+                    yield chunk
+        finally:
+            self.member.record(verdict, failure)
+            await stream.aclose()
+
+    async def events(self, opened: Opened) -> AsyncIterator[StreamEvent]:
+        """The upstream's answer as core events; after a break, the takeover's events."""
+        events = opened.events
+        assert events is not None and opened.first is not None
+        verdict: bool | None = None
+        failure: FailureClass | None = None
+        sent_text, num_sent = "", 0
+        try:
+            event: StreamEvent | None = opened.first
+            while event is not None:
+                yield event
+                if isinstance(event, TextDelta):
+                    sent_text += event.text
+                    num_sent += 1
+                try:
+                    event = await anext(events)
+                except StopAsyncIteration:
+                    event = None
+            verdict = True
+            await self.on_answered(self.call, sent_text)
+        except UpstreamError as exc:
+            verdict, failure = False, exc.failure
+            self.on_failover(self.member, str(exc.failure), Stage.MID_STREAM)
+            request = self.call.request
+            async for event in continue_events(
+                request, sent_text, num_sent, self.continuers, exc, self.takeovers
+            ):
+                yield event
+        finally:
+            self.member.record(verdict, failure)
+            await events.aclose()  # type: ignore[attr-defined]
+
+
+async def buffered_reply(member: Member, stream: UpstreamStream) -> RawReply:
+    """A non-streaming client's answer from an internal stream, as the vendor's JSON. Nothing
+    reached the client yet, so a failure is an ordinary UpstreamError (retry or fail over)."""
+    finish: Finish | None = None
+    try:
+        while (item := await stream.next_event()) is not None:
+            if isinstance(item[1], Finish):
+                finish = item[1]
+    finally:
+        await stream.aclose()
+    if finish is None or stream.parser.has_other_content:
+        raise member.upstream.error(FailureClass.MALFORMED, "the stream held more than a text answer")
+    member.record(True)
+    headers = tuple((k, v) for k, v in stream.headers if k.lower() != "content-type")
+    body = stream.parser.render_message(stream.parser.text, finish)
+    return RawReply(200, (("content-type", "application/json"), *headers), single(body), member.upstream.name)
