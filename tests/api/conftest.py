@@ -10,7 +10,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from hotspare.app import create_app
-from hotspare.config import ApiSettings, ServerSettings, Settings
+from hotspare.config import ApiSettings, ResponsesSettings, ServerSettings, Settings
 
 from .fakes import FakeBackend
 
@@ -57,3 +57,16 @@ def openai_client(client: TestClient) -> openai.OpenAI:
 @pytest.fixture
 def anthropic_client(client: TestClient) -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url="http://testserver", api_key="x", http_client=client, max_retries=0)
+
+
+@pytest.fixture
+def http(backend: FakeBackend) -> Iterator[TestClient]:
+    """A TestClient on a fresh app with an in-memory response store (the Responses API tests)."""
+    settings = Settings(responses=ResponsesSettings(store_path=":memory:"))
+    with TestClient(create_app(settings, backend=backend), raise_server_exceptions=False) as client:
+        yield client
+
+
+@pytest.fixture
+def oai(http: TestClient) -> openai.OpenAI:
+    return openai.OpenAI(base_url="http://testserver/v1", api_key="x", http_client=http, max_retries=0)

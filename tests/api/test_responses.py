@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import openai
 import pytest
 from starlette.testclient import TestClient
 
-from hotspare.app import create_app
-from hotspare.config import ResponsesSettings, Settings
 from hotspare.core.errors import BackendUnavailable
 from hotspare.core.types import (
     FinishReason,
@@ -41,18 +38,6 @@ STREAM_EVENTS = [
     "response.output_item.done",
     "response.completed",
 ]
-
-
-@pytest.fixture
-def http(backend: FakeBackend) -> Iterator[TestClient]:
-    settings = Settings(responses=ResponsesSettings(store_path=":memory:"))
-    with TestClient(create_app(settings, backend=backend), raise_server_exceptions=False) as client:
-        yield client
-
-
-@pytest.fixture
-def oai(http: TestClient) -> openai.OpenAI:
-    return openai.OpenAI(base_url="http://testserver/v1", api_key="x", http_client=http, max_retries=0)
 
 
 def test_create_answers_with_text_usage_and_the_model_that_answered(

@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 Kind = Literal["anthropic", "openai"]
 
+RESOURCE_PREFIX = "/v1/responses/"  # GET / DELETE of a response this fake made, GET of its input items
 DEFAULT_DELTAS = ("Hello", " from", " the", " fake", " upstream", ".")
 
 _ANTHROPIC_ERRORS = {
@@ -93,6 +94,9 @@ class Attempt:
 
     @property
     def is_probe(self) -> bool:
+        """A health probe (no tokens spent); a request about a stored response is not one."""
+        if self.path.startswith(RESOURCE_PREFIX):
+            return False
         return self.method == "GET" or self.path.endswith("/count_tokens")
 
 
@@ -117,6 +121,7 @@ class FakeUpstream:
         # parked (a stall, a hang) would then be garbage-collected while pending. Hold them here.
         self._tasks: set[asyncio.Task[None]] = set()
         self.response_ids: list[str] = []  # Responses API: the ids this fake made, oldest first
+        self._kept: dict[str, tuple[list[Any], dict[str, Any]]] = {}  # id -> (input items, response)
         self.port = 0
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -260,6 +265,8 @@ class FakeUpstream:
             extra = {"retry-after": b.retry_after} if b.retry_after is not None else {}
             await self._send_json(writer, b.status, self._error_body(b), extra)
             return True
+        if path.startswith(RESOURCE_PREFIX):
+            return await self._respond_resource(writer, method, path)
         model = b.model or str(request.get("model", "fake-model"))
         if path.endswith("/v1/responses"):
             return await self._respond_responses(writer, b, request, model)
@@ -370,6 +377,11 @@ class FakeUpstream:
             self.response_ids.append(f"resp_fake{len(self.response_ids):04d}")
             response_id = self.response_ids[-1]
         events = ResponsesEvents(model, b, request, response_id)
+        given = request.get("input", [])
+        text = [{"type": "input_text", "text": given}] if isinstance(given, str) else None
+        items = [{"type": "message", "role": "user", "content": text}] if text is not None else given
+        with self._cond:
+            self._kept[response_id] = (items, events.response("completed", "".join(b.deltas)))
         if request.get("stream"):
             return await self._respond_stream(writer, b, request, model, events)
         if b.cut_after is not None:
@@ -377,6 +389,26 @@ class FakeUpstream:
             await writer.drain()
             return False
         await self._send_json(writer, 200, events.response("completed", "".join(b.deltas)))
+        return True
+
+    async def _respond_resource(self, writer: asyncio.StreamWriter, method: str, path: str) -> bool:
+        """GET /v1/responses/{id}, GET .../input_items (all on one page, oldest first), DELETE."""
+        response_id, _, rest = path.partition("?")[0].removeprefix(RESOURCE_PREFIX).partition("/")
+        with self._cond:
+            kept = self._kept.pop(response_id, None) if method == "DELETE" else self._kept.get(response_id)
+        if kept is None:
+            message = f"Response with id '{response_id}' not found."
+            error = {"message": message, "type": "invalid_request_error", "param": None, "code": None}
+            await self._send_json(writer, 404, {"error": error})
+        elif method == "DELETE":
+            await self._send_json(writer, 200, {"id": response_id, "object": "response", "deleted": True})
+        elif rest == "input_items":
+            data = [{"id": f"msg_fakein{i}", **item} for i, item in enumerate(kept[0])]
+            first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
+            page = {"object": "list", "data": data, "first_id": first, "last_id": last, "has_more": False}
+            await self._send_json(writer, 200, page)
+        else:
+            await self._send_json(writer, 200, kept[1])
         return True
 
     async def _respond_stream(

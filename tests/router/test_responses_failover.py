@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from fakes.serve_config import QUICK_BREAKER, upstream_table
-from fakes.upstreams import Behavior, FakeUpstream
+from fakes.upstreams import Behavior, FakeUpstream, key_hash
 from sdk_clients import openai_client
 from serving import RunningServer, start_server, stop_server
 
@@ -162,3 +162,73 @@ def test_failure_before_the_first_token_is_answered_locally(
     assert response.status in ("completed", "incomplete")
     assert response.model == "smollm2-135m-instruct"
 
+
+# --- requests about a response: input items, retrieve, delete -----------------------------------------
+
+
+def test_requests_about_an_upstream_response_go_to_that_upstream(
+    hotspare: RunningServer, openai_fake: FakeUpstream
+) -> None:
+    oai = client(hotspare)
+    made = via_upstream(oai, model=GPT, input="Say hello")
+    openai_fake.clear()
+    listed = oai.responses.input_items.with_raw_response.list(made.id)
+    assert listed.headers["x-hotspare-backend"] == "oai"
+    (item,) = listed.parse().data
+    assert item.to_dict() == {
+        "id": "msg_fakein0",
+        "type": "message",
+        "role": "user",
+        "content": [{"type": "input_text", "text": "Say hello"}],
+    }
+    assert oai.responses.retrieve(made.id).output_text == UPSTREAM_TEXT
+    oai.responses.delete(made.id)
+    with pytest.raises(openai.NotFoundError):  # gone upstream, and the store's copy with it
+        oai.responses.retrieve(made.id)
+    seen = [(a.method, a.path.partition("?")[0]) for a in openai_fake.attempts()]
+    assert seen == [
+        ("GET", f"/v1/responses/{made.id}/input_items"),
+        ("GET", f"/v1/responses/{made.id}"),
+        ("DELETE", f"/v1/responses/{made.id}"),
+        ("GET", f"/v1/responses/{made.id}"),
+    ]
+    assert all(a.headers["authorization"] == key_hash(KEY) for a in openai_fake.attempts())
+
+
+def test_while_its_upstream_is_down_a_kept_response_is_read_from_the_store(
+    hotspare: RunningServer, openai_fake: FakeUpstream
+) -> None:
+    oai = client(hotspare)
+    made = via_upstream(oai, model=GPT, input="Say hello")
+    openai_fake.refuse()
+    assert oai.responses.retrieve(made.id).output_text == UPSTREAM_TEXT
+    (item,) = oai.responses.input_items.list(made.id).data
+    assert (item.id, item.to_dict()["content"]) == (
+        f"{made.id}_in0",
+        [{"type": "input_text", "text": "Say hello"}],
+    )
+    with pytest.raises(openai.InternalServerError, match="could not be reached to delete it there"):
+        oai.responses.delete(made.id)
+    openai_fake.accept()  # the upstream still holds it: asked again, it answers
+    fetched = oai.responses.with_raw_response.retrieve(made.id)
+    assert (fetched.headers["x-hotspare-backend"], fetched.parse().id) == ("oai", made.id)
+
+
+def test_requests_about_a_local_response_never_reach_the_upstream(
+    hotspare: RunningServer, openai_fake: FakeUpstream
+) -> None:
+    oai = client(hotspare)
+    openai_fake.default = Behavior(status=500)
+    raw = oai.responses.with_raw_response.create(model=GPT, input="Say hello", max_output_tokens=8)
+    assert raw.headers["x-hotspare-backend"] == "local"
+    made = raw.parse()
+    openai_fake.default = Behavior()
+    openai_fake.clear()
+    assert [item.id for item in oai.responses.input_items.list(made.id)] == [f"{made.id}_in0"]
+    oai.responses.delete(made.id)
+    with pytest.raises(openai.NotFoundError):
+        oai.responses.input_items.list(made.id)
+    # Not stored here any more: the upstream is asked, and says it never made it.
+    assert [(a.method, a.path.partition("?")[0]) for a in openai_fake.attempts()] == [
+        ("GET", f"/v1/responses/{made.id}/input_items")
+    ]

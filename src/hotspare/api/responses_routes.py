@@ -1,4 +1,5 @@
-"""The Responses API endpoints: `POST /v1/responses`, `GET` and `DELETE /v1/responses/{id}`.
+"""The Responses API endpoints: `POST /v1/responses`; `GET` and `DELETE /v1/responses/{id}` and
+`GET /v1/responses/{id}/input_items` (answered as api/responses_lookup.py says).
 
 A request is served like the chat endpoints (api/routes.py): by the failover router when upstreams are
 configured -- passed through unchanged to an OpenAI-kind upstream, whose bytes are read on the way
@@ -27,6 +28,7 @@ from starlette.responses import JSONResponse, Response
 from hotspare.api.errors import request_id_header
 from hotspare.api.response_store import ResponseStore, StoredTurn
 from hotspare.api.responses import Conversion, ResponsesRequest, input_items, to_chat_request
+from hotspare.api.responses_lookup import Lookup
 from hotspare.api.responses_render import EventRenderer, Shell, final_response, new_item_id, stream_events
 from hotspare.api.routes import (
     BACKEND_HEADER,
@@ -94,19 +96,22 @@ def close_store(app: FastAPI) -> None:
 
 @router.get("/v1/responses/{response_id}")
 async def get_response(request: Request, response_id: str) -> Response:
-    store = store_of(request.app)
-    turn = await asyncio.to_thread(store.get, response_id) if store is not None else None
-    if turn is None:
-        raise NotFound(f"No response found with id {response_id!r}.")
-    return JSONResponse(turn.response)
+    return await _lookup(request, response_id).retrieve()
+
+
+@router.get("/v1/responses/{response_id}/input_items")
+async def list_input_items(request: Request, response_id: str) -> Response:
+    return await _lookup(request, response_id).input_items()
 
 
 @router.delete("/v1/responses/{response_id}")
 async def delete_response(request: Request, response_id: str) -> Response:
-    store = store_of(request.app)
-    if store is None or not await asyncio.to_thread(store.delete, response_id):
-        raise NotFound(f"No response found with id {response_id!r}.")
-    return JSONResponse({"id": response_id, "object": "response", "deleted": True})
+    return await _lookup(request, response_id).delete()
+
+
+def _lookup(request: Request, response_id: str) -> Lookup:
+    request.state.request_id = new_item_id("req")[:28]
+    return Lookup(request, response_id, store_of(request.app), request.app.state.router)
 
 
 @router.post("/v1/responses")

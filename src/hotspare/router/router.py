@@ -124,6 +124,13 @@ class Router:
             return []
         return [m for m in self.members if m.config.serves(model)]
 
+    def passthrough_upstreams(self, api: ApiFormat) -> list[Upstream]:
+        """The upstreams that speak `api` themselves, in chain order (none in local-only mode): where a
+        request about a response they made (`GET /v1/responses/{id}`, ...) can go."""
+        if self.mode is Mode.LOCAL_ONLY:
+            return []
+        return [m.upstream for m in self.members if m.upstream.passes_through(api)]
+
     async def route(self, call: ClientCall) -> Reply:
         """Raises `HotspareError`: NotFound if nothing serves the model; the last failure if every
         backend failed before the first byte; the local backend's own errors."""

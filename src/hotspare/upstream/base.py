@@ -458,6 +458,25 @@ class Upstream(ABC):
             raise self.error(FailureClass.MALFORMED, "response body is not a JSON object")
         return RawResponse(response.status_code, forwardable_headers(response.headers), content)
 
+    async def forward(self, method: str, path: str, headers: tuple[tuple[str, str], ...]) -> RawResponse:
+        """A request that is not a chat (`GET /v1/responses/{id}`, ...) sent as the client made it
+        (with this upstream's key where one is configured; no body). Returns the provider's answer,
+        whatever its status; raises `UpstreamError` when none came within the total timeout."""
+        sent = {k: v for k, v in headers if k not in _HOP_HEADERS}
+        if self._env_key is not None:
+            sent = {k: v for k, v in sent.items() if k not in _AUTH_HEADERS} | self.auth_headers(
+                self._env_key
+            )
+        sent["accept-encoding"] = "identity"
+        try:
+            async with asyncio.timeout(self.config.timeouts.total_s):
+                response = await self._client.request(method, path, headers=sent)
+        except TimeoutError:
+            raise self.error(FailureClass.TOTAL_TIMEOUT, "no answer in time") from None
+        except httpx.HTTPError as exc:
+            raise self.error(FailureClass.CONNECT_ERROR, f"request failed ({type(exc).__name__})") from exc
+        return RawResponse(response.status_code, forwardable_headers(response.headers), response.content)
+
     async def events(self, call: ClientCall, request: ChatRequest) -> AsyncIterator[StreamEvent]:
         """Cross-format: `request` (which may differ from `call.request`, e.g. a continuation) as
         core events: TextDeltas, then one Finish. Raises `UpstreamError`."""
