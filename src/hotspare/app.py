@@ -81,6 +81,7 @@ def create_app(settings: Settings, backend: ChatBackend | None = None) -> FastAP
     app.include_router(responses_router)
     app.add_api_route("/health", health, methods=["GET"])
     app.add_api_route("/ready", ready, methods=["GET"])
+    app.add_api_route("/", ops_routes.root, methods=["GET", "HEAD"])
     app.add_api_route("/status", ops_routes.status, methods=["GET"])
     app.add_api_route("/status.json", ops_routes.status_json, methods=["GET"])
     app.add_api_route("/metrics", ops_routes.metrics, methods=["GET"])

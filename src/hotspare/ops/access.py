@@ -2,7 +2,8 @@
 and request size limits, each refused in the caller's API shape before anything is routed.
 
 * Keys: with keys configured (`[access] api_keys` or HOTSPARE_API_KEYS) every path but /health and
-  /ready (and the ops pages when `public_ops`) needs one, as `x-api-key` or `Authorization: Bearer`.
+  /ready (and the ops pages -- /, /status, /status.json, /metrics -- when `public_ops`) needs one,
+  as `x-api-key` or `Authorization: Bearer`.
   Keys are compared as sha256 digests with `hmac.compare_digest`, against every configured key, so
   neither the time taken nor an early exit tells how much of a guess was right. A key is identified
   in logs only by its position (`key-1`, ...), never by its value or a hash of it.
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
     from hotspare.config import Settings
 
 OPEN_PATHS = frozenset({"/health", "/ready"})
-OPS_PATHS = frozenset({"/status", "/status.json", "/metrics"})
+OPS_PATHS = frozenset({"/", "/status", "/status.json", "/metrics"})
 KEY_SCOPE = "hotspare.key_id"  # where the middleware leaves the caller's key id in the ASGI scope
 
 Denied = Callable[[str], None]  # told the reason of every refusal (for metrics)

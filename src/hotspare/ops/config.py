@@ -7,7 +7,7 @@ and the request log. TOML shape (sections of the `--config` file, every key opti
     max_requests_per_minute = 0       # per key; 0 = unlimited
     max_body_bytes = 8000000          # larger request bodies get 413
     max_messages = 2000               # more messages (or input items) get 400
-    public_ops = false                # true: /status, /status.json and /metrics need no key
+    public_ops = false                # true: /, /status, /status.json and /metrics need no key
 
     [alerts]
     webhook_url = "http://127.0.0.1:9000/hook"   # POSTed JSON on breaker open/close, failover, failback
@@ -54,7 +54,7 @@ class AccessSettings(_Section):
     max_requests_per_minute: int = Field(default=0, ge=0, description="per key; 0 = unlimited")
     max_body_bytes: int = Field(default=8_000_000, ge=1024, description="request bodies above get 413")
     max_messages: int = Field(default=2000, ge=1, description="more messages or input items get 400")
-    public_ops: bool = Field(default=False, description="/status, /status.json, /metrics without a key")
+    public_ops: bool = Field(default=False, description="/, /status, /status.json, /metrics without a key")
 
     @model_validator(mode="before")
     @classmethod

@@ -25,7 +25,7 @@ from hotspare.ops.access import KEY_SCOPE
 
 log = logging.getLogger("hotspare.requests")
 
-QUIET_PATHS = frozenset({"/health", "/ready", "/metrics", "/status", "/status.json"})
+QUIET_PATHS = frozenset({"/", "/health", "/ready", "/metrics", "/status", "/status.json"})
 MAX_PROMPT_BYTES = 64_000
 _TAIL_BYTES = 4096
 _INPUT = re.compile(rb'"(?:prompt_tokens|input_tokens)":\s*(\d+)')

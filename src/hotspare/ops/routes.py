@@ -1,5 +1,6 @@
-"""The operations endpoints: `/metrics` (Prometheus text), `/status.json`, and `/status` (the HTML page
-for a browser, the same JSON for anything that does not ask for HTML).
+"""The operations endpoints: `/metrics` (Prometheus text), `/status.json`, `/status` (the HTML page
+for a browser, the same JSON for anything that does not ask for HTML), and `/` (the status page for a
+browser, a small JSON naming the endpoints for anything else).
 
 They read `app.state.monitor` (ops/monitor.py), `app.state.router` (circuit states; None without
 upstreams) and `app.state.backend`. Nothing here shows a key, a header or a base URL.
@@ -28,6 +29,23 @@ async def metrics(request: Request) -> Response:
     monitor: Monitor = request.app.state.monitor
     body = (failover.metrics.render() if failover is not None else b"") + monitor.metrics.render()
     return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+async def root(request: Request) -> Response:
+    """`GET /` and `HEAD /`: so that a browser pointed at hotspare sees its status page and a
+    load balancer's or a person's first request gets a 200 that says where to look."""
+    if "text/html" in request.headers.get("accept", ""):
+        return await status(request)
+    return JSONResponse(
+        {
+            "service": "hotspare",
+            "status": "/status",
+            "health": "/health",
+            "ready": "/ready",
+            "metrics": "/metrics",
+            "apis": ["/v1/chat/completions", "/v1/messages", "/v1/responses", "/v1/models"],
+        }
+    )
 
 
 async def status_json(request: Request) -> Response:
