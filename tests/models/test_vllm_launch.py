@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -155,22 +156,21 @@ def test_gpu_smoke_script_runs_end_to_end_against_a_stand_in_engine(
     fake_vllm_bin: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """scripts/gpu-smoke with everything real but the engine: catalogue, pulled and verified files,
-    the launcher, health polling, the openai SDK. On a GPU machine the same script runs real vLLM."""
+    `hotspare serve` running the engine as its child, the openai SDK through hotspare, and the
+    engine stopped with hotspare. On a GPU machine the same script runs real vLLM."""
     install_gpu_model(tmp_path / "models.toml", monkeypatch)
-    monkeypatch.setenv("PATH", f"{Path(fake_vllm_bin).parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("HOTSPARE_VLLM_EXECUTABLE", fake_vllm_bin)
+    config = tmp_path / "hotspare.toml"
+    config.write_text("[local]\ncheck_fit = false\n")  # no GPU here
+    script = [sys.executable, str(REPO / "scripts" / "gpu-smoke"), "gpu-model", "--skip-pull"]
     result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "scripts" / "gpu-smoke"),
-            "gpu-model",
-            "--skip-pull",
-            "--port",
-            str(free_port()),
-        ],
+        [*script, "--port", str(free_port()), "--config", str(config)],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "healthy after" in result.stdout
+    assert f"{fake_vllm_bin} serve " in result.stdout  # the printed launch command
+    assert re.search(r"ready after [\d.]+ s; engine processes: \[\d+\]", result.stdout)
+    assert len(re.findall(r"^[\d.]+ s, (7 \+ \d+ tokens|streamed): ", result.stdout, re.M)) == 3
     assert result.stdout.rstrip().endswith("== OK: the GPU path works end to end")
