@@ -55,7 +55,14 @@ def fake_vllm(tmp_path: Path) -> str:
     return str(script)
 
 
-def backend_for(tmp_path: Path, *, with_config: bool = True, executable: str | None = None) -> VllmBackend:
+def backend_for(
+    tmp_path: Path,
+    *,
+    with_config: bool = True,
+    executable: str | None = None,
+    health_interval_s: float = 10.0,
+    max_health_failures: int = 3,
+) -> VllmBackend:
     model_dir = tmp_path / "model"
     model_dir.mkdir(exist_ok=True)
     if with_config:
@@ -63,7 +70,14 @@ def backend_for(tmp_path: Path, *, with_config: bool = True, executable: str | N
     entry = gpu_entry(stop=["\nUser:"])
     options = VllmOptions(port=free_port(), max_model_len_tokens=CONTEXT)
     launch = vllm_launch(entry, model_dir, options, executable=executable or fake_vllm(tmp_path))
-    return VllmBackend(launch, context_tokens=CONTEXT, stop=entry.stop, stop_timeout_s=5)
+    return VllmBackend(
+        launch,
+        context_tokens=CONTEXT,
+        stop=entry.stop,
+        stop_timeout_s=5,
+        health_interval_s=health_interval_s,
+        max_health_failures=max_health_failures,
+    )
 
 
 @pytest.fixture
@@ -153,6 +167,23 @@ async def test_kill_9_fails_requests_in_flight_then_it_is_restarted(
         await vllm.stop()
     assert second_pid is not None and is_gone(second_pid)
     assert not vllm.is_ready
+
+
+async def test_a_hung_engine_is_killed_after_failed_health_checks_and_restarted(tmp_path: Path) -> None:
+    vllm = backend_for(tmp_path, health_interval_s=0.2, max_health_failures=3)
+    await vllm.start()
+    try:
+        hung = vllm.pid
+        assert hung is not None
+        os.kill(hung, signal.SIGSTOP)  # alive, but answers nothing
+        async with asyncio.timeout(30):
+            while vllm.num_restarts == 0 or not vllm.is_ready:
+                await asyncio.sleep(0.05)
+        assert vllm.pid != hung and is_gone(hung)
+        text, _ = await collect(vllm.stream(chat("after")))
+        assert json.loads(text)["messages"] == [{"role": "user", "content": "after"}]
+    finally:
+        await vllm.stop()
 
 
 async def test_an_engine_that_exits_while_starting_is_a_model_error(tmp_path: Path) -> None:

@@ -7,10 +7,11 @@ OpenAI upstream client (upstream/openai.py). Its `name` is "local", like the lla
 the router and the API treat the two alike.
 
 Supervision: the process runs in a session (process group) of its own. When it exits -- a crash,
-an out-of-memory kill -- requests in flight end with BackendUnavailable (their connections break),
-`is_ready` turns False (/ready says 503; the router goes on without it), what is left of its
-process group is killed, and it is started again with backoff (0.5 s doubling to 30 s) until it is
-healthy. `stop()` sends SIGTERM to the group, then SIGKILL after `stop_timeout_s`.
+an out-of-memory kill, or a kill by hotspare after `max_health_failures` failed health checks in a
+row, one every `health_interval_s` (a hang) -- requests in flight end with BackendUnavailable (their
+connections break), `is_ready` turns False (/ready says 503; the router goes on without it), what is
+left of its process group is killed, and it is started again with backoff (0.5 s doubling to 30 s)
+until it is healthy. `stop()` sends SIGTERM to the group, then SIGKILL after `stop_timeout_s`.
 
 Tools and JSON output go through the prompt (agents/prompt.py's fallback format) and tool calls are
 read back out of the answer (agents/turn.py), as on the llama.cpp engine, but without a grammar
@@ -94,6 +95,8 @@ class VllmBackend:
         stop: tuple[str, ...] = (),
         start_timeout_s: float = 900.0,
         stop_timeout_s: float = 30.0,
+        health_interval_s: float = 10.0,
+        max_health_failures: int = 3,
     ) -> None:
         self.launch = launch
         self.model_name = launch.served_model_name
@@ -102,6 +105,8 @@ class VllmBackend:
         self._model_stop = stop
         self._start_timeout_s = start_timeout_s
         self._stop_timeout_s = stop_timeout_s
+        self._health_interval_s = health_interval_s
+        self._max_health_failures = max_health_failures
         self._process: asyncio.subprocess.Process | None = None
         self._is_healthy = False
         self._supervisor: asyncio.Task[None] | None = None
@@ -184,11 +189,12 @@ class VllmBackend:
         await process.wait()
 
     async def _supervise(self) -> None:
-        """Wait for the process to exit; restart it with backoff until it is healthy again."""
+        """Wait for the process to exit (or kill it when it hangs); restart it with backoff until it
+        is healthy again."""
         while True:
             process = self._process
             assert process is not None
-            code = await process.wait()
+            code = await self._watch(process)
             self._is_healthy = False
             self.num_restarts += 1
             log.error("vLLM exited with code %s; restarting (restart #%d)", code, self.num_restarts)
@@ -202,6 +208,28 @@ class VllmBackend:
                 except ModelError as exc:
                     log.error("vLLM restart failed: %s", exc.message)
                     backoff_s = min(backoff_s * 2, _MAX_BACKOFF_S)
+
+    async def _watch(self, process: asyncio.subprocess.Process) -> int:
+        """Wait for `process` to exit. A process that fails `max_health_failures` health checks in a
+        row (hung, or its engine core gone) is killed, which ends the wait."""
+        num_failures = 0
+        while True:
+            with contextlib.suppress(TimeoutError):
+                return await asyncio.wait_for(process.wait(), self._health_interval_s)
+            if await self._answers_health():
+                num_failures = 0
+                continue
+            num_failures += 1
+            if num_failures >= self._max_health_failures:
+                log.error("vLLM failed %d health checks in a row: killing it", num_failures)
+                _signal_group(process.pid, signal.SIGKILL)
+
+    async def _answers_health(self) -> bool:
+        try:
+            response = await self._http.get(self.launch.health_url, timeout=self._health_interval_s)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
 
     # ----- requests -----
 
