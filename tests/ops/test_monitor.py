@@ -178,3 +178,17 @@ def test_engine_absent_in_upstream_only_mode() -> None:
     upstream = {"name": "up", "kind": "openai", "base_url": "http://127.0.0.1:9", "api_key": "env:K"}
     monitor = Monitor(Settings.model_validate({"mode": "upstream-only", "upstreams": [upstream]}))
     assert monitor.engine == EngineSample(EngineState.ABSENT)
+
+
+def test_each_takeover_is_counted_between_the_backends_it_joined() -> None:
+    upstream = {"name": "up", "kind": "openai", "base_url": "http://127.0.0.1:9", "api_key": "env:K"}
+    monitor = Monitor(Settings.model_validate({"upstreams": [upstream]}))
+    record = RequestRecord("id", "openai_chat", "POST", "/v1/chat/completions", 200, "up")
+    record.backends = ["up", "local"]
+    monitor.on_request(record)
+    monitor.on_request(RequestRecord("id2", "openai_chat", "POST", "/v1/chat/completions", 200, "up"))
+    m = samples(monitor.metrics.render())
+    assert m['hotspare_takeovers_total{api="openai_chat",from_backend="up",to_backend="local"}'] == 1
+    assert [name for name in m if name.startswith("hotspare_takeovers_total")] == [
+        'hotspare_takeovers_total{api="openai_chat",from_backend="up",to_backend="local"}'
+    ]

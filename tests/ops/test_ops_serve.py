@@ -164,6 +164,7 @@ def test_metrics_and_request_log_cover_requests_upstreams_and_engine(
         'hotspare_upstream_time_to_first_token_seconds_count{upstream="oai"}',
         'hotspare_failovers_total{cause="server_error",stage="before_first_byte",upstream="anth"}',
         'hotspare_failovers_total{cause="stream_cut",stage="mid_stream",upstream="oai"}',
+        'hotspare_takeovers_total{api="openai_chat",from_backend="oai",to_backend="local"}',
         "hotspare_engine_steps_total",
         "hotspare_engine_batch_size_count",
     ]
@@ -188,6 +189,9 @@ def test_metrics_and_request_log_cover_requests_upstreams_and_engine(
         ("anthropic_messages", "anth"),
         ("openai_chat", "local"),
     }
+    taken_over = [r for r in served if r.get("backends") == ["oai", "local"]]
+    assert len(taken_over) == 1 and taken_over[0]["backend"] == "oai" and taken_over[0]["stream"] is True
+    assert [r["backends"] for r in served if r["backend"] == "anth"] == [["anth"], ["anth"]]
     first = served[0]
     assert set(first) >= {
         "id",
@@ -196,6 +200,7 @@ def test_metrics_and_request_log_cover_requests_upstreams_and_engine(
         "path",
         "status",
         "backend",
+        "backends",
         "outcome",
         "stream",
         "duration_ms",

@@ -4,9 +4,11 @@ circuit breaker with probes and failback, Retry-After, client faults, non-stream
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anthropic
 import httpx
@@ -102,6 +104,18 @@ def gpt_stream(server: RunningServer) -> tuple[str, list[openai.types.chat.ChatC
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     return text, chunks, stream.response.headers["x-hotspare-backend"]
+
+
+def request_record(server: RunningServer, request_id: str) -> dict[str, Any]:
+    """The request log line of `request_id` (written just after the response's last byte)."""
+    deadline = time.monotonic() + 10
+    while True:
+        for line in server.log().splitlines():
+            if line.startswith("{") and f'"id": "{request_id}"' in line:
+                record: dict[str, Any] = json.loads(line)
+                return record
+        assert time.monotonic() < deadline, f"no request log line for {request_id}"
+        time.sleep(0.05)  # another process's log file: nothing to await
 
 
 # --- healthy passthrough ----------------------------------------------------------------------------
@@ -243,6 +257,20 @@ def test_non_streaming_cut_and_hang_are_served_locally(
         )
         assert raw.headers["x-hotspare-backend"] == "local"
         assert raw.parse().choices[0].message.content
+
+
+def test_a_whole_answer_taken_over_names_the_backend_that_finished_it(
+    hotspare: RunningServer, anthropic_fake: FakeUpstream
+) -> None:
+    anthropic_fake.script(Behavior(cut_after=3))  # converted (OpenAI client, Anthropic upstream)
+    raw = gpt(hotspare).chat.completions.with_raw_response.create(
+        model=CLAUDE, max_tokens=16, messages=USER_O
+    )
+    assert raw.headers["x-hotspare-backend"] == "local"
+    text = raw.parse().choices[0].message.content
+    assert text is not None and text.startswith("Hello from the") and len(text) > len("Hello from the")
+    records = [json.loads(line) for line in hotspare.log().splitlines() if line.startswith("{")]
+    assert records[-1]["backend"] == "local" and records[-1]["backends"] == ["anth", "local"]
 
 
 # --- client faults, Retry-After ---------------------------------------------------------------------

@@ -25,17 +25,11 @@ from hotspare.core.types import (
     ToolCallStart,
     Usage,
 )
-
-_STOP_REASONS = {
-    FinishReason.END_TURN: "end_turn",
-    FinishReason.STOP_SEQUENCE: "stop_sequence",
-    FinishReason.LENGTH: "max_tokens",
-    FinishReason.TOOL_CALLS: "tool_use",
-}
+from hotspare.upstream.anthropic import STOP_NAMES
 
 
 def stop_reason(reason: FinishReason) -> str:
-    return _STOP_REASONS[reason]
+    return STOP_NAMES[reason]
 
 
 def usage_body(usage: Usage) -> dict[str, Any]:

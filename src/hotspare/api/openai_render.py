@@ -13,17 +13,11 @@ from hotspare.api.answer import Answer, AnswerEvent, paced_answer
 from hotspare.api.errors import client_error, error_reply
 from hotspare.api.sse import Heartbeat, encode_comment, encode_event
 from hotspare.core.types import ApiFormat, Finish, FinishReason, StreamEvent, TextDelta, ToolCallStart, Usage
-
-_FINISH_REASONS = {
-    FinishReason.END_TURN: "stop",
-    FinishReason.STOP_SEQUENCE: "stop",
-    FinishReason.LENGTH: "length",
-    FinishReason.TOOL_CALLS: "tool_calls",
-}
+from hotspare.upstream.openai import FINISH_NAMES
 
 
 def finish_reason(reason: FinishReason) -> str:
-    return _FINISH_REASONS[reason]
+    return FINISH_NAMES[reason]
 
 
 def usage_body(usage: Usage) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -41,6 +42,7 @@ from hotspare.api.routes import (
     _raw_response,
     _serving_backend,
     _until_disconnect,
+    note_served,
 )
 from hotspare.api.sse import EventStreamResponse, closing_stream
 from hotspare.api.wire import parse_body
@@ -48,7 +50,7 @@ from hotspare.config import Settings
 from hotspare.core.errors import HotspareError, InvalidRequest, NotFound
 from hotspare.core.types import ApiFormat, ChatBackend, ChatRequest
 from hotspare.models.home import hotspare_home
-from hotspare.router.replies import EventReply, RawReply
+from hotspare.router.replies import EventReply, RawReply, backends
 from hotspare.router.router import Router
 from hotspare.upstream.base import ClientCall
 from hotspare.upstream.openai_responses import TAKEOVER_COMMENT
@@ -125,12 +127,12 @@ async def create_response(request: Request) -> Response:
     try:
         served = await turn.serve(raw)
         if isinstance(served, RawReply):
-            recorded = RawReply(served.status, served.headers, turn.recorded(served), served.backend)
-            return await _raw_response(recorded, headers)
+            return await _raw_response(dataclasses.replace(served, body=turn.recorded(served)), headers)
         headers[BACKEND_HEADER] = served.backend
         shell = Shell.new(body, served.model)
         if not body.stream:
             response = await _until_disconnect(request, final_response(served.events, shell))
+            headers[BACKEND_HEADER] = backends(served)[-1]  # after a takeover: the one that finished
             await turn.keep(response, served.backend, is_upstream=False)
             return JSONResponse(response, headers=headers)
     except ClientGone:
@@ -183,11 +185,13 @@ class Turn:
             self._check_servable_locally()
             backend = _serving_backend(request, self.chat.model)
             events = await _until_disconnect(request, _primed(backend.stream(self.chat)))
-            return EventReply(backend.name, events, _answering_model(backend, self.chat))
+            return note_served(
+                request, EventReply(backend.name, events, _answering_model(backend, self.chat))
+            )
         _check_model(request, self.chat.model)
         headers = tuple((name.lower(), value) for name, value in request.headers.items())
         call = ClientCall(API, self._upstream_body(raw), headers, self.chat, self.local_refusal)
-        return await _until_disconnect(request, failover.route(call))
+        return note_served(request, await _until_disconnect(request, failover.route(call)))
 
     def _check_servable_locally(self) -> None:
         if self.earlier is None:

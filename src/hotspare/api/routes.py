@@ -28,11 +28,12 @@ from hotspare.api.wire import MediaPolicy, media_header, parse_body
 from hotspare.config import Settings
 from hotspare.core.errors import BackendUnavailable, HotspareError, NotFound
 from hotspare.core.types import ApiFormat, ChatBackend, ChatRequest, ContextFitted, StreamEvent
-from hotspare.router.replies import EventReply, RawReply
+from hotspare.router.replies import EventReply, RawReply, backends
 from hotspare.router.router import Router
 from hotspare.upstream.base import ClientCall
 
 T = TypeVar("T")
+R = TypeVar("R", bound=RawReply | EventReply)
 
 router = APIRouter()
 
@@ -63,6 +64,7 @@ async def chat_completions(request: Request) -> Response:
         more = _more_choices(request, served, chat, body.n or 1)
         if not chat.stream:
             answers = await _until_disconnect(request, _collect_all([lambda: served.events, *more]))
+            headers[BACKEND_HEADER] = backends(served)[-1]  # after a takeover: the one that finished
             headers |= _notice_headers(answers[0])
             return JSONResponse(openai_render.completion_body(answers, request_id, created), headers=headers)
         events, notice = await _leading_notice(served.events, _heartbeat_s(request))
@@ -120,6 +122,7 @@ async def messages(request: Request) -> Response:
         headers[BACKEND_HEADER] = served.backend
         if not chat.stream:
             answer = await _until_disconnect(request, collect(served.events))
+            headers[BACKEND_HEADER] = backends(served)[-1]  # after a takeover: the one that finished
             headers |= _notice_headers(answer)
             return JSONResponse(anthropic_render.message_body(answer, message_id), headers=headers)
         events, notice = await _leading_notice(served.events, _heartbeat_s(request))
@@ -153,6 +156,13 @@ async def count_tokens(request: Request) -> Response:
 # --- shared --------------------------------------------------------------------------------------
 
 BACKEND_HEADER = "x-hotspare-backend"
+"""The backend that served: for a stream, the one that started it (the header goes out before any
+content, so a mid-stream takeover cannot change it); for a whole (non-streaming) answer, the one that
+finished it. Every backend that contributed is in the request log line (`backends`)."""
+
+SERVED_SCOPE = "hotspare.served"
+"""Where a route leaves its `RawReply` / `EventReply` in the ASGI scope, for the request log to read
+once the response has been sent (its `backends` are complete by then)."""
 
 
 async def _serve(request: Request, api: ApiFormat, chat: ChatRequest) -> RawReply | EventReply:
@@ -163,11 +173,17 @@ async def _serve(request: Request, api: ApiFormat, chat: ChatRequest) -> RawRepl
         backend = _serving_backend(request, chat.model)
         max_wait_s = _heartbeat_s(request) if chat.stream else None
         events = await _until_disconnect(request, _primed(backend.stream(chat), max_wait_s))
-        return EventReply(backend.name, events, _answering_model(backend, chat))
+        return note_served(request, EventReply(backend.name, events, _answering_model(backend, chat)))
     _check_model(request, chat.model)
     headers = tuple((name.lower(), value) for name, value in request.headers.items())
     call = ClientCall(api, await request.body(), headers, chat)
-    return await _until_disconnect(request, failover.route(call))
+    return note_served(request, await _until_disconnect(request, failover.route(call)))
+
+
+def note_served(request: Request, reply: R) -> R:
+    """`reply`, noted in the request's scope for the request log (see SERVED_SCOPE)."""
+    request.scope[SERVED_SCOPE] = reply
+    return reply
 
 
 async def _raw_response(reply: RawReply, headers: dict[str, str]) -> Response:
@@ -179,6 +195,7 @@ async def _raw_response(reply: RawReply, headers: dict[str, str]) -> Response:
     if "text/event-stream" in out.get("content-type", ""):
         return EventStreamResponse(reply.body, out)
     body = b"".join([chunk async for chunk in reply.body])
+    out[BACKEND_HEADER] = backends(reply)[-1]
     return Response(body, status_code=reply.status, headers=out)
 
 

@@ -8,6 +8,7 @@ Requests, as clients saw them (`api`: openai_chat | anthropic_messages | openai_
     hotspare_request_duration_seconds{api,backend}            histogram, request to last byte
     hotspare_time_to_first_token_seconds{backend}             histogram, streaming requests
     hotspare_tokens_total{backend,direction}                  direction: in | out
+    hotspare_takeovers_total{api,from_backend,to_backend}     an answer taken over mid-stream
     hotspare_access_denied_total{reason}                      unauthorized | rate_limited | too_large | ...
 
 Upstreams, per attempt (`failure`: a FailureClass value, or none):
@@ -71,6 +72,11 @@ class OpsMetrics:
         )
         self.tokens = counter(
             "hotspare_tokens", "Tokens reported in answers' usage.", ["backend", "direction"]
+        )
+        self.takeovers = counter(
+            "hotspare_takeovers",
+            "Answers taken over mid-stream, by the backend that broke off and the one that took over.",
+            ["api", "from_backend", "to_backend"],
         )
         self.denied = counter("hotspare_access_denied", "Requests refused before routing.", ["reason"])
         self.upstream_requests = counter(

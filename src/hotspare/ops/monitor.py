@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from typing import Any
@@ -140,6 +141,8 @@ class Monitor:
             m.tokens.labels(backend, "out").inc(record.output_tokens)
         if backend != "none":
             self.board.record_served(backend)
+        for earlier, later in itertools.pairwise(record.backends or ()):
+            m.takeovers.labels(record.api, self.backend_label(earlier), self.backend_label(later)).inc()
 
     def on_denied(self, reason: str) -> None:
         self.metrics.denied.labels(reason).inc()

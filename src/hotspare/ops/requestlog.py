@@ -4,7 +4,11 @@ JSON log line (logger "hotspare.requests") and the request metrics both come fro
 Outcomes: `ok`; `rejected` (4xx); `error` (5xx); `stream_error` (a stream that ended with its API's
 error event: the client was told the answer is incomplete); `client_closed` (the client left first).
 
-The line holds the request id, API, method, path, status, backend, outcome, whether it streamed,
+`backend` is the `x-hotspare-backend` header: for a stream, the backend that started it. `backends`
+lists every backend that contributed to the answer, in order -- after a mid-stream takeover, the one
+that started it, then each that took over -- read from the reply the route left in the scope.
+
+The line holds the request id, API, method, path, status, backend(s), outcome, whether it streamed,
 time to first byte and total time in ms, bytes out, token usage when the answer reported it, and the
 caller's key id -- never a key, a header or (unless `[log] include_prompts`) the request body.
 """
@@ -21,7 +25,9 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from hotspare.api.routes import SERVED_SCOPE
 from hotspare.ops.access import KEY_SCOPE
+from hotspare.router.replies import backends
 
 log = logging.getLogger("hotspare.requests")
 
@@ -49,6 +55,7 @@ class RequestRecord:
     output_tokens: int | None = None
     key: str | None = None
     prompt: str | None = None
+    backends: list[str] | None = None  # every backend that contributed, in order (see above)
 
 
 def configure_log(stream: Any = None) -> None:
@@ -165,6 +172,8 @@ class _Tap:
         r = self.record
         r.duration_ms = round((time.monotonic() - self.started) * 1000, 1)
         r.key = self.scope.get(KEY_SCOPE)
+        served = self.scope.get(SERVED_SCOPE)
+        r.backends = backends(served) if served is not None else None
         r.outcome = self._outcome()
         text = self.head + self.tail
         inputs, outputs = _INPUT.findall(text), _OUTPUT.findall(text)

@@ -22,11 +22,6 @@ class RawReply:
     backend: str
     takeovers: list[str] = field(default_factory=list)
 
-    @property
-    def backends(self) -> list[str]:
-        """Every backend that contributed to the answer, in order."""
-        return [self.backend, *self.takeovers]
-
 
 @dataclass(frozen=True, slots=True)
 class EventReply:
@@ -38,13 +33,13 @@ class EventReply:
     model: str
     takeovers: list[str] = field(default_factory=list)
 
-    @property
-    def backends(self) -> list[str]:
-        """Every backend that contributed to the answer, in order."""
-        return [self.backend, *self.takeovers]
-
 
 Reply = RawReply | EventReply
+
+
+def backends(reply: Reply) -> list[str]:
+    """Every backend that contributed to `reply`'s answer, in order (complete once its body ended)."""
+    return [reply.backend, *reply.takeovers]
 
 
 def client_fault(member: Member, call: ClientCall, exc: UpstreamError) -> RawReply:

@@ -21,7 +21,7 @@ _STOP_REASONS = {
     "stop_sequence": FinishReason.STOP_SEQUENCE,
     "tool_use": FinishReason.TOOL_CALLS,
 }
-_STOP_NAMES = {
+STOP_NAMES = {
     FinishReason.END_TURN: "end_turn",
     FinishReason.LENGTH: "max_tokens",
     FinishReason.STOP_SEQUENCE: "stop_sequence",
@@ -111,7 +111,7 @@ class AnthropicParser(StreamParser):
             "role": "assistant",
             "model": self.model,
             "content": [{"type": "text", "text": text}],
-            "stop_reason": _STOP_NAMES[finish.reason],
+            "stop_reason": STOP_NAMES[finish.reason],
             "stop_sequence": finish.stop_sequence,
             "usage": {"input_tokens": self.input_tokens, "output_tokens": finish.usage.output_tokens},
         }
@@ -147,7 +147,7 @@ class AnthropicParser(StreamParser):
 
     def render_finish(self, finish: Finish) -> bytes:
         delivered = self.output_tokens if self.output_tokens is not None else self.num_text_events
-        stop = {"stop_reason": _STOP_NAMES[finish.reason], "stop_sequence": finish.stop_sequence}
+        stop = {"stop_reason": STOP_NAMES[finish.reason], "stop_sequence": finish.stop_sequence}
         usage = {"output_tokens": delivered + finish.usage.output_tokens}
         return (
             self._close_block()

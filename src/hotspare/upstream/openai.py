@@ -20,7 +20,7 @@ _FINISH_REASONS = {
     "tool_calls": FinishReason.TOOL_CALLS,
     "function_call": FinishReason.TOOL_CALLS,
 }
-_FINISH_NAMES = {
+FINISH_NAMES = {
     FinishReason.END_TURN: "stop",
     FinishReason.STOP_SEQUENCE: "stop",
     FinishReason.LENGTH: "length",
@@ -93,7 +93,7 @@ class OpenAIParser(StreamParser):
                     "index": 0,
                     "message": message,
                     "logprobs": None,
-                    "finish_reason": _FINISH_NAMES[finish.reason],
+                    "finish_reason": FINISH_NAMES[finish.reason],
                 }
             ],
             "usage": {
@@ -125,7 +125,7 @@ class OpenAIParser(StreamParser):
     def render_finish(self, finish: Finish) -> bytes:
         out = b""
         if self.finish_reason is None:
-            choice = {"index": 0, "delta": {}, "finish_reason": _FINISH_NAMES[finish.reason]}
+            choice = {"index": 0, "delta": {}, "finish_reason": FINISH_NAMES[finish.reason]}
             out += self._chunk(finish.model, [choice])
         if self.include_usage:
             prompt = self.usage.input_tokens if self.usage else finish.usage.input_tokens
