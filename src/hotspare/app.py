@@ -239,6 +239,7 @@ def engine_config(settings: Settings, entry: ModelEntry) -> EngineConfig:
         max_queued=local.max_queued,
         step_tokens=local.step_tokens,
         num_threads=local.num_threads,
+        adapt_threads=local.adapt_threads,
         chat_template=entry.chat_template,
         stop=entry.stop,
         persist_dir=hotspare_home() / "kvcache" if local.persist_prefixes else None,

@@ -10,7 +10,8 @@
                                       # unset = the best installed model that fits (`hotspare doctor`)
     check_fit = true                  # refuse a model that would not fit this machine's memory
     context_tokens = 0                # 0 = the catalogue's context length for the model
-    num_threads = 0                   # CPU threads for llama.cpp; 0 = all physical cores
+    num_threads = 0                   # CPU threads for llama.cpp (at most); 0 = all physical cores
+    adapt_threads = true              # use fewer while other processes keep the cores busy
 
     hedge = true                      # start the local model beside an upstream slow to answer
 
@@ -88,6 +89,9 @@ class LocalSettings(_StrictSection):
     )
     context_tokens: int = Field(default=0, ge=0, description="0 = the catalogue's context length")
     num_threads: int = Field(default=0, ge=0, description="llama.cpp CPU threads; 0 = all physical cores")
+    adapt_threads: bool = Field(
+        default=True, description="use fewer llama.cpp threads while other processes keep the cores busy"
+    )
     hedge: bool = Field(default=True, description="start the local model beside an upstream slow to answer")
     context_policy: ContextPolicy = Field(
         default=ContextPolicy.REJECT,

@@ -17,7 +17,8 @@ class EngineConfig:
     max_running: sequences decoded together in one step.
     max_queued: requests waiting for admission before new ones get "overloaded".
     step_tokens: token budget of one decode step (running tokens + chunked prefill).
-    num_threads: CPU threads for llama.cpp; 0 = all physical cores.
+    num_threads: CPU threads for llama.cpp (the most it uses); 0 = all physical cores.
+    adapt_threads: use fewer threads while other processes keep cores busy (engine/threads.py).
     chat_template: a Jinja template overriding the GGUF's own; None = use the GGUF's.
     stop: the model's own stop strings (the catalogue's `stop`), added to every request's.
     persist_dir: where the hottest cached prefixes are saved when the engine is idle and restored at
@@ -33,6 +34,7 @@ class EngineConfig:
     max_queued: int = 64
     step_tokens: int = 512
     num_threads: int = 0
+    adapt_threads: bool = True
     chat_template: str | None = None
     stop: tuple[str, ...] = ()
     seed: int = 0

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
+import psutil
+
 from hotspare.core.errors import Overloaded
 from hotspare.core.types import FinishReason
 from hotspare.engine import persist
@@ -39,6 +41,7 @@ from hotspare.engine.protocol import (
 from hotspare.engine.scheduler import Copy, Scheduler, SchedulerConfig
 from hotspare.engine.sequence import Sequence
 from hotspare.engine.text_output import TextOutput
+from hotspare.engine.threads import GovernorConfig, ThreadGovernor, sample_cpu
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +81,10 @@ class EngineCore:
         self.steps_by_batch_size = [0] * (len(BATCH_SIZE_BOUNDS) + 1)
         self.num_batched_sequences = 0
         self.has_urgent_events = False
+        self.governor: ThreadGovernor | None = None
+        if config.adapt_threads and model.max_threads > 1:
+            cpus = psutil.cpu_count() or model.max_threads
+            self.governor = ThreadGovernor(GovernorConfig(model.max_threads, cpus), sample_cpu())
         self.is_cache_dirty = False
 
     def submit(self, cmd: Submit) -> list[EngineEvent]:
@@ -122,7 +129,20 @@ class EngineCore:
         self.scheduler.cancel(request_id)
         self._forget(request_id)
 
+    def adapt_threads(self) -> None:
+        """Follow the machine's load with the thread count (cheap: samples twice a second)."""
+        governor = self.governor
+        if governor is None or time.monotonic() - governor.last_at_s < governor.config.window_s:
+            return
+        threads = governor.observe(sample_cpu())
+        if threads is not None:
+            self.model.set_threads(threads)
+            log.info(
+                "llama.cpp threads now %d (other processes use %.1f cores)", threads, governor.others_cores
+            )
+
     def step(self) -> list[EngineEvent]:
+        self.adapt_threads()
         out = self.scheduler.schedule()
         for seq in out.finished:
             self._forget(seq.request_id)
@@ -228,6 +248,10 @@ class EngineCore:
             "batch_size_bounds": list(BATCH_SIZE_BOUNDS),
             "steps_by_batch_size": list(self.steps_by_batch_size),
             "num_batched_sequences": self.num_batched_sequences,
+            "num_threads": self.governor.threads if self.governor else self.model.max_threads,
+            "max_threads": self.model.max_threads,
+            "num_thread_changes": self.governor.num_changes if self.governor else 0,
+            "others_cpu_cores": round(self.governor.others_cores, 2) if self.governor else None,
         }
 
 

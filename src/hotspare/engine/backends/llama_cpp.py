@@ -77,6 +77,7 @@ class LlamaCppModel:
             raise ModelError(f"llama.cpp could not load the model file {path}")
         # 0 = physical cores: llama.cpp's spinning threads gain nothing from SMT siblings.
         threads = num_threads or psutil.cpu_count(logical=False) or os.cpu_count() or 1
+        self.max_threads = threads
         cparams = llama.llama_context_default_params()
         cparams.n_ctx = kv_cache_tokens
         cparams.n_batch = batch_tokens
@@ -102,6 +103,15 @@ class LlamaCppModel:
         self._piece_buf = ctypes.create_string_buffer(256)
         self.add_bos = bool(llama.llama_vocab_get_add_bos(self._vocab))
         self.info = self._read_info()
+
+    @property
+    def threads(self) -> int:
+        """The threads llama.cpp decodes with now."""
+        return int(llama.llama_n_threads(self._ctx))
+
+    def set_threads(self, num_threads: int) -> None:
+        """Use `num_threads` threads from the next decode on (both for decoding and prefill)."""
+        llama.llama_set_n_threads(self._ctx, num_threads, num_threads)
 
     def close(self) -> None:
         llama.llama_batch_free(self._batch)

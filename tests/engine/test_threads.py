@@ -1,0 +1,105 @@
+"""The thread governor: fewer llama.cpp threads while other processes hold the cores, all of them again
+once the machine is quiet. Pure decision logic with given CPU samples, then the real engine next to
+real CPU hogs."""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from hotspare.core.types import SamplingParams
+from hotspare.engine.config import EngineConfig
+from hotspare.engine.protocol import Submit
+from hotspare.engine.threads import CpuSample, GovernorConfig, ThreadGovernor
+from hotspare.engine.worker import EngineCore, load
+
+
+def _run(governor: ThreadGovernor, others_cores: list[float], *, own_cores: float = 1.0) -> list[int | None]:
+    """Feed one 0.5 s window per entry in which other processes used that many cores."""
+    s = governor._last
+    out = []
+    for others in others_cores:
+        s = CpuSample(s.at_s + 0.5, s.machine_busy_s + 0.5 * (others + own_cores), s.own_s + 0.5 * own_cores)
+        out.append(governor.observe(s))
+    return out
+
+
+def test_drops_at_once_under_load_and_comes_back_only_after_quiet_windows() -> None:
+    g = ThreadGovernor(GovernorConfig(max_threads=2, num_cpus=2), CpuSample(0, 0, 0))
+    assert _run(g, [0.0, 0.2, 0.45]) == [None, None, None]  # below half a core: keep both threads
+    assert _run(g, [0.9]) == [1]
+    assert g.others_cores == pytest.approx(0.9)
+    # Back below the raise threshold, but not long enough; a burst resets the count.
+    assert _run(g, [0.1, 0.1, 0.6, 0.1, 0.1]) == [None] * 5
+    assert _run(g, [0.4, 0.35]) == [None, None]  # quiet enough to keep 1, not to take 2
+    assert _run(g, [0.1, 0.1, 0.1]) == [None, None, 2]
+    assert (g.threads, g.num_changes) == (2, 2)
+
+
+def test_many_cores_give_up_one_thread_per_busy_core_and_never_below_one() -> None:
+    g = ThreadGovernor(GovernorConfig(max_threads=8, num_cpus=8), CpuSample(0, 0, 0))
+    assert _run(g, [2.7]) == [5]
+    assert _run(g, [20.0]) == [1]
+    assert _run(g, [0.0, 0.0, 0.0]) == [None, None, 8]
+
+
+def test_samples_closer_than_a_window_are_ignored() -> None:
+    g = ThreadGovernor(GovernorConfig(max_threads=2, num_cpus=2), CpuSample(0, 0, 0))
+    assert g.observe(CpuSample(0.1, 10.0, 0.0)) is None
+    assert g.others_cores == 0.0  # not measured yet: the window is not over
+    assert g.observe(CpuSample(0.6, 1.0, 0.4)) == 1  # others: (1.0 - 0.4) / 0.6 s = 1 core
+
+
+def _hog(stop_at: float) -> None:
+    while time.time() < stop_at:
+        pass
+
+
+@pytest.fixture(scope="module")
+def core(model_path: Path) -> Iterator[EngineCore]:
+    core, _ = load(EngineConfig(model_path=model_path, model_name="test", max_running=4, num_threads=2))
+    yield core
+    core.model.close()
+
+
+def _decode_for(core: EngineCore, seconds: float) -> None:
+    """Keep the engine decoding (resubmitting as answers end) for `seconds`."""
+    deadline = time.monotonic() + seconds
+    request_id = 1000 + int(time.monotonic() * 1000) % 100000
+    while time.monotonic() < deadline:
+        if not core.scheduler.has_work:
+            request_id += 1
+            params = SamplingParams(temperature=0.8, max_tokens=200)
+            core.submit(Submit(request_id, "Tell me a long story about a lighthouse.", params))
+        core.step()
+
+
+@pytest.mark.skipif((psutil.cpu_count() or 1) < 2, reason="needs two CPUs")
+def test_the_real_engine_gives_a_thread_up_while_hogs_run_and_takes_it_back(core: EngineCore) -> None:
+    assert core.governor is not None and core.model.threads == 2
+    ncpu = psutil.cpu_count() or 2
+    ctx = multiprocessing.get_context("spawn")
+    hogs = [ctx.Process(target=_hog, args=(time.time() + 3.0,), daemon=True) for _ in range(ncpu)]
+    for hog in hogs:
+        hog.start()
+    try:
+        time.sleep(0.5)  # the hogs are spinning
+        _decode_for(core, 1.5)
+        assert core.model.threads == 1, core.stats()
+        assert core.stats()["others_cpu_cores"] >= 0.5
+    finally:
+        for hog in hogs:
+            hog.join(timeout=10)
+    # Whether the machine is quiet now depends on what else runs beside the tests; count any load
+    # below a whole core as quiet, so the way back up is exercised on the real engine either way.
+    core.governor.config = dataclasses.replace(core.governor.config, raise_below=0.99)
+    _decode_for(core, 3.0)  # three quiet windows and some slack
+    stats = core.stats()
+    assert core.model.threads == 2 == stats["num_threads"], stats
+    assert stats["num_thread_changes"] >= 2
