@@ -1,12 +1,18 @@
-"""`[[upstreams]]` tables for the `hotspare serve --config` files that put a real server in front of the
-fake providers: quick timeouts and a quick breaker by default, so a test sees failover, probes and
-failback in well under a second. Values are written as TOML (strings quoted, lists as arrays); a
-`base_url` of "{anthropic}" stays a `str.format` placeholder for the fake's address.
+"""`hotspare serve --config` files that put a real server in front of the fake providers: their
+`[[upstreams]]` tables, with quick timeouts and a quick breaker by default so that a test sees
+failover, probes and failback in well under a second, and `serving`, which runs a server on one.
+Values are written as TOML (strings quoted, lists as arrays); a `base_url` of "{anthropic}" stays a
+`str.format` placeholder for the fake's address.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from serving import RunningServer, start_server, stop_server
 
 QUICK_TIMEOUTS: dict[str, float] = {"connect_s": 1, "first_token_s": 1.5, "idle_s": 1, "total_s": 30}
 QUICK_BREAKER: dict[str, float] = {
@@ -39,3 +45,15 @@ def upstream_table(
 
 def _assignments(values: dict[str, object]) -> list[str]:
     return [f"{key} = {json.dumps(value)}" for key, value in values.items()]
+
+
+@contextmanager
+def serving(config: str, workdir: Path) -> Iterator[RunningServer]:
+    """`hotspare serve --config` on `config` (the TOML text) in `workdir`, stopped on exit."""
+    path = workdir / "hotspare.toml"
+    path.write_text(config)
+    running = start_server(workdir, "--config", str(path))
+    try:
+        yield running
+    finally:
+        stop_server(running)

@@ -6,16 +6,15 @@ failover before the first byte, mid-stream takeover, and a conversation that con
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 
-from fakes.serve_config import QUICK_BREAKER, upstream_table
+from fakes.serve_config import QUICK_BREAKER, serving, upstream_table
 from fakes.upstreams import Behavior, FakeUpstream, key_hash
 from sdk_clients import openai_client
-from serving import RunningServer, start_server, stop_server
+from serving import RunningServer
 
 GPT = "gpt-test"
 KEY = "sk-test-client"
@@ -34,12 +33,10 @@ hedge = false
 def hotspare(
     openai_server: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningServer]:
-    workdir = tmp_path_factory.mktemp("responses-failover")
-    config = workdir / "hotspare.toml"
-    config.write_text(CONFIG.format(openai=openai_server.url))
-    running = start_server(Path(workdir), "--config", str(config))
-    yield running
-    stop_server(running)
+    with serving(
+        CONFIG.format(openai=openai_server.url), tmp_path_factory.mktemp("responses-failover")
+    ) as running:
+        yield running
 
 
 def client(server: RunningServer) -> openai.OpenAI:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -15,10 +14,10 @@ import httpx
 import openai
 import pytest
 
-from fakes.serve_config import upstream_table
+from fakes.serve_config import serving, upstream_table
 from fakes.upstreams import Behavior, FakeUpstream, key_hash
 from sdk_clients import anthropic_client, openai_client
-from serving import RunningServer, start_server, stop_server
+from serving import RunningServer
 
 CLAUDE = "claude-test"  # served by the anthropic fake
 GPT = "gpt-test"  # served by the openai fake
@@ -43,12 +42,9 @@ enabled = false  # its shedding is probabilistic; these tests pin each failure's
 def hotspare(
     anthropic_server: FakeUpstream, openai_server: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningServer]:
-    workdir = tmp_path_factory.mktemp("failover")
-    config = workdir / "hotspare.toml"
-    config.write_text(CONFIG.format(anthropic=anthropic_server.url, openai=openai_server.url))
-    running = start_server(Path(workdir), "--config", str(config))
-    yield running
-    stop_server(running)
+    config = CONFIG.format(anthropic=anthropic_server.url, openai=openai_server.url)
+    with serving(config, tmp_path_factory.mktemp("failover")) as running:
+        yield running
 
 
 def circuit_states(server: RunningServer) -> dict[str, str]:
