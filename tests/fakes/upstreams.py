@@ -82,6 +82,8 @@ class Behavior:
     first_delay_s: float = 0.0  # after the headers, before the first delta
     delta_interval_s: float = 0.0
     model: str | None = None  # reported model; default: the requested one
+    tool_call: tuple[str, str] | None = None  # (name, JSON arguments): streamed after the text deltas
+    # (cut_after == len(deltas) with a tool_call: the connection drops just after the call's start)
 
 
 @dataclass(frozen=True)
@@ -546,15 +548,35 @@ class AnthropicEvents(_Events):
 
     def end(self) -> Iterator[bytes]:
         yield _event("content_block_stop", {"type": "content_block_stop", "index": 0})
+        if self.b.tool_call is not None:
+            yield from self.tool_use(*self.b.tool_call)
         yield _event(
             "message_delta",
             {
                 "type": "message_delta",
-                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "delta": {
+                    "stop_reason": "end_turn" if self.b.tool_call is None else "tool_use",
+                    "stop_sequence": None,
+                },
                 "usage": {"output_tokens": len(self.b.deltas)},
             },
         )
         yield _event("message_stop", {"type": "message_stop"})
+
+    def tool_use(self, name: str, arguments: str) -> Iterator[bytes]:
+        """A tool_use block at index 1, its input in two `input_json_delta`s."""
+        block = {"type": "tool_use", "id": "toolu_fake01", "name": name, "input": {}}
+        yield _event(
+            "content_block_start", {"type": "content_block_start", "index": 1, "content_block": block}
+        )
+        if self.b.cut_after == len(self.b.deltas):
+            yield _CUT
+            return
+        half = len(arguments) // 2
+        for piece in (arguments[:half], arguments[half:]):
+            delta = {"type": "input_json_delta", "partial_json": piece}
+            yield _event("content_block_delta", {"type": "content_block_delta", "index": 1, "delta": delta})
+        yield _event("content_block_stop", {"type": "content_block_stop", "index": 1})
 
     def error(self) -> bytes:
         return _event(
@@ -593,11 +615,30 @@ class OpenAIEvents(_Events):
         )
 
     def end(self) -> Iterator[bytes]:
-        yield self._chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}])
+        if self.b.tool_call is not None:
+            yield from self.tool_calls(*self.b.tool_call)
+        reason = "stop" if self.b.tool_call is None else "tool_calls"
+        yield self._chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": reason}])
         if (self.request.get("stream_options") or {}).get("include_usage"):
             n = len(self.b.deltas)
             yield self._chunk([], usage={"prompt_tokens": 10, "completion_tokens": n, "total_tokens": 10 + n})
         yield b"data: [DONE]\n\n"
+
+    def tool_calls(self, name: str, arguments: str) -> Iterator[bytes]:
+        """Call 0: its id and name with empty arguments, then the arguments in two pieces."""
+        start = {
+            "index": 0,
+            "id": "call_fake01",
+            "type": "function",
+            "function": {"name": name, "arguments": ""},
+        }
+        half = len(arguments) // 2
+        for call in (
+            start,
+            *({"index": 0, "function": {"arguments": p}} for p in (arguments[:half], arguments[half:])),
+        ):
+            delta = {"tool_calls": [call]}
+            yield self._chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])
 
     def error(self) -> bytes:
         payload = {

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from hotspare.core.errors import FailureClass, UpstreamError
-from hotspare.core.types import Finish, StreamEvent, TextDelta
+from hotspare.core.types import Finish, StreamEvent, TextDelta, ToolCallStart
 from hotspare.router.member import Member
 from hotspare.router.observe import Stage
 from hotspare.router.race import Opened
@@ -58,12 +58,13 @@ class Relay:
             await stream.aclose()
 
     async def events(self, opened: Opened) -> AsyncIterator[StreamEvent]:
-        """The upstream's answer as core events; after a break, the takeover's events."""
+        """The upstream's answer as core events; after a break, the takeover's events (none once a
+        tool call went out: then the break is raised, for the client's API error event)."""
         events = opened.events
         assert events is not None and opened.first is not None
         verdict: bool | None = None
         failure: FailureClass | None = None
-        sent_text, num_sent = "", 0
+        sent_text, num_sent, has_calls = "", 0, False
         try:
             event: StreamEvent | None = opened.first
             while event is not None:
@@ -71,6 +72,7 @@ class Relay:
                 if isinstance(event, TextDelta):
                     sent_text += event.text
                     num_sent += 1
+                has_calls = has_calls or isinstance(event, ToolCallStart)
                 try:
                     event = await anext(events)
                 except StopAsyncIteration:
@@ -79,6 +81,8 @@ class Relay:
             await self.on_answered(self.call, sent_text)
         except UpstreamError as exc:
             verdict, failure = False, exc.failure
+            if has_calls:  # a tool call cannot be continued as text: the client gets its error event
+                raise
             self.on_failover(self.member, str(exc.failure), Stage.MID_STREAM)
             request = self.call.request
             async for event in continue_events(
@@ -96,8 +100,7 @@ async def buffered_reply(member: Member, stream: UpstreamStream) -> RawReply:
     finish: Finish | None = None
     try:
         while (item := await stream.next_event()) is not None:
-            if isinstance(item[1], Finish):
-                finish = item[1]
+            finish = next((e for e in item[1] if isinstance(e, Finish)), finish)
     finally:
         await stream.aclose()
     if finish is None or stream.parser.has_other_content:

@@ -6,9 +6,20 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from hotspare.agents.prompt import as_plain_turns
 from hotspare.core.errors import FailureClass, UpstreamError
-from hotspare.core.types import ApiFormat, ChatRequest, Finish, FinishReason, Role, StreamEvent, Usage
+from hotspare.core.types import (
+    ApiFormat,
+    ChatRequest,
+    Finish,
+    FinishReason,
+    Message,
+    Role,
+    StreamEvent,
+    ToolCallDelta,
+    ToolCallStart,
+    ToolChoiceMode,
+    Usage,
+)
 from hotspare.upstream.base import StreamParser, Upstream
 from hotspare.upstream.sse import SseEvent
 
@@ -46,10 +57,11 @@ class AnthropicParser(StreamParser):
         self.open_index: int | None = None  # the content block now open
         self.open_is_text = False
         self.next_index = 0
+        self.tool_blocks: dict[int, int] = {}  # content block index -> tool call number
 
-    def feed(self, event: SseEvent) -> StreamEvent | None:
+    def feed(self, event: SseEvent) -> list[StreamEvent]:
         if not event.data:
-            return None
+            return []
         data = self._loads(self._upstream, event.data)
         kind = data.get("type", event.event)
         if kind == "content_block_delta":
@@ -62,9 +74,12 @@ class AnthropicParser(StreamParser):
         elif kind == "content_block_start":
             index = int(data.get("index", self.next_index))
             self.open_index, self.next_index = index, index + 1
-            self.open_is_text = (data.get("content_block") or {}).get("type") == "text"
+            block = data.get("content_block") or {}
+            self.open_is_text = block.get("type") == "text"
             if not self.open_is_text:
                 self.has_content = self.has_other_content = True
+            if block.get("type") == "tool_use":
+                return self._on_tool_use(index, block)
         elif kind == "content_block_stop":
             self.open_index = None
         elif kind == "message_delta":
@@ -73,22 +88,34 @@ class AnthropicParser(StreamParser):
             self.output_tokens = int((data.get("usage") or {}).get("output_tokens", 0))
         elif kind == "message_stop":
             self.is_done = True
-            return self._finish()
+            return [self._finish()]
         elif kind == "error":
             raise self._in_band_error(data)
-        elif kind != "ping":
-            return None  # an event type newer than this code: pass it through, ignore it here
-        return None
+        return []  # ping, or an event type newer than this code: passed through, ignored here
 
-    def _on_delta(self, data: Mapping[str, Any]) -> StreamEvent | None:
+    def _on_delta(self, data: Mapping[str, Any]) -> list[StreamEvent]:
         delta = data.get("delta") or {}
         if delta.get("type") == "text_delta":
             text = delta.get("text")
             if not isinstance(text, str):
                 raise self._malformed(self._upstream, "text_delta without text")
-            return self._note_text(text)
+            return [self._note_text(text)]
         self.has_content = self.has_other_content = True
-        return None
+        call = self.tool_blocks.get(int(data.get("index", -1)))
+        piece = delta.get("partial_json")
+        if call is not None and delta.get("type") == "input_json_delta" and isinstance(piece, str) and piece:
+            return [ToolCallDelta(call, piece)]
+        return []  # thinking, signatures, citations: nothing a converted answer carries
+
+    def _on_tool_use(self, index: int, block: Mapping[str, Any]) -> list[StreamEvent]:
+        call_id, name, given = block.get("id"), block.get("name"), block.get("input")
+        if not isinstance(call_id, str) or not isinstance(name, str):
+            raise self._malformed(self._upstream, "tool_use block without id and name")
+        self.tool_blocks[index] = len(self.tool_blocks)
+        out: list[StreamEvent] = [ToolCallStart(self.tool_blocks[index], call_id, name)]
+        if isinstance(given, dict) and given:  # streamed input usually starts empty and comes in deltas
+            out.append(ToolCallDelta(self.tool_blocks[index], json.dumps(given)))
+        return out
 
     def _in_band_error(self, data: Mapping[str, Any]) -> UpstreamError:
         error = data.get("error") or {}
@@ -189,17 +216,13 @@ class AnthropicUpstream(Upstream):
     def build_body(self, request: ChatRequest) -> dict[str, Any]:
         s = request.sampling
         system = "\n\n".join(m.content for m in request.messages if m.role is Role.SYSTEM)
-        messages = [
-            {"role": "assistant" if m.role is Role.ASSISTANT else "user", "content": m.content}
-            for m in as_plain_turns(request.messages)  # tool turns as text: tools are not converted (yet)
-            if m.role is not Role.SYSTEM
-        ]
         body: dict[str, Any] = {
             "model": self.config.upstream_model(request.model),
             "max_tokens": s.max_tokens or DEFAULT_MAX_TOKENS,
-            "messages": messages,
+            "messages": _turns(request.messages),
             "stream": True,
             "temperature": min(s.temperature, 1.0),
+            **_tool_fields(request),
         }
         if system:
             body["system"] = system
@@ -210,3 +233,80 @@ class AnthropicUpstream(Upstream):
         if s.stop:
             body["stop_sequences"] = list(s.stop)
         return body
+
+
+def _turns(messages: tuple[Message, ...]) -> list[dict[str, Any]]:
+    """Core messages as Anthropic turns: tool calls as `tool_use` blocks, tool results as
+    `tool_result` blocks in the next user turn; adjacent user turns joined into one (as before tools
+    were converted, plain text stays a plain string)."""
+    turns: list[dict[str, Any]] = []
+    for m in messages:
+        if m.role is Role.SYSTEM:
+            continue
+        if m.role is Role.TOOL:
+            result: dict[str, Any] = {
+                "type": "tool_result",
+                "tool_use_id": m.tool_call_id or "",
+                "content": m.content,
+            }
+            _add(turns, "user", [result | ({"is_error": True} if m.is_error else {})])
+        elif m.role is Role.ASSISTANT and m.tool_calls:
+            text = [{"type": "text", "text": m.content}] if m.content else []
+            uses = [
+                {"type": "tool_use", "id": c.id, "name": c.name, "input": _input(c.arguments)}
+                for c in m.tool_calls
+            ]
+            _add(turns, "assistant", [*text, *uses])
+        else:
+            _add(turns, "assistant" if m.role is Role.ASSISTANT else "user", m.content)
+    return turns
+
+
+def _add(turns: list[dict[str, Any]], role: str, content: str | list[dict[str, Any]]) -> None:
+    """Append a turn, or join it to the previous user turn (Anthropic alternates roles)."""
+    if not turns or turns[-1]["role"] != role or role != "user":
+        turns.append({"role": role, "content": content})
+        return
+    previous = turns[-1]["content"]
+    if isinstance(previous, str) and isinstance(content, str):
+        turns[-1]["content"] = f"{previous}\n{content}"
+        return
+    as_blocks = [{"type": "text", "text": previous}] if isinstance(previous, str) else previous
+    turns[-1]["content"] = [
+        *as_blocks,
+        *([{"type": "text", "text": content}] if isinstance(content, str) else content),
+    ]
+
+
+def _input(arguments: str) -> dict[str, Any]:
+    """A call's JSON arguments as the object `tool_use.input` must be ({} when they are not one)."""
+    try:
+        value = json.loads(arguments) if arguments else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _tool_fields(request: ChatRequest) -> dict[str, Any]:
+    """`tools` and `tool_choice` for a request that offers tools (none when it offers none)."""
+    if not request.tools:
+        return {}
+    tools = [
+        {"name": t.name, "description": t.description, "input_schema": t.parameters or {"type": "object"}}
+        for t in request.tools
+    ]
+    mode = request.tool_choice.mode
+    choice: dict[str, Any] = {"type": _CHOICE_TYPES[mode]}
+    if mode is ToolChoiceMode.NAMED:
+        choice["name"] = request.tool_choice.name
+    if not request.parallel_tool_calls and mode is not ToolChoiceMode.NONE:
+        choice["disable_parallel_tool_use"] = True
+    return {"tools": tools, "tool_choice": choice}
+
+
+_CHOICE_TYPES = {
+    ToolChoiceMode.AUTO: "auto",
+    ToolChoiceMode.NONE: "none",
+    ToolChoiceMode.REQUIRED: "any",
+    ToolChoiceMode.NAMED: "tool",
+}

@@ -118,8 +118,9 @@ class StreamParser(ABC):
     """Reads one vendor stream event by event, remembers what reached the client, and renders the
     rest of a taken-over stream in the same vendor format.
 
-    `feed` returns a `TextDelta` for answer text, a `Finish` at the vendor's terminator, else None;
-    it raises `UpstreamError` (STREAM_ERROR, OVERLOADED, MALFORMED) for in-band errors.
+    `feed` returns the core events one vendor event carries: `TextDelta`s for answer text,
+    `ToolCallStart` / `ToolCallDelta` for tool calls, a `Finish` at the vendor's terminator (often
+    none); it raises `UpstreamError` (STREAM_ERROR, OVERLOADED, MALFORMED) for in-band errors.
     """
 
     def __init__(self) -> None:
@@ -130,7 +131,7 @@ class StreamParser(ABC):
         self.is_done = False  # the vendor's terminator was seen
 
     @abstractmethod
-    def feed(self, event: SseEvent) -> StreamEvent | None: ...
+    def feed(self, event: SseEvent) -> list[StreamEvent]: ...
 
     @abstractmethod
     def render_message(self, text: str, finish: Finish) -> bytes:
@@ -193,7 +194,7 @@ class UpstreamStream:
         self._pending: deque[SseEvent] = deque()
         self._eof = False
 
-    async def next_event(self) -> tuple[SseEvent, StreamEvent | None] | None:
+    async def next_event(self) -> tuple[SseEvent, list[StreamEvent]] | None:
         while not self._pending:
             if self.parser.is_done:
                 await self._drain()
@@ -485,8 +486,8 @@ class Upstream(ABC):
         )
         try:
             while (item := await stream.next_event()) is not None:
-                if item[1] is not None:
-                    yield item[1]
+                for event in item[1]:
+                    yield event
         finally:
             await stream.aclose()
 

@@ -7,9 +7,20 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from hotspare.agents.prompt import as_plain_turns
 from hotspare.core.errors import FailureClass, UpstreamError
-from hotspare.core.types import ApiFormat, ChatRequest, Finish, FinishReason, StreamEvent, Usage
+from hotspare.core.types import (
+    ApiFormat,
+    ChatRequest,
+    Finish,
+    FinishReason,
+    Message,
+    Role,
+    StreamEvent,
+    ToolCallDelta,
+    ToolCallStart,
+    ToolChoiceMode,
+    Usage,
+)
 from hotspare.upstream.base import ClientCall, StreamParser, Upstream
 from hotspare.upstream.openai_responses import RESPONSES_PATH, ResponsesParser
 from hotspare.upstream.sse import SseEvent
@@ -43,13 +54,14 @@ class OpenAIParser(StreamParser):
         self.model = ""
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
+        self.tool_calls: dict[int, int] = {}  # the chunk's tool call index -> tool call number
 
-    def feed(self, event: SseEvent) -> StreamEvent | None:
+    def feed(self, event: SseEvent) -> list[StreamEvent]:
         if not event.data:
-            return None
+            return []
         if event.data.strip() == "[DONE]":
             self.is_done = True
-            return self._finish()
+            return [self._finish()]
         data = self._loads(self._upstream, event.data)
         if data.get("error"):
             raise UpstreamError(FailureClass.STREAM_ERROR, "error in stream", upstream=self._upstream)
@@ -62,6 +74,7 @@ class OpenAIParser(StreamParser):
         choices = data.get("choices")
         if not isinstance(choices, list):
             raise self._malformed(self._upstream, "chunk without choices")
+        out: list[StreamEvent] = []
         for choice in choices:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
@@ -71,8 +84,29 @@ class OpenAIParser(StreamParser):
                 self.has_content = self.has_other_content = True
             text = delta.get("content")
             if isinstance(text, str) and text:
-                return self._note_text(text)
-        return None
+                out.append(self._note_text(text))
+            for call in delta.get("tool_calls") or ():
+                out.extend(self._on_tool_call(call))
+        return out
+
+    def _on_tool_call(self, call: Any) -> list[StreamEvent]:
+        """A `delta.tool_calls` entry: the call's start (its first entry has id and name), then
+        pieces of its arguments."""
+        index = call.get("index") if isinstance(call, dict) else None
+        if not isinstance(index, int):
+            raise self._malformed(self._upstream, "tool call without an index")
+        function = call.get("function") or {}
+        out: list[StreamEvent] = []
+        if index not in self.tool_calls:
+            call_id, name = call.get("id"), function.get("name")
+            if not isinstance(call_id, str) or not isinstance(name, str):
+                raise self._malformed(self._upstream, "tool call without id and name")
+            self.tool_calls[index] = len(self.tool_calls)
+            out.append(ToolCallStart(self.tool_calls[index], call_id, name))
+        arguments = function.get("arguments")
+        if isinstance(arguments, str) and arguments:
+            out.append(ToolCallDelta(self.tool_calls[index], arguments))
+        return out
 
     def _finish(self) -> Finish:
         reason = _FINISH_REASONS.get(self.finish_reason or "", FinishReason.END_TURN)
@@ -181,13 +215,11 @@ class OpenAIUpstream(Upstream):
         s = request.sampling
         body: dict[str, Any] = {
             "model": self.config.upstream_model(request.model),
-            # tool turns as text: the tools themselves are not converted (yet)
-            "messages": [
-                {"role": str(m.role), "content": m.content} for m in as_plain_turns(request.messages)
-            ],
+            "messages": [_message(m) for m in request.messages],
             "stream": True,
             "stream_options": {"include_usage": True},
             "temperature": s.temperature,
+            **_tool_fields(request),
         }
         if s.max_tokens is not None:
             body["max_tokens"] = s.max_tokens
@@ -202,3 +234,44 @@ class OpenAIUpstream(Upstream):
         if s.presence_penalty:
             body["presence_penalty"] = s.presence_penalty
         return body
+
+
+def _message(m: Message) -> dict[str, Any]:
+    """One core message as a Chat Completions message: tool calls as `tool_calls`, a tool result as
+    a `tool` message (which has no error flag: an error result says so in its text)."""
+    if m.role is Role.TOOL:
+        content = f"Error: {m.content}" if m.is_error else m.content
+        return {"role": "tool", "tool_call_id": m.tool_call_id or "", "content": content}
+    if m.role is Role.ASSISTANT and m.tool_calls:
+        calls = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments or "{}"}}
+            for c in m.tool_calls
+        ]
+        return {"role": "assistant", "content": m.content or None, "tool_calls": calls}
+    return {"role": str(m.role), "content": m.content}
+
+
+def _tool_fields(request: ChatRequest) -> dict[str, Any]:
+    """`tools`, `tool_choice` and `parallel_tool_calls` for a request that offers tools."""
+    if not request.tools:
+        return {}
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": t.name,
+                "description": t.description,
+                "parameters": t.parameters or {"type": "object", "properties": {}},
+            },
+        }
+        for t in request.tools
+    ]
+    choice = request.tool_choice
+    fields: dict[str, Any] = {"tools": tools}
+    if choice.mode is ToolChoiceMode.NAMED:
+        fields["tool_choice"] = {"type": "function", "function": {"name": choice.name}}
+    elif choice.mode is not ToolChoiceMode.AUTO:
+        fields["tool_choice"] = str(choice.mode)  # "none" | "required"
+    if not request.parallel_tool_calls:
+        fields["parallel_tool_calls"] = False
+    return fields

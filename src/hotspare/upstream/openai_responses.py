@@ -43,9 +43,9 @@ class ResponsesParser(StreamParser):
         self.usage: Usage | None = None
         self.continued = ""  # text rendered after a takeover
 
-    def feed(self, event: SseEvent) -> StreamEvent | None:
+    def feed(self, event: SseEvent) -> list[StreamEvent]:
         if not event.data:
-            return None
+            return []
         data = self._loads(self._upstream, event.data)
         kind = data.get("type")
         if isinstance(data.get("sequence_number"), int):
@@ -61,13 +61,13 @@ class ResponsesParser(StreamParser):
         elif kind == "response.output_text.delta" and data.get("item_id") == self.message_id:
             delta = data.get("delta")
             if isinstance(delta, str) and delta:
-                return self._note_text(delta)
+                return [self._note_text(delta)]
         elif kind in _TERMINAL:
             self.is_done = True
-            return self._finish(
-                FinishReason.LENGTH if kind == "response.incomplete" else FinishReason.END_TURN
-            )
-        return None
+            return [
+                self._finish(FinishReason.LENGTH if kind == "response.incomplete" else FinishReason.END_TURN)
+            ]
+        return []
 
     def _item_added(self, data: dict[str, Any]) -> None:
         item = data.get("item")
