@@ -119,8 +119,9 @@ def _with_system_note(messages: tuple[Message, ...], note: str) -> tuple[Message
 
 
 def as_plain_turns(messages: tuple[Message, ...]) -> tuple[Message, ...]:
-    """Tool calls written into assistant text, tool results as user turns; adjacent user turns merged.
-    Also what a cross-format upstream gets: a history that any chat API accepts without tools."""
+    """Tool calls written into assistant text, tool results as user turns; adjacent user turns merged:
+    a history any chat template accepts without tools. (A cross-format upstream gets real tool turns
+    instead: see upstream/anthropic.py and upstream/openai.py.)"""
     out: list[Message] = []
     for message in messages:
         if message.role is Role.ASSISTANT and message.tool_calls:
