@@ -5,6 +5,7 @@ the catalogue's stop strings, tool calls, errors, kill -9 and restart, and clean
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ from hotspare.core.types import (
     ChatRequest,
     Finish,
     FinishReason,
+    JsonOutput,
     Message,
     Role,
     SamplingParams,
@@ -128,6 +130,19 @@ async def test_tool_calls_are_read_out_of_the_answer(backend: VllmBackend) -> No
         "city": "Paris"
     }
     assert isinstance(finish, Finish) and finish.reason is FinishReason.TOOL_CALLS
+
+
+async def test_json_output_asks_vllm_for_its_guided_json(backend: VllmBackend) -> None:
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}}
+    request = dataclasses.replace(chat("Hi", top_k=0), json_output=JsonOutput(schema))
+    text, _ = await collect(backend.stream(request))
+    answer = json.loads(text)
+    assert answer["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "answer", "schema": schema},
+    }
+    assert answer["top_k"] is None  # 0 means off, and is not sent
+    assert "JSON" in answer["messages"][0]["content"]  # the prompt asks for it too (agents/prompt.py)
 
 
 async def test_a_request_the_engine_refuses_is_the_clients_fault(backend: VllmBackend) -> None:
