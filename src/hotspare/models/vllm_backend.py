@@ -14,8 +14,9 @@ left of its process group is killed, and it is started again with backoff (0.5 s
 until it is healthy. `stop()` sends SIGTERM to the group, then SIGKILL after `stop_timeout_s`.
 
 Tools and JSON output go through the prompt (agents/prompt.py's fallback format) and tool calls are
-read back out of the answer (agents/turn.py), as on the llama.cpp engine, but without a grammar
-(vLLM's guided decoding is not used yet): a call is not guaranteed to be well-formed.
+read back out of the answer (agents/turn.py), as on the llama.cpp engine. JSON output is also
+constrained by vLLM's guided decoding (`response_format`); tool calls are not (no grammar): a call
+is not guaranteed to be well-formed.
 """
 
 from __future__ import annotations
