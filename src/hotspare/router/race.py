@@ -12,7 +12,8 @@ from typing import Any
 from hotspare.core.errors import UpstreamError
 from hotspare.core.types import ChatBackend, ChatRequest, StreamEvent
 from hotspare.router.hedge import HedgeGate
-from hotspare.upstream.base import ClientCall, Upstream, UpstreamStream
+from hotspare.upstream.base import ClientCall, Upstream
+from hotspare.upstream.stream import UpstreamStream
 
 log = logging.getLogger("hotspare.router")
 

@@ -14,7 +14,8 @@ from hotspare.router.observe import Stage
 from hotspare.router.race import Opened
 from hotspare.router.replies import RawReply, single
 from hotspare.router.takeover import Continuer, continue_events, continue_passthrough
-from hotspare.upstream.base import ClientCall, UpstreamStream
+from hotspare.upstream.base import ClientCall
+from hotspare.upstream.stream import UpstreamStream
 
 
 @dataclass(frozen=True, slots=True)

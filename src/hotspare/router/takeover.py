@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from hotspare.core.errors import HotspareError, UpstreamError
 from hotspare.core.types import ChatRequest, Finish, Message, Role, StreamEvent, TextDelta, Usage
-from hotspare.upstream.base import StreamParser
+from hotspare.upstream.stream import StreamParser
 
 log = logging.getLogger("hotspare.router")
 

@@ -20,8 +20,9 @@ from hotspare.core.types import (
     ToolChoiceMode,
     Usage,
 )
-from hotspare.upstream.base import StreamParser, Upstream
+from hotspare.upstream.base import Upstream
 from hotspare.upstream.sse import SseEvent
+from hotspare.upstream.stream import StreamParser
 
 API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096  # Anthropic requires max_tokens; a ChatRequest may leave it open

@@ -6,7 +6,7 @@ An `Upstream` is the boundary where httpx and HTTP statuses become `UpstreamErro
 * passthrough (`open_stream(call, passthrough=True)` / `complete`): the client spoke this upstream's
   format; its body and headers go up as they are (plus the configured key) and the upstream's SSE
   events come back byte for byte in `UpstreamStream`, parsed on the side by a `StreamParser` so the
-  router knows what text the client already has.
+  router knows what text the client already has (both in upstream/stream.py).
 * cross-format (`events(call, request)`): a `ChatRequest` becomes vendor JSON and the vendor's SSE
   becomes core `StreamEvent`s.
 
@@ -22,7 +22,6 @@ import hashlib
 import json
 import time
 from abc import ABC, abstractmethod
-from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -30,39 +29,13 @@ from typing import Any, ClassVar
 import httpx
 
 from hotspare.core.errors import FailureClass, UpstreamError
-from hotspare.core.types import ApiFormat, ChatRequest, Finish, StreamEvent, TextDelta
+from hotspare.core.types import ApiFormat, ChatRequest, StreamEvent
 from hotspare.router.config import UpstreamConfig
-from hotspare.upstream.sse import SseDecoder, SseEvent
+from hotspare.upstream.headers import AUTH_HEADERS, HOP_HEADERS, forwardable_headers
+from hotspare.upstream.stream import StreamParser, UpstreamStream
 
-# Headers that describe one hop, or that httpx/uvicorn set themselves, never the message.
-_HOP_HEADERS = frozenset(
-    {
-        "host",
-        "content-length",
-        "connection",
-        "keep-alive",
-        "transfer-encoding",
-        "te",
-        "trailer",
-        "upgrade",
-        "proxy-authorization",
-        "proxy-connection",
-        "accept-encoding",
-        "content-encoding",
-    }
-)
-_RESPONSE_DROP = _HOP_HEADERS | {"date", "server", "x-hotspare-backend"}
-_AUTH_HEADERS = frozenset({"authorization", "x-api-key", "api-key"})
-_AUTH_MEMORY_S = 900.0
-_NON_TEXT_KEYS = (
-    "tools",
-    "functions",
-    "thinking",
-    "response_format",
-    "tool_choice",
-    "audio",
-    "modalities",
-)  # a 401 with a key that worked within this long is an auth-plane outage
+_AUTH_MEMORY_S = 900.0  # a 401 with a key that worked within this long is an auth-plane outage
+_NON_TEXT_KEYS = ("tools", "functions", "thinking", "response_format", "tool_choice", "audio", "modalities")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,10 +73,6 @@ def key_fingerprint(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def forwardable_headers(headers: httpx.Headers) -> tuple[tuple[str, str], ...]:
-    return tuple((k, v) for k, v in headers.items() if k.lower() not in _RESPONSE_DROP)
-
-
 def parse_retry_after(value: str | None) -> float | None:
     """Seconds from a Retry-After header (delta-seconds form); None if absent or an HTTP date."""
     if value is None:
@@ -112,146 +81,6 @@ def parse_retry_after(value: str | None) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         return None
-
-
-class StreamParser(ABC):
-    """Reads one vendor stream event by event, remembers what reached the client, and renders the
-    rest of a taken-over stream in the same vendor format.
-
-    `feed` returns the core events one vendor event carries: `TextDelta`s for answer text,
-    `ToolCallStart` / `ToolCallDelta` for tool calls, a `Finish` at the vendor's terminator (often
-    none); it raises `UpstreamError` (STREAM_ERROR, OVERLOADED, MALFORMED) for in-band errors.
-    """
-
-    def __init__(self) -> None:
-        self.text = ""  # answer text delivered so far
-        self.num_text_events = 0
-        self.has_content = False  # any answer content (text, tool call, thinking) seen
-        self.has_other_content = False  # content that is not plain text: a takeover cannot continue it
-        self.is_done = False  # the vendor's terminator was seen
-
-    @abstractmethod
-    def feed(self, event: SseEvent) -> list[StreamEvent]: ...
-
-    @abstractmethod
-    def render_message(self, text: str, finish: Finish) -> bytes:
-        """The vendor's non-streaming response body for an answer assembled from a stream;
-        `finish.usage` is the whole answer's."""
-
-    @abstractmethod
-    def stated_finish(self) -> Finish | None:
-        """The Finish the vendor already announced before its terminator (answer complete), if any."""
-
-    @abstractmethod
-    def render_delta(self, text: str) -> bytes: ...
-
-    @abstractmethod
-    def render_finish(self, finish: Finish) -> bytes:
-        """The terminating events; `finish.usage.output_tokens` counts only the continuation's."""
-
-    @abstractmethod
-    def render_error(self, error: UpstreamError | None, message: str) -> bytes: ...
-
-    def _note_text(self, text: str) -> TextDelta:
-        self.text += text
-        self.num_text_events += 1
-        self.has_content = True
-        return TextDelta(text)
-
-    def _malformed(self, upstream: str, what: str) -> UpstreamError:
-        return UpstreamError(FailureClass.MALFORMED, f"malformed stream event: {what}", upstream=upstream)
-
-    def _loads(self, upstream: str, data: str) -> dict[str, Any]:
-        try:
-            value = json.loads(data)
-        except ValueError:
-            raise self._malformed(upstream, "data is not JSON") from None
-        if not isinstance(value, dict):
-            raise self._malformed(upstream, "data is not a JSON object")
-        return value
-
-
-class UpstreamStream:
-    """An open streaming response whose status was 2xx. Owns the httpx response: call `aclose`.
-
-    `next_event` returns the next SSE block (raw bytes kept) with what the parser made of it, or
-    None after the terminator. Deadlines: until the first content, `first_token_s` from the start;
-    after it, `idle_s` between reads; always `total_s`. Failures raise `UpstreamError`.
-    """
-
-    def __init__(
-        self, upstream: Upstream, response: httpx.Response, parser: StreamParser, started: float
-    ) -> None:
-        self.upstream = upstream
-        self.status = response.status_code
-        self.headers = forwardable_headers(response.headers)
-        self.parser = parser
-        self.started = started
-        self.first_content_at: float | None = None
-        self._response = response
-        self._chunks = response.aiter_bytes()
-        self._decoder = SseDecoder()
-        self._pending: deque[SseEvent] = deque()
-        self._eof = False
-
-    async def next_event(self) -> tuple[SseEvent, list[StreamEvent]] | None:
-        while not self._pending:
-            if self.parser.is_done:
-                await self._drain()
-                return None
-            if self._eof:
-                if not self.parser.is_done:
-                    raise self.upstream.error(FailureClass.STREAM_CUT, "stream ended without its terminator")
-                return None
-            await self._read()
-        event = self._pending.popleft()
-        parsed = self.parser.feed(event)
-        if self.first_content_at is None and self.parser.has_content:
-            self.first_content_at = time.monotonic()
-        return event, parsed
-
-    async def _read(self) -> None:
-        timeouts = self.upstream.config.timeouts
-        now = time.monotonic()
-        total_left = self.started + timeouts.total_s - now
-        if self.first_content_at is None:
-            wait, failure = self.started + timeouts.first_token_s - now, FailureClass.FIRST_TOKEN_TIMEOUT
-        else:
-            wait, failure = timeouts.idle_s, FailureClass.IDLE_TIMEOUT
-        if total_left < wait:
-            wait, failure = total_left, FailureClass.TOTAL_TIMEOUT
-        try:
-            async with asyncio.timeout(max(wait, 0.0)):
-                chunk = await anext(self._chunks)
-        except TimeoutError:
-            raise self.upstream.error(failure, f"no stream data within {wait:.1f} s") from None
-        except StopAsyncIteration:
-            self._eof = True
-            last = self._decoder.flush()
-            if last is not None:
-                self._pending.append(last)
-            return
-        except httpx.HTTPError as exc:
-            raise self.upstream.error(
-                FailureClass.STREAM_CUT, f"stream broke ({type(exc).__name__})"
-            ) from exc
-        self._pending.extend(self._decoder.feed(chunk))
-
-    async def _drain(self) -> None:
-        """Read what follows the terminator (the chunked body's end) so that the connection goes
-        back to the pool instead of being closed; give up quietly after a short wait."""
-        if self._eof:
-            return
-        self._eof = True
-        try:
-            async with asyncio.timeout(min(self.upstream.config.timeouts.idle_s, 1.0)):
-                async for _ in self._chunks:
-                    pass
-        except (TimeoutError, httpx.HTTPError):
-            pass
-
-    async def aclose(self) -> None:
-        await self._response.aclose()
 
 
 class Upstream(ABC):
@@ -320,9 +149,9 @@ class Upstream(ABC):
         return self._env_key if self._env_key is not None else self.client_key(call)
 
     def _passthrough_request(self, call: ClientCall) -> tuple[bytes, dict[str, str]]:
-        headers = {k: v for k, v in call.headers if k not in _HOP_HEADERS}
+        headers = {k: v for k, v in call.headers if k not in HOP_HEADERS}
         if self._env_key is not None:
-            headers = {k: v for k, v in headers.items() if k not in _AUTH_HEADERS}
+            headers = {k: v for k, v in headers.items() if k not in AUTH_HEADERS}
             headers.update(self.auth_headers(self._env_key))
         headers["accept-encoding"] = "identity"
         body = call.body
@@ -463,11 +292,9 @@ class Upstream(ABC):
         """A request that is not a chat (`GET /v1/responses/{id}`, ...) sent as the client made it
         (with this upstream's key where one is configured; no body). Returns the provider's answer,
         whatever its status; raises `UpstreamError` when none came within the total timeout."""
-        sent = {k: v for k, v in headers if k not in _HOP_HEADERS}
+        sent = {k: v for k, v in headers if k not in HOP_HEADERS}
         if self._env_key is not None:
-            sent = {k: v for k, v in sent.items() if k not in _AUTH_HEADERS} | self.auth_headers(
-                self._env_key
-            )
+            sent = {k: v for k, v in sent.items() if k not in AUTH_HEADERS} | self.auth_headers(self._env_key)
         sent["accept-encoding"] = "identity"
         try:
             async with asyncio.timeout(self.config.timeouts.total_s):

@@ -21,9 +21,10 @@ from hotspare.core.types import (
     ToolChoiceMode,
     Usage,
 )
-from hotspare.upstream.base import ClientCall, StreamParser, Upstream
+from hotspare.upstream.base import ClientCall, Upstream
 from hotspare.upstream.openai_responses import RESPONSES_PATH, ResponsesParser
 from hotspare.upstream.sse import SseEvent
+from hotspare.upstream.stream import StreamParser
 
 _FINISH_REASONS = {
     "stop": FinishReason.END_TURN,

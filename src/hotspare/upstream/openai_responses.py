@@ -13,8 +13,8 @@ from typing import Any
 
 from hotspare.core.errors import FailureClass, UpstreamError
 from hotspare.core.types import Finish, FinishReason, StreamEvent, Usage
-from hotspare.upstream.base import StreamParser
 from hotspare.upstream.sse import SseEvent
+from hotspare.upstream.stream import StreamParser
 
 RESPONSES_PATH = "/v1/responses"
 
