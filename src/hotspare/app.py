@@ -240,6 +240,7 @@ def engine_config(settings: Settings, entry: ModelEntry) -> EngineConfig:
         step_tokens=local.step_tokens,
         num_threads=local.num_threads,
         adapt_threads=local.adapt_threads,
+        host_cache_mib=local.host_cache_mib,
         chat_template=entry.chat_template,
         stop=entry.stop,
         persist_dir=hotspare_home() / "kvcache" if local.persist_prefixes else None,

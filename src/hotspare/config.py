@@ -12,6 +12,7 @@
     context_tokens = 0                # 0 = the catalogue's context length for the model
     num_threads = 0                   # CPU threads for llama.cpp (at most); 0 = all physical cores
     adapt_threads = true              # use fewer while other processes keep the cores busy
+    host_cache_mib = 2048             # host RAM for conversations evicted from the KV cache (0 = off)
 
     hedge = true                      # start the local model beside an upstream slow to answer
 
@@ -91,6 +92,11 @@ class LocalSettings(_StrictSection):
     num_threads: int = Field(default=0, ge=0, description="llama.cpp CPU threads; 0 = all physical cores")
     adapt_threads: bool = Field(
         default=True, description="use fewer llama.cpp threads while other processes keep the cores busy"
+    )
+    host_cache_mib: int = Field(
+        default=2048,
+        ge=0,
+        description="host RAM for the KV state of conversations evicted from the KV cache; 0 = off",
     )
     hedge: bool = Field(default=True, description="start the local model beside an upstream slow to answer")
     context_policy: ContextPolicy = Field(

@@ -223,3 +223,44 @@ def test_prefix_copied_into_a_slot_evicted_in_the_same_step_survives(
         assert_close(rec.by_request[cold], rec.by_request[warm], 1)
     finally:
         small.model.close()
+
+
+def test_a_conversation_evicted_to_host_ram_is_restored_and_computes_as_if_cold(
+    model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A KV cache too small for three conversations: the first goes to host RAM when the others
+    need its cells, and its next turn is restored from there, sharing the system prompt still in
+    the KV cache; its first-token logits match a cold computation."""
+    config = EngineConfig(
+        model_path=model_path, model_name="test", max_running=1, kv_cache_tokens=1024, host_cache_mib=64
+    )
+    small, _ = load(config)
+    try:
+        info = small.model.info
+        tpl = ChatTemplate(info.chat_template, bos_token=info.bos_token, eos_token=info.eos_token)
+        rec = LogitRecorder(small, monkeypatch)
+        system = Message(Role.SYSTEM, "You answer questions about the fleet log. " * 12)
+        logs = [
+            f"Log {i}: " + f"ship {w} left port {i} at dawn and returned late. " * 24
+            for i, w in enumerate(TOPICS)
+        ]
+        turns = [(system, Message(Role.USER, text)) for text in logs[:4]]
+        for t in turns:
+            run(small, [tpl.render(t)])
+        stats = small.stats()
+        assert stats["host_saves"] >= 1 and stats["host_cache_bytes"] > 0, stats
+        host = small.scheduler.host
+        assert host is not None
+        # LRU order decides which conversations went to host RAM: follow up on one of them.
+        evicted = max(turns, key=lambda t: host.match(small.tokenize_prompt(tpl.render(t)))[1])
+        follow_up = tpl.render(
+            (*evicted, Message(Role.ASSISTANT, "Noted."), Message(Role.USER, "Which ship?"))
+        )
+        (warm,) = run(small, [follow_up])
+        stats = small.stats()
+        assert stats["host_restores"] == 1 and stats["host_restored_tokens"] > 100, stats
+        _evict_everything(small)
+        (cold,) = run(small, [follow_up])
+        assert_close(rec.by_request[cold], rec.by_request[warm], 1)
+    finally:
+        small.model.close()

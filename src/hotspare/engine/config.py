@@ -24,6 +24,8 @@ class EngineConfig:
     persist_dir: where the hottest cached prefixes are saved when the engine is idle and restored at
         start, so a restart is warm too; None = off.
     persist_slots: how many cached prefixes to keep on disk.
+    host_cache_mib: host RAM for the KV state of conversations evicted from the KV cache, restored
+        when they come back (engine/host_cache.py); 0 = off. At most a fifth of the machine's RAM.
     """
 
     model_path: Path
@@ -40,3 +42,4 @@ class EngineConfig:
     seed: int = 0
     persist_dir: Path | None = None
     persist_slots: int = 4
+    host_cache_mib: int = 0

@@ -49,7 +49,7 @@ class PrefixMatch:
     slot: int
 
 
-def _common_prefix_len(a: Seq[int], b: Seq[int], start_b: int) -> int:
+def common_prefix_len(a: Seq[int], b: Seq[int], start_b: int) -> int:
     n = min(len(a), len(b) - start_b)
     if a[:n] == b[start_b : start_b + n]:
         return n
@@ -89,7 +89,7 @@ class PrefixCache:
             if pos >= len(tokens):
                 continue
             for child in node.children.get(tokens[pos], ()):
-                n = _common_prefix_len(child.tokens, tokens, pos)
+                n = common_prefix_len(child.tokens, tokens, pos)
                 if pos + n > best.num_tokens:
                     best = PrefixMatch(pos + n, next(iter(child.holders)))
                 if n == len(child.tokens):

@@ -7,6 +7,9 @@ cancelled ones leave at once and their slot's cells become prefix cache (idle sl
 recently used first when cells or slot ids run out. When even that is not enough, the youngest running
 sequence is preempted: its cells stay cached and it goes back to the head of the queue.
 
+With a host cache (`host_cache.py`), an evicted slot's state is first saved to host RAM (`Save`), and a
+prompt that a saved entry covers better than the KV cache does is restored from it (`Restore`).
+
 Plain synchronous Python with no I/O and no llama_cpp: the worker applies a `SchedulerOutput` to the
 model (its KV operations in order, then one decode) and reports back with `update_from_output`.
 """
@@ -18,6 +21,7 @@ from dataclasses import dataclass, field
 
 from hotspare.core.errors import Overloaded
 from hotspare.core.types import FinishReason
+from hotspare.engine.host_cache import HostCache
 from hotspare.engine.prefix_cache import PrefixCache
 from hotspare.engine.sequence import Sequence, SequenceStatus
 
@@ -27,7 +31,8 @@ class SchedulerConfig:
     """capacity_tokens: KV cells in all; max_slots: llama sequence ids (running + cached);
     max_running: sequences decoded together; max_queued: waiting requests before "overloaded";
     step_tokens: tokens in one decode; reserve_tokens: cells kept free per running sequence so
-    admitted requests can keep decoding."""
+    admitted requests can keep decoding; host_cache_bytes: host RAM for evicted prefixes (0 = off);
+    host_min_tokens: the fewest tokens worth saving to, or restoring from, host RAM."""
 
     capacity_tokens: int
     max_slots: int
@@ -35,6 +40,8 @@ class SchedulerConfig:
     max_queued: int
     step_tokens: int
     reserve_tokens: int = 16
+    host_cache_bytes: int = 0
+    host_min_tokens: int = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +70,28 @@ class Remove:
     slot: int
 
 
-KvOp = Copy | Remove
+@dataclass(frozen=True, slots=True)
+class Save:
+    """Copy slot `slot`'s state into host cache entry `entry_id` (always followed by its Remove)."""
+
+    slot: int
+    entry_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Restore:
+    """Fill the empty slot `slot` from host cache entry `entry_id`, keep its first `num_tokens` cells,
+    and use the KV cache's own cells for the first `num_shared` of them: they are dropped from the
+    restored state and shared from slot `shared_src` instead (as by a Copy)."""
+
+    slot: int
+    entry_id: int
+    num_tokens: int
+    shared_src: int
+    num_shared: int
+
+
+KvOp = Copy | Remove | Save | Restore
 
 
 @dataclass(slots=True)
@@ -108,6 +136,7 @@ class Scheduler:
         self.warmups: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.stats = CacheStats()
+        self.host = HostCache(config.host_cache_bytes) if config.host_cache_bytes > 0 else None
         self._free_slots = list(range(config.max_slots - 1, -1, -1))
         self._kv_ops: list[KvOp] = []  # every cache change since the last step, in order
         self._finished: list[Sequence] = []
@@ -194,6 +223,20 @@ class Scheduler:
                 self.finish(seq, FinishReason.LENGTH)
         return to_sample
 
+    def on_restore_failed(self, out: SchedulerOutput, op: Restore) -> None:
+        """llama.cpp could not restore `op` (no room for the state): forget the entry and send the
+        sequence back to the head of its queue, to be admitted from the KV cache alone."""
+        if self.host is not None:
+            self.host.drop(op.entry_id)
+        seq = next((s for s in self.running if s.slot == op.slot), None)
+        if seq is None:
+            return
+        self.running.remove(seq)
+        out.items = [item for item in out.items if item.seq is not seq]
+        self._release(op.slot)
+        seq.slot, seq.num_computed, seq.status = -1, 0, SequenceStatus.WAITING
+        (self.warmups if seq.is_warmup else self.waiting).appendleft(seq)
+
     def on_decode_failed(self, out: SchedulerOutput) -> None:
         """llama_decode found no room for the batch: free cached cells, or preempt, and retry."""
         if not self._evict_one():
@@ -228,6 +271,9 @@ class Scheduler:
         # is a llama_decode error).
         limit = len(seq.tokens) - 1
         match = self.cache.match(seq.tokens[:limit])
+        restored = self._restore_from_host(seq, slot, limit, match.num_tokens)
+        if restored:
+            return restored
         if match.num_tokens > 0:
             self.cache.attach(slot, match.slot, match.num_tokens)
             self.cache.touch(match.slot)
@@ -236,6 +282,31 @@ class Scheduler:
             self.cache.attach(slot, slot, 0)
         seq.num_computed = match.num_tokens
         return match.num_tokens
+
+    def _restore_from_host(self, seq: Sequence, slot: int, limit: int, kv_tokens: int) -> int:
+        """Plan a Restore when a saved entry covers the prompt by host_min_tokens more than the KV
+        cache does; returns the tokens it covers (0: no restore)."""
+        if self.host is None:
+            return 0
+        entry, n = self.host.match(seq.tokens[:limit])
+        if entry is None or n < kv_tokens + self.config.host_min_tokens:
+            return 0
+        # The whole saved state lands in the cache before it is cut to the prompt: make room for it
+        # first, then match again (an eviction may have taken the KV match's slot).
+        if not self._make_room(len(entry.tokens) + self.config.reserve_tokens * (len(self.running) + 1)):
+            return 0
+        match = self.cache.match(seq.tokens[:n])
+        shared = match.num_tokens
+        # An eviction just now may also have superseded the entry (a longer one is being saved).
+        if self.host.take(entry.entry_id, n - shared) is None:
+            return 0
+        self.cache.attach(slot, match.slot if shared else slot, shared)
+        if shared:
+            self.cache.touch(match.slot)
+        self.cache.extend(slot, seq.tokens[shared:n])
+        self._kv_ops.append(Restore(slot, entry.entry_id, n, match.slot, shared))
+        seq.num_computed = n
+        return n
 
     def _take_slot(self) -> int | None:
         if not self._free_slots and not self._evict_one():
@@ -253,7 +324,12 @@ class Scheduler:
         idle = self.cache.idle_slots
         if not idle:
             return False
-        self.stats.num_evicted_tokens += self._release(idle[0])
+        slot = idle[0]
+        if self.host is not None and self.cache.unique_tokens(slot) >= self.config.host_min_tokens:
+            entry_id = self.host.reserve(self.cache.tokens(slot))
+            if entry_id is not None:
+                self._kv_ops.append(Save(slot, entry_id))
+        self.stats.num_evicted_tokens += self._release(slot)
         return True
 
     def _release(self, slot: int) -> int:

@@ -38,7 +38,7 @@ from hotspare.engine.protocol import (
     Submit,
     Tokenize,
 )
-from hotspare.engine.scheduler import Copy, Scheduler, SchedulerConfig
+from hotspare.engine.scheduler import Copy, Remove, Restore, Save, Scheduler, SchedulerConfig, SchedulerOutput
 from hotspare.engine.sequence import Sequence
 from hotspare.engine.text_output import TextOutput
 from hotspare.engine.threads import GovernorConfig, ThreadGovernor, sample_cpu
@@ -71,6 +71,7 @@ class EngineCore:
                 max_running=config.max_running,
                 max_queued=config.max_queued,
                 step_tokens=model.batch_tokens,
+                host_cache_bytes=host_cache_bytes(config),
             )
         )
         self.live: dict[int, _Live] = {}
@@ -146,11 +147,7 @@ class EngineCore:
         out = self.scheduler.schedule()
         for seq in out.finished:
             self._forget(seq.request_id)
-        for op in out.kv_ops:
-            if isinstance(op, Copy):
-                self.model.copy_prefix(op.src, op.dst, op.num_tokens)
-            else:
-                self.model.remove(op.slot)
+        self._apply_kv_ops(out)
         if not out.items:
             return []
         try:
@@ -167,6 +164,40 @@ class EngineCore:
         self._count_batch(len(out.items))
         to_sample = self.scheduler.update_from_output(out)
         return self._postprocess(to_sample, rows)
+
+    def _apply_kv_ops(self, out: SchedulerOutput) -> None:
+        model, host = self.model, self.scheduler.host
+        for i, op in enumerate(out.kv_ops):
+            if isinstance(op, Copy):
+                model.copy_prefix(op.src, op.dst, op.num_tokens)
+            elif isinstance(op, Remove):
+                model.remove(op.slot)
+            elif isinstance(op, Save):
+                assert host is not None
+                state, num_bytes = model.save_state(op.slot)
+                host.fill(op.entry_id, state, num_bytes)
+            elif not self._restore(op):
+                # The scheduler made room for the state, so this is not expected. Recover when
+                # nothing else in this step builds on the slot; otherwise the mirror is wrong: stop
+                # (the engine process is restarted, requests in flight get a clean error).
+                if any(isinstance(o, Copy) and o.src == op.slot for o in out.kv_ops[i + 1 :]):
+                    raise RuntimeError("a prefix restored from host RAM was copied before it failed")
+                log.warning("could not restore a prefix from host RAM; computing it instead")
+                self.scheduler.on_restore_failed(out, op)
+
+    def _restore(self, op: Restore) -> bool:
+        host = self.scheduler.host
+        entry = host.entries.get(op.entry_id) if host is not None else None
+        if entry is None or host is None:
+            return False
+        host.unpin(op.entry_id)
+        if not self.model.restore_state(op.slot, entry.state, entry.num_bytes):
+            return False
+        self.model.trim(op.slot, op.num_tokens, -1)
+        if op.num_shared:
+            self.model.trim(op.slot, 0, op.num_shared)
+            self.model.copy_prefix(op.shared_src, op.slot, op.num_shared)
+        return True
 
     def _count_batch(self, size: int) -> None:
         self.num_batched_sequences += size
@@ -251,7 +282,21 @@ class EngineCore:
             "num_threads": self.governor.threads if self.governor else self.model.max_threads,
             "max_threads": self.model.max_threads,
             "num_thread_changes": self.governor.num_changes if self.governor else 0,
+            **self._host_stats(),
             "others_cpu_cores": round(self.governor.others_cores, 2) if self.governor else None,
+        }
+
+    def _host_stats(self) -> dict[str, int]:
+        host = self.scheduler.host
+        if host is None:
+            return {}
+        return {
+            "host_cache_entries": sum(1 for e in host.entries.values() if e.state is not None),
+            "host_cache_bytes": host.num_bytes,
+            "host_cache_budget_bytes": host.budget_bytes,
+            "host_saves": host.stats.num_saved,
+            "host_restores": host.stats.num_restored,
+            "host_restored_tokens": host.stats.num_restored_tokens,
         }
 
 
@@ -270,6 +315,11 @@ def _handle(core: EngineCore, cmd: EngineCommand, events: list[EngineEvent]) -> 
         core.persist()
         return False
     return True
+
+
+def host_cache_bytes(config: EngineConfig) -> int:
+    """The host cache budget: as configured, but never more than a fifth of the machine's RAM."""
+    return min(config.host_cache_mib * 2**20, int(psutil.virtual_memory().total) // 5)
 
 
 def num_slots(config: EngineConfig) -> int:

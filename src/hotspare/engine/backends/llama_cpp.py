@@ -193,6 +193,26 @@ class LlamaCppModel:
             return None
         return list(arr[: count.value])
 
+    def save_state(self, slot: int) -> tuple[ctypes.Array[ctypes.c_uint8] | None, int]:
+        """`slot`'s cells as llama.cpp's sequence state, kept in host RAM, and its size in bytes."""
+        size = int(llama.llama_state_seq_get_size(self._ctx, slot))
+        if size <= 0:
+            return None, 0
+        state = (ctypes.c_uint8 * size)()
+        written = int(llama.llama_state_seq_get_data(self._ctx, state, size, slot))
+        return (state, written) if written > 0 else (None, 0)
+
+    def restore_state(self, slot: int, state: ctypes.Array[ctypes.c_uint8], num_bytes: int) -> bool:
+        """Fill the empty `slot` from `save_state`'s output; False if the cache has no room for it."""
+        if int(llama.llama_state_seq_set_data(self._ctx, state, num_bytes, slot)) == 0:
+            self.remove(slot)
+            return False
+        return True
+
+    def trim(self, slot: int, start: int, end: int) -> None:
+        """Drop `slot`'s cells at positions start <= pos < end (end -1: to the end)."""
+        llama.llama_memory_seq_rm(self._mem, slot, start, end)
+
     # ----- one forward pass -----
 
     def decode(self, items: Seq[DecodeItem]) -> list[int]:
