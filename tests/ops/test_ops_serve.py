@@ -180,8 +180,12 @@ def test_metrics_and_request_log_cover_requests_upstreams_and_engine(
         "prefix_cache_hit_ratio",
         "tokens_per_second",
         "restarts_total",
+        "host_cache_bytes",
+        "host_cache_restores_total",
+        "host_cache_restored_tokens_total",
     ):
         assert f"hotspare_engine_{gauge}" in m
+    assert m["hotspare_engine_threads"] >= 1
     assert 'hotspare_upstream_degraded{upstream="anth"}' in m
     records = [json.loads(line) for line in hotspare.log().splitlines() if line.startswith("{")]
     served = [r for r in records if r["path"] in ("/v1/messages", "/v1/chat/completions")]

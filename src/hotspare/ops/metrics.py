@@ -28,6 +28,9 @@ The local engine, from the latest sample (see ops/engine_stats.py):
     hotspare_engine_tokens_per_second
     hotspare_engine_generated_tokens_total, hotspare_engine_steps_total, hotspare_engine_restarts_total
     hotspare_engine_batch_size                       histogram of sequences per decode step
+    hotspare_engine_threads                          llama.cpp threads in use (engine/threads.py)
+    hotspare_engine_host_cache_bytes                 host RAM holding evicted conversations' KV
+    hotspare_engine_host_cache_restores_total, hotspare_engine_host_cache_restored_tokens_total
 
 Label values come from a closed set (config names, enums); nothing a client sends becomes a label.
 """
@@ -141,6 +144,27 @@ class _EngineCollector(Collector):
         yield _counter("hotspare_engine_steps", "Decode steps.", s.num_steps)
         yield _counter("hotspare_engine_restarts", "Engine process restarts.", s.num_restarts)
         yield _batch_histogram(s)
+        raw = s.raw
+        yield _gauge(
+            "hotspare_engine_threads",
+            "llama.cpp threads in use (fewer while other processes hold the cores).",
+            float(raw.get("num_threads", 0)),
+        )
+        yield _gauge(
+            "hotspare_engine_host_cache_bytes",
+            "Host RAM holding the KV state of conversations evicted from the KV cache.",
+            float(raw.get("host_cache_bytes", 0)),
+        )
+        yield _counter(
+            "hotspare_engine_host_cache_restores",
+            "Conversations restored from host RAM instead of computed.",
+            float(raw.get("host_restores", 0)),
+        )
+        yield _counter(
+            "hotspare_engine_host_cache_restored_tokens",
+            "Prompt tokens restored from host RAM instead of computed.",
+            float(raw.get("host_restored_tokens", 0)),
+        )
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
