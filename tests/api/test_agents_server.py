@@ -1,7 +1,12 @@
 """Agent clients on the real server and the real embedded model, through the official SDKs: tool round
 trips (whole and streamed), forced tool choice, JSON output that validates, and everything else agent
 clients send. Answers are kept to a few tokens; the grammar makes the calls well-formed whatever the
-small model thinks."""
+small model thinks.
+
+A request without a seed is sampled with the engine's seed plus its request id, so which tokens a
+test gets depends on how many requests the shared server answered before it (and, through the
+thread count, on the machine's load): a grammar-constrained answer whose finish reason a test checks
+gets GRAMMAR_MAX_TOKENS, never a budget that a typical answer happens to fit."""
 
 from __future__ import annotations
 
@@ -44,6 +49,12 @@ PERSON_SCHEMA = {
     "required": ["name", "age"],
     "additionalProperties": False,
 }
+GRAMMAR_MAX_TOKENS = 128
+"""More tokens than the longest text these tools' and schemas' grammars allow: a call to get_weather
+is at most 119 bytes (its ten optional whitespace runs full), a PERSON_SCHEMA answer at most 120 (a
+name of twelve \\u escapes, a 16-digit age), and the grammar never admits an empty token. Typical
+calls take 30-42 tokens: at temperature 1 this model spells `<tool_call>` and the names in pieces and
+adds whitespace; 1 sampled call in 100 needed more than 40, the budget that made these tests flaky."""
 
 
 @pytest.fixture
@@ -81,7 +92,7 @@ def test_openai_tool_round_trip(oai: openai.OpenAI) -> None:
         messages=messages,
         tools=OPENAI_TOOLS,
         tool_choice="required",
-        max_tokens=40,
+        max_tokens=GRAMMAR_MAX_TOKENS,
         temperature=0,
     )
     choice = first.choices[0]
@@ -104,7 +115,12 @@ def test_openai_streamed_tool_round_trip(oai: openai.OpenAI) -> None:
     messages: Any = [{"role": "user", "content": QUESTION}]
     named: Any = {"type": "function", "function": {"name": "get_weather"}}
     stream = oai.chat.completions.create(
-        model="gpt-4o", messages=messages, tools=OPENAI_TOOLS, tool_choice=named, max_tokens=40, stream=True
+        model="gpt-4o",
+        messages=messages,
+        tools=OPENAI_TOOLS,
+        tool_choice=named,
+        max_tokens=GRAMMAR_MAX_TOKENS,
+        stream=True,
     )
     pieces, starts, reasons = [], [], []
     for chunk in stream:
@@ -146,7 +162,7 @@ def test_openai_json_schema_output_validates(oai: openai.OpenAI) -> None:
             "type": "json_schema",
             "json_schema": {"name": "person", "schema": PERSON_SCHEMA, "strict": True},
         },
-        max_tokens=40,
+        max_tokens=GRAMMAR_MAX_TOKENS,
         temperature=0,
     )
     assert reply.choices[0].finish_reason == "stop"
@@ -196,7 +212,7 @@ def test_anthropic_tool_round_trip(claude: anthropic.Anthropic) -> None:
     messages: Any = [{"role": "user", "content": QUESTION}]
     first = claude.messages.create(
         model="claude-haiku-4-5",
-        max_tokens=40,
+        max_tokens=GRAMMAR_MAX_TOKENS,
         messages=messages,
         tools=ANTHROPIC_TOOLS,
         tool_choice={"type": "any"},
@@ -224,7 +240,7 @@ def test_anthropic_tool_round_trip(claude: anthropic.Anthropic) -> None:
 def test_anthropic_streamed_tool_use(claude: anthropic.Anthropic) -> None:
     with claude.messages.stream(
         model="claude-haiku-4-5",
-        max_tokens=40,
+        max_tokens=GRAMMAR_MAX_TOKENS,
         messages=[{"role": "user", "content": QUESTION}],
         tools=ANTHROPIC_TOOLS,
         tool_choice={"type": "tool", "name": "get_weather"},
@@ -241,7 +257,7 @@ def test_anthropic_streamed_tool_use(claude: anthropic.Anthropic) -> None:
 def test_anthropic_json_output_validates(claude: anthropic.Anthropic) -> None:
     reply = claude.messages.create(
         model="claude-haiku-4-5",
-        max_tokens=40,
+        max_tokens=GRAMMAR_MAX_TOKENS,
         messages=[{"role": "user", "content": "Describe a person."}],
         output_config={"format": {"type": "json_schema", "schema": PERSON_SCHEMA}},
     )
