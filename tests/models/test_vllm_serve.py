@@ -4,6 +4,7 @@ model pulled into the Hugging Face cache, and the official openai SDK talks to h
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -91,3 +92,18 @@ def test_the_sdk_chats_through_vllm_which_survives_kill_9(server: RunningServer)
     log = server.log()
     assert "vLLM exited with code -9; restarting (restart #1)" in log
     assert "Traceback" not in log
+
+
+def test_the_engine_dies_with_a_killed_hotspare(server: RunningServer) -> None:
+    """SIGKILL gives hotspare no chance to stop vLLM's process group: the kernel stops it instead."""
+    (pid,) = engine_pids(server)
+    try:
+        server.process.kill()
+        server.process.wait()
+        deadline = time.monotonic() + 5
+        while not is_gone(pid):
+            assert time.monotonic() < deadline, "the engine outlived the hotspare that started it"
+            time.sleep(0.05)  # polling another process's state
+    finally:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            psutil.Process(pid).kill()

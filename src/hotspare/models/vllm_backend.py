@@ -11,7 +11,8 @@ an out-of-memory kill, or a kill by hotspare after `max_health_failures` failed 
 row, one every `health_interval_s` (a hang) -- requests in flight end with BackendUnavailable (their
 connections break), `is_ready` turns False (/ready says 503; the router goes on without it), what is
 left of its process group is killed, and it is started again with backoff (0.5 s doubling to 30 s)
-until it is healthy. `stop()` sends SIGTERM to the group, then SIGKILL after `stop_timeout_s`.
+until it is healthy. `stop()` sends SIGTERM to the group, then SIGKILL after `stop_timeout_s`. On
+Linux the kernel sends vLLM SIGTERM when hotspare dies without stopping it (SIGKILL, out of memory).
 
 Tools and JSON output go through the prompt (agents/prompt.py's fallback format) and tool calls are
 read back out of the answer (agents/turn.py), as on the llama.cpp engine. JSON output is also
@@ -23,13 +24,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import dataclasses
 import json
 import logging
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator, Mapping
+import sys
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import httpx
@@ -59,6 +62,7 @@ log = logging.getLogger(__name__)
 _TIMEOUTS = TimeoutsConfig(connect_s=5.0, first_token_s=600.0, idle_s=120.0, total_s=3600.0)
 _HEALTH_POLL_S = 0.25
 _MAX_BACKOFF_S = 30.0
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 class _VllmClient(OpenAIUpstream):
@@ -151,7 +155,10 @@ class VllmBackend:
         log.info("starting vLLM: %s", " ".join(launch.argv))
         try:
             process = await asyncio.create_subprocess_exec(
-                *launch.argv, env={**os.environ, **dict(launch.env)}, start_new_session=True
+                *launch.argv,
+                env={**os.environ, **dict(launch.env)},
+                start_new_session=True,
+                preexec_fn=_death_signal_setter(),
             )
         except OSError as exc:
             raise ModelError(f"cannot run {launch.argv[0]!r}: {exc.strerror or exc}") from exc
@@ -303,6 +310,24 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def _death_signal_setter() -> Callable[[], None] | None:
+    """A preexec_fn that has the kernel send the child SIGTERM when the thread that starts it dies
+    (asyncio starts it from the event loop's, which lives as long as hotspare), however it dies: the
+    child's process group is then nobody's to stop. SIGTERM rather than SIGKILL: vLLM then shuts down
+    its engine-core and worker processes itself, which a SIGKILLed vLLM cannot. None off Linux."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the forked child only calls it
+    parent_pid = os.getpid()
+
+    def set_death_signal() -> None:
+        prctl(_PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGTERM))
+        if os.getppid() != parent_pid:  # hotspare died before the line above took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return set_death_signal
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
