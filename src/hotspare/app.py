@@ -45,6 +45,7 @@ from hotspare.models.home import hotspare_home
 from hotspare.models.vllm_backend import VllmBackend, vllm_backend
 from hotspare.ops import routes as ops_routes
 from hotspare.ops.access import AccessGuard, startup_keys
+from hotspare.ops.engine_stats import EngineState
 from hotspare.ops.monitor import Monitor
 from hotspare.ops.requestlog import RequestLog
 from hotspare.router.config import Mode
@@ -102,7 +103,8 @@ async def health(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    """200 once the backend can answer (for the local engine: loaded and warm), else 503."""
+    """200 once the backend can answer (for the local engine: loaded and warm), else 503 saying why:
+    loading (not loaded yet), restarting (loaded once, its process is being replaced) or failed."""
     state = request.app.state
     backend = state.backend
     if state.router is not None and state.router.mode is Mode.UPSTREAM_ONLY:
@@ -111,7 +113,9 @@ async def ready(request: Request) -> Response:
         return JSONResponse({"status": "ready", "model": state.settings.local.model})
     if state.load_error is not None:
         return JSONResponse({"status": "failed", "error": state.load_error}, status_code=503)
-    return JSONResponse({"status": "loading"}, status_code=503)
+    # The backend is installed once it has started (_start_local), so one that is not ready restarts.
+    status = EngineState.LOADING if backend is None else EngineState.RESTARTING
+    return JSONResponse({"status": str(status)}, status_code=503)
 
 
 @contextlib.asynccontextmanager

@@ -11,6 +11,7 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -45,11 +46,13 @@ def engine_pids(server: RunningServer) -> list[int]:
     return [p.pid for p in children if any("fake_vllm.py" in part for part in p.cmdline())]
 
 
-def wait_ready(base_url: str, expected: int) -> None:
+def wait_ready(base_url: str, expected: int) -> Any:
+    """Poll /ready until it answers `expected`; that answer's body."""
     deadline = time.monotonic() + 60
-    while httpx.get(f"{base_url}/ready", timeout=5).status_code != expected:
+    while (response := httpx.get(f"{base_url}/ready", timeout=5)).status_code != expected:
         assert time.monotonic() < deadline, f"/ready never said {expected}"
         time.sleep(0.05)  # polling another process's state
+    return response.json()
 
 
 def test_the_sdk_chats_through_vllm_which_survives_kill_9(server: RunningServer) -> None:
@@ -74,7 +77,7 @@ def test_the_sdk_chats_through_vllm_which_survives_kill_9(server: RunningServer)
         os.kill(pid, signal.SIGKILL)
         with pytest.raises(openai.APIError, match="vLLM engine"):
             list(chunks)
-        wait_ready(server.base_url, 503)
+        assert wait_ready(server.base_url, 503) == {"status": "restarting"}
         with pytest.raises(openai.InternalServerError) as refused:
             client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "Hi"}])
         assert refused.value.status_code == 503
