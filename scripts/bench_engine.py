@@ -74,6 +74,7 @@ class LevelResult:
     is_counted: bool
     wall_s: float
     foreign_share: float = 0.0
+    rounds_tokens_per_s: tuple[float, ...] = ()  # every round's throughput; this result is the median
 
 
 async def run_level(target: servers.Target, prompts: list[str]) -> LevelResult:
@@ -103,18 +104,27 @@ async def run_level(target: servers.Target, prompts: list[str]) -> LevelResult:
 
 
 async def streams(target: servers.Target, args: argparse.Namespace, nonce: str, _: Any) -> Any:
-    """Each level is short, so a burst of other work can spoil one level alone: a disturbed level
-    is run again (new prompts) and the least disturbed run kept."""
+    """Each level is short (a few seconds), and on two shared cores one burst varies by +-20 %: each
+    level runs `--rounds` times and the round with the median throughput is reported (all rounds'
+    throughputs beside it). A disturbed round is run again (new prompts) and the least disturbed kept."""
     results: dict[int, LevelResult] = {}
     for level in args.levels:
-        for attempt in range(args.attempts):
-            meter = servers.CpuMeter()
-            got = await run_level(target, story_prompts(f"{nonce}-{attempt}", level))
-            got = dataclasses.replace(got, foreign_share=meter.foreign_share())
-            if level not in results or got.foreign_share < results[level].foreign_share:
-                results[level] = got
-            if got.foreign_share <= args.max_disturbed_share:
-                break
+        rounds: list[LevelResult] = []
+        for r in range(args.rounds):
+            best: LevelResult | None = None
+            for attempt in range(args.attempts):
+                meter = servers.CpuMeter()
+                got = await run_level(target, story_prompts(f"{nonce}-{r}-{attempt}", level))
+                got = dataclasses.replace(got, foreign_share=meter.foreign_share())
+                if best is None or got.foreign_share < best.foreign_share:
+                    best = got
+                if got.foreign_share <= args.max_disturbed_share:
+                    break
+            assert best is not None
+            rounds.append(best)
+        rounds.sort(key=lambda x: x.tokens_per_s)
+        all_tps = tuple(x.tokens_per_s for x in rounds)
+        results[level] = dataclasses.replace(rounds[len(rounds) // 2], rounds_tokens_per_s=all_tps)
     return results
 
 
@@ -225,6 +235,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--servers", nargs="+", choices=SERVERS, default=list(SERVERS))
     parser.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
     parser.add_argument("--levels", nargs="+", type=int, default=list(LEVELS), help="concurrent streams")
+    parser.add_argument("--rounds", type=int, default=3, help="runs per streams level (median reported)")
     parser.add_argument(
         "--hotspare",
         choices=("auto", "http", "in-process"),

@@ -72,7 +72,7 @@ def _level(level: int, field: str, scale: float = 1.0) -> Getter:
 def report(results: Results, names: list[str], levels: list[int], hotspare_mode: str) -> str:
     table = _Table(results, names)
     for lv in levels:
-        table.add("streams", f"{lv} streams: tok/s", _level(lv, "tokens_per_s"), "{:.1f}")
+        table.add("streams", f"{lv} streams: tok/s (median)", _level(lv, "tokens_per_s"), "{:.1f}")
         table.add("streams", f"{lv} streams: TTFT p50 s", _level(lv, "ttft_p50_s"), "{:.2f}")
         table.add("streams", f"{lv} streams: TTFT p95 s", _level(lv, "ttft_p95_s"), "{:.2f}")
         table.add("streams", f"{lv} streams: inter-token p95 ms", _level(lv, "itl_p95_s", 1e3), "{:.0f}")
@@ -146,6 +146,11 @@ def _notes(results: Results, hotspare_mode: str) -> list[str]:
                     f"{lv}: {r.min_completion_tokens}-{r.max_completion_tokens}"
                     + ("" if r.is_counted else " (chunks; no usage reported)")
                     + f" (others {r.foreign_share:.0%})"
+                    + (
+                        " tok/s by round " + "/".join(f"{t:.0f}" for t in r.rounds_tokens_per_s)
+                        if len(r.rounds_tokens_per_s) > 1
+                        else ""
+                    )
                     for lv, r in m.value.items()
                 )
             elif workload == "agent":
