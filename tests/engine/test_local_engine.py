@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from hotspare.core.errors import BackendUnavailable, ContextOverflow, Overloaded
@@ -165,3 +170,42 @@ async def test_stats_count_steps_by_batch_size(engine: LocalEngine) -> None:
     assert sum(stats["steps_by_batch_size"]) == stats["num_steps"]
     assert stats["num_batched_sequences"] >= stats["num_steps"]
     assert sum(stats["steps_by_batch_size"][1:]) >= 1  # some step decoded the requests together
+
+
+ENGINE_OWNER = """
+import asyncio, sys
+from pathlib import Path
+from hotspare.engine.config import EngineConfig
+from hotspare.engine.local import LocalEngine
+asyncio.run(LocalEngine(EngineConfig(model_path=Path(sys.argv[1]), model_name="m")).start())
+"""
+
+
+def test_the_engine_process_dies_with_a_killed_api_process(tmp_path: Path) -> None:
+    """A killed API process closes the pipe, but an engine that is not reading it (loading, or hung
+    in native code) must notice too. Here the model is a FIFO nobody writes: opening it blocks for
+    good, as a hung load would."""
+    fifo = tmp_path / "model.gguf"
+    os.mkfifo(fifo)
+    owner = subprocess.Popen([sys.executable, "-c", ENGINE_OWNER, str(fifo)])
+    engine: psutil.Process | None = None
+    try:
+        deadline = time.monotonic() + 60
+        while engine is None:  # until the engine process has loaded llama.cpp: it is about to load
+            assert owner.poll() is None and time.monotonic() < deadline, "the engine never started"
+            engine = next(filter(_has_llama, psutil.Process(owner.pid).children()), None)
+            time.sleep(0.05)  # polling another process's state
+        owner.kill()
+        owner.wait()
+        engine.wait(timeout=5)  # psutil.TimeoutExpired if the engine outlives the API process
+    finally:
+        owner.kill()
+        owner.wait()
+        if engine is not None and engine.is_running():
+            engine.kill()
+
+
+def _has_llama(process: psutil.Process) -> bool:
+    with contextlib.suppress(psutil.Error):
+        return any("libllama" in m.path for m in process.memory_maps())
+    return False

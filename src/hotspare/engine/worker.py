@@ -11,6 +11,9 @@ import bisect
 import contextlib
 import ctypes
 import logging
+import multiprocessing
+import os
+import threading
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -380,6 +383,7 @@ def _should_flush(events: list[EngineEvent], core: EngineCore, last_flush: float
 
 def worker_main(conn: Connection, config: EngineConfig) -> None:
     """Entry point of the engine process."""
+    threading.Thread(target=_exit_with_parent, name="hotspare-engine-parent-watch", daemon=True).start()
     try:
         core, ready = load(config)
     except Exception as exc:  # any load failure is reported, not raised into the void
@@ -409,3 +413,12 @@ def worker_main(conn: Connection, config: EngineConfig) -> None:
                 conn.send(events)  # possibly empty: a sign of life
             events = []
             last_flush = time.monotonic()
+
+
+def _exit_with_parent() -> None:
+    """Exit as soon as the API process is gone, however it went (SIGKILL, out of memory). The closed
+    pipe tells the loop only when it reads it: not while the model loads, nor while a native call hangs."""
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        parent.join()
+        os._exit(1)
