@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from hotspare.cli import main
@@ -84,6 +85,35 @@ def test_a_configured_server_restricts_names_and_stops_cleanly(tmp_path: Path) -
     log = running.log()
     assert "Traceback" not in log and " ERROR " not in log
     assert log.rstrip().endswith("hotspare stopped")  # the lifespan ran to its end: the engine is stopped
+
+
+def test_a_signal_to_the_whole_process_group_is_a_clean_shutdown_that_saves_the_prefix_cache(
+    tmp_path: Path,
+) -> None:
+    """Ctrl-C in a terminal (SIGINT) or `kill -- -PGID` (SIGTERM) reaches the engine process too. It
+    must leave the shutdown to the API process, which saves the prefix cache, instead of dying first
+    (which looked like a crash: "engine process died; restarting", and lost the cache)."""
+    home = tmp_path / "home"
+    running = start_server(tmp_path, home=home)
+    try:
+        with httpx.Client(base_url=running.base_url, timeout=60) as http:
+            question = "Name three rivers in Europe and one fact about each of them, briefly. " * 2
+            body = {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": question}]}
+            assert http.post("/v1/chat/completions", json={**body, "max_tokens": 4}).status_code == 200
+        engines = [
+            p for p in psutil.Process(running.process.pid).children() if "spawn_main" in " ".join(p.cmdline())
+        ]
+        assert len(engines) == 1
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            engines[0].send_signal(sig)  # what the group signal delivers to the engine...
+        running.process.send_signal(signal.SIGTERM)  # ...and to the API process
+        running.process.wait(30)
+        engines[0].wait(10)
+    finally:
+        stop_server(running)
+    log = running.log()
+    assert "engine process died" not in log and "Traceback" not in log, log
+    assert list((home / "kvcache").rglob("prefix-*.kv")), log  # saved at the orderly shutdown
 
 
 def test_a_model_that_cannot_load_makes_serve_exit_non_zero(tmp_path: Path) -> None:

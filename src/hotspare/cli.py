@@ -14,6 +14,7 @@ from hotspare import __version__
 from hotspare.app import create_app
 from hotspare.config import DEFAULT_HOST, DEFAULT_PORT, Settings, load_settings
 from hotspare.core.errors import HotspareError, ModelError
+from hotspare.core.logs import LOG_FORMAT
 from hotspare.models import commands as model_commands
 from hotspare.models.catalog import DEFAULT_MODEL, load_catalog
 from hotspare.models.hardware import Choice, serving_choice
@@ -99,7 +100,7 @@ def serve_command(args: argparse.Namespace) -> int:
     except HotspareError as exc:
         print(f"hotspare: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream request is noise
     configure_request_log()  # one bare JSON line per request
     if choice is not None:

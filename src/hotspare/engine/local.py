@@ -66,7 +66,10 @@ class _EngineProcess:
         ctx = multiprocessing.get_context("spawn")
         self.conn, child_conn = ctx.Pipe()
         self.process: BaseProcess = ctx.Process(
-            target=worker_main, args=(child_conn, config), name="hotspare-engine", daemon=True
+            target=worker_main,
+            args=(child_conn, config, logging.getLogger().getEffectiveLevel()),
+            name="hotspare-engine",
+            daemon=True,
         )
         self.process.start()
         child_conn.close()

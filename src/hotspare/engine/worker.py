@@ -13,6 +13,7 @@ import ctypes
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from typing import Any
 import psutil
 
 from hotspare.core.errors import Overloaded
+from hotspare.core.logs import LOG_FORMAT
 from hotspare.core.types import FinishReason
 from hotspare.engine import persist
 from hotspare.engine.backends.llama_cpp import DecodeItem, LlamaCppModel
@@ -381,8 +383,14 @@ def _should_flush(events: list[EngineEvent], core: EngineCore, last_flush: float
     return any(not isinstance(e, Delta) for e in events)
 
 
-def worker_main(conn: Connection, config: EngineConfig) -> None:
-    """Entry point of the engine process."""
+def worker_main(conn: Connection, config: EngineConfig, log_level: int = logging.WARNING) -> None:
+    """Entry point of the engine process (spawned: it logs to stderr at the API process's level)."""
+    logging.basicConfig(level=log_level, format=LOG_FORMAT)
+    # Ctrl-C in a terminal and `kill -- -PGID` signal the whole process group. The API process shuts
+    # the engine down in order (Shutdown: the prefix cache is saved); dying first would lose that and
+    # look like a crash. The engine still exits with its parent (_exit_with_parent) and to SIGKILL.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     threading.Thread(target=_exit_with_parent, name="hotspare-engine-parent-watch", daemon=True).start()
     try:
         core, ready = load(config)
