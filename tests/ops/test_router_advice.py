@@ -103,6 +103,32 @@ def test_a_degraded_upstream_sheds_its_share_evenly(openai_fake: FakeUpstream) -
     assert recorder.failovers == [("openai", "degraded", Stage.BEFORE_FIRST_BYTE)] * 2
 
 
+def test_only_a_trickle_is_shed_onto_the_local_model(openai_fake: FakeUpstream) -> None:
+    """A degraded upstream whose only backend after it is the local model sheds at most two requests
+    onto it at a time: the rest stay on the (slow, but far faster) upstream."""
+    local = FakeLocal("one two three four")
+    local.delta_delay_s = 0.3
+    router = make_router(openai_fake, local)
+    router.advisor = Advice(shed=1.0)
+
+    async def six_at_once() -> list[str]:
+        async def one() -> str:
+            reply = await router.route(make_call(ApiFormat.OPENAI_CHAT))
+            body = reply.body if isinstance(reply, RawReply) else reply.events  # type: ignore[union-attr]
+            _ = [chunk async for chunk in body]
+            return reply.backend
+
+        try:
+            return list(await asyncio.gather(*(one() for _ in range(6))))
+        finally:
+            await router.aclose()
+
+    backends = asyncio.run(six_at_once())
+    assert sorted(backends) == ["local"] * 2 + ["openai"] * 4, backends
+    assert router.shed_gate.num_in_flight == 0  # left when the local answers ended
+    assert asyncio.run(route_all(router, 2)) == ["local", "local"]  # room again: shed as advised
+
+
 def test_no_shedding_without_a_backend_after_it(openai_fake: FakeUpstream) -> None:
     config = RouterConfig.model_validate(
         {"mode": "upstream-only", "upstreams": [upstream_config(openai_fake).model_dump()]}

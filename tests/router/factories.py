@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -86,6 +87,7 @@ class FakeLocal:
         self.fail: HotspareError | None = None
         self.started = 0
         self.closed = 0
+        self.delta_delay_s = 0.0  # a pause before each delta after the first (a slow local model)
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
         self.requests.append(request)
@@ -95,6 +97,8 @@ class FakeLocal:
                 raise self.fail
             words = self.text.split(" ")
             for i, word in enumerate(words):
+                if i and self.delta_delay_s:
+                    await asyncio.sleep(self.delta_delay_s)
                 yield TextDelta(word if i == 0 else " " + word)
             yield Finish(FinishReason.END_TURN, Usage(7, len(words)), self.model)
         finally:

@@ -75,6 +75,10 @@ class Router:
         self.transitions: list[Transition] = []
         self.metrics = RouterMetrics()
         self.hedge_gate = HedgeGate()
+        # Early warning sheds part of a degraded upstream's traffic. When the next backend is the
+        # local model, only a trickle: an upstream slowed by a saturated machine is still far faster
+        # than a CPU model fed half its traffic (measured: p99 7.9 s at 64 concurrent requests).
+        self.shed_gate = HedgeGate(max_in_flight=2)
         self.members = [Member(u, clock, self._on_transition, self.metrics) for u in upstreams]
         self.observers: list[RouterObserver] = []  # shared with every member
         self.advisor: Advisor | None = None
@@ -145,8 +149,13 @@ class Router:
             member = members[index]
             index += 1
             can_go_local = self.local is not None and call.local_refusal is None
-            if self._should_shed(member, has_next=index < len(members) or can_go_local):
+            to_local = index >= len(members)
+            local_room = can_go_local and self.shed_gate.num_in_flight < self.shed_gate.max_in_flight
+            if self._should_shed(member, has_next=not to_local or local_room):
                 self._failover(member, "degraded", Stage.BEFORE_FIRST_BYTE)
+                if to_local:
+                    self.shed_gate.try_enter()
+                    return await self._local_reply(call, gate=self.shed_gate)
                 continue
             try:
                 reply = await self._try_member(member, members[index:], call)
@@ -287,13 +296,29 @@ class Router:
 
         return counted
 
-    async def _local_reply(self, call: ClientCall) -> EventReply:
+    async def _local_reply(self, call: ClientCall, gate: HedgeGate | None = None) -> EventReply:
+        """The local model's answer; `gate` (entered by the caller) is left when the answer ends."""
         assert self.local is not None
         events = self.local.stream(call.request)
         try:
             first = await anext(events)
         except BaseException:
             await events.aclose()  # type: ignore[attr-defined]
+            if gate is not None:
+                gate.leave()
             raise
         self.metrics.served(self.local.name, "events")
-        return EventReply(self.local.name, prepend(first, events), self._local_model(call))
+        answer = prepend(first, events)
+        if gate is not None:
+            answer = _leaving(gate, answer)
+        return EventReply(self.local.name, answer, self._local_model(call))
+
+
+async def _leaving(gate: HedgeGate, events: AsyncIterator[StreamEvent]) -> AsyncIterator[StreamEvent]:
+    """`events`, leaving `gate` when they end, fail or are dropped."""
+    try:
+        async for event in events:
+            yield event
+    finally:
+        gate.leave()
+        await events.aclose()  # type: ignore[attr-defined]
