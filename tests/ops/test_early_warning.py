@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from hotspare.ops.config import EarlyWarningSettings
-from hotspare.ops.early_warning import EarlyWarning, Health
+from hotspare.ops.early_warning import MAX_SAMPLES, RECENT, EarlyWarning, Health
 
 
 class Clock:
@@ -59,3 +59,15 @@ def test_disabled_never_degrades_and_reset_forgets() -> None:
     assert warning.record_attempt("a", True) is not None
     warning.reset("a")
     assert warning.health("a") is Health.HEALTHY
+
+
+def test_a_busy_upstream_keeps_only_the_latest_samples_and_still_degrades() -> None:
+    warning, clock = make(window_s=60)
+    for _ in range(5000):  # a few hundred requests a second, all within the window
+        clock.now += 0.003
+        assert warning.record_attempt("a", False) is None
+        assert warning.record_ttft("a", 0.1) is None
+    window = warning._windows["a"]
+    assert len(window.attempts) == len(window.ttfts) == MAX_SAMPLES
+    changes = [warning.record_ttft("a", 0.9) for _ in range(RECENT)]
+    assert changes[-1] is not None and changes[-1].new is Health.DEGRADED

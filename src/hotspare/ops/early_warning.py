@@ -21,6 +21,7 @@ from enum import StrEnum
 from hotspare.ops.config import EarlyWarningSettings
 
 RECENT = 5  # TTFT samples that make "recent"
+MAX_SAMPLES = 256  # per window and kind: at hundreds of requests a second, medians stay cheap
 
 
 class Health(StrEnum):
@@ -36,11 +37,12 @@ class HealthChange:
 
 
 class _Window:
-    """One upstream's attempts (time, failed) and TTFT samples (time, seconds) over `window_s`."""
+    """One upstream's attempts (time, failed) and TTFT samples (time, seconds) over `window_s`, the
+    latest MAX_SAMPLES of each."""
 
     def __init__(self) -> None:
-        self.attempts: deque[tuple[float, bool]] = deque()
-        self.ttfts: deque[tuple[float, float]] = deque()
+        self.attempts: deque[tuple[float, bool]] = deque(maxlen=MAX_SAMPLES)
+        self.ttfts: deque[tuple[float, float]] = deque(maxlen=MAX_SAMPLES)
         self.health = Health.HEALTHY
 
     def expire(self, horizon: float) -> None:
