@@ -209,3 +209,33 @@ def _has_llama(process: psutil.Process) -> bool:
     with contextlib.suppress(psutil.Error):
         return any("libllama" in m.path for m in process.memory_maps())
     return False
+
+
+async def test_with_a_host_cache_saved_prefixes_come_back_into_host_ram_not_the_kv_cache(
+    model_path: Path, tmp_path: Path
+) -> None:
+    """Restored cells would sit idle in the KV cache and slow every step: they go to host RAM and are
+    restored from there by the first request that needs them."""
+    config = EngineConfig(model_path=model_path, model_name="m", persist_dir=tmp_path, host_cache_mib=64)
+    system = Message(Role.SYSTEM, "You summarise incident reports for an airline. " * 30)
+
+    def ask(question: str) -> ChatRequest:
+        messages = (system, Message(Role.USER, question))
+        return ChatRequest(model="m", messages=messages, sampling=SamplingParams(max_tokens=2))
+
+    first = LocalEngine(config)
+    await first.start()
+    await collect(first, ask("Report 1?"))
+    await first.stop()  # saves at shutdown
+    second = LocalEngine(config)
+    await second.start()
+    try:
+        stats = await second.stats()
+        assert second.num_restored_tokens > 200
+        assert stats["kv_used_tokens"] == 0 and stats["host_cache_entries"] == 1, stats
+        _, finish = await collect(second, ask("Report 2?"))
+        assert finish.usage.cached_tokens > 200
+        stats = await second.stats()
+        assert stats["host_restores"] == 1, stats
+    finally:
+        await second.stop()

@@ -44,7 +44,10 @@ def save(model: LlamaCppModel, scheduler: Scheduler, directory: Path, max_files:
 
 
 def restore(model: LlamaCppModel, scheduler: Scheduler, directory: Path, max_tokens: int) -> int:
-    """Load saved prefixes into free slots as idle cache; returns tokens restored."""
+    """Load saved prefixes as cache; returns tokens restored. With a host cache they go there: cached
+    cells in the KV cache cost every decode step (docs/benchmarks.md), a host entry costs nothing until
+    a prompt needs it. Each file is still read by llama.cpp into a slot first, which checks it fits
+    this model and context, and then moved out."""
     restored = 0
     for path in sorted(directory.glob("prefix-*.kv")):
         slot = scheduler.take_free_slot()
@@ -56,6 +59,15 @@ def restore(model: LlamaCppModel, scheduler: Scheduler, directory: Path, max_tok
             path.unlink(missing_ok=True)
             scheduler.return_free_slot(slot)
             continue
-        scheduler.adopt_idle(slot, tokens)
         restored += len(tokens)
+        host = scheduler.host
+        if host is None:
+            scheduler.adopt_idle(slot, tokens)
+            continue
+        state, num_bytes = model.save_state(slot)
+        model.remove(slot)
+        scheduler.return_free_slot(slot)
+        entry_id = host.reserve(tokens)
+        if entry_id is not None:
+            host.fill(entry_id, state, num_bytes)
     return restored
