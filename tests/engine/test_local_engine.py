@@ -239,3 +239,41 @@ async def test_with_a_host_cache_saved_prefixes_come_back_into_host_ram_not_the_
         assert stats["host_restores"] == 1, stats
     finally:
         await second.stop()
+
+
+async def test_many_conversations_through_a_small_kv_cache_all_complete_with_host_ram_in_play(
+    model_path: Path,
+) -> None:
+    """Eight conversations, a few turns at once, through a KV cache that holds two or three of them:
+    conversations go to host RAM and come back while others run, and every turn completes."""
+    config = EngineConfig(
+        model_path=model_path,
+        model_name="m",
+        kv_cache_tokens=2048,
+        context_tokens=1024,
+        max_running=3,
+        host_cache_mib=256,
+    )
+    engine = LocalEngine(config)
+    await engine.start()
+    system = Message(Role.SYSTEM, "You are a helpful assistant for a shipping company. " * 8)
+    histories: list[tuple[Message, ...]] = [(system,)] * 8
+    order = [3, 1, 4, 1, 5, 0, 2, 6, 5, 3, 7, 0, 2, 4, 6, 1, 7, 3, 5, 0, 2, 6, 4, 7]
+
+    async def turn(c: int) -> None:
+        question = Message(Role.USER, f"Question {len(histories[c])} about parcel {c}: where is it now? " * 6)
+        messages = (*histories[c], question)
+        text, finish = await collect(
+            engine, ChatRequest("m", messages, SamplingParams(temperature=0, max_tokens=16))
+        )
+        assert finish.reason in (FinishReason.END_TURN, FinishReason.LENGTH)
+        histories[c] = (*messages, Message(Role.ASSISTANT, text))
+
+    try:
+        for i in range(0, len(order), 3):  # three conversations at a time (never the same one twice)
+            await asyncio.gather(*(turn(c) for c in dict.fromkeys(order[i : i + 3])))
+        stats = await engine.stats()
+        assert stats["host_saves"] >= 3 and stats["host_restores"] >= 2, stats
+        assert stats["prefix_cached_tokens"] > 0.5 * stats["prefix_prompt_tokens"], stats
+    finally:
+        await engine.stop()
