@@ -145,7 +145,7 @@ async def test_cached_prefixes_survive_a_restart_on_disk(model_path: Path, tmp_p
         ),
     )
     await first.stop()  # saves at shutdown
-    assert list(tmp_path.rglob("prefix-0.kv"))
+    assert list(tmp_path.rglob("prefix-*.kv"))
     second = LocalEngine(config)
     await second.start()
     try:
@@ -277,3 +277,69 @@ async def test_many_conversations_through_a_small_kv_cache_all_complete_with_hos
         assert stats["prefix_cached_tokens"] > 0.5 * stats["prefix_prompt_tokens"], stats
     finally:
         await engine.stop()
+
+
+async def test_conversations_held_in_host_ram_are_saved_at_shutdown_too(
+    model_path: Path, tmp_path: Path
+) -> None:
+    """Four conversations through a KV cache that holds two: the older ones live in host RAM by the
+    time the engine stops, and all four come back warm after a restart."""
+    config = EngineConfig(
+        model_path=model_path,
+        model_name="m",
+        kv_cache_tokens=1024,
+        context_tokens=1024,
+        max_running=1,
+        persist_dir=tmp_path,
+        persist_slots=8,
+        host_cache_mib=64,
+    )
+    system = Message(Role.SYSTEM, "You keep the maintenance log of a lighthouse. " * 10)
+
+    def ask(i: int, turn: int) -> ChatRequest:
+        log = Message(Role.USER, f"Entry {i}: the lamp of tower {i} was cleaned and tested at dawn. " * 20)
+        messages = (
+            (system, log)
+            if turn == 0
+            else (system, log, Message(Role.ASSISTANT, "Noted."), Message(Role.USER, "When?"))
+        )
+        return ChatRequest("m", messages, SamplingParams(temperature=0, max_tokens=2))
+
+    first = LocalEngine(config)
+    await first.start()
+    try:
+        for i in range(4):
+            await collect(first, ask(i, 0))
+        stats = await first.stats()
+        assert stats["host_cache_entries"] >= 2, stats  # the KV cache could not hold all four
+    finally:
+        await first.stop()
+    second = LocalEngine(config)
+    await second.start()
+    try:
+        for i in range(4):
+            _, finish = await collect(second, ask(i, 1))
+            assert finish.usage.cached_tokens > 200, (i, finish.usage)
+    finally:
+        await second.stop()
+
+
+async def test_a_torn_or_foreign_prefix_file_is_discarded_at_start(model_path: Path, tmp_path: Path) -> None:
+    config = EngineConfig(model_path=model_path, model_name="m", persist_dir=tmp_path, host_cache_mib=64)
+    first = LocalEngine(config)
+    await first.start()
+    try:
+        await collect(first, chat("Tell me about lighthouses and their keepers. " * 10, max_tokens=2))
+    finally:
+        await first.stop()
+    (good,) = tmp_path.rglob("prefix-*.kv")
+    data = good.read_bytes()
+    (good.parent / "prefix-torn.kv").write_bytes(data[: len(data) // 2])
+    (good.parent / "prefix-foreign.kv").write_bytes(b"GGSQ not ours at all")
+    second = LocalEngine(config)
+    await second.start()
+    try:
+        assert second.num_restored_tokens > 100  # the good one
+        assert sorted(p.name for p in good.parent.glob("prefix-*.kv")) == [good.name]
+    finally:
+        await second.stop()

@@ -175,24 +175,6 @@ class LlamaCppModel:
     def clear(self) -> None:
         llama.llama_memory_clear(self._mem, True)
 
-    def save_slot(self, slot: int, tokens: Seq[int], path: Path) -> int:
-        """Write `slot`'s KV cells and their tokens to `path`; returns bytes written (0 on failure)."""
-        arr = (llama.llama_token * len(tokens))(*tokens)
-        return int(llama.llama_state_seq_save_file(self._ctx, str(path).encode(), slot, arr, len(tokens)))
-
-    def load_slot(self, slot: int, path: Path, max_tokens: int) -> list[int] | None:
-        """Restore cells saved by `save_slot` into the empty `slot`; returns their tokens, or None if
-        the file does not fit this model and context."""
-        arr = (llama.llama_token * max_tokens)()
-        count = ctypes.c_size_t(0)
-        n = llama.llama_state_seq_load_file(
-            self._ctx, str(path).encode(), slot, arr, max_tokens, ctypes.byref(count)
-        )
-        if n == 0:
-            self.remove(slot)
-            return None
-        return list(arr[: count.value])
-
     def save_state(self, slot: int) -> tuple[ctypes.Array[ctypes.c_uint8] | None, int]:
         """`slot`'s cells as llama.cpp's sequence state, kept in host RAM, and its size in bytes."""
         size = int(llama.llama_state_seq_get_size(self._ctx, slot))
