@@ -87,6 +87,18 @@ def test_a_configured_server_restricts_names_and_stops_cleanly(tmp_path: Path) -
     assert log.rstrip().endswith("hotspare stopped")  # the lifespan ran to its end: the engine is stopped
 
 
+def test_ctrl_c_is_a_quiet_graceful_shutdown(tmp_path: Path) -> None:
+    running = start_server(tmp_path)
+    body = {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    assert httpx.post(f"{running.base_url}/v1/chat/completions", json=body, timeout=60).status_code == 200
+    running.process.send_signal(signal.SIGINT)
+    status = running.process.wait(30)
+    log = running.log()
+    assert status == 130, log  # the shell's code for "interrupted"
+    assert "Traceback" not in log and "ERROR" not in log, log
+    assert log.rstrip().endswith("hotspare stopped")
+
+
 def test_a_signal_to_the_whole_process_group_is_a_clean_shutdown_that_saves_the_prefix_cache(
     tmp_path: Path,
 ) -> None:
