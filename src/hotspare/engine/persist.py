@@ -74,7 +74,7 @@ def restore(model: LlamaCppModel, scheduler: Scheduler, directory: Path, max_tok
             break
         loaded = _read(path)
         if loaded is None or len(loaded[0]) > max_tokens or not model.restore_state(slot, *loaded[1:]):
-            log.warning("discarding saved prefix %s: it does not fit this model/context", path.name)
+            log.warning("discarding saved prefix %s: unreadable, or for another model or context", path.name)
             path.unlink(missing_ok=True)
             scheduler.return_free_slot(slot)
             continue
