@@ -10,8 +10,8 @@ an 8-sequence decode step took 878 ms with 2 threads and 143 ms with 1; a 50-tok
 
 `ThreadGovernor` watches, over short windows, how much CPU the rest of the machine uses (all non-idle
 CPU time minus this process's own) and picks the thread count that leaves those cores alone: it drops
-threads after one busy window (contention is expensive) and adds them back only after several quiet
-ones (hysteresis, so a brief burst does not make it flap).
+threads after one busy window (contention is expensive) and adds them back after 1.5 s of quiet
+(hysteresis, so a brief burst neither makes it flap nor costs more than that).
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ class GovernorConfig:
     window_s: how often the load is measured.
     drop_above: the share of a core others may take before a thread is given up for it.
     raise_below: others must use less than this share of the freed core before a thread comes back...
-    quiet_windows: ...for this many windows in a row.
+    quiet_s: ...for this long without a break (time, not a count of windows: the engine samples between
+        decode steps, and one long prefill step makes a window seconds long).
     """
 
     max_threads: int
@@ -54,7 +55,7 @@ class GovernorConfig:
     window_s: float = 0.5
     drop_above: float = 0.5
     raise_below: float = 0.3
-    quiet_windows: int = 3
+    quiet_s: float = 1.5
 
 
 class ThreadGovernor:
@@ -66,7 +67,7 @@ class ThreadGovernor:
         self.others_cores = 0.0  # the last window's CPU use by other processes, in cores
         self.num_changes = 0
         self._last = first
-        self._quiet = 0
+        self._quiet_s = 0.0
 
     @property
     def last_at_s(self) -> float:
@@ -88,14 +89,14 @@ class ThreadGovernor:
         wanted = self.threads
         if upper < self.threads:
             wanted = upper
-            self._quiet = 0
+            self._quiet_s = 0.0
         elif lower > self.threads:
-            self._quiet += 1
-            if self._quiet >= cfg.quiet_windows:
+            self._quiet_s += span
+            if self._quiet_s >= cfg.quiet_s:
                 wanted = lower
-                self._quiet = 0
+                self._quiet_s = 0.0
         else:
-            self._quiet = 0
+            self._quiet_s = 0.0
         wanted = max(1, min(cfg.max_threads, wanted))
         if wanted == self.threads:
             return None
