@@ -94,7 +94,9 @@ def test_ctrl_c_is_a_quiet_graceful_shutdown(tmp_path: Path) -> None:
     running.process.send_signal(signal.SIGINT)
     status = running.process.wait(30)
     log = running.log()
-    assert status == 130, log  # the shell's code for "interrupted"
+    # 130 (the shell's "interrupted") when uvicorn re-raises the signal after its graceful shutdown;
+    # it does not always (0): either is a clean stop.
+    assert status in (0, 130), log
     assert "Traceback" not in log and "ERROR" not in log, log
     assert log.rstrip().endswith("hotspare stopped")
 
