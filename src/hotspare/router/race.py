@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,10 +128,15 @@ async def _cancel(future: asyncio.Future[Any]) -> None:
     await asyncio.gather(future, return_exceptions=True)
 
 
-async def prepend(first: StreamEvent, rest: AsyncIterator[StreamEvent]) -> AsyncIterator[StreamEvent]:
+async def prepend(
+    first: StreamEvent, rest: AsyncIterator[StreamEvent], on_end: Callable[[], None] | None = None
+) -> AsyncIterator[StreamEvent]:
+    """`first`, then `rest`; `on_end` is called when they end, fail or are dropped."""
     try:
         yield first
         async for event in rest:
             yield event
     finally:
+        if on_end is not None:
+            on_end()
         await rest.aclose()  # type: ignore[attr-defined]

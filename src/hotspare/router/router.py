@@ -308,17 +308,5 @@ class Router:
                 gate.leave()
             raise
         self.metrics.served(self.local.name, "events")
-        answer = prepend(first, events)
-        if gate is not None:
-            answer = _leaving(gate, answer)
+        answer = prepend(first, events, gate.leave if gate is not None else None)
         return EventReply(self.local.name, answer, self._local_model(call))
-
-
-async def _leaving(gate: HedgeGate, events: AsyncIterator[StreamEvent]) -> AsyncIterator[StreamEvent]:
-    """`events`, leaving `gate` when they end, fail or are dropped."""
-    try:
-        async for event in events:
-            yield event
-    finally:
-        gate.leave()
-        await events.aclose()  # type: ignore[attr-defined]
