@@ -234,8 +234,8 @@ class Scheduler:
         self.running.remove(seq)
         out.items = [item for item in out.items if item.seq is not seq]
         self._release(op.slot)
-        seq.slot, seq.num_computed, seq.status = -1, 0, SequenceStatus.WAITING
-        (self.warmups if seq.is_warmup else self.waiting).appendleft(seq)
+        seq.num_computed = 0
+        self._to_queue_head(seq)
 
     def on_decode_failed(self, out: SchedulerOutput) -> None:
         """llama_decode found no room for the batch: free cached cells, or preempt, and retry."""
@@ -377,6 +377,9 @@ class Scheduler:
     def _requeue(self, seq: Sequence) -> None:
         """Take a running sequence back to the head of its queue; its cells stay cached (parked)."""
         self._park(seq.slot)
+        self._to_queue_head(seq)
+
+    def _to_queue_head(self, seq: Sequence) -> None:
         seq.slot = -1
         seq.status = SequenceStatus.WAITING
         (self.warmups if seq.is_warmup else self.waiting).appendleft(seq)

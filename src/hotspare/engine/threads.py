@@ -69,15 +69,15 @@ class ThreadGovernor:
         self._last = first
         self._quiet_s = 0.0
 
-    @property
-    def last_at_s(self) -> float:
-        return self._last.at_s
+    def is_due(self, now_s: float) -> bool:
+        """Whether a window has passed since the last sample (`observe` ignores earlier ones)."""
+        return now_s - self._last.at_s >= self.config.window_s
 
     def observe(self, sample: CpuSample) -> int | None:
         """Account one sample; returns the new thread count when it changes, else None."""
-        span = sample.at_s - self._last.at_s
-        if span < self.config.window_s:
+        if not self.is_due(sample.at_s):
             return None
+        span = sample.at_s - self._last.at_s
         others = (sample.machine_busy_s - self._last.machine_busy_s) - (sample.own_s - self._last.own_s)
         self._last = sample
         self.others_cores = max(0.0, others / span)

@@ -138,7 +138,7 @@ class EngineCore:
     def adapt_threads(self) -> None:
         """Follow the machine's load with the thread count (cheap: samples twice a second)."""
         governor = self.governor
-        if governor is None or time.monotonic() - governor.last_at_s < governor.config.window_s:
+        if governor is None or not governor.is_due(time.monotonic()):
             return
         threads = governor.observe(sample_cpu())
         if threads is not None:
