@@ -25,7 +25,13 @@ def test_no_file_means_the_documented_defaults() -> None:
         10.0,
     )
     assert (settings.local.model, settings.local.context_tokens) == ("smollm2-135m-instruct", 0)
+    assert (settings.local.max_idle_kv_tokens, settings.local.persist_max_mib) == (4096, 512)
     assert settings.api.allowed_models is None
+
+
+def test_the_idle_kv_cap_and_the_persisted_bytes_are_read(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, "[local]\nmax_idle_kv_tokens = 0\npersist_max_mib = 64\n"))
+    assert (settings.local.max_idle_kv_tokens, settings.local.persist_max_mib) == (0, 64)
 
 
 def test_every_section(tmp_path: Path) -> None:
@@ -57,6 +63,14 @@ def test_every_section(tmp_path: Path) -> None:
         (
             "[local]\ncontext_tokens = -1\n",
             "[local] context_tokens: Input should be greater than or equal to 0",
+        ),
+        (
+            "[local]\nmax_idle_kv_tokens = -1\n",
+            "[local] max_idle_kv_tokens: Input should be greater than or equal to 0 (got -1)",
+        ),
+        (
+            "[local]\npersist_max_mib = 0\n",
+            "[local] persist_max_mib: Input should be greater than or equal to 1",
         ),
         ("[nonsense]\n", "nonsense: unknown key"),
         ('[api]\nallowed_models = "gpt-4o"\n', "[api] allowed_models: Input should be a valid tuple"),

@@ -245,6 +245,8 @@ def engine_config(settings: Settings, entry: ModelEntry) -> EngineConfig:
         num_threads=local.num_threads,
         adapt_threads=local.adapt_threads,
         host_cache_mib=local.host_cache_mib,
+        max_idle_kv_tokens=local.max_idle_kv_tokens,
+        persist_max_mib=local.persist_max_mib,
         chat_template=entry.chat_template,
         stop=entry.stop,
         persist_dir=hotspare_home() / "kvcache" if local.persist_prefixes else None,

@@ -121,6 +121,19 @@ class LocalSettings(_StrictSection):
     persist_prefixes: bool = Field(
         default=True, description="save the hottest cached prefixes to disk so a restart is warm"
     )
+    persist_max_mib: int = Field(
+        default=512, ge=1, description="disk for the saved prefixes together; the hottest are kept within it"
+    )
+    # Idle cells cost every decode step (7.5k of them: +19-21 % per step, docs/benchmarks.md), while a
+    # conversation demoted to host RAM comes back in ~14 ms per 2.5k tokens. 4096 keeps the latest
+    # conversation or two of a small model's agent session in the KV cache and bounds that cost to about
+    # half of what was measured; a fixed count, since what a step pays grows with the cells, not the context.
+    max_idle_kv_tokens: int = Field(
+        default=4096,
+        ge=0,
+        description="idle (cached, not running) KV cells beyond which the least recently used "
+        "conversations go to host RAM between steps (dropped if host_cache_mib = 0); 0 = no cap",
+    )
 
 
 class ApiSettings(_StrictSection):

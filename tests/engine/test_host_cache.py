@@ -229,16 +229,22 @@ class FakeKV:
     def check(self, s: Scheduler) -> None:
         s.cache.check()
         assert len(self.cells) == s.cache.num_used_tokens
+        running = {q.slot for q in s.running}
+        assert sum(1 for _, _, slots in self.cells if not slots & running) == s.cache.num_idle_tokens
         for q in s.running:
             assert self.of(q.slot) == list(enumerate(q.tokens[: q.num_computed])), f"request {q.request_id}"
         for slot in s.cache.idle_slots:
             assert self.of(slot) == list(enumerate(s.cache.tokens(slot))), f"idle slot {slot}"
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_random_conversations_keep_every_slot_exact_through_saves_and_restores(seed: int) -> None:
+@pytest.mark.parametrize(("seed", "max_idle"), [(0, 0), (1, 0), (2, 0), (3, 0), (4, 40), (5, 40), (6, 70)])
+def test_random_conversations_keep_every_slot_exact_through_saves_and_restores(
+    seed: int, max_idle: int
+) -> None:
     rng = random.Random(seed)
-    s = sched(capacity_tokens=160, max_running=3, host_cache_bytes=2500, step_tokens=24)
+    s = sched(
+        capacity_tokens=160, max_running=3, host_cache_bytes=2500, step_tokens=24, max_idle_tokens=max_idle
+    )
     kv = FakeKV(160)
     system = [rng.randrange(1000, 1100) for _ in range(12)]
     histories: list[list[int]] = [list(system) for _ in range(6)]
@@ -254,9 +260,11 @@ def test_random_conversations_keep_every_slot_exact_through_saves_and_restores(s
             histories[c] += [rng.randrange(100, 200) for _ in range(rng.randint(3, 12))]
             rid += 1
             s.add(seq(rid, histories[c], max_new=rng.randint(1, 4)))
-        while s.has_work:
+        while s.has_work or s.needs_demotion:  # as the worker does: it demotes when idle too
             kv.step(s)
+        assert max_idle == 0 or s.cache.num_idle_tokens <= max_idle
     assert s.host is not None
     assert s.host.stats.num_saved > 10 and s.host.stats.num_restored > 5, s.host.stats
     assert kv.num_shared_restores > 0
     assert s.host.num_bytes <= s.host.budget_bytes
+    assert (s.stats.num_demotions > 10) == (max_idle > 0), s.stats

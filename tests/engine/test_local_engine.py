@@ -343,3 +343,42 @@ async def test_a_torn_or_foreign_prefix_file_is_discarded_at_start(model_path: P
         assert sorted(p.name for p in good.parent.glob("prefix-*.kv")) == [good.name]
     finally:
         await second.stop()
+
+
+async def test_idle_cells_beyond_the_cap_go_to_host_ram_and_a_demoted_conversation_comes_back_warm(
+    model_path: Path,
+) -> None:
+    """Three conversations of ~250 tokens, one after another, in a KV cache with room for all of them
+    but a cap of 300 idle cells: once the engine is idle the older ones are demoted to host RAM (idle
+    cells fall under the cap), and the first conversation's next turn is restored from there."""
+    cap = 300
+    config = EngineConfig(
+        model_path=model_path, model_name="m", max_running=2, host_cache_mib=64, max_idle_kv_tokens=cap
+    )
+
+    def ask(i: int, follow_up: bool) -> ChatRequest:
+        log = Message(Role.USER, f"Entry {i}: the lamp of tower {i} was cleaned and tested at dawn. " * 12)
+        messages = (
+            (log, Message(Role.ASSISTANT, "Noted."), Message(Role.USER, "When?")) if follow_up else (log,)
+        )
+        return ChatRequest("m", messages, SamplingParams(temperature=0, max_tokens=2))
+
+    engine = LocalEngine(config)
+    await engine.start()
+    try:
+        for i in range(3):
+            _, finish = await collect(engine, ask(i, False))
+            assert finish.usage.input_tokens > 200, finish.usage
+        for _ in range(200):  # the engine demotes between its idle loop's turns
+            stats = await engine.stats()
+            if stats["kv_idle_tokens"] <= cap:
+                break
+            await asyncio.sleep(0.02)
+        assert stats["kv_idle_tokens"] <= cap and stats["kv_demotions"] == 2, stats
+        assert stats["host_saves"] == 2 and stats["kv_demoted_tokens"] > 400, stats
+        _, finish = await collect(engine, ask(0, True))
+        assert finish.usage.cached_tokens > 200, finish.usage
+        stats = await engine.stats()
+        assert stats["host_restores"] == 1, stats
+    finally:
+        await engine.stop()

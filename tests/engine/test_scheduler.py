@@ -6,7 +6,7 @@ import pytest
 
 from hotspare.core.errors import Overloaded
 from hotspare.core.types import FinishReason
-from hotspare.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
+from hotspare.engine.scheduler import Remove, Save, Scheduler, SchedulerConfig, SchedulerOutput
 from hotspare.engine.sequence import Sequence, SequenceStatus
 
 
@@ -219,3 +219,82 @@ def test_a_slot_evicted_after_a_prefix_was_copied_from_it_is_emptied_after_the_c
     out = s.schedule()
     assert [type(op).__name__ for op in out.kv_ops] == ["Copy", "Remove"]
     assert s.cache.match([1, 2, 3, 4]).num_tokens == 4  # the shared cells survive in the new slot
+
+
+# ----- demoting idle cells beyond max_idle_tokens -----
+
+
+def idle_after(s: Scheduler, *conversations: list[int]) -> None:
+    """Run `conversations` side by side (one answer token each, never fed) and finish them in the
+    order given, then flush the finishes' ops with a step of no work; the last one is the most
+    recently used idle slot."""
+    new = [seq(rid, tokens, max_new=1) for rid, tokens in enumerate(conversations, start=100)]
+    for q in new:
+        s.add(q)
+    while any(q.num_output_tokens == 0 for q in new):
+        run_step(s)
+    for q in new:
+        s.finish(q, FinishReason.END_TURN)
+
+
+def test_idle_cells_beyond_the_cap_are_saved_to_host_and_removed_lru_first_one_slot_a_step() -> None:
+    s = sched(step_tokens=64, max_idle_tokens=15, host_cache_bytes=10_000, host_min_tokens=8)
+    a, b, c = list(range(100, 110)), list(range(200, 210)), list(range(300, 310))
+    idle_after(s, a, b, c)  # slots 0, 1, 2; finished in that order: 30 idle cells
+    assert s.cache.num_idle_tokens == 30 and s.needs_demotion and not s.has_work
+    out = s.schedule()
+    assert out.kv_ops == [Save(0, 1), Remove(0)] and not out.items
+    assert s.needs_demotion  # 20 cells: one slot a step
+    assert s.schedule().kv_ops == [Save(1, 2), Remove(1)]
+    assert not s.needs_demotion and s.cache.num_idle_tokens == 10
+    assert s.schedule().kv_ops == []
+    assert s.cache.idle_slots == [2] and s.cache.match(c).num_tokens == 10
+    assert (s.stats.num_demotions, s.stats.num_demoted_tokens) == (2, 20)
+    assert s.host is not None and [e.tokens for e in s.host.entries.values()] == [a, b]
+
+
+def test_demotion_follows_last_use_not_slot_order() -> None:
+    s = sched(step_tokens=64, max_idle_tokens=15)
+    a, b = list(range(100, 110)), list(range(200, 210))
+    idle_after(s, a, b)  # 20 idle cells: slot 0 (a) would go first ...
+    idle_after(s, [*a, 7, 7])  # ... but a's conversation went on (slot 2; slot 0 is now redundant)
+    out = run_step(s)
+    assert out.removals == [0, 1]  # slot 0 frees no cell; slot 1 (b) is the demotion
+    assert not [op for op in out.kv_ops if isinstance(op, Save)]  # no host cache: dropped
+    assert s.cache.idle_slots == [2] and s.stats.num_demotions == 1 and s.stats.num_demoted_tokens == 10
+
+
+def test_cells_a_running_sequence_shares_are_never_idle_nor_demoted() -> None:
+    s = sched(step_tokens=64, max_idle_tokens=1)
+    system = list(range(100, 108))
+    idle_after(s, system)  # 8 cells, all shared by the next request: none idle
+    s.add(seq(1, [*system, 1, 2, 3], max_new=50))
+    run_step(s)
+    assert s.cache.num_idle_tokens == 0 and not s.needs_demotion
+    idle_after(s, [*system[:4], 9, 9, 9, 9])  # the system prompt's first 4 cells + 4 of its own
+    assert s.cache.num_idle_tokens == 4
+    out = run_step(s)
+    running = s.running[0]
+    # slot 0 (the system prompt alone, all shared by the running request) is released as redundant:
+    # no cell; slot 2's 4 cells of its own are the demotion; the running request's slot stays.
+    assert out.removals == [0, 2] and running.slot == 1
+    assert s.cache.num_idle_tokens == 0 and s.cache.length(running.slot) == running.num_computed
+
+
+def test_no_demotion_while_a_request_waits_for_admission() -> None:
+    s = sched(step_tokens=64, max_idle_tokens=5, max_running=1)
+    idle_after(s, list(range(100, 110)))
+    s.add(seq(1, [1, 2, 3], max_new=50))
+    s.add(seq(2, [4, 5, 6]))
+    out = run_step(s)
+    assert out.removals == [] and not s.needs_demotion and s.stats.num_demotions == 0
+    assert s.cancel(2) is not None
+    assert run_step(s).removals == [0] and s.stats.num_demotions == 1
+
+
+def test_a_cap_of_zero_demotes_nothing() -> None:
+    s = sched(step_tokens=64, max_idle_tokens=0, host_cache_bytes=10_000, host_min_tokens=8)
+    idle_after(s, list(range(100, 110)), list(range(200, 210)), list(range(300, 310)))
+    assert not s.needs_demotion
+    assert s.schedule().kv_ops == [] and len(s.cache.idle_slots) == 3
+    assert s.stats.num_demotions == 0

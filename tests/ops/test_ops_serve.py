@@ -183,6 +183,8 @@ def test_metrics_and_request_log_cover_requests_upstreams_and_engine(
         "host_cache_bytes",
         "host_cache_restores_total",
         "host_cache_restored_tokens_total",
+        "kv_idle_tokens",
+        "kv_demotions_total",
     ):
         assert f"hotspare_engine_{gauge}" in m
     assert m["hotspare_engine_threads"] >= 1

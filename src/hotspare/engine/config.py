@@ -24,8 +24,12 @@ class EngineConfig:
     persist_dir: where the hottest cached prefixes are saved when the engine is idle and restored at
         start, so a restart is warm too; None = off.
     persist_slots: how many cached prefixes to keep on disk.
+    persist_max_mib: the most disk those files may take together (the hottest are kept within it).
     host_cache_mib: host RAM for the KV state of conversations evicted from the KV cache, restored
         when they come back (engine/host_cache.py); 0 = off. At most a fifth of the machine's RAM.
+    max_idle_kv_tokens: idle (cached, not running) KV cells beyond which the least recently used idle
+        conversations are demoted to host RAM (dropped without a host cache) between steps; idle cells
+        slow every decode step. 0 = only when cells run out.
     """
 
     model_path: Path
@@ -42,4 +46,6 @@ class EngineConfig:
     seed: int = 0
     persist_dir: Path | None = None
     persist_slots: int = 4
+    persist_max_mib: int = 512
     host_cache_mib: int = 0
+    max_idle_kv_tokens: int = 0

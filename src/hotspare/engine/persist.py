@@ -36,8 +36,10 @@ def cache_dir(persist_dir: Path, model_path: Path) -> Path:
     return persist_dir / f"{model_path.name}-{model_path.stat().st_size}"
 
 
-def save(model: LlamaCppModel, scheduler: Scheduler, directory: Path, max_files: int) -> int:
-    """Save the most recently used prefixes; returns how many files now hold state."""
+def save(model: LlamaCppModel, scheduler: Scheduler, directory: Path, max_files: int, max_bytes: int) -> int:
+    """Save the most recently used prefixes, at most `max_files` files of `max_bytes` together (one
+    too large for what is left is skipped for a colder one that fits); returns how many files now
+    hold state."""
     directory.mkdir(parents=True, exist_ok=True)
     cache = scheduler.cache
     idle = [s for s in reversed(cache.idle_slots) if cache.length(s) >= MIN_PERSIST_TOKENS]
@@ -46,17 +48,24 @@ def save(model: LlamaCppModel, scheduler: Scheduler, directory: Path, max_files:
         entries = sorted(scheduler.host.entries.values(), key=lambda e: e.last_use, reverse=True)
         chosen += [(e.tokens, None, e.state, e.num_bytes) for e in entries if e.state is not None]
     kept: set[Path] = set()
+    room = max_bytes
     for tokens, slot, state, num_bytes in chosen:
         if len(kept) >= max_files:
             break
         final = directory / f"prefix-{_name(tokens)}.kv"
         if final in kept:
             continue
-        if not final.exists():
+        if final.exists():
+            size = final.stat().st_size
+        else:
             if slot is not None:
                 state, num_bytes = model.save_state(slot)
-            if state is None or not _write(final, tokens, state, num_bytes):
+            size = _file_size(tokens, num_bytes)
+            if state is None or size > room or not _write(final, tokens, state, num_bytes):
                 continue
+        if size > room:
+            continue
+        room -= size
         kept.add(final)
     for stale in set(directory.glob("prefix-*.kv")) - kept:
         stale.unlink(missing_ok=True)
@@ -96,11 +105,19 @@ def _name(tokens: list[int]) -> str:
     return hashlib.sha256(array.array("i", tokens).tobytes()).hexdigest()[:24]
 
 
+def _file_size(tokens: list[int], num_bytes: int) -> int:
+    return len(_header(tokens, num_bytes)) + 4 * len(tokens) + num_bytes
+
+
+def _header(tokens: list[int], num_bytes: int) -> bytes:
+    return _MAGIC + f"{len(tokens)} {num_bytes}\n".encode()
+
+
 def _write(final: Path, tokens: list[int], state: Any, num_bytes: int) -> bool:
     tmp = final.with_suffix(".tmp")
     try:
         with tmp.open("wb") as f:
-            f.write(_MAGIC + f"{len(tokens)} {num_bytes}\n".encode())
+            f.write(_header(tokens, num_bytes))
             f.write(array.array("i", tokens).tobytes())
             f.write(memoryview(state).cast("B")[:num_bytes])
         os.replace(tmp, final)

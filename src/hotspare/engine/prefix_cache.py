@@ -108,6 +108,13 @@ class PrefixCache:
         """Idle slots, least recently used first."""
         return sorted(self._idle, key=self._idle.__getitem__)
 
+    @property
+    def num_idle_tokens(self) -> int:
+        """Cells only idle slots hold: what releasing every idle slot would free. Cells of a prefix a
+        running (non-idle) slot shares are not idle."""
+        busy = {id(n): len(n.tokens) for s, path in self._paths.items() if s not in self._idle for n in path}
+        return self.num_used_tokens - sum(busy.values())
+
     def unique_tokens(self, slot: int) -> int:
         """Cells that releasing `slot` would free: its nodes that no other slot holds."""
         return sum(len(n.tokens) for n in self._paths.get(slot, ()) if n.holders == {slot})

@@ -10,6 +10,12 @@ sequence is preempted: its cells stay cached and it goes back to the head of the
 With a host cache (`host_cache.py`), an evicted slot's state is first saved to host RAM (`Save`), and a
 prompt that a saved entry covers better than the KV cache does is restored from it (`Restore`).
 
+Idle cells are not free: every decode step's attention spans the cache's used cells, so idle prefixes
+slow the running streams (docs/benchmarks.md). With `max_idle_tokens`, the least recently used idle
+slots beyond that many cells are demoted between steps — evicted exactly as under pressure (saved to
+host RAM if worth it, then removed) — one slot a step, and only while no request waits for admission
+(a save takes ~110 ms per 2.5k tokens; a waiting request should not wait for it too).
+
 Plain synchronous Python with no I/O and no llama_cpp: the worker applies a `SchedulerOutput` to the
 model (its KV operations in order, then one decode) and reports back with `update_from_output`.
 """
@@ -32,7 +38,9 @@ class SchedulerConfig:
     max_running: sequences decoded together; max_queued: waiting requests before "overloaded";
     step_tokens: tokens in one decode; reserve_tokens: cells kept free per running sequence so
     admitted requests can keep decoding; host_cache_bytes: host RAM for evicted prefixes (0 = off);
-    host_min_tokens: the fewest tokens worth saving to, or restoring from, host RAM."""
+    host_min_tokens: the fewest tokens worth saving to, or restoring from, host RAM;
+    max_idle_tokens: idle (cached, not running) cells beyond which LRU idle slots are demoted between
+    steps (0 = only when cells or slot ids run out)."""
 
     capacity_tokens: int
     max_slots: int
@@ -42,6 +50,7 @@ class SchedulerConfig:
     reserve_tokens: int = 16
     host_cache_bytes: int = 0
     host_min_tokens: int = 128
+    max_idle_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +135,8 @@ class CacheStats:
     num_cached_tokens: int = 0
     num_preemptions: int = 0
     num_evicted_tokens: int = 0
+    num_demotions: int = 0  # idle slots evicted for max_idle_tokens, not for room
+    num_demoted_tokens: int = 0
 
 
 class Scheduler:
@@ -179,6 +190,13 @@ class Scheduler:
         return bool(self.running or self.waiting or self.warmups)
 
     @property
+    def needs_demotion(self) -> bool:
+        """Idle cells exceed `max_idle_tokens` and no request waits: the next `schedule()` demotes an
+        idle slot (the worker steps for it even with no work)."""
+        cap = self.config.max_idle_tokens
+        return cap > 0 and not self.waiting and self.cache.num_idle_tokens > cap
+
+    @property
     def num_free_tokens(self) -> int:
         return self.config.capacity_tokens - self.cache.num_used_tokens
 
@@ -206,6 +224,8 @@ class Scheduler:
         if not self.waiting and not any(not s.is_warmup for s in self.running):
             self._admit(self.warmups, out)
         self._build_batch(out)
+        if self.needs_demotion:
+            self._demote_one()
         out.kv_ops, self._kv_ops = self._kv_ops, []
         return out
 
@@ -324,13 +344,27 @@ class Scheduler:
         idle = self.cache.idle_slots
         if not idle:
             return False
-        slot = idle[0]
+        self._evict(idle[0])
+        return True
+
+    def _demote_one(self) -> None:
+        """Evict the least recently used idle slot that holds idle cells of its own (one whose cells
+        running sequences all share would free none; there always is one while idle cells exist, and
+        the LRU slot stands in should that ever not hold, so each call makes progress)."""
+        idle = self.cache.idle_slots
+        slot = next((s for s in idle if self.cache.unique_tokens(s) > 0), idle[0])
+        self.stats.num_demotions += 1
+        self.stats.num_demoted_tokens += self._evict(slot)
+
+    def _evict(self, slot: int) -> int:
+        """Release idle `slot`, its state saved to host RAM first if it is worth it. Returns cells freed."""
         if self.host is not None and self.cache.unique_tokens(slot) >= self.config.host_min_tokens:
             entry_id = self.host.reserve(self.cache.tokens(slot))
             if entry_id is not None:
                 self._kv_ops.append(Save(slot, entry_id))
-        self.stats.num_evicted_tokens += self._release(slot)
-        return True
+        freed = self._release(slot)
+        self.stats.num_evicted_tokens += freed
+        return freed
 
     def _release(self, slot: int) -> int:
         freed = self.cache.release(slot)

@@ -77,6 +77,7 @@ class EngineCore:
                 max_queued=config.max_queued,
                 step_tokens=model.batch_tokens,
                 host_cache_bytes=host_cache_bytes(config),
+                max_idle_tokens=config.max_idle_kv_tokens,
             )
         )
         self.live: dict[int, _Live] = {}
@@ -258,7 +259,8 @@ class EngineCore:
         """Save the hottest prefixes if persistence is on (called when idle and at shutdown)."""
         if self.config.persist_dir is not None and self.is_cache_dirty:
             directory = persist.cache_dir(self.config.persist_dir, self.config.model_path)
-            persist.save(self.model, self.scheduler, directory, self.config.persist_slots)
+            max_bytes = self.config.persist_max_mib * 2**20
+            persist.save(self.model, self.scheduler, directory, self.config.persist_slots, max_bytes)
         self.is_cache_dirty = False
 
     def restore(self) -> int:
@@ -276,6 +278,9 @@ class EngineCore:
             "kv_used_tokens": s.cache.num_used_tokens,
             "kv_capacity_tokens": s.config.capacity_tokens,
             "num_idle_slots": len(s.cache.idle_slots),
+            "kv_idle_tokens": s.cache.num_idle_tokens,
+            "kv_demotions": s.stats.num_demotions,
+            "kv_demoted_tokens": s.stats.num_demoted_tokens,
             "prefix_prompt_tokens": s.stats.num_prompt_tokens,
             "prefix_cached_tokens": s.stats.num_cached_tokens,
             "num_preemptions": s.stats.num_preemptions,
@@ -402,7 +407,7 @@ def worker_main(conn: Connection, config: EngineConfig, log_level: int = logging
     running = True
     last_flush = 0.0
     while running:
-        if not core.scheduler.has_work and not events:
+        if not core.scheduler.has_work and not events and not core.scheduler.needs_demotion:
             # Idle: save the prefix cache once it has been quiet for a moment, then sleep.
             if core.is_cache_dirty and config.persist_dir is not None and not conn.poll(PERSIST_IDLE_S):
                 core.persist()
@@ -413,8 +418,8 @@ def worker_main(conn: Connection, config: EngineConfig, log_level: int = logging
                 running = _handle(core, conn.recv(), events)
             except EOFError:
                 running = False
-        if core.scheduler.has_work:
-            events.extend(core.step())
+        if core.scheduler.has_work or core.scheduler.needs_demotion:
+            events.extend(core.step())  # with no work: one idle slot demoted, commands checked between
         is_alive_due = core.scheduler.has_work and time.monotonic() - last_flush >= ALIVE_INTERVAL_S
         if (events and _should_flush(events, core, last_flush)) or is_alive_due:
             with contextlib.suppress(BrokenPipeError, OSError):

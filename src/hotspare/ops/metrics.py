@@ -31,6 +31,8 @@ The local engine, from the latest sample (see ops/engine_stats.py):
     hotspare_engine_threads                          llama.cpp threads in use (engine/threads.py)
     hotspare_engine_host_cache_bytes                 host RAM holding evicted conversations' KV
     hotspare_engine_host_cache_restores_total, hotspare_engine_host_cache_restored_tokens_total
+    hotspare_engine_kv_idle_tokens                   KV cells only idle (cached) conversations hold
+    hotspare_engine_kv_demotions_total               idle conversations moved out for max_idle_kv_tokens
 
 Label values come from a closed set (config names, enums); nothing a client sends becomes a label.
 """
@@ -164,6 +166,16 @@ class _EngineCollector(Collector):
             "hotspare_engine_host_cache_restored_tokens",
             "Prompt tokens restored from host RAM instead of computed.",
             float(raw.get("host_restored_tokens", 0)),
+        )
+        yield _gauge(
+            "hotspare_engine_kv_idle_tokens",
+            "KV cells held only by idle (cached, not running) conversations.",
+            float(raw.get("kv_idle_tokens", 0)),
+        )
+        yield _counter(
+            "hotspare_engine_kv_demotions",
+            "Idle conversations moved out of the KV cache (to host RAM if on) for max_idle_kv_tokens.",
+            float(raw.get("kv_demotions", 0)),
         )
 
 
