@@ -10,7 +10,8 @@ import pytest
 
 from hotspare.core.types import FinishReason
 from hotspare.engine.host_cache import HostCache
-from hotspare.engine.scheduler import Copy, Remove, Restore, Save, Scheduler, SchedulerConfig, SchedulerOutput
+from hotspare.engine.kv_ops import Copy, Remove, Restore, Save
+from hotspare.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from hotspare.engine.sequence import Sequence
 
 

@@ -6,7 +6,8 @@ import pytest
 
 from hotspare.core.errors import Overloaded
 from hotspare.core.types import FinishReason
-from hotspare.engine.scheduler import Remove, Save, Scheduler, SchedulerConfig, SchedulerOutput
+from hotspare.engine.kv_ops import Remove, Save
+from hotspare.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from hotspare.engine.sequence import Sequence, SequenceStatus
 
 

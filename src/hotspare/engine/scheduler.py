@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from hotspare.core.errors import Overloaded
 from hotspare.core.types import FinishReason
 from hotspare.engine.host_cache import HostCache
+from hotspare.engine.kv_ops import Copy, KvOp, Remove, Restore, Save
 from hotspare.engine.prefix_cache import PrefixCache
 from hotspare.engine.sequence import Sequence, SequenceStatus
 
@@ -61,46 +62,6 @@ class BatchItem:
     start: int
     count: int
     wants_logits: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Copy:
-    """seq_cp: slot `dst` (empty) shares the first `num_tokens` cells of slot `src`."""
-
-    src: int
-    dst: int
-    num_tokens: int
-
-
-@dataclass(frozen=True, slots=True)
-class Remove:
-    """seq_rm of every cell of `slot`."""
-
-    slot: int
-
-
-@dataclass(frozen=True, slots=True)
-class Save:
-    """Copy slot `slot`'s state into host cache entry `entry_id` (always followed by its Remove)."""
-
-    slot: int
-    entry_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class Restore:
-    """Fill the empty slot `slot` from host cache entry `entry_id`, keep its first `num_tokens` cells,
-    and use the KV cache's own cells for the first `num_shared` of them: they are dropped from the
-    restored state and shared from slot `shared_src` instead (as by a Copy)."""
-
-    slot: int
-    entry_id: int
-    num_tokens: int
-    shared_src: int
-    num_shared: int
-
-
-KvOp = Copy | Remove | Save | Restore
 
 
 @dataclass(slots=True)

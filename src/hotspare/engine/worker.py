@@ -28,6 +28,7 @@ from hotspare.core.types import FinishReason
 from hotspare.engine import persist
 from hotspare.engine.backends.llama_cpp import DecodeItem, LlamaCppModel
 from hotspare.engine.config import EngineConfig
+from hotspare.engine.kv_ops import Copy, Remove, Restore, Save
 from hotspare.engine.protocol import (
     Cancel,
     Delta,
@@ -43,7 +44,7 @@ from hotspare.engine.protocol import (
     Submit,
     Tokenize,
 )
-from hotspare.engine.scheduler import Copy, Remove, Restore, Save, Scheduler, SchedulerConfig, SchedulerOutput
+from hotspare.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from hotspare.engine.sequence import Sequence
 from hotspare.engine.text_output import TextOutput
 from hotspare.engine.threads import GovernorConfig, ThreadGovernor, sample_cpu
