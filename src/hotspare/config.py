@@ -124,15 +124,18 @@ class LocalSettings(_StrictSection):
     persist_max_mib: int = Field(
         default=512, ge=1, description="disk for the saved prefixes together; the hottest are kept within it"
     )
-    # Idle cells cost every decode step (7.5k of them: +19-21 % per step, docs/benchmarks.md), while a
-    # conversation demoted to host RAM comes back in ~14 ms per 2.5k tokens. 4096 keeps the latest
-    # conversation or two of a small model's agent session in the KV cache and bounds that cost to about
-    # half of what was measured; a fixed count, since what a step pays grows with the cells, not the context.
+    # Idle cells cost every decode step: attention spans the cache up to its highest used cell. Measured
+    # (scripts/bench_idle.py, 4 streams, 1 thread): 7.5k idle cells +23 % per step; 2.5k kept and packed
+    # at the bottom +8 %; none 0 %. A demoted conversation comes back from host RAM in ~14 ms per 2.5k
+    # tokens. 4096 keeps the latest conversation of a small model's agent session in the KV cache (its
+    # next turn shares its cells at no cost) and sends the older ones to host RAM; a fixed count, since
+    # what a step pays grows with the cells, not with the context length.
     max_idle_kv_tokens: int = Field(
         default=4096,
         ge=0,
         description="idle (cached, not running) KV cells beyond which the least recently used "
-        "conversations go to host RAM between steps (dropped if host_cache_mib = 0); 0 = no cap",
+        "conversations go to host RAM between steps (dropped if host_cache_mib = 0), the rest packed at "
+        "the bottom of the cache when idle; 0 = no cap",
     )
 
 

@@ -186,10 +186,14 @@ def test_prompt_longer_than_context_is_refused(core: EngineCore) -> None:
 
 
 def _evict_everything(core: EngineCore) -> None:
+    """Empty the KV cache and forget host RAM: the next request computes from scratch."""
     while core.scheduler._evict_one():
         pass
-    core.step()  # applies the pending removals
+    core.step()  # applies the pending removals (and saves)
     assert core.scheduler.cache.num_used_tokens == 0
+    host = core.scheduler.host
+    for entry_id in list(host.entries) if host is not None else []:
+        host.drop(entry_id)
 
 
 def _common_greedy_steps(a: list[npt.NDArray[np.float32]], b: list[npt.NDArray[np.float32]]) -> int:
@@ -259,6 +263,49 @@ def test_a_conversation_evicted_to_host_ram_is_restored_and_computes_as_if_cold(
         (warm,) = run(small, [follow_up])
         stats = small.stats()
         assert stats["host_restores"] == 1 and stats["host_restored_tokens"] > 100, stats
+        _evict_everything(small)
+        (cold,) = run(small, [follow_up])
+        assert_close(rec.by_request[cold], rec.by_request[warm], 1)
+    finally:
+        small.model.close()
+
+
+def test_conversations_repacked_through_host_ram_compute_as_if_cold(
+    model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three conversations with one system prompt, a cap of 400 idle cells: the oldest is demoted,
+    and the two kept are moved to the bottom of the cache (saved, removed, restored, the second
+    sharing the first one's system prompt cells). A follow-up of the last matches a cold computation."""
+    config = EngineConfig(
+        model_path=model_path, model_name="test", max_running=1, host_cache_mib=64, max_idle_kv_tokens=400
+    )
+    small, _ = load(config)
+    try:
+        info = small.model.info
+        tpl = ChatTemplate(info.chat_template, bos_token=info.bos_token, eos_token=info.eos_token)
+        rec = LogitRecorder(small, monkeypatch)
+        system = Message(
+            Role.SYSTEM, "The code word is OWL. " + "You answer questions about the fleet log. " * 11
+        )
+        turns = [
+            (system, Message(Role.USER, f"Log {i}: ship {w} left port at dawn. " * 8))
+            for i, w in enumerate(TOPICS[:3])
+        ]
+        for t in turns:
+            run(small, [tpl.render(t)])
+            while small.scheduler.has_cache_work:
+                small.step()
+        cache = small.scheduler.cache
+        stats = small.stats()
+        assert stats["kv_demotions"] == 1 and stats["kv_repacks"] == 1, stats
+        assert len(cache.idle_slots) == 2 and cache.num_used_tokens < sum(map(cache.length, cache.idle_slots))
+        follow_up = tpl.render(
+            (*turns[2], Message(Role.ASSISTANT, "Noted."), Message(Role.USER, "What is the code word?"))
+        )
+        before = small.scheduler.stats.num_cached_tokens
+        (warm,) = run(small, [follow_up])
+        cached = small.scheduler.stats.num_cached_tokens - before
+        assert cached >= len(small.tokenize_prompt(tpl.render(turns[2]))) - 4, cached  # all but the answer
         _evict_everything(small)
         (cold,) = run(small, [follow_up])
         assert_close(rec.by_request[cold], rec.by_request[warm], 1)

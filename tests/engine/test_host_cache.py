@@ -261,7 +261,7 @@ def test_random_conversations_keep_every_slot_exact_through_saves_and_restores(
             histories[c] += [rng.randrange(100, 200) for _ in range(rng.randint(3, 12))]
             rid += 1
             s.add(seq(rid, histories[c], max_new=rng.randint(1, 4)))
-        while s.has_work or s.needs_demotion:  # as the worker does: it demotes when idle too
+        while s.has_work or s.has_cache_work:  # as the worker does: demotions and repacks when idle too
             kv.step(s)
         assert max_idle == 0 or s.cache.num_idle_tokens <= max_idle
     assert s.host is not None
@@ -269,3 +269,4 @@ def test_random_conversations_keep_every_slot_exact_through_saves_and_restores(
     assert kv.num_shared_restores > 0
     assert s.host.num_bytes <= s.host.budget_bytes
     assert (s.stats.num_demotions > 10) == (max_idle > 0), s.stats
+    assert (s.stats.num_repacks > 5) == (max_idle > 0), s.stats

@@ -6,7 +6,7 @@ import pytest
 
 from hotspare.core.errors import Overloaded
 from hotspare.core.types import FinishReason
-from hotspare.engine.kv_ops import Remove, Save
+from hotspare.engine.kv_ops import Remove, Restore, Save
 from hotspare.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from hotspare.engine.sequence import Sequence, SequenceStatus
 
@@ -248,10 +248,53 @@ def test_idle_cells_beyond_the_cap_are_saved_to_host_and_removed_lru_first_one_s
     assert s.needs_demotion  # 20 cells: one slot a step
     assert s.schedule().kv_ops == [Save(1, 2), Remove(1)]
     assert not s.needs_demotion and s.cache.num_idle_tokens == 10
-    assert s.schedule().kv_ops == []
-    assert s.cache.idle_slots == [2] and s.cache.match(c).num_tokens == 10
     assert (s.stats.num_demotions, s.stats.num_demoted_tokens) == (2, 20)
-    assert s.host is not None and [e.tokens for e in s.host.entries.values()] == [a, b]
+    # Nothing runs, and the cells kept may sit above the freed ones: they are moved to the bottom
+    # (saved, removed, restored into an empty cache), once.
+    assert s.needs_repack
+    assert s.schedule().kv_ops == [Save(2, 3), Remove(2), Restore(2, 3, 10, -1, 0)]
+    assert not s.has_cache_work and s.schedule().kv_ops == [] and s.stats.num_repacks == 1
+    assert s.cache.idle_slots == [2] and s.cache.match(c).num_tokens == 10
+    assert s.host is not None and [e.tokens for e in s.host.entries.values()] == [a, b, c]
+    assert [e.is_pinned for e in s.host.entries.values()] == [False, False, True]  # until restored
+
+
+def test_a_repack_restores_the_kept_slots_in_lru_order_sharing_their_common_prefix() -> None:
+    s = sched(step_tokens=64, max_idle_tokens=30, host_cache_bytes=10_000, host_min_tokens=4)
+    system = list(range(100, 108))
+    idle_after(s, list(range(200, 220)))  # slot 0: 20 cells, demoted below
+    idle_after(s, [*system, 1, 1])  # slot 1
+    idle_after(s, [*system, 2, 2])  # slot 2, sharing slot 1's system prompt: 32 idle cells
+    assert s.cache.num_idle_tokens == 32
+    assert s.schedule().kv_ops == [Save(0, 1), Remove(0)]
+    assert s.needs_repack and not s.needs_demotion
+    out = s.schedule()
+    assert out.kv_ops == [
+        Save(1, 2), Remove(1), Save(2, 3), Remove(2),
+        Restore(2, 2, 10, -1, 0),  # slot 1's cells, restored into slot 2 (the free slots' order) ...
+        Restore(1, 3, 10, 2, 8),  # ... and slot 2's, its system prompt shared from there
+    ]  # fmt: skip
+    assert s.cache.idle_slots == [2, 1] and s.cache.num_used_tokens == 12 and s.cache.num_idle_tokens == 12
+
+
+def test_no_repack_without_freed_cells_nor_while_anything_runs() -> None:
+    s = sched(step_tokens=64, max_idle_tokens=30, host_cache_bytes=10_000, host_min_tokens=4)
+    idle_after(s, list(range(200, 210)), list(range(300, 310)))
+    assert not s.has_cache_work  # nothing was freed: the cells are where llama.cpp put them, packed
+    s.add(seq(1, list(range(400, 420)), max_new=50))
+    run_step(s)
+    idle_after(s, list(range(500, 515)))  # 35 idle cells beside request 1
+    run_step(s)
+    assert s.stats.num_demotions == 1 and s.running  # slot 0 demoted while request 1 runs ...
+    assert not s.needs_repack  # ... but no repack beside it
+    s.cancel(1)  # its cells are idle now: 46, so two more demotions first, one a step
+    ops = [run_step(s).kv_ops for _ in range(3)]
+    assert s.stats.num_demotions == 3 and not s.has_cache_work
+    assert isinstance(ops[-1][-1], Restore) and s.stats.num_repacks == 1
+    (kept,) = s.cache.idle_slots  # request 1's cells, the most recently used
+    assert (
+        s.cache.tokens(kept)[:20] == list(range(400, 420)) and s.cache.length(kept) == s.cache.num_used_tokens
+    )
 
 
 def test_demotion_follows_last_use_not_slot_order() -> None:

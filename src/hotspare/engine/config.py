@@ -28,8 +28,9 @@ class EngineConfig:
     host_cache_mib: host RAM for the KV state of conversations evicted from the KV cache, restored
         when they come back (engine/host_cache.py); 0 = off. At most a fifth of the machine's RAM.
     max_idle_kv_tokens: idle (cached, not running) KV cells beyond which the least recently used idle
-        conversations are demoted to host RAM (dropped without a host cache) between steps; idle cells
-        slow every decode step. 0 = only when cells run out.
+        conversations are demoted to host RAM (dropped without a host cache) between steps, those kept
+        packed at the bottom of the cache when nothing runs; idle cells slow every decode step. 0 = only
+        when cells run out.
     """
 
     model_path: Path

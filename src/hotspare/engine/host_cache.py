@@ -109,6 +109,12 @@ class HostCache:
         self.stats.num_restored_tokens += num_tokens
         return entry
 
+    def pin(self, entry_id: int) -> None:
+        """Keep the entry (even one not yet saved) until `unpin`: a restore of it is planned."""
+        entry = self.entries.get(entry_id)
+        if entry is not None:
+            entry.is_pinned = True
+
     def unpin(self, entry_id: int) -> None:
         entry = self.entries.get(entry_id)
         if entry is not None:

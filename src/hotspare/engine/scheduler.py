@@ -10,11 +10,13 @@ sequence is preempted: its cells stay cached and it goes back to the head of the
 With a host cache (`host_cache.py`), an evicted slot's state is first saved to host RAM (`Save`), and a
 prompt that a saved entry covers better than the KV cache does is restored from it (`Restore`).
 
-Idle cells are not free: every decode step's attention spans the cache's used cells, so idle prefixes
-slow the running streams (docs/benchmarks.md). With `max_idle_tokens`, the least recently used idle
-slots beyond that many cells are demoted between steps — evicted exactly as under pressure (saved to
-host RAM if worth it, then removed) — one slot a step, and only while no request waits for admission
-(a save takes ~110 ms per 2.5k tokens; a waiting request should not wait for it too).
+Idle cells are not free: every decode step's attention spans the cache up to its highest used cell,
+so idle prefixes slow the running streams (docs/benchmarks.md). With `max_idle_tokens`, the least
+recently used idle slots beyond that many cells are demoted between steps — evicted exactly as under
+pressure (saved to host RAM if worth it, then removed) — one slot a step, and only while no request
+waits for admission (a save takes ~40-110 ms per 2.5k tokens; a waiting request should not wait for it
+too). Since it is the highest cell that counts, not the number, the idle slots kept are then packed at
+the bottom of the cache when nothing runs (`_repack`).
 
 Plain synchronous Python with no I/O and no llama_cpp: the worker applies a `SchedulerOutput` to the
 model (its KV operations in order, then one decode) and reports back with `update_from_output`.
@@ -98,6 +100,7 @@ class CacheStats:
     num_evicted_tokens: int = 0
     num_demotions: int = 0  # idle slots evicted for max_idle_tokens, not for room
     num_demoted_tokens: int = 0
+    num_repacks: int = 0  # idle slots moved to the bottom of the cache (through host RAM)
 
 
 class Scheduler:
@@ -111,6 +114,7 @@ class Scheduler:
         self.host = HostCache(config.host_cache_bytes) if config.host_cache_bytes > 0 else None
         self._free_slots = list(range(config.max_slots - 1, -1, -1))
         self._kv_ops: list[KvOp] = []  # every cache change since the last step, in order
+        self._may_have_holes = False  # cells were freed while others stayed, maybe below them
         self._finished: list[Sequence] = []
 
     # ----- requests in and out -----
@@ -158,6 +162,23 @@ class Scheduler:
         return cap > 0 and not self.waiting and self.cache.num_idle_tokens > cap
 
     @property
+    def needs_repack(self) -> bool:
+        """Nothing runs or waits, the idle cells may sit above freed ones, and the cap is on (it bounds
+        what a repack moves): the next `schedule()` moves them to the bottom through host RAM."""
+        return (
+            self.config.max_idle_tokens > 0
+            and self._may_have_holes
+            and self.host is not None
+            and not self.has_work
+            and not self.needs_demotion
+        )
+
+    @property
+    def has_cache_work(self) -> bool:
+        """A step with no work still has something to do: the worker runs one when idle."""
+        return self.needs_demotion or self.needs_repack
+
+    @property
     def num_free_tokens(self) -> int:
         return self.config.capacity_tokens - self.cache.num_used_tokens
 
@@ -187,6 +208,8 @@ class Scheduler:
         self._build_batch(out)
         if self.needs_demotion:
             self._demote_one()
+        elif self.needs_repack:
+            self._repack()
         out.kv_ops, self._kv_ops = self._kv_ops, []
         return out
 
@@ -210,7 +233,8 @@ class Scheduler:
         if self.host is not None:
             self.host.drop(op.entry_id)
         seq = next((s for s in self.running if s.slot == op.slot), None)
-        if seq is None:
+        if seq is None:  # an idle slot being repacked: it is gone
+            self._release(op.slot)
             return
         self.running.remove(seq)
         out.items = [item for item in out.items if item.seq is not seq]
@@ -327,8 +351,39 @@ class Scheduler:
         self.stats.num_evicted_tokens += freed
         return freed
 
+    def _repack(self) -> None:
+        """Save every idle slot to host RAM (or find it there) and remove them all: with nothing
+        running the cache is then empty and llama.cpp fills it again from its first cell. Restore
+        them in LRU order, each sharing what an earlier one holds of its prefix."""
+        host = self.host
+        assert host is not None
+        moved: list[tuple[list[int], int]] = []
+        for slot in self.cache.idle_slots:
+            tokens = self.cache.tokens(slot)
+            entry_id = host.reserve(tokens)
+            if entry_id is not None:
+                self._kv_ops.append(Save(slot, entry_id))
+            else:
+                entry, _ = host.match(tokens)  # one already covers them
+                assert entry is not None
+                entry_id = entry.entry_id
+            host.pin(entry_id)
+            moved.append((tokens, entry_id))
+            self._release(slot)
+        for tokens, entry_id in moved:
+            slot = self._free_slots.pop()
+            match = self.cache.match(tokens)
+            self.cache.attach(slot, match.slot if match.num_tokens else slot, match.num_tokens)
+            self.cache.extend(slot, tokens[match.num_tokens :])
+            self._kv_ops.append(Restore(slot, entry_id, len(tokens), match.slot, match.num_tokens))
+            self._park(slot)
+        self.stats.num_repacks += 1
+        self._may_have_holes = False
+
     def _release(self, slot: int) -> int:
         freed = self.cache.release(slot)
+        if freed:
+            self._may_have_holes = self.cache.num_used_tokens > 0
         self._kv_ops.append(Remove(slot))
         self._free_slots.append(slot)
         return freed

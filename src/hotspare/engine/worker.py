@@ -28,7 +28,7 @@ from hotspare.core.types import FinishReason
 from hotspare.engine import persist
 from hotspare.engine.backends.llama_cpp import DecodeItem, LlamaCppModel
 from hotspare.engine.config import EngineConfig
-from hotspare.engine.kv_ops import Copy, Remove, Restore, Save
+from hotspare.engine.kv_ops import Copy, KvOp, Remove, Restore, Save
 from hotspare.engine.protocol import (
     Cancel,
     Delta,
@@ -187,7 +187,7 @@ class EngineCore:
                 # The scheduler made room for the state, so this is not expected. Recover when
                 # nothing else in this step builds on the slot; otherwise the mirror is wrong: stop
                 # (the engine process is restarted, requests in flight get a clean error).
-                if any(isinstance(o, Copy) and o.src == op.slot for o in out.kv_ops[i + 1 :]):
+                if any(_builds_on(o, op.slot) for o in out.kv_ops[i + 1 :]):
                     raise RuntimeError("a prefix restored from host RAM was copied before it failed")
                 log.warning("could not restore a prefix from host RAM; computing it instead")
                 self.scheduler.on_restore_failed(out, op)
@@ -282,6 +282,7 @@ class EngineCore:
             "kv_idle_tokens": s.cache.num_idle_tokens,
             "kv_demotions": s.stats.num_demotions,
             "kv_demoted_tokens": s.stats.num_demoted_tokens,
+            "kv_repacks": s.stats.num_repacks,
             "prefix_prompt_tokens": s.stats.num_prompt_tokens,
             "prefix_cached_tokens": s.stats.num_cached_tokens,
             "num_preemptions": s.stats.num_preemptions,
@@ -309,6 +310,13 @@ class EngineCore:
             "host_restores": host.stats.num_restored,
             "host_restored_tokens": host.stats.num_restored_tokens,
         }
+
+
+def _builds_on(op: KvOp, slot: int) -> bool:
+    """`op` shares cells of `slot`."""
+    return (isinstance(op, Copy) and op.src == slot) or (
+        isinstance(op, Restore) and op.num_shared > 0 and op.shared_src == slot
+    )
 
 
 def _handle(core: EngineCore, cmd: EngineCommand, events: list[EngineEvent]) -> bool:
@@ -408,7 +416,7 @@ def worker_main(conn: Connection, config: EngineConfig, log_level: int = logging
     running = True
     last_flush = 0.0
     while running:
-        if not core.scheduler.has_work and not events and not core.scheduler.needs_demotion:
+        if not core.scheduler.has_work and not events and not core.scheduler.has_cache_work:
             # Idle: save the prefix cache once it has been quiet for a moment, then sleep.
             if core.is_cache_dirty and config.persist_dir is not None and not conn.poll(PERSIST_IDLE_S):
                 core.persist()
@@ -419,8 +427,8 @@ def worker_main(conn: Connection, config: EngineConfig, log_level: int = logging
                 running = _handle(core, conn.recv(), events)
             except EOFError:
                 running = False
-        if core.scheduler.has_work or core.scheduler.needs_demotion:
-            events.extend(core.step())  # with no work: one idle slot demoted, commands checked between
+        if core.scheduler.has_work or core.scheduler.has_cache_work:
+            events.extend(core.step())  # with no work: one demotion or a repack, commands checked between
         is_alive_due = core.scheduler.has_work and time.monotonic() - last_flush >= ALIVE_INTERVAL_S
         if (events and _should_flush(events, core, last_flush)) or is_alive_due:
             with contextlib.suppress(BrokenPipeError, OSError):
