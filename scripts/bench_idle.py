@@ -58,11 +58,11 @@ def _variant(
     core = EngineCore(model, config, 8192)
     slots = []
     for _tokens, state, num_bytes in saved:
-        slot = core.scheduler.take_free_slot()
+        slot = core.scheduler.kv.take_free_slot()
         assert slot is not None and model.restore_state(slot, state, num_bytes)
         slots.append(slot)
     for slot, (tokens, _, _) in zip(slots, saved, strict=True):
-        core.scheduler.adopt_idle(slot, tokens)
+        core.scheduler.kv.adopt_idle(slot, tokens)
     started = time.perf_counter()
     while core.scheduler.needs_demotion or (repack and core.scheduler.has_cache_work):
         core.step()

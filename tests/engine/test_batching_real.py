@@ -187,7 +187,7 @@ def test_prompt_longer_than_context_is_refused(core: EngineCore) -> None:
 
 def _evict_everything(core: EngineCore) -> None:
     """Empty the KV cache and forget host RAM: the next request computes from scratch."""
-    while core.scheduler._evict_one():
+    while core.scheduler.kv.evict_one():
         pass
     core.step()  # applies the pending removals (and saves)
     assert core.scheduler.cache.num_used_tokens == 0

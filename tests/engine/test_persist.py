@@ -38,9 +38,9 @@ def scheduler_with(idle: list[int], host: list[tuple[list[int], int]]) -> Schedu
         entry_id = s.host.reserve(tokens)
         assert entry_id is not None
         s.host.fill(entry_id, b"h" * num_bytes, num_bytes)
-    slot = s.take_free_slot()
+    slot = s.kv.take_free_slot()
     assert slot is not None
-    s.adopt_idle(slot, idle)
+    s.kv.adopt_idle(slot, idle)
     return s
 
 

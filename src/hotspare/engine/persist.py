@@ -76,25 +76,25 @@ def restore(model: LlamaCppModel, scheduler: Scheduler, directory: Path, max_tok
     """Load saved prefixes as cache (host RAM if there is one, else idle KV slots); returns tokens."""
     restored = 0
     for path in sorted(directory.glob("prefix-*.kv"), key=lambda p: p.stat().st_mtime, reverse=True):
-        slot = scheduler.take_free_slot()
-        if slot is None or scheduler.num_free_tokens < max_tokens:
+        slot = scheduler.kv.take_free_slot()
+        if slot is None or scheduler.kv.num_free_tokens < max_tokens:
             if slot is not None:
-                scheduler.return_free_slot(slot)
+                scheduler.kv.return_free_slot(slot)
             break
         loaded = _read(path)
         if loaded is None or len(loaded[0]) > max_tokens or not model.restore_state(slot, *loaded[1:]):
             log.warning("discarding saved prefix %s: unreadable, or for another model or context", path.name)
             path.unlink(missing_ok=True)
-            scheduler.return_free_slot(slot)
+            scheduler.kv.return_free_slot(slot)
             continue
         tokens, state, num_bytes = loaded
         restored += len(tokens)
         host = scheduler.host
         if host is None:
-            scheduler.adopt_idle(slot, tokens)
+            scheduler.kv.adopt_idle(slot, tokens)
             continue
         model.remove(slot)
-        scheduler.return_free_slot(slot)
+        scheduler.kv.return_free_slot(slot)
         entry_id = host.reserve(tokens)
         if entry_id is not None:
             host.fill(entry_id, state, num_bytes)
