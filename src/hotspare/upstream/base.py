@@ -1,7 +1,8 @@
-"""The upstream interface: one cloud provider (or OpenAI-compatible server) behind httpx.
+"""The upstream interface: one cloud provider (or OpenAI-compatible server) over HTTP.
 
-An `Upstream` is the boundary where httpx and HTTP statuses become `UpstreamError`s with a
-`FailureClass` -- exactly once, here and in the vendor modules. Two ways to use one:
+An `Upstream` is the boundary where transport errors (transport.py) and HTTP statuses become
+`UpstreamError`s with a `FailureClass` -- exactly once, here, in stream.py and in the vendor
+modules. Two ways to use one:
 
 * passthrough (`open_stream(call, passthrough=True)` / `complete`): the client spoke this upstream's
   format; its body and headers go up as they are (plus the configured key) and the upstream's SSE
@@ -33,6 +34,12 @@ from hotspare.core.types import ApiFormat, ChatRequest, StreamEvent
 from hotspare.router.config import UpstreamConfig
 from hotspare.upstream.headers import AUTH_HEADERS, HOP_HEADERS, forwardable_headers
 from hotspare.upstream.stream import StreamParser, UpstreamStream
+from hotspare.upstream.transport import (
+    ConnectTimedOut,
+    Response,
+    TransportError,
+    open_session,
+)
 
 _AUTH_MEMORY_S = 900.0  # a 401 with a key that worked within this long is an auth-plane outage
 _NON_TEXT_KEYS = ("tools", "functions", "thinking", "response_format", "tool_choice", "audio", "modalities")
@@ -84,7 +91,8 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 class Upstream(ABC):
-    """One configured provider. Safe for concurrent use; owns an `httpx.AsyncClient` (`aclose`)."""
+    """One configured provider. Safe for concurrent use on one event loop; owns its HTTP session
+    (`aclose`). `transport` (tests) swaps the lean HTTP/1.1 pool for httpx over that transport."""
 
     kind: ClassVar[ApiFormat]
     chat_path: ClassVar[str]
@@ -94,12 +102,7 @@ class Upstream(ABC):
         self.name = config.name
         self._env_key = config.resolve_env_key()
         t = config.timeouts
-        self._client = httpx.AsyncClient(
-            base_url=config.base_url,
-            timeout=httpx.Timeout(connect=t.connect_s, read=None, write=t.total_s, pool=t.connect_s),
-            limits=httpx.Limits(max_connections=1024, max_keepalive_connections=256),
-            transport=transport,
-        )
+        self._http = open_session(config.base_url, t.connect_s, t.total_s, transport)
         self._good_keys: dict[str, float] = {}  # key fingerprint -> last 2xx (monotonic)
         self._probe_key: str | None = self._env_key  # in memory only: a key that recently worked
 
@@ -180,18 +183,17 @@ class Upstream(ABC):
         key: str | None,
         headers_deadline_s: float,
         path: str | None = None,
-    ) -> httpx.Response:
-        request = self._client.build_request("POST", path or self.chat_path, content=body, headers=headers)
+    ) -> Response:
         try:
             async with asyncio.timeout(headers_deadline_s):
-                response = await self._client.send(request, stream=True)
+                response = await self._http.send("POST", path or self.chat_path, headers, body)
         except TimeoutError:
             raise self.error(FailureClass.HEADERS_TIMEOUT, "no response headers in time") from None
-        except (httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+        except ConnectTimedOut as exc:
             raise self.error(FailureClass.CONNECT_TIMEOUT, "connect timed out") from exc
-        except httpx.HTTPError as exc:  # refused, reset, DNS, protocol error before the headers
-            raise self.error(FailureClass.CONNECT_ERROR, f"connection failed ({type(exc).__name__})") from exc
-        if response.status_code >= 400:
+        except TransportError as exc:  # refused, reset, DNS, TLS, protocol error before the headers
+            raise self.error(FailureClass.CONNECT_ERROR, f"connection failed ({exc})") from exc
+        if response.status >= 400:
             raise await self._status_error(response, key)
         if key is not None:
             fingerprint = key_fingerprint(key)
@@ -199,17 +201,17 @@ class Upstream(ABC):
             self._probe_key = key
         return response
 
-    async def _status_error(self, response: httpx.Response, key: str | None) -> UpstreamError:
-        status = response.status_code
+    async def _status_error(self, response: Response, key: str | None) -> UpstreamError:
+        status = response.status
         try:
             async with asyncio.timeout(self.config.timeouts.idle_s):
                 body = await response.aread()
-        except (TimeoutError, httpx.HTTPError):
+        except (TimeoutError, TransportError):
             body = b""
         finally:
             await response.aclose()
-        content_type = response.headers.get("content-type", "application/json")
-        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        content_type = response.header("content-type") or "application/json"
+        retry_after = parse_retry_after(response.header("retry-after"))
         failure = self._classify_status(status, body, key)
         return self.error(
             failure,
@@ -280,13 +282,13 @@ class Upstream(ABC):
                 content = await response.aread()
         except TimeoutError:
             raise self.error(FailureClass.TOTAL_TIMEOUT, "response body not complete in time") from None
-        except httpx.HTTPError as exc:
-            raise self.error(FailureClass.STREAM_CUT, f"response broke ({type(exc).__name__})") from exc
+        except TransportError as exc:
+            raise self.error(FailureClass.STREAM_CUT, f"response broke ({exc})") from exc
         finally:
             await response.aclose()
         if _json_object(content) is None:
             raise self.error(FailureClass.MALFORMED, "response body is not a JSON object")
-        return RawResponse(response.status_code, forwardable_headers(response.headers), content)
+        return RawResponse(response.status, forwardable_headers(response.headers), content)
 
     async def forward(self, method: str, path: str, headers: tuple[tuple[str, str], ...]) -> RawResponse:
         """A request that is not a chat (`GET /v1/responses/{id}`, ...) sent as the client made it
@@ -298,12 +300,16 @@ class Upstream(ABC):
         sent["accept-encoding"] = "identity"
         try:
             async with asyncio.timeout(self.config.timeouts.total_s):
-                response = await self._client.request(method, path, headers=sent)
+                response = await self._http.send(method, path, sent, b"")
+                try:
+                    content = await response.aread()
+                finally:
+                    await response.aclose()
         except TimeoutError:
             raise self.error(FailureClass.TOTAL_TIMEOUT, "no answer in time") from None
-        except httpx.HTTPError as exc:
-            raise self.error(FailureClass.CONNECT_ERROR, f"request failed ({type(exc).__name__})") from exc
-        return RawResponse(response.status_code, forwardable_headers(response.headers), response.content)
+        except TransportError as exc:
+            raise self.error(FailureClass.CONNECT_ERROR, f"request failed ({exc})") from exc
+        return RawResponse(response.status, forwardable_headers(response.headers), content)
 
     async def events(self, call: ClientCall, request: ChatRequest) -> AsyncIterator[StreamEvent]:
         """Cross-format: `request` (which may differ from `call.request`, e.g. a continuation) as
@@ -327,15 +333,19 @@ class Upstream(ABC):
         t = self.config.timeouts
         try:
             async with asyncio.timeout(t.connect_s + min(t.first_token_s, 5.0)):
-                response = await self._client.get("/v1/models", headers=headers)
-        except (TimeoutError, httpx.HTTPError):
+                response = await self._http.send("GET", "/v1/models", headers, b"")
+                try:
+                    await response.aread()  # so that the connection can be reused
+                finally:
+                    await response.aclose()
+        except (TimeoutError, TransportError):
             return False
         if self._probe_key is not None:
-            return response.status_code == 200
-        return response.status_code < 500 and response.status_code != 429
+            return response.status == 200
+        return response.status < 500 and response.status != 429
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._http.aclose()
 
 
 def _json_object(body: bytes) -> dict[str, Any] | None:

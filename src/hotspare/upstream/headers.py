@@ -4,9 +4,9 @@ also loses the headers a server sets for itself."""
 
 from __future__ import annotations
 
-import httpx
+from collections.abc import Iterable
 
-# Headers that describe one hop, or that httpx/uvicorn set themselves, never the message.
+# Headers that describe one hop, or that the HTTP client or uvicorn set themselves, never the message.
 HOP_HEADERS = frozenset(
     {
         "host",
@@ -27,5 +27,5 @@ RESPONSE_DROP = HOP_HEADERS | {"date", "server", "x-hotspare-backend"}
 AUTH_HEADERS = frozenset({"authorization", "x-api-key", "api-key"})
 
 
-def forwardable_headers(headers: httpx.Headers) -> tuple[tuple[str, str], ...]:
-    return tuple((k, v) for k, v in headers.items() if k.lower() not in RESPONSE_DROP)
+def forwardable_headers(headers: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    return tuple((k, v) for k, v in headers if k.lower() not in RESPONSE_DROP)

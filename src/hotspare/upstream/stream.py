@@ -10,12 +10,11 @@ from abc import ABC, abstractmethod
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
 from hotspare.core.errors import FailureClass, UpstreamError
 from hotspare.core.types import Finish, StreamEvent, TextDelta
 from hotspare.upstream.headers import forwardable_headers
 from hotspare.upstream.sse import SseDecoder, SseEvent
+from hotspare.upstream.transport import Response, TransportError
 
 if TYPE_CHECKING:
     from hotspare.upstream.base import Upstream
@@ -79,27 +78,29 @@ class StreamParser(ABC):
 
 
 class UpstreamStream:
-    """An open streaming response whose status was 2xx. Owns the httpx response: call `aclose`.
+    """An open streaming response whose status was 2xx. Owns the HTTP response: call `aclose`.
 
     `next_event` returns the next SSE block (raw bytes kept) with what the parser made of it, or
     None after the terminator. Deadlines: until the first content, `first_token_s` from the start;
     after it, `idle_s` between reads; always `total_s`. Failures raise `UpstreamError`.
     """
 
-    def __init__(
-        self, upstream: Upstream, response: httpx.Response, parser: StreamParser, started: float
-    ) -> None:
+    def __init__(self, upstream: Upstream, response: Response, parser: StreamParser, started: float) -> None:
         self.upstream = upstream
-        self.status = response.status_code
+        self.status = response.status
         self.headers = forwardable_headers(response.headers)
         self.parser = parser
         self.started = started
         self.first_content_at: float | None = None
         self._response = response
-        self._chunks = response.aiter_bytes()
         self._decoder = SseDecoder()
         self._pending: deque[SseEvent] = deque()
         self._eof = False
+
+    @property
+    def has_pending(self) -> bool:
+        """Whether the next `next_event` has an event at hand already (it arrived with this one)."""
+        return bool(self._pending)
 
     async def next_event(self) -> tuple[SseEvent, list[StreamEvent]] | None:
         while not self._pending:
@@ -129,19 +130,17 @@ class UpstreamStream:
             wait, failure = total_left, FailureClass.TOTAL_TIMEOUT
         try:
             async with asyncio.timeout(max(wait, 0.0)):
-                chunk = await anext(self._chunks)
+                chunk = await self._response.read_chunk()
         except TimeoutError:
             raise self.upstream.error(failure, f"no stream data within {wait:.1f} s") from None
-        except StopAsyncIteration:
+        except TransportError as exc:
+            raise self.upstream.error(FailureClass.STREAM_CUT, f"stream broke ({exc})") from exc
+        if chunk is None:
             self._eof = True
             last = self._decoder.flush()
             if last is not None:
                 self._pending.append(last)
             return
-        except httpx.HTTPError as exc:
-            raise self.upstream.error(
-                FailureClass.STREAM_CUT, f"stream broke ({type(exc).__name__})"
-            ) from exc
         self._pending.extend(self._decoder.feed(chunk))
 
     async def _drain(self) -> None:
@@ -152,9 +151,9 @@ class UpstreamStream:
         self._eof = True
         try:
             async with asyncio.timeout(min(self.upstream.config.timeouts.idle_s, 1.0)):
-                async for _ in self._chunks:
+                while await self._response.read_chunk() is not None:
                     pass
-        except (TimeoutError, httpx.HTTPError):
+        except (TimeoutError, TransportError):
             pass
 
     async def aclose(self) -> None:

@@ -1,0 +1,322 @@
+"""A lean HTTP/1.1 client for the passthrough hot path: asyncio protocols parsed by httptools (the C
+parser uvicorn uses), with a keep-alive pool per upstream.
+
+Why not httpx here: relaying one small request through a bare ASGI app cost 1.1-1.5 ms of CPU with
+httpx and 0.25 ms with this (measured on the 2-core dev VM, docs/benchmarks.md); at 64 concurrent
+requests on two cores that CPU is the added latency. httpx stays the client where this one does not
+go (a proxy from the environment, an injected test transport): see transport.py.
+
+Contract: `Http1Pool.send` returns an `Http1Response` once the status line and headers arrived. The
+response owns its connection until `aclose()`, which puts the connection back in the pool only when
+its message ended and both sides allow keep-alive; otherwise the connection is closed. Bodies come
+out of `read_chunk` with the transfer coding removed and gzip/deflate content decoded. Failures
+raise the transport errors of transport.py. One event loop; not thread-safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+import zlib
+from collections import deque
+from typing import cast
+from urllib.parse import urlsplit
+
+import httptools
+
+from hotspare.upstream.transport import ConnectFailed, ConnectTimedOut, ProtocolFailed, ReadFailed
+
+_PAUSE_BYTES = 1 << 20  # stop reading from the socket while this much body waits for the consumer
+_KEEPALIVE_S = 5.0  # an idle connection older than this is closed rather than reused (httpx's default)
+_MAX_IDLE = 256
+
+
+class Http1Response:
+    """One response. `status` and `headers` (lower-case names, in order) are set when `send` returns."""
+
+    def __init__(self, connection: _Connection) -> None:
+        self.status = 0
+        self.headers: tuple[tuple[str, str], ...] = ()
+        self._connection = connection
+        self._raw_headers: list[tuple[str, str]] = []
+        self._chunks: deque[bytes] = deque()
+        self._num_buffered = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._head: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._decoder: zlib._Decompress | None = None
+        self.is_complete = False
+        self._error: Exception | None = None
+        self._is_closed = False
+
+    def header(self, name: str) -> str | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    async def read_chunk(self) -> bytes | None:
+        """All of the body that has arrived and was not read yet, or None at its end. Raises
+        ReadFailed if the connection broke first, ProtocolFailed on a malformed message."""
+        while not self._chunks:
+            if self._error is not None:
+                raise self._error
+            if self.is_complete:
+                return self._flush()
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        # Everything that has arrived, in one piece: a burst of events is relayed in one write.
+        chunk = self._chunks.popleft() if len(self._chunks) == 1 else b"".join(self._chunks)
+        self._chunks.clear()
+        self._num_buffered = 0
+        self._connection.resume()
+        return self._decoder.decompress(chunk) if self._decoder is not None else chunk
+
+    async def aread(self) -> bytes:
+        parts = []
+        while (chunk := await self.read_chunk()) is not None:
+            parts.append(chunk)
+        return b"".join(parts)
+
+    async def aclose(self) -> None:
+        if not self._is_closed:
+            self._is_closed = True
+            self._connection.release(self)
+
+    def _flush(self) -> bytes | None:
+        if self._decoder is None:
+            return None
+        rest, self._decoder = self._decoder.flush(), None
+        return rest or None
+
+    # --- fed by the connection --------------------------------------------------------------------
+    def _on_head(self, status: int) -> None:
+        self.status = status
+        self.headers = tuple(self._raw_headers)
+        coding = (self.header("content-encoding") or "identity").lower()
+        if coding in ("gzip", "deflate"):
+            self._decoder = zlib.decompressobj(wbits=47)  # 32 + 15: gzip or zlib header, detected
+        elif coding != "identity":
+            self._fail(ProtocolFailed(f"unsupported content-encoding {coding!r}"))
+            return
+        if not self._head.done():
+            self._head.set_result(None)
+
+    def _on_body(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._num_buffered += len(data)
+        if self._num_buffered > _PAUSE_BYTES:
+            self._connection.pause()
+        self._wake()
+
+    def _on_complete(self) -> None:
+        self.is_complete = True
+        self._wake()
+
+    def _fail(self, error: Exception) -> None:
+        if self.is_complete or self._error is not None:
+            return
+        self._error = error
+        if not self._head.done():
+            self._head.set_exception(error)
+            self._head.exception()  # retrieved here: a cancelled sender never awaits it
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP (or TLS) connection, carrying one response at a time."""
+
+    def __init__(self, pool: Http1Pool) -> None:
+        self._pool = pool
+        self._transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self._response: Http1Response | None = None
+        self._is_paused = False
+        self.is_lost = False
+        self._can_keep_alive = False
+        self.idle_since = 0.0
+        self.num_requests = 0
+
+    # --- asyncio.Protocol -------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's are not its subclasses
+
+    def data_received(self, data: bytes) -> None:
+        response = self._response
+        if response is None:  # bytes on an idle connection: it cannot be trusted any more
+            self.close()
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            response._fail(ProtocolFailed(f"malformed response ({exc})"))
+            self.close()
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.is_lost = True
+        response = self._response
+        if response is None or response.is_complete:
+            return
+        if response.status and _is_close_delimited(response):
+            response._on_complete()  # a body without length or chunking ends when the server closes
+            return
+        what = "before the response" if not response.status else "in the middle of the body"
+        response._fail(ReadFailed(f"connection closed {what}", before_response=not response.status))
+
+    # --- httptools callbacks ----------------------------------------------------------------------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        assert self._response is not None
+        self._response._raw_headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        assert self._response is not None
+        self._response._on_head(self._parser.get_status_code())
+
+    def on_body(self, body: bytes) -> None:
+        assert self._response is not None
+        self._response._on_body(body)
+
+    def on_message_complete(self) -> None:
+        assert self._response is not None
+        # Asked here: once the message is done the parser has reset and always says no.
+        self._can_keep_alive = self._parser.should_keep_alive()
+        self._response._on_complete()
+
+    # --- used by the pool and the response --------------------------------------------------------
+    def start(self, response: Http1Response, request: bytes) -> None:
+        assert self._transport is not None
+        self._response = response
+        self.num_requests += 1
+        self._transport.write(request)
+
+    def release(self, response: Http1Response) -> None:
+        """`response` is done with this connection: reuse it if that is safe, else close it."""
+        if self._response is not response:
+            return
+        reusable = response.is_complete and response._error is None and self._can_keep_alive
+        self._response, self._can_keep_alive = None, False
+        if self._is_paused:
+            self.resume()
+        if reusable and not self.is_lost:
+            self._parser = httptools.HttpResponseParser(self)
+            self._pool._put_idle(self)
+        else:
+            self.close()
+
+    def pause(self) -> None:
+        if not self._is_paused and self._transport is not None:
+            self._is_paused = True
+            self._transport.pause_reading()
+
+    def resume(self) -> None:
+        if self._is_paused and self._transport is not None and not self._transport.is_closing():
+            self._is_paused = False
+            self._transport.resume_reading()
+
+    def close(self) -> None:
+        self.is_lost = True
+        if self._transport is not None:
+            self._transport.close()
+
+
+def _is_close_delimited(response: Http1Response) -> bool:
+    has_length = response.header("content-length") is not None
+    return not has_length and "chunked" not in (response.header("transfer-encoding") or "").lower()
+
+
+class Http1Pool:
+    """Keep-alive connections to one origin (`base_url`: http or https, optional path prefix)."""
+
+    def __init__(self, base_url: str, connect_timeout_s: float, ssl_context: ssl.SSLContext | None = None):
+        url = urlsplit(base_url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"not an http(s) URL: {base_url!r}")
+        self._host = url.hostname
+        self._port = url.port or (443 if url.scheme == "https" else 80)
+        default_port = self._port == (443 if url.scheme == "https" else 80)
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        self._host_header = host if default_port else f"{host}:{self._port}"
+        self._prefix = url.path.rstrip("/")
+        self._ssl = (ssl_context or ssl.create_default_context()) if url.scheme == "https" else None
+        self._connect_timeout_s = connect_timeout_s
+        self._idle: list[_Connection] = []
+        self._is_closed = False
+
+    async def send(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Http1Response:
+        """Send a request; return when its response's headers arrived.
+
+        A pooled connection the server closed is skipped when its close has arrived; one closed in
+        the very moment of sending fails with ReadFailed(before_response=True), as in httpx: it is
+        not resent here, because a reset that answers the request itself looks the same and the
+        router decides about retries."""
+        request = self._encode(method, path, headers, body)
+        connection = self._take_idle() or await self._connect()
+        response = Http1Response(connection)
+        connection.start(response, request)
+        try:
+            await response._head
+        except BaseException:
+            connection.close()
+            raise
+        return response
+
+    def _encode(self, method: str, path: str, headers: dict[str, str], body: bytes) -> bytes:
+        lines = [f"{method} {self._prefix}{path} HTTP/1.1", f"host: {self._host_header}"]
+        for name, value in headers.items():
+            if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
+                raise ProtocolFailed(f"header {name!r} cannot be sent")
+            lines.append(f"{name}: {value}")
+        if body or method in ("POST", "PUT", "PATCH"):
+            lines.append(f"content-length: {len(body)}")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+    async def _connect(self) -> _Connection:
+        if self._is_closed:
+            raise ConnectFailed("client closed")
+        loop = asyncio.get_running_loop()
+        server_hostname = self._host if self._ssl is not None else None
+        try:
+            async with asyncio.timeout(self._connect_timeout_s):
+                _, protocol = await loop.create_connection(
+                    lambda: _Connection(self),
+                    self._host,
+                    self._port,
+                    ssl=self._ssl,
+                    server_hostname=server_hostname,
+                )
+        except TimeoutError:
+            raise ConnectTimedOut("connect timed out") from None
+        except (OSError, ssl.SSLError) as exc:  # refused, reset, DNS, TLS
+            raise ConnectFailed(f"connect failed ({type(exc).__name__})") from exc
+        return protocol
+
+    def _take_idle(self) -> _Connection | None:
+        now = time.monotonic()
+        while self._idle:
+            connection = self._idle.pop()
+            if not connection.is_lost and now - connection.idle_since < _KEEPALIVE_S:
+                return connection
+            connection.close()
+        return None
+
+    def _put_idle(self, connection: _Connection) -> None:
+        if self._is_closed or len(self._idle) >= _MAX_IDLE:
+            connection.close()
+            return
+        connection.idle_since = time.monotonic()
+        self._idle.append(connection)
+
+    async def aclose(self) -> None:
+        self._is_closed = True
+        while self._idle:
+            self._idle.pop().close()
