@@ -4,7 +4,7 @@ answer ends (ok, failed, or cancelled when the client left)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from hotspare.core.errors import FailureClass, UpstreamError
@@ -29,7 +29,7 @@ class Relay:
     continuers: list[Continuer]
     takeovers: list[str]
     on_failover: Callable[[Member, str, Stage], None]
-    on_answered: Callable[[ClientCall, str], Awaitable[None]]
+    on_answered: Callable[[ClientCall, str], None]
 
     async def passthrough(self, opened: Opened) -> AsyncIterator[bytes]:
         """The upstream's own bytes; after a break, the takeover rendered in the same vendor format."""
@@ -37,15 +37,23 @@ class Relay:
         assert stream is not None
         verdict: bool | None = None
         failure: FailureClass | None = None
+        # Events that arrived together leave together (one write, not one each); nothing is held
+        # back waiting for more.
+        burst = list(opened.prelude)
         try:
-            for chunk in opened.prelude:
-                yield chunk
             try:
-                while (item := await stream.next_event()) is not None:
-                    yield item[0].raw
+                while True:
+                    if burst and not stream.has_pending:
+                        yield b"".join(burst)
+                        burst.clear()
+                    if (item := await stream.next_event()) is None:
+                        break
+                    burst.append(item[0].raw)
                 verdict = True
-                await self.on_answered(self.call, stream.parser.text)
+                self.on_answered(self.call, stream.parser.text)
             except UpstreamError as exc:
+                if burst:  # what came before the break was parsed as delivered: deliver it
+                    yield b"".join(burst)
                 verdict, failure = False, exc.failure
                 self.on_failover(self.member, str(exc.failure), Stage.MID_STREAM)
                 await stream.aclose()
@@ -79,7 +87,7 @@ class Relay:
                 except StopAsyncIteration:
                     event = None
             verdict = True
-            await self.on_answered(self.call, sent_text)
+            self.on_answered(self.call, sent_text)
         except UpstreamError as exc:
             verdict, failure = False, exc.failure
             if has_calls:  # a tool call cannot be continued as text: the client gets its error event
