@@ -73,3 +73,33 @@ def test_a_busy_upstream_keeps_only_the_latest_samples_and_still_degrades() -> N
     degraded = [c for c in changes if c is not None]
     assert len(degraded) == 1 and degraded[0].new is Health.DEGRADED  # once most recent samples are slow
     assert changes.index(degraded[0]) == RECENT // 2
+
+
+def test_the_kept_counts_and_medians_match_a_recount_through_overflow_and_expiry() -> None:
+    # The window keeps its failure count and TTFT medians as samples come and go (it is evaluated on
+    # every request); a brute-force recount of the same deques must agree at every step.
+    import random
+    import statistics
+
+    from hotspare.ops.early_warning import _Window
+
+    rng = random.Random(7)
+    window, now, sizes = _Window(), 0.0, set()
+    for step in range(4 * MAX_SAMPLES):
+        now += 0.001 if step < 3 * MAX_SAMPLES else 0.5  # a burst that overflows, then expiry
+        if rng.random() < 0.5:
+            window.add_attempt(now, rng.random() < 0.3)
+        else:
+            window.add_ttft(now, rng.uniform(0.1, 2.0))
+        if step % 37 == 0:
+            window.expire(now - 20.0)
+        failed = [f for _, f in window.attempts]
+        expected_rate = sum(failed) / len(failed) if failed else None
+        assert window.error_rate(1) == expected_rate
+        samples = [s for _, s in window.ttfts]
+        expected = None
+        if len(samples) >= 2 * RECENT:
+            expected = (statistics.median(samples[-RECENT:]), statistics.median(samples[:-RECENT]))
+        assert window.ttft_ratio() == expected
+        sizes.add(len(window.attempts))
+    assert MAX_SAMPLES in sizes and len(window.attempts) < MAX_SAMPLES / 4  # both paths were taken

@@ -38,30 +38,49 @@ class HealthChange:
 
 class _Window:
     """One upstream's attempts (time, failed) and TTFT samples (time, seconds) over `window_s`, the
-    latest MAX_SAMPLES of each."""
+    latest MAX_SAMPLES of each. Evaluated on every request, so the failure count is kept as it
+    changes and the TTFT medians are computed once per change of the samples."""
 
     def __init__(self) -> None:
         self.attempts: deque[tuple[float, bool]] = deque(maxlen=MAX_SAMPLES)
         self.ttfts: deque[tuple[float, float]] = deque(maxlen=MAX_SAMPLES)
         self.health = Health.HEALTHY
+        self._num_failed = 0
+        self._ttft_ratio: tuple[float, float] | None = None
+        self._is_ratio_stale = False
+
+    def add_attempt(self, now: float, failed: bool) -> None:
+        if len(self.attempts) == MAX_SAMPLES:
+            self._num_failed -= self.attempts[0][1]
+        self.attempts.append((now, failed))
+        self._num_failed += failed
+
+    def add_ttft(self, now: float, ttft_s: float) -> None:
+        self.ttfts.append((now, ttft_s))
+        self._is_ratio_stale = True
 
     def expire(self, horizon: float) -> None:
         while self.attempts and self.attempts[0][0] < horizon:
-            self.attempts.popleft()
+            self._num_failed -= self.attempts.popleft()[1]
         while self.ttfts and self.ttfts[0][0] < horizon:
             self.ttfts.popleft()
+            self._is_ratio_stale = True
 
     def error_rate(self, min_requests: int) -> float | None:
         if len(self.attempts) < min_requests:
             return None
-        return sum(1 for _, failed in self.attempts if failed) / len(self.attempts)
+        return self._num_failed / len(self.attempts)
 
     def ttft_ratio(self) -> tuple[float, float] | None:
         """(recent median, baseline median) once there are enough samples for both."""
-        samples = [s for _, s in self.ttfts]
-        if len(samples) < 2 * RECENT:
-            return None
-        return statistics.median(samples[-RECENT:]), statistics.median(samples[: len(samples) - RECENT])
+        if self._is_ratio_stale:
+            self._is_ratio_stale = False
+            samples = [s for _, s in self.ttfts]
+            self._ttft_ratio = None
+            if len(samples) >= 2 * RECENT:
+                baseline = statistics.median(samples[: len(samples) - RECENT])
+                self._ttft_ratio = statistics.median(samples[-RECENT:]), baseline
+        return self._ttft_ratio
 
 
 class EarlyWarning:
@@ -85,12 +104,12 @@ class EarlyWarning:
 
     def record_attempt(self, upstream: str, failed: bool) -> HealthChange | None:
         window = self._window(upstream)
-        window.attempts.append((self._clock(), failed))
+        window.add_attempt(self._clock(), failed)
         return self._evaluate(upstream, window)
 
     def record_ttft(self, upstream: str, ttft_s: float) -> HealthChange | None:
         window = self._window(upstream)
-        window.ttfts.append((self._clock(), ttft_s))
+        window.add_ttft(self._clock(), ttft_s)
         return self._evaluate(upstream, window)
 
     def reset(self, upstream: str) -> None:
