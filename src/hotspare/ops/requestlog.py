@@ -20,7 +20,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -56,6 +56,11 @@ class RequestRecord:
     key: str | None = None
     prompt: str | None = None
     backends: list[str] | None = None  # every backend that contributed, in order (see above)
+
+    def to_json(self) -> str:
+        """The record as one JSON object without its unset (None) fields. (Not `asdict`: it deep-copies
+        every field, a tenth of a millisecond per request on the passthrough path.)"""
+        return json.dumps({k: v for k in self.__slots__ if (v := getattr(self, k)) is not None})
 
 
 def configure_log(stream: Any = None) -> None:
@@ -107,7 +112,7 @@ class RequestLog:
             record = tap.finish()
             self._on_record(record)
             if self._log_requests:
-                log.info("%s", json.dumps({k: v for k, v in asdict(record).items() if v is not None}))
+                log.info("%s", record.to_json())
 
 
 class _Tap:
