@@ -35,12 +35,13 @@ def make_call(
     max_tokens: int = 16,
     include_usage: bool = True,
     key: str = CLIENT_KEY,
+    content: str = "Say hello",
 ) -> ClientCall:
     body: dict[str, Any] = {
         "model": model,
         "max_tokens": max_tokens,
         "stream": stream,
-        "messages": [{"role": "user", "content": "Say hello"}],
+        "messages": [{"role": "user", "content": content}],
     }
     if api_format is ApiFormat.OPENAI_CHAT and stream and include_usage:
         body["stream_options"] = {"include_usage": True}
@@ -54,7 +55,7 @@ def make_call(
     else:
         headers = (("content-type", "application/json"), ("authorization", f"Bearer {key}"))
     request = ChatRequest(
-        model, (Message(Role.USER, "Say hello"),), SamplingParams(max_tokens=max_tokens), stream=stream
+        model, (Message(Role.USER, content),), SamplingParams(max_tokens=max_tokens), stream=stream
     )
     return ClientCall(api_format, json.dumps(body).encode(), headers, request)
 

@@ -352,6 +352,12 @@ class WarmingLocal(FakeLocal):
 
     async def warm(self, request: Any) -> None:
         self.warmed = [(m.role, m.content) for m in request.messages]
+        self.num_warmed += 1
+
+    num_warmed = 0
+
+
+LONG = "Summarise the following incident report for the on-call channel. " * 10  # over MIN_CHARS
 
 
 @pytest.mark.parametrize(
@@ -364,7 +370,7 @@ def test_conversations_answered_upstream_are_handed_to_the_local_warm_up(
     as the next turn will send it, so a later failover finds it in the local KV cache."""
     local = WarmingLocal()
     fake = anthropic_fake if upstream == "anthropic" else openai_fake
-    call = make_call(api)
+    call = make_call(api, content=LONG)
     reply, _ = run(route_once(make_router([fake], local), call))
     assert reply.backend == fake_name(fake) and local.started == 0
     expected = [(m.role, m.content) for m in call.request.messages]
@@ -377,14 +383,31 @@ def test_warm_up_can_be_switched_off(anthropic_fake: FakeUpstream) -> None:
     router.config = router.config.model_copy(
         update={"local": router.config.local.model_copy(update={"warm_conversations": False})}
     )
-    run(route_once(router, make_call(ANTHROPIC)))
+    run(route_once(router, make_call(ANTHROPIC, content=LONG)))
     assert local.warmed == []
+
+
+def test_short_and_repeated_conversations_are_not_warmed(anthropic_fake: FakeUpstream) -> None:
+    # A short chat is cheap to compute cold; a conversation warmed a moment ago is in the cache: both
+    # would only wake the engine to compete with passthrough traffic for the CPU.
+    local = WarmingLocal()
+    router = make_router([anthropic_fake], local)
+
+    async def three() -> None:
+        for content in (LONG, LONG, "Say hello"):
+            reply = await router.route(make_call(ANTHROPIC, content=content))
+            await collect(reply)
+        await router.aclose()
+
+    run(three())
+    assert local.num_warmed == 1 and local.warmed[0] == (Role.USER, LONG)
+    assert router.warmups.num_skipped == 2
 
 
 def test_a_failed_upstream_answer_is_not_warmed(openai_fake: FakeUpstream) -> None:
     openai_fake.refuse()
     local = WarmingLocal()
-    run(route_once(make_router([openai_fake], local), make_call(OPENAI)))
+    run(route_once(make_router([openai_fake], local), make_call(OPENAI, content=LONG)))
     assert local.warmed == []
 
 

@@ -21,7 +21,6 @@ backend if it breaks), replies.py (what `route` returns).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
@@ -54,6 +53,7 @@ from hotspare.router.race import open_upstream, prepend, race_local
 from hotspare.router.relay import Relay, buffered_reply
 from hotspare.router.replies import EventReply, RawReply, Reply, client_fault, single
 from hotspare.router.takeover import Continuer
+from hotspare.router.warmup import WarmupFilter
 from hotspare.upstream.base import ClientCall, Upstream
 
 log = logging.getLogger("hotspare.router")
@@ -85,6 +85,8 @@ class Router:
         for member in self.members:
             member.observers = self.observers
         self._prober = Prober([Guarded(m.upstream, m.breaker) for m in self.members])
+        self.warmups = WarmupFilter()
+        self._background: set[asyncio.Future[None]] = set()
 
     def attach_local(self, local: ChatBackend) -> None:
         """Make `local` the last backend of every chain (once the local engine is warm)."""
@@ -105,6 +107,10 @@ class Router:
         self._prober.start()
 
     async def aclose(self) -> None:
+        if self._background:  # warm-ups only hand a prompt to the engine: let them finish
+            _, late = await asyncio.wait(set(self._background), timeout=1.0)
+            for task in late:
+                task.cancel()
         await self._prober.aclose()
         for member in self.members:
             await member.upstream.aclose()
@@ -265,17 +271,29 @@ class Router:
         name = getattr(self.local, "model_name", None)
         return name if isinstance(name, str) else call.request.model
 
-    async def _warm_local(self, call: ClientCall, answer: str) -> None:
+    def _warm_local(self, call: ClientCall, answer: str) -> None:
         """Hand a conversation an upstream just answered to the local engine's warm-up, so that if the
-        upstream fails on a later turn the local model already holds this conversation's KV."""
+        upstream fails on a later turn the local model already holds this conversation's KV. In the
+        background: the client's answer does not wait for it (see warmup.py for what is skipped)."""
         warm = getattr(self.local, "warm", None)
         if warm is None or not self.config.local.warm_conversations or call.local_refusal is not None:
             return
         if call.api_format is ApiFormat.OPENAI_RESPONSES:
             return  # the Responses route warms from its conversation store, previous turns included
         answered = (*call.request.messages, Message(Role.ASSISTANT, answer))
-        with contextlib.suppress(HotspareError):
-            await warm(dataclasses.replace(call.request, messages=answered))
+        if not self.warmups.admit(answered):
+            return
+        task = asyncio.ensure_future(warm(dataclasses.replace(call.request, messages=answered)))
+        self._background.add(task)
+        task.add_done_callback(self._warmed)
+
+    def _warmed(self, task: asyncio.Future[None]) -> None:
+        self._background.discard(task)
+        error = None if task.cancelled() else task.exception()
+        if isinstance(error, HotspareError):
+            log.debug("warm-up not accepted: %s", error)
+        elif error is not None:
+            log.warning("warm-up failed", exc_info=error)
 
     def _continuers(self, rest: Sequence[Member], call: ClientCall) -> list[Continuer]:
         if call.local_refusal is not None:  # continuations are converted requests: none can serve it
