@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -206,3 +209,35 @@ def test_a_proxy_in_the_environment_selects_httpx(monkeypatch: pytest.MonkeyPatc
     assert isinstance(open_session("https://api.example.com", 1.0, 1.0), HttpxSession)
     assert isinstance(open_session("https://internal.example", 1.0, 1.0), Http1Pool)
     assert isinstance(open_session("http://api.example.com", 1.0, 1.0), Http1Pool)
+
+
+async def test_https_verifies_the_server_certificate(tmp_path: Path) -> None:
+    # A self-signed certificate for 127.0.0.1: trusted, the request goes through TLS; with the default
+    # trust store (which lacks it), the connection is refused before any byte of the request leaves.
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    request = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test"]
+    request += ["-addext", "subjectAltName=IP:127.0.0.1"]
+    subprocess.run(
+        ["openssl", *request, "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    state = Server([ok(b"over tls")])
+    server = await asyncio.start_server(state.handle, "127.0.0.1", 0, ssl=server_context)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        pool = Http1Pool(f"https://127.0.0.1:{port}", 2.0, ssl.create_default_context(cafile=str(cert)))
+        response = await pool.send("GET", "/v1/models", {}, b"")
+        assert await response.aread() == b"over tls"
+        await response.aclose()
+        await pool.aclose()
+        untrusting = Http1Pool(f"https://127.0.0.1:{port}", 2.0)
+        with pytest.raises(ConnectFailed):
+            await untrusting.send("GET", "/v1/models", {}, b"")
+        await untrusting.aclose()
+        assert len(state.requests) == 1
+    finally:
+        server.close()
+        await server.wait_closed()
