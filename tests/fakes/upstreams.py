@@ -241,7 +241,9 @@ class FakeUpstream:
                 behavior = self._record(method, path, headers, body)
                 if not await self._respond(writer, method, path, body, behavior):
                     return
-        except (ConnectionError, asyncio.IncompleteReadError):
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            # Cancelled: the fake is shutting down (_close_listener). Ending quietly keeps asyncio's
+            # stream callback from logging the cancellation as an error.
             return
         finally:
             self._tasks.discard(task)
