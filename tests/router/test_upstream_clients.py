@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -265,3 +266,33 @@ def test_probes_spend_no_tokens(fake: FakeUpstream) -> None:
     assert run(probe()) is False
     assert [(a.method, a.path) for a in fake.attempts(probes=True)] == [("GET", "/v1/models")] * 2
     assert fake.attempts() == []
+
+
+def test_a_parsed_body_is_shared_never_modified_and_renamed_models_reach_the_upstream(
+    openai_fake: FakeUpstream,
+) -> None:
+    # The API layer hands the body it parsed to the upstream (payload) so a passthrough does not parse
+    # it again; rewriting it (stream, stream_options, a renamed model) must copy, not modify it.
+    plain = make_call(ApiFormat.OPENAI_CHAT, stream=False, model="gpt-x")
+    payload = json.loads(plain.body)
+    frozen = json.dumps(payload, sort_keys=True)
+    call = dataclasses.replace(plain, payload=payload)
+
+    async def go() -> None:
+        upstream = build(openai_fake, rename={"gpt-x": "llama-up"})
+        try:
+            streaming = upstream.as_streaming(call)
+            assert streaming is not None and streaming.payload is not None
+            assert streaming.payload["stream"] is True and json.loads(streaming.body)["stream"] is True
+            stream = await upstream.open_stream(streaming, passthrough=True)
+            while await stream.next_event() is not None:
+                pass
+            await stream.aclose()
+        finally:
+            await upstream.aclose()
+
+    run(go())
+    assert json.dumps(payload, sort_keys=True) == frozen  # the client's parsed body is untouched
+    sent = openai_fake.attempts()[-1].body
+    assert sent["model"] == "llama-up" and sent["stream"] is True
+    assert sent["stream_options"] == {"include_usage": True} and sent["messages"] == payload["messages"]

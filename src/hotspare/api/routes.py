@@ -24,7 +24,7 @@ from hotspare.api import anthropic, anthropic_render, openai, openai_render
 from hotspare.api.answer import Answer, collect, context_fit_header
 from hotspare.api.errors import new_request_id, request_id_header
 from hotspare.api.sse import EventStreamResponse, close_stream, closing_stream
-from hotspare.api.wire import MediaPolicy, media_header, parse_body
+from hotspare.api.wire import MediaPolicy, media_header, parse_body, parse_object, validate_body
 from hotspare.config import Settings
 from hotspare.core.errors import BackendUnavailable, HotspareError, NotFound
 from hotspare.core.types import ApiFormat, ChatBackend, ChatRequest, ContextFitted, StreamEvent
@@ -50,14 +50,15 @@ class ClientGone(Exception):
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
     request_id = _begin(request, ApiFormat.OPENAI_CHAT)
-    body = parse_body(await request.body(), openai.ChatCompletionRequest)
+    payload = parse_object(await request.body())
+    body = validate_body(payload, openai.ChatCompletionRequest)
     media = _settings(request).api.media
     chat = openai.to_chat_request(body, request_id, media)
     created = int(time.time())
     headers = {request_id_header(ApiFormat.OPENAI_CHAT): request_id}
     headers |= media_header(openai.media_kinds(body)) if media is MediaPolicy.PLACEHOLDER else {}
     try:
-        served = await _serve(request, ApiFormat.OPENAI_CHAT, chat)
+        served = await _serve(request, ApiFormat.OPENAI_CHAT, chat, payload)
         if isinstance(served, RawReply):
             return await _raw_response(served, headers)
         headers[BACKEND_HEADER] = served.backend
@@ -109,14 +110,15 @@ def _anthropic_model(name: str) -> dict[str, Any]:
 @router.post("/v1/messages")
 async def messages(request: Request) -> Response:
     request_id = _begin(request, ApiFormat.ANTHROPIC_MESSAGES)
-    body = parse_body(await request.body(), anthropic.MessagesRequest)
+    payload = parse_object(await request.body())
+    body = validate_body(payload, anthropic.MessagesRequest)
     media = _settings(request).api.media
     chat = anthropic.to_chat_request(body, request_id, media)
     headers = {request_id_header(ApiFormat.ANTHROPIC_MESSAGES): request_id}
     headers |= media_header(anthropic.media_kinds(body)) if media is MediaPolicy.PLACEHOLDER else {}
     message_id = "msg_" + request_id.removeprefix("req_")
     try:
-        served = await _serve(request, ApiFormat.ANTHROPIC_MESSAGES, chat)
+        served = await _serve(request, ApiFormat.ANTHROPIC_MESSAGES, chat, payload)
         if isinstance(served, RawReply):
             return await _raw_response(served, headers)
         headers[BACKEND_HEADER] = served.backend
@@ -165,9 +167,12 @@ SERVED_SCOPE = "hotspare.served"
 once the response has been sent (its `backends` are complete by then)."""
 
 
-async def _serve(request: Request, api: ApiFormat, chat: ChatRequest) -> RawReply | EventReply:
+async def _serve(
+    request: Request, api: ApiFormat, chat: ChatRequest, payload: dict[str, Any]
+) -> RawReply | EventReply:
     """The answer's start: from the failover router when one is configured (which may pass the
-    upstream's own bytes through), else from the local backend, primed to its first event."""
+    upstream's own bytes through), else from the local backend, primed to its first event.
+    `payload` is the body already parsed (handed on so that a passthrough does not parse it again)."""
     failover: Router | None = request.app.state.router
     if failover is None:
         backend = _serving_backend(request, chat.model)
@@ -176,7 +181,7 @@ async def _serve(request: Request, api: ApiFormat, chat: ChatRequest) -> RawRepl
         return note_served(request, EventReply(backend.name, events, _answering_model(backend, chat)))
     _check_model(request, chat.model)
     headers = tuple((name.lower(), value) for name, value in request.headers.items())
-    call = ClientCall(api, await request.body(), headers, chat)
+    call = ClientCall(api, await request.body(), headers, chat, payload=payload)
     return note_served(request, await _until_disconnect(request, failover.route(call)))
 
 

@@ -33,6 +33,11 @@ def text_as_parts(value: Any) -> Any:
 
 def parse_body(raw: bytes, model: type[M]) -> M:
     """Validate a raw request body as `model`; raises InvalidRequest naming what is wrong."""
+    return validate_body(parse_object(raw), model)
+
+
+def parse_object(raw: bytes) -> dict[str, Any]:
+    """A raw request body as a JSON object; raises InvalidRequest naming what is wrong."""
     try:
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -40,6 +45,11 @@ def parse_body(raw: bytes, model: type[M]) -> M:
         raise InvalidRequest(f"the request body is not valid JSON{where}") from exc
     if not isinstance(data, dict):
         raise InvalidRequest(f"the request body must be a JSON object, not {_json_kind(data)}")
+    return data
+
+
+def validate_body(data: dict[str, Any], model: type[M]) -> M:
+    """`data` (a parsed body, not modified) validated as `model`; raises InvalidRequest."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:

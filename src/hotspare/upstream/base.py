@@ -59,6 +59,13 @@ class ClientCall:
     headers: tuple[tuple[str, str], ...]
     request: ChatRequest
     local_refusal: str | None = None
+    payload: Mapping[str, Any] | None = None  # `body` already parsed (never modified), if it was
+
+    def body_object(self) -> dict[str, Any] | None:
+        """A fresh shallow copy of the body's JSON object (None if it is not one), parsed once."""
+        if self.payload is not None:
+            return dict(self.payload)
+        return _json_object(self.body)
 
     def header(self, name: str) -> str | None:
         for key, value in self.headers:
@@ -120,7 +127,7 @@ class Upstream(ABC):
 
     def passthrough_parser(self, call: ClientCall) -> StreamParser:
         """The parser for a passed-through call's stream."""
-        return self.new_parser(_json_object(call.body))
+        return self.new_parser(call.body_object())
 
     @abstractmethod
     def auth_headers(self, key: str) -> dict[str, str]: ...
@@ -160,7 +167,7 @@ class Upstream(ABC):
         body = call.body
         upstream_model = self.config.upstream_model(call.request.model)
         if upstream_model != call.request.model:
-            payload = json.loads(body)
+            payload = call.body_object() or {}
             payload["model"] = upstream_model
             body = json.dumps(payload).encode()
         return body, headers
@@ -262,13 +269,13 @@ class Upstream(ABC):
         """A non-streaming passthrough call rewritten to stream (so first-token and stall deadlines,
         hedging and takeover apply; the JSON is assembled from the stream), or None when the answer
         might hold more than text (tools, thinking, several choices): those go up unchanged."""
-        body = _json_object(call.body)
+        body = call.body_object()
         if body is None or any(body.get(k) for k in _NON_TEXT_KEYS) or (body.get("n") or 1) > 1:
             return None
         body["stream"] = True
         if call.api_format is ApiFormat.OPENAI_CHAT:
             body["stream_options"] = {"include_usage": True}
-        return dataclasses.replace(call, body=json.dumps(body).encode())
+        return dataclasses.replace(call, body=json.dumps(body).encode(), payload=body)
 
     async def complete(self, call: ClientCall) -> RawResponse:
         """A non-streaming passthrough: the whole response, checked to be JSON. Raises `UpstreamError`."""
