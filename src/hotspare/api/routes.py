@@ -24,7 +24,7 @@ from hotspare.api import anthropic, anthropic_render, openai, openai_render
 from hotspare.api.answer import Answer, collect, context_fit_header
 from hotspare.api.errors import new_request_id, request_id_header
 from hotspare.api.sse import EventStreamResponse, close_stream, closing_stream
-from hotspare.api.wire import MediaPolicy, media_header, parse_body, parse_object, validate_body
+from hotspare.api.wire import MediaPolicy, media_header, parse_body, scope_object, validate_body
 from hotspare.config import Settings
 from hotspare.core.errors import BackendUnavailable, HotspareError, NotFound
 from hotspare.core.types import ApiFormat, ChatBackend, ChatRequest, ContextFitted, StreamEvent
@@ -50,7 +50,7 @@ class ClientGone(Exception):
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
     request_id = _begin(request, ApiFormat.OPENAI_CHAT)
-    payload = parse_object(await request.body())
+    payload = scope_object(request.scope, await request.body())
     body = validate_body(payload, openai.ChatCompletionRequest)
     media = _settings(request).api.media
     chat = openai.to_chat_request(body, request_id, media)
@@ -110,7 +110,7 @@ def _anthropic_model(name: str) -> dict[str, Any]:
 @router.post("/v1/messages")
 async def messages(request: Request) -> Response:
     request_id = _begin(request, ApiFormat.ANTHROPIC_MESSAGES)
-    payload = parse_object(await request.body())
+    payload = scope_object(request.scope, await request.body())
     body = validate_body(payload, anthropic.MessagesRequest)
     media = _settings(request).api.media
     chat = anthropic.to_chat_request(body, request_id, media)

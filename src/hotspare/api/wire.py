@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any, TypeVar
 
@@ -34,6 +35,20 @@ def text_as_parts(value: Any) -> Any:
 def parse_body(raw: bytes, model: type[M]) -> M:
     """Validate a raw request body as `model`; raises InvalidRequest naming what is wrong."""
     return validate_body(parse_object(raw), model)
+
+
+PARSED_BODY_SCOPE = "hotspare.parsed_body"
+"""Where a middleware that already parsed a request's body (the access guard counts its messages)
+leaves `(raw bytes, parsed object)` in the ASGI scope, so the route does not parse it again."""
+
+
+def scope_object(scope: Mapping[str, Any], raw: bytes) -> dict[str, Any]:
+    """`raw` as a JSON object (see parse_object), reusing a parse of the same bytes left in `scope`."""
+    parsed = scope.get(PARSED_BODY_SCOPE)
+    if parsed is not None and parsed[0] == raw:
+        data: dict[str, Any] = parsed[1]
+        return data
+    return parse_object(raw)
 
 
 def parse_object(raw: bytes) -> dict[str, Any]:

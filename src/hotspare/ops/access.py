@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hotspare.api.errors import api_format_for_path, error_response, new_request_id, request_id_header
+from hotspare.api.wire import PARSED_BODY_SCOPE
 from hotspare.core.errors import (
     AuthenticationFailed,
     ConfigError,
@@ -196,10 +197,10 @@ class AccessGuard:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        self._check_messages(body)
+        self._check_messages(scope, body)
         return _replay(body, receive)
 
-    def _check_messages(self, body: bytes) -> None:
+    def _check_messages(self, scope: Scope, body: bytes) -> None:
         if b'"messages"' not in body and b'"input"' not in body:
             return
         try:
@@ -208,6 +209,7 @@ class AccessGuard:
             return  # the route reports malformed JSON in its own words
         if not isinstance(data, dict):
             return
+        scope[PARSED_BODY_SCOPE] = (body, data)  # read only here: the route uses it, unparsed again
         for field in ("messages", "input"):
             items = data.get(field)
             if isinstance(items, list) and len(items) > self.settings.max_messages:
