@@ -46,7 +46,24 @@ with FakeUpstream("openai") as fake:
     sys.stdin.read()
 """
 CLIENT_KEY = "sk-bench-" + "0123456789abcdef" * 4  # LiteLLM's master key; the others ignore it
-BODY = {"model": "bench", "max_tokens": 16, "messages": [{"role": "user", "content": "Say hello"}]}
+BODY: dict[str, object] = {
+    "model": "bench",
+    "max_tokens": 16,
+    "messages": [{"role": "user", "content": "Say hello"}],
+}
+
+
+def agent_body(num_kib: int) -> dict[str, object]:
+    """A request shaped like an agent's: a long system prompt and a history of about `num_kib` KiB."""
+    system = "You are an expert software engineer working in a large repository. " * 60
+    messages: list[dict[str, str]] = [{"role": "system", "content": system}]
+    turn = "Please read src/module_{i}.py and explain what its main function does, step by step. " * 12
+    while len(json.dumps(messages)) < num_kib * 1024:
+        i = len(messages)
+        messages.append({"role": "user" if i % 2 else "assistant", "content": turn.format(i=i)})
+    if messages[-1]["role"] != "user":
+        messages.append({"role": "user", "content": "Go on."})
+    return {"model": "bench", "max_tokens": 16, "messages": messages}
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +262,9 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=400, help="requests per cell at concurrency 1")
     parser.add_argument("--rounds", type=int, default=3, help="rounds; each percentile is their median")
     parser.add_argument(
+        "--body-kib", type=int, default=0, help="send agent-like requests of about this size (0: a tiny one)"
+    )
+    parser.add_argument(
         "--client",
         choices=("lean", "httpx"),
         default="lean",
@@ -256,6 +276,9 @@ def main() -> int:
         help="leave hedging on (under CPU starvation it starts the local model)",
     )
     args = parser.parse_args()
+    if args.body_kib > 0:
+        BODY.clear()
+        BODY.update(agent_body(args.body_kib))
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as tmp:
         try:
