@@ -241,3 +241,35 @@ async def test_https_verifies_the_server_certificate(tmp_path: Path) -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_past_max_connections_a_request_waits_for_one_to_come_free(serve: Start) -> None:
+    server, _ = await serve(ok(b"one"), ok(b"two"), ok(b"three"))
+    pool = Http1Pool(f"http://127.0.0.1:{server.port}", 2.0, max_connections=1)
+    first = await pool.send("GET", "/", {}, b"")
+    second = asyncio.ensure_future(pool.send("GET", "/", {}, b""))
+    await asyncio.sleep(0.1)
+    assert not second.done() and pool.num_open == 1  # waiting: the one connection is busy
+    assert await first.aread() == b"one"
+    await first.aclose()  # back to the pool: the waiting request takes it
+    response = await asyncio.wait_for(second, 2.0)
+    assert await response.aread() == b"two"
+    await response.aclose()
+    with pytest.raises(TimeoutError):  # a caller's deadline bounds the wait
+        held = await pool.send("GET", "/", {}, b"")
+        async with asyncio.timeout(0.2):
+            await pool.send("GET", "/", {}, b"")
+    await held.aclose()
+    assert server.num_connections == 1
+    await pool.aclose()
+    await asyncio.sleep(0.05)  # the closed connection's loss is reported by the event loop
+    assert pool.num_open == 0
+
+
+async def test_failed_connects_do_not_use_up_the_connection_budget() -> None:
+    pool = Http1Pool("http://127.0.0.1:9", 1.0, max_connections=1)  # nothing listens
+    for _ in range(3):
+        with pytest.raises(ConnectFailed):
+            await pool.send("GET", "/", {}, b"")
+    assert pool.num_open == 0
+    await pool.aclose()

@@ -20,6 +20,7 @@ import ssl
 import time
 import zlib
 from collections import deque
+from collections.abc import Callable
 from typing import cast
 from urllib.parse import urlsplit
 
@@ -30,6 +31,7 @@ from hotspare.upstream.transport import ConnectFailed, ConnectTimedOut, Protocol
 _PAUSE_BYTES = 1 << 20  # stop reading from the socket while this much body waits for the consumer
 _KEEPALIVE_S = 5.0  # an idle connection older than this is closed rather than reused (httpx's default)
 _MAX_IDLE = 256
+MAX_CONNECTIONS = 1024  # per upstream, as httpx's pool: a client storm does not become a connection storm
 
 
 class Http1Response:
@@ -135,6 +137,7 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, pool: Http1Pool) -> None:
         self._pool = pool
+        self._is_counted = True  # in the pool's number of open connections until lost
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._response: Http1Response | None = None
@@ -164,6 +167,9 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.is_lost = True
+        if self._is_counted:
+            self._is_counted = False
+            self._pool._on_closed()
         response = self._response
         if response is None or response.is_complete:
             return
@@ -235,9 +241,17 @@ def _is_close_delimited(response: Http1Response) -> bool:
 
 
 class Http1Pool:
-    """Keep-alive connections to one origin (`base_url`: http or https, optional path prefix)."""
+    """Keep-alive connections to one origin (`base_url`: http or https, optional path prefix), at most
+    `max_connections` open at once: past that a request waits for one to come free (the caller's
+    deadline bounds the wait)."""
 
-    def __init__(self, base_url: str, connect_timeout_s: float, ssl_context: ssl.SSLContext | None = None):
+    def __init__(
+        self,
+        base_url: str,
+        connect_timeout_s: float,
+        ssl_context: ssl.SSLContext | None = None,
+        max_connections: int = MAX_CONNECTIONS,
+    ):
         url = urlsplit(base_url)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
@@ -251,6 +265,9 @@ class Http1Pool:
         self._connect_timeout_s = connect_timeout_s
         self._idle: list[_Connection] = []
         self._is_closed = False
+        self._max_connections = max_connections
+        self.num_open = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
 
     async def send(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Http1Response:
         """Send a request; return when its response's headers arrived.
@@ -260,7 +277,7 @@ class Http1Pool:
         not resent here, because a reset that answers the request itself looks the same and the
         router decides about retries."""
         request = self._encode(method, path, headers, body)
-        connection = self._take_idle() or await self._connect()
+        connection = await self._acquire()
         response = Http1Response(connection)
         connection.start(response, request)
         try:
@@ -280,19 +297,62 @@ class Http1Pool:
             lines.append(f"content-length: {len(body)}")
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
+    async def _acquire(self) -> _Connection:
+        while True:
+            connection = self._take_idle()
+            if connection is not None:
+                return connection
+            if self.num_open < self._max_connections:
+                return await self._connect()
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _on_closed(self) -> None:
+        self.num_open -= 1
+        self._wake_one()
+
     async def _connect(self) -> _Connection:
+        """A new connection, counted in `num_open` from now until it is lost (its own
+        connection_lost counts it out once it was made; a failed attempt is counted out here)."""
         if self._is_closed:
             raise ConnectFailed("client closed")
+        self.num_open += 1
+        made: list[_Connection] = []
+
+        def factory() -> _Connection:
+            made.append(_Connection(self))
+            return made[-1]
+
+        try:
+            return await self._open(factory)
+        except BaseException:
+            if made and made[0]._transport is not None:
+                made[0].close()  # connected after all (cancelled just then): its loss counts it out
+            else:
+                for connection in made:
+                    connection._is_counted = False
+                self._on_closed()
+            raise
+
+    async def _open(self, factory: Callable[[], _Connection]) -> _Connection:
         loop = asyncio.get_running_loop()
         server_hostname = self._host if self._ssl is not None else None
         try:
             async with asyncio.timeout(self._connect_timeout_s):
                 _, protocol = await loop.create_connection(
-                    lambda: _Connection(self),
-                    self._host,
-                    self._port,
-                    ssl=self._ssl,
-                    server_hostname=server_hostname,
+                    factory, self._host, self._port, ssl=self._ssl, server_hostname=server_hostname
                 )
         except TimeoutError:
             raise ConnectTimedOut("connect timed out") from None
@@ -315,6 +375,7 @@ class Http1Pool:
             return
         connection.idle_since = time.monotonic()
         self._idle.append(connection)
+        self._wake_one()
 
     async def aclose(self) -> None:
         self._is_closed = True
