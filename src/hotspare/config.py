@@ -127,9 +127,9 @@ class LocalSettings(_StrictSection):
     # Idle cells cost every decode step: attention spans the cache up to its highest used cell. Measured
     # (scripts/bench_idle.py, 4 streams, 1 thread): 7.5k idle cells +23 % per step; 2.5k kept and packed
     # at the bottom +8 %; none 0 %. A demoted conversation comes back from host RAM in ~14 ms per 2.5k
-    # tokens. 4096 keeps the latest conversation of a small model's agent session in the KV cache (its
-    # next turn shares its cells at no cost) and sends the older ones to host RAM; a fixed count, since
-    # what a step pays grows with the cells, not with the context length.
+    # tokens. 4096 sends older conversations to host RAM; the most recently used one always stays in
+    # the KV cache whatever its size (its next turn, or a failover, shares its cells at no cost); a
+    # fixed count, since what a step pays grows with the cells, not with the context length.
     max_idle_kv_tokens: int = Field(
         default=4096,
         ge=0,

@@ -263,7 +263,10 @@ def test_random_conversations_keep_every_slot_exact_through_saves_and_restores(
             s.add(seq(rid, histories[c], max_new=rng.randint(1, 4)))
         while s.has_work or s.has_cache_work:  # as the worker does: demotions and repacks when idle too
             kv.step(s)
-        assert max_idle == 0 or s.cache.num_idle_tokens <= max_idle
+        # Within the cap, or over it only by the most recent conversation (never demoted).
+        older = s.cache.idle_slots[:-1]
+        within = s.cache.num_idle_tokens <= max_idle or all(s.cache.unique_tokens(x) == 0 for x in older)
+        assert max_idle == 0 or within
     assert s.host is not None
     assert s.host.stats.num_saved > 10 and s.host.stats.num_restored > 5, s.host.stats
     assert kv.num_shared_restores > 0

@@ -317,17 +317,35 @@ def test_cells_a_running_sequence_shares_are_never_idle_nor_demoted() -> None:
     assert s.cache.num_idle_tokens == 0 and not s.needs_demotion
     idle_after(s, [*system[:4], 9, 9, 9, 9])  # the system prompt's first 4 cells + 4 of its own
     assert s.cache.num_idle_tokens == 4
-    out = run_step(s)
+    idle_after(s, [50, 51, 52])  # the most recent conversation: never demoted, whatever the cap
+    run_step(s)
     running = s.running[0]
-    # slot 0 (the system prompt alone, all shared by the running request) is released as redundant:
-    # no cell; slot 2's 4 cells of its own are the demotion; the running request's slot stays.
-    assert out.removals == [0, 2] and running.slot == 1
-    assert s.cache.num_idle_tokens == 0 and s.cache.length(running.slot) == running.num_computed
+    # slot 0 (the system prompt alone, all shared by the running request) was released as redundant:
+    # no cell; slot 2's 4 cells of its own were the demotion; the latest conversation and the running
+    # request's slot stay.
+    assert running.slot == 1 and s.stats.num_demotions == 1 and s.stats.num_demoted_tokens == 4
+    assert [s.cache.tokens(slot) for slot in s.cache.idle_slots] == [[50, 51, 52]]
+    assert s.cache.num_idle_tokens == 3 and s.cache.length(running.slot) == running.num_computed
+
+
+def test_the_most_recent_idle_conversation_stays_in_the_kv_cache_whatever_the_cap() -> None:
+    # A long agent conversation over the cap on its own stays warm (its next turn, or a failover,
+    # needs it); the cap sends the older ones away.
+    s = sched(step_tokens=64, max_idle_tokens=5)
+    older, latest = list(range(100, 110)), list(range(200, 212))
+    idle_after(s, older)
+    assert s.cache.num_idle_tokens == 10 and not s.needs_demotion  # alone: kept though over the cap
+    idle_after(s, latest)
+    assert s.needs_demotion
+    out = run_step(s)
+    assert out.removals == [0] and s.cache.idle_slots == [1] and s.cache.num_idle_tokens == 12
+    assert not s.needs_demotion and s.stats.num_demotions == 1
 
 
 def test_no_demotion_while_a_request_waits_for_admission() -> None:
     s = sched(step_tokens=64, max_idle_tokens=5, max_running=1)
-    idle_after(s, list(range(100, 110)))
+    idle_after(s, list(range(100, 110)))  # slot 0, the older one
+    idle_after(s, list(range(200, 210)))
     s.add(seq(1, [1, 2, 3], max_new=50))
     s.add(seq(2, [4, 5, 6]))
     out = run_step(s)

@@ -67,7 +67,18 @@ class KvSlots:
 
     @property
     def is_over_idle_cap(self) -> bool:
-        return self.max_idle_tokens > 0 and self.cache.num_idle_tokens > self.max_idle_tokens
+        """Idle cells exceed the cap and an idle slot other than the most recently used one holds
+        cells of its own. The most recently used conversation stays whatever its size: it is the one
+        most likely to come back next (a failover mid-conversation), and demoting it would make every
+        warm-up of a long conversation a save to host RAM and a restore."""
+        over = self.max_idle_tokens > 0 and self.cache.num_idle_tokens > self.max_idle_tokens
+        return over and self._demotable() is not None
+
+    def _demotable(self) -> int | None:
+        """The least recently used idle slot, not the most recent one, that holds idle cells of its
+        own (one whose cells running sequences all share would free none)."""
+        idle = self.cache.idle_slots
+        return next((s for s in idle[:-1] if self.cache.unique_tokens(s) > 0), None)
 
     @property
     def may_need_repack(self) -> bool:
@@ -170,11 +181,9 @@ class KvSlots:
         return True
 
     def demote_one(self) -> None:
-        """Evict the least recently used idle slot that holds idle cells of its own (one whose cells
-        running sequences all share would free none; there always is one while idle cells exist, and
-        the LRU slot stands in should that ever not hold, so each call makes progress)."""
-        idle = self.cache.idle_slots
-        slot = next((s for s in idle if self.cache.unique_tokens(s) > 0), idle[0])
+        """Evict the slot `_demotable` names (only called while `is_over_idle_cap`)."""
+        slot = self._demotable()
+        assert slot is not None
         self.stats.num_demotions += 1
         self.stats.num_demoted_tokens += self._evict(slot)
 
