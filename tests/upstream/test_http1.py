@@ -273,3 +273,16 @@ async def test_failed_connects_do_not_use_up_the_connection_budget() -> None:
             await pool.send("GET", "/", {}, b"")
     assert pool.num_open == 0
     await pool.aclose()
+
+
+async def test_bytes_after_the_answer_are_ignored_and_the_connection_not_reused(serve: Start) -> None:
+    extra = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-evil: 1\r\n\r\nevil!"
+    server, pool = await serve(ok(b"mine") + extra, ok(b"next"))
+    first = await pool.send("GET", "/", {}, b"")
+    assert await first.aread() == b"mine" and first.header("x-evil") is None
+    await first.aclose()
+    second = await pool.send("GET", "/", {}, b"")
+    assert await second.aread() == b"next"
+    await second.aclose()
+    assert server.num_connections == 2  # the first connection was not trusted again
+    await pool.aclose()

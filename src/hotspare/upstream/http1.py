@@ -144,6 +144,7 @@ class _Connection(asyncio.Protocol):
         self._is_paused = False
         self.is_lost = False
         self._can_keep_alive = False
+        self._is_unsolicited = False
         self.idle_since = 0.0
         self.num_requests = 0
 
@@ -153,7 +154,8 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         response = self._response
-        if response is None:  # bytes on an idle connection: it cannot be trusted any more
+        if response is None or response.is_complete:  # bytes nobody asked for: untrustworthy now
+            self._can_keep_alive = False
             self.close()
             return
         try:
@@ -180,20 +182,31 @@ class _Connection(asyncio.Protocol):
         response._fail(ReadFailed(f"connection closed {what}", before_response=not response.status))
 
     # --- httptools callbacks ----------------------------------------------------------------------
+    # A second message after the answer (in the same read) is nobody's: it is ignored and the
+    # connection is not reused.
+    def on_message_begin(self) -> None:
+        if self._response is not None and self._response.is_complete:
+            self._is_unsolicited = True
+
     def on_header(self, name: bytes, value: bytes) -> None:
         assert self._response is not None
-        self._response._raw_headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+        if not self._is_unsolicited:
+            self._response._raw_headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         assert self._response is not None
-        self._response._on_head(self._parser.get_status_code())
+        if not self._is_unsolicited:
+            self._response._on_head(self._parser.get_status_code())
 
     def on_body(self, body: bytes) -> None:
         assert self._response is not None
-        self._response._on_body(body)
+        if not self._is_unsolicited:
+            self._response._on_body(body)
 
     def on_message_complete(self) -> None:
         assert self._response is not None
+        if self._is_unsolicited:
+            return
         # Asked here: once the message is done the parser has reset and always says no.
         self._can_keep_alive = self._parser.should_keep_alive()
         self._response._on_complete()
@@ -210,6 +223,7 @@ class _Connection(asyncio.Protocol):
         if self._response is not response:
             return
         reusable = response.is_complete and response._error is None and self._can_keep_alive
+        reusable = reusable and not self._is_unsolicited
         self._response, self._can_keep_alive = None, False
         if self._is_paused:
             self.resume()
