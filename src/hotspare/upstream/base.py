@@ -32,7 +32,7 @@ import httpx
 from hotspare.core.errors import FailureClass, UpstreamError
 from hotspare.core.types import ApiFormat, ChatRequest, StreamEvent
 from hotspare.router.config import UpstreamConfig
-from hotspare.upstream.headers import AUTH_HEADERS, HOP_HEADERS, forwardable_headers
+from hotspare.upstream.headers import AUTH_HEADERS, HOP_HEADERS, forwardable_headers, header_value
 from hotspare.upstream.stream import StreamParser, UpstreamStream
 from hotspare.upstream.transport import (
     ConnectTimedOut,
@@ -68,10 +68,7 @@ class ClientCall:
         return _json_object(self.body)
 
     def header(self, name: str) -> str | None:
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
+        return header_value(self.headers, name)
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,5 +27,10 @@ RESPONSE_DROP = HOP_HEADERS | {"date", "server", "x-hotspare-backend"}
 AUTH_HEADERS = frozenset({"authorization", "x-api-key", "api-key"})
 
 
+def header_value(headers: Iterable[tuple[str, str]], name: str) -> str | None:
+    """The first value of header `name` in `headers` (names lower-case on both sides), or None."""
+    return next((value for key, value in headers if key == name), None)
+
+
 def forwardable_headers(headers: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
     return tuple((k, v) for k, v in headers if k.lower() not in RESPONSE_DROP)

@@ -26,7 +26,14 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from hotspare.upstream.transport import ConnectFailed, ConnectTimedOut, ProtocolFailed, ReadFailed
+from hotspare.upstream.headers import header_value
+from hotspare.upstream.transport import (
+    BodyReader,
+    ConnectFailed,
+    ConnectTimedOut,
+    ProtocolFailed,
+    ReadFailed,
+)
 
 _PAUSE_BYTES = 1 << 20  # stop reading from the socket while this much body waits for the consumer
 _KEEPALIVE_S = 5.0  # an idle connection older than this is closed rather than reused (httpx's default)
@@ -34,7 +41,7 @@ _MAX_IDLE = 256
 MAX_CONNECTIONS = 1024  # per upstream, as httpx's pool: a client storm does not become a connection storm
 
 
-class Http1Response:
+class Http1Response(BodyReader):
     """One response. `status` and `headers` (lower-case names, in order) are set when `send` returns."""
 
     def __init__(self, connection: _Connection) -> None:
@@ -52,10 +59,7 @@ class Http1Response:
         self._is_closed = False
 
     def header(self, name: str) -> str | None:
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
+        return header_value(self.headers, name)
 
     async def read_chunk(self) -> bytes | None:
         """All of the body that has arrived and was not read yet, or None at its end. Raises
@@ -76,12 +80,6 @@ class Http1Response:
         self._num_buffered = 0
         self._connection.resume()
         return self._decoder.decompress(chunk) if self._decoder is not None else chunk
-
-    async def aread(self) -> bytes:
-        parts = []
-        while (chunk := await self.read_chunk()) is not None:
-            parts.append(chunk)
-        return b"".join(parts)
 
     async def aclose(self) -> None:
         if not self._is_closed:

@@ -45,6 +45,19 @@ class ProtocolFailed(TransportError):
     pass
 
 
+class BodyReader:
+    """`aread` for a response with `read_chunk`: the one way both clients read a whole body."""
+
+    async def read_chunk(self) -> bytes | None:
+        raise NotImplementedError
+
+    async def aread(self) -> bytes:
+        parts = []
+        while (chunk := await self.read_chunk()) is not None:
+            parts.append(chunk)
+        return b"".join(parts)
+
+
 class Response(Protocol):
     """A response whose headers arrived; the caller must `aclose()` it."""
 
@@ -100,7 +113,7 @@ def _ssl_context() -> ssl.SSLContext:
     return ssl.create_default_context(cafile=cafile, capath=capath)
 
 
-class HttpxResponse:
+class HttpxResponse(BodyReader):
     def __init__(self, response: httpx.Response) -> None:
         self.status = response.status_code
         self.headers = tuple((k.lower(), v) for k, v in response.headers.multi_items())
@@ -118,12 +131,6 @@ class HttpxResponse:
             return None
         except httpx.HTTPError as exc:
             raise ReadFailed(f"response broke ({type(exc).__name__})") from exc
-
-    async def aread(self) -> bytes:
-        parts = []
-        while (chunk := await self.read_chunk()) is not None:
-            parts.append(chunk)
-        return b"".join(parts)
 
     async def aclose(self) -> None:
         await self._response.aclose()
