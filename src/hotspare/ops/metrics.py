@@ -146,37 +146,8 @@ class _EngineCollector(Collector):
         yield _counter("hotspare_engine_steps", "Decode steps.", s.num_steps)
         yield _counter("hotspare_engine_restarts", "Engine process restarts.", s.num_restarts)
         yield _batch_histogram(s)
-        raw = s.raw
-        yield _gauge(
-            "hotspare_engine_threads",
-            "llama.cpp threads in use (fewer while other processes hold the cores).",
-            float(raw.get("num_threads", 0)),
-        )
-        yield _gauge(
-            "hotspare_engine_host_cache_bytes",
-            "Host RAM holding the KV state of conversations evicted from the KV cache.",
-            float(raw.get("host_cache_bytes", 0)),
-        )
-        yield _counter(
-            "hotspare_engine_host_cache_restores",
-            "Conversations restored from host RAM instead of computed.",
-            float(raw.get("host_restores", 0)),
-        )
-        yield _counter(
-            "hotspare_engine_host_cache_restored_tokens",
-            "Prompt tokens restored from host RAM instead of computed.",
-            float(raw.get("host_restored_tokens", 0)),
-        )
-        yield _gauge(
-            "hotspare_engine_kv_idle_tokens",
-            "KV cells held only by idle (cached, not running) conversations.",
-            float(raw.get("kv_idle_tokens", 0)),
-        )
-        yield _counter(
-            "hotspare_engine_kv_demotions",
-            "Idle conversations moved out of the KV cache (to host RAM if on) for max_idle_kv_tokens.",
-            float(raw.get("kv_demotions", 0)),
-        )
+        for make, name, doc, key in _RAW_STATS:
+            yield make(name, doc, float(s.raw.get(key, 0)))
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
@@ -185,6 +156,47 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, value=value)
+
+
+# Engine counters read straight from the engine's stats (EngineSample.raw): (kind, name, help, key).
+_RAW_STATS: tuple[tuple[Callable[[str, str, float], Metric], str, str, str], ...] = (
+    (
+        _gauge,
+        "hotspare_engine_threads",
+        "llama.cpp threads in use (fewer while other processes hold the cores).",
+        "num_threads",
+    ),
+    (
+        _gauge,
+        "hotspare_engine_host_cache_bytes",
+        "Host RAM holding the KV state of conversations evicted from the KV cache.",
+        "host_cache_bytes",
+    ),
+    (
+        _counter,
+        "hotspare_engine_host_cache_restores",
+        "Conversations restored from host RAM instead of computed.",
+        "host_restores",
+    ),
+    (
+        _counter,
+        "hotspare_engine_host_cache_restored_tokens",
+        "Prompt tokens restored from host RAM instead of computed.",
+        "host_restored_tokens",
+    ),
+    (
+        _gauge,
+        "hotspare_engine_kv_idle_tokens",
+        "KV cells held only by idle (cached, not running) conversations.",
+        "kv_idle_tokens",
+    ),
+    (
+        _counter,
+        "hotspare_engine_kv_demotions",
+        "Idle conversations moved out of the KV cache (to host RAM if on) for max_idle_kv_tokens.",
+        "kv_demotions",
+    ),
+)
 
 
 def _batch_histogram(s: EngineSample) -> HistogramMetricFamily:
