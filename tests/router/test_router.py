@@ -303,7 +303,15 @@ def test_non_streaming_is_streamed_internally_and_assembled(
     }
     sent = openai_fake.attempts()[-1].body
     assert sent is not None and sent["stream"] is True and sent["stream_options"] == {"include_usage": True}
-    _, body = run(route_once(make_router([anthropic_fake], FakeLocal()), make_call(ANTHROPIC, stream=False)))
+    reply, body = run(
+        route_once(make_router([anthropic_fake], FakeLocal()), make_call(ANTHROPIC, stream=False))
+    )
+    assert isinstance(reply, RawReply)
+    headers = dict(reply.headers)
+    # The stream's own headers do not describe the JSON answer; the upstream's request id does.
+    assert headers["content-type"] == "application/json"
+    assert "cache-control" not in headers
+    assert headers["request-id"] == "req_fake"
     assert isinstance(body, bytes)
     assert json.loads(body) == {
         "id": "msg_fake01",

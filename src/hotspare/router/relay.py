@@ -103,6 +103,12 @@ class Relay:
             await events.aclose()  # type: ignore[attr-defined]
 
 
+_STREAM_ONLY_HEADERS = frozenset({"content-type", "cache-control", "x-accel-buffering"})
+"""Upstream headers that describe the event stream, not the answer assembled from it: the answer
+says it is JSON, and may be cached like any other (an SSE response says no-cache so that proxies do
+not hold it back). The rest (request ids, rate-limit headers) stay."""
+
+
 async def buffered_reply(member: Member, stream: UpstreamStream) -> RawReply:
     """A non-streaming client's answer from an internal stream, as the vendor's JSON. Nothing
     reached the client yet, so a failure is an ordinary UpstreamError (retry or fail over)."""
@@ -115,6 +121,6 @@ async def buffered_reply(member: Member, stream: UpstreamStream) -> RawReply:
     if finish is None or stream.parser.has_other_content:
         raise member.upstream.error(FailureClass.MALFORMED, "the stream held more than a text answer")
     member.record(True)
-    headers = tuple((k, v) for k, v in stream.headers if k.lower() != "content-type")
+    headers = tuple((k, v) for k, v in stream.headers if k.lower() not in _STREAM_ONLY_HEADERS)
     body = stream.parser.render_message(stream.parser.text, finish)
     return RawReply(200, (("content-type", "application/json"), *headers), single(body), member.upstream.name)
