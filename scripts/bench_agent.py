@@ -113,31 +113,45 @@ def agent_task(conversation: int, turn: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class SharedPrefixResult:
-    """`warm_uncached_tokens`: prompt tokens the server says it computed for each warm request
-    (None where it does not report cached tokens)."""
+    """`warm_*`: new questions after the cached system prompt (each computes its own ~28 tokens);
+    `repeat_*`: the last request sent again unchanged, as a client's retry is (the whole prompt is
+    cached; a server computes one token to get logits). `*_uncached_tokens`: prompt tokens the server
+    says it computed (None where it does not report cached tokens)."""
 
     prompt_tokens: int
     cold_ttft_s: float
     warm_ttfts_s: tuple[float, ...]
     warm_uncached_tokens: tuple[int | None, ...]
+    repeat_ttfts_s: tuple[float, ...] = ()
+    repeat_uncached_tokens: tuple[int | None, ...] = ()
 
     @property
     def warm_ttft_s(self) -> float:
         return statistics.median(self.warm_ttfts_s)
 
+    @property
+    def repeat_ttft_s(self) -> float:
+        return statistics.median(self.repeat_ttfts_s)
 
-async def run_shared_prefix(target: Target, nonce: str, num_warm: int = 3) -> SharedPrefixResult:
+
+async def run_shared_prefix(
+    target: Target, nonce: str, num_warm: int = 3, num_repeat: int = 3
+) -> SharedPrefixResult:
     system = agent_system_prompt(f"{nonce}-shared")
     results = []
+    messages: Messages = []
     for i in range(num_warm + 1):
         question = f"Question {i}: which of the tools above would you use to {_TOPICS[i]}? Explain."
         messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
         results.append(await target.chat(messages, max_tokens=8))
+    repeats = [await target.chat(messages, max_tokens=8) for _ in range(num_repeat)]
     return SharedPrefixResult(
         count_tokens(system),
         results[0].ttft_s,
         tuple(r.ttft_s for r in results[1:]),
         tuple(uncached_tokens(r) for r in results[1:]),
+        tuple(r.ttft_s for r in repeats),
+        tuple(uncached_tokens(r) for r in repeats),
     )
 
 
