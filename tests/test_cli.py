@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -99,6 +100,24 @@ def test_ctrl_c_is_a_quiet_graceful_shutdown(tmp_path: Path) -> None:
     assert status in (0, 130), log
     assert "Traceback" not in log and "ERROR" not in log, log
     assert log.rstrip().endswith("hotspare stopped")
+
+
+def test_a_second_ctrl_c_during_the_shutdown_stops_at_once_without_a_traceback(tmp_path: Path) -> None:
+    """An impatient second Ctrl-C makes uvicorn give up on the graceful shutdown; what is left of
+    its lifespan task is cancelled, which it used to report as an ERROR with a traceback."""
+    running = start_server(tmp_path)
+    body = {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    assert httpx.post(f"{running.base_url}/v1/chat/completions", json=body, timeout=60).status_code == 200
+    children = psutil.Process(running.process.pid).children(recursive=True)
+    running.process.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    running.process.send_signal(signal.SIGINT)
+    status = running.process.wait(30)
+    log = running.log()
+    assert status in (0, 130), log
+    assert "Traceback" not in log and "ERROR" not in log, log
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, log  # the engine process goes too
 
 
 def test_a_signal_to_the_whole_process_group_is_a_clean_shutdown_that_saves_the_prefix_cache(

@@ -115,6 +115,7 @@ def serve_command(args: argparse.Namespace) -> int:
         lifespan="on",
     )
     server = uvicorn.Server(config)
+    logging.getLogger("uvicorn.error").addFilter(_quiet_forced_exit)
     app.state.on_fatal = lambda: setattr(server, "should_exit", True)
     try:
         # After a graceful shutdown uvicorn re-raises the signal that stopped it, so SIGTERM ends the
@@ -123,6 +124,15 @@ def serve_command(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     return EXIT_FAILED if app.state.load_error is not None else EXIT_OK
+
+
+def _quiet_forced_exit(record: logging.LogRecord) -> bool:
+    """Drop the report of a cancelled lifespan. A second Ctrl-C makes uvicorn skip the lifespan's
+    shutdown; asyncio then cancels the lifespan task, whose cleanup still runs (the engine is stopped,
+    "hotspare stopped" is logged), and Starlette passed the cancellation's traceback to uvicorn, which
+    logged it as an ERROR. Every other record passes."""
+    text = record.getMessage()
+    return not (text.startswith("Traceback") and text.rstrip().endswith("CancelledError"))
 
 
 def _settings(args: argparse.Namespace) -> Settings:
