@@ -67,6 +67,11 @@ def test_serve_logs_where_it_listens_which_model_and_the_load_time(server: Runni
     assert lines[0].rstrip().endswith(" s")
 
 
+def test_serve_runs_the_embedded_model_on_weights_re_encoded_for_the_cpu(server: RunningServer) -> None:
+    (line,) = [line for line in server.log().splitlines() if "engine ready" in line]
+    assert "Q8_0; Q8_0, re-encoded from Q4_1)" in line
+
+
 def test_a_configured_server_restricts_names_and_stops_cleanly(tmp_path: Path) -> None:
     config = tmp_path / "hotspare.toml"
     config.write_text('[local]\ncontext_tokens = 1024\n[api]\nallowed_models = ["gpt-4o"]\n')

@@ -42,6 +42,7 @@ from hotspare.engine.local import LocalEngine
 from hotspare.models.catalog import ModelEntry, load_catalog, resolve_weights
 from hotspare.models.hardware import serving_choice
 from hotspare.models.home import hotspare_home
+from hotspare.models.locate import expected_weights
 from hotspare.models.vllm_backend import VllmBackend, vllm_backend
 from hotspare.ops import routes as ops_routes
 from hotspare.ops.access import AccessGuard, startup_keys
@@ -250,4 +251,7 @@ def engine_config(settings: Settings, entry: ModelEntry) -> EngineConfig:
         chat_template=entry.chat_template,
         stop=entry.stop,
         persist_dir=hotspare_home() / "kvcache" if local.persist_prefixes else None,
+        model_sha256=expected_weights(entry).sha256,
+        quantization=entry.quantization,
+        weights_dir=hotspare_home() / "weights" if local.fast_weights else None,
     )

@@ -121,6 +121,12 @@ class LocalSettings(_StrictSection):
     persist_prefixes: bool = Field(
         default=True, description="save the hottest cached prefixes to disk so a restart is warm"
     )
+    fast_weights: bool = Field(
+        default=True,
+        description="re-encode weights that llama.cpp multiplies slowly on a CPU (Q4_1) as Q8_0, once, "
+        "kept in $HOTSPARE_HOME/weights: 2.2x faster prefill, 1.3x faster batched decoding, 1.5x the "
+        "file, quality within llama.cpp's own noise (docs/engine.md)",
+    )
     persist_max_mib: int = Field(
         default=512, ge=1, description="disk for the saved prefixes together; the hottest are kept within it"
     )

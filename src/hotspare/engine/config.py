@@ -27,6 +27,10 @@ class EngineConfig:
     persist_max_mib: the most disk those files may take together (the hottest are kept within it).
     host_cache_mib: host RAM for the KV state of conversations evicted from the KV cache, restored
         when they come back (engine/host_cache.py); 0 = off. At most a fifth of the machine's RAM.
+    model_sha256: the weights' verified sha256 (names and checks the re-encoded copy); None = unknown.
+    quantization: the weights' type as the catalogue names it ("Q4_1"), for engine/weights.py.
+    weights_dir: where re-encoded copies of the weights are kept (engine/weights.py); None = load the
+        catalogue's file as it is.
     max_idle_kv_tokens: idle (cached, not running) KV cells beyond which the least recently used idle
         conversations are demoted to host RAM (dropped without a host cache) between steps, those kept
         packed at the bottom of the cache when nothing runs; idle cells slow every decode step. 0 = only
@@ -50,3 +54,6 @@ class EngineConfig:
     persist_max_mib: int = 512
     host_cache_mib: int = 0
     max_idle_kv_tokens: int = 0
+    model_sha256: str | None = None
+    quantization: str | None = None
+    weights_dir: Path | None = None

@@ -122,6 +122,7 @@ class LocalEngine:
         self.context_tokens = 0
         self.load_s = 0.0
         self.num_restored_tokens = 0
+        self.weights_note = ""
         self.num_restarts = 0
         self._load_timeout_s = load_timeout_s
         self._hang_timeout_s = hang_timeout_s
@@ -166,6 +167,7 @@ class LocalEngine:
         self.context_tokens = ready.context_tokens
         self.load_s = ready.load_s
         self.num_restored_tokens = ready.num_restored_tokens
+        self.weights_note = ready.weights_note
         info = ready.info
         self._template = ChatTemplate(
             self.config.chat_template or info.chat_template,
@@ -178,7 +180,7 @@ class LocalEngine:
         log.info(
             "engine ready: %s (%s), context %d tokens, loaded in %.2f s, %d cached prefix tokens restored",
             self.model_name,
-            info.description,
+            "; ".join(filter(None, (info.description, ready.weights_note))),
             self.context_tokens,
             self.load_s,
             self.num_restored_tokens,

@@ -52,6 +52,7 @@ class Ready:
     context_tokens: int
     load_s: float
     num_restored_tokens: int = 0
+    weights_note: str = ""  # how the loaded weights differ from the catalogue's (engine/weights.py)
 
 
 @dataclass(frozen=True, slots=True)

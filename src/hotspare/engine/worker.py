@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import ctypes
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -48,6 +49,7 @@ from hotspare.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutpu
 from hotspare.engine.sequence import Sequence
 from hotspare.engine.text_output import TextOutput
 from hotspare.engine.threads import GovernorConfig, ThreadGovernor, sample_cpu
+from hotspare.engine.weights import prepare_weights
 
 log = logging.getLogger(__name__)
 
@@ -350,18 +352,27 @@ def load(config: EngineConfig) -> tuple[EngineCore, Ready]:
     started = time.monotonic()
     probe_ctx = config.context_tokens or 0
     kv = config.kv_cache_tokens
-    model = LlamaCppModel(
+    weights = prepare_weights(
         config.model_path,
+        quantization=config.quantization,
+        source_sha256=config.model_sha256,
+        cache_dir=config.weights_dir,
+        num_threads=config.num_threads,
+    )
+    model = LlamaCppModel(
+        weights.path,
         kv_cache_tokens=kv or max(2 * (probe_ctx or 8192), 4096),
         max_slots=num_slots(config),
         batch_tokens=config.step_tokens,
         num_threads=config.num_threads,
     )
     context = min(config.context_tokens or model.info.context_train_tokens, model.info.kv_capacity_tokens)
-    core = EngineCore(model, config, context)
+    # From here on the loaded file is the model: saved prefixes are filed under its name (KV computed
+    # with the re-encoded weights is not the source's).
+    core = EngineCore(model, dataclasses.replace(config, model_path=weights.path), context)
     _warm_up(model)
     restored = core.restore()
-    return core, Ready(model.info, context, time.monotonic() - started, restored)
+    return core, Ready(model.info, context, time.monotonic() - started, restored, weights.note)
 
 
 def _warm_up(model: LlamaCppModel) -> None:

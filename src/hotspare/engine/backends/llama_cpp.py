@@ -36,6 +36,26 @@ def _forward_llama_log(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
         log.error("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
 
 
+REQUANTIZE_TYPES = {"Q8_0": llama.LLAMA_FTYPE_MOSTLY_Q8_0}
+"""Target weight types `requantize` can write, by the catalogue's name for them."""
+
+LLAMA_CPP_VERSION: str = llama.__version__
+
+
+def requantize(source: Path, target: Path, weight_type: str, num_threads: int) -> None:
+    """Write `source`'s weights re-encoded as `weight_type` (a REQUANTIZE_TYPES key) to `target`.
+    Takes seconds per GB on a CPU. Raises ModelError if llama.cpp fails (the target may then hold a
+    partial file: the caller writes to a temporary name)."""
+    llama.llama_log_set(_forward_llama_log, ctypes.c_void_p(0))  # a line per tensor otherwise
+    params = llama.llama_model_quantize_default_params()
+    params.ftype = REQUANTIZE_TYPES[weight_type]
+    params.allow_requantize = True  # the source is already quantized: that is the point
+    params.nthread = num_threads
+    rc = llama.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params))
+    if rc != 0:
+        raise ModelError(f"llama.cpp could not re-encode {source} as {weight_type} (code {rc})")
+
+
 @dataclass(frozen=True, slots=True)
 class ModelInfo:
     """What the API side needs to know about the loaded model."""
