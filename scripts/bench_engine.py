@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Benchmark hotspare's local engine against llama.cpp's `llama-server` and llama-cpp-python's server.
 
-One run, same model (SmolLM2-135M-Instruct Q4_1), same thread count (2), greedy, OpenAI streaming
-API, distinct prompts. Workloads:
+One run, same model (SmolLM2-135M-Instruct: by default every server loads the Q8_0 copy hotspare
+makes of the shipped Q4_1 file, `--weights shipped` gives them all the Q4_1 file), same thread count
+(2), greedy, OpenAI streaming API, distinct prompts. Workloads:
 
 - streams: 1, 4, 8, 16 concurrent 64-token stories; aggregate tokens/s (completion tokens over the
   wall time of the batch), TTFT p50/p95, inter-token p95 (waits between streamed chunks);
@@ -209,6 +210,7 @@ async def run(args: argparse.Namespace) -> dict[str, dict[str, Measured]]:
     run_id = f"{time.time():.0f}"
     log_dir = servers.scratch_dir()
     log(f"logs in {log_dir}; hotspare via {args.hotspare}; load {servers.load_average()}")
+    log(f"every server loads {servers.weights_path()}")
     results: dict[str, dict[str, Measured]] = {}
     for workload in args.workloads:
         if workload == "streams" and args.rounds > 1:
@@ -294,8 +296,16 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--attempts", type=int, default=3, help="runs of one unit at most")
     parser.add_argument("--unit-timeout-s", type=float, default=900.0)
+    parser.add_argument(
+        "--weights",
+        choices=("fast", "shipped"),
+        default="fast",
+        help="what every server loads: the Q8_0 copy hotspare makes by default (fast_weights), or the\n"
+        "Q4_1 file as shipped",
+    )
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     args = parser.parse_args()
+    servers.FAST_WEIGHTS = args.weights == "fast"
     if args.hotspare == "auto":
         args.hotspare = "http" if servers.has_hotspare_serve() else "in-process"
     return args

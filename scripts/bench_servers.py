@@ -44,6 +44,34 @@ def model_path() -> Path:
     return Path(str(path))
 
 
+FAST_WEIGHTS = True
+"""Every server loads the same weights: with True (hotspare's default) the Q8_0 copy hotspare makes
+of the Q4_1 file (engine/weights.py), with False the Q4_1 file as shipped. Set by the scripts'
+`--weights`."""
+
+WEIGHTS_DIR = Path.home() / ".cache/hotspare/bench-weights"
+
+
+def weights_path() -> Path:
+    """The weights file the servers load (see FAST_WEIGHTS)."""
+    if not FAST_WEIGHTS:
+        return model_path()
+    from hotspare.engine.weights import prepare_weights
+    from hotspare.models.catalog import DEFAULT_MODEL, load_catalog
+
+    entry = load_catalog().get(DEFAULT_MODEL)
+    weights = prepare_weights(
+        model_path(),
+        quantization=entry.quantization,
+        source_sha256=entry.sha256,
+        cache_dir=WEIGHTS_DIR,
+        num_threads=NUM_THREADS,
+    )
+    if not weights.note:
+        raise RuntimeError("could not re-encode the weights; run with --weights shipped")
+    return weights.path
+
+
 # ----- measuring one streamed answer -----
 
 
@@ -293,7 +321,7 @@ def llama_server(log_dir: Path, *, num_slots: int, context_tokens: int, pin_slot
     if not LLAMA_SERVER_PATH.exists():
         raise RuntimeError(f"{LLAMA_SERVER_PATH} is missing: run scripts/build-llama-server first")
     port = free_port()
-    argv = [str(LLAMA_SERVER_PATH), "-m", str(model_path()), "-a", MODEL_ALIAS]
+    argv = [str(LLAMA_SERVER_PATH), "-m", str(weights_path()), "-a", MODEL_ALIAS]
     argv += ["-np", str(num_slots), "--kv-unified", "-t", str(NUM_THREADS), "-tb", str(NUM_THREADS)]
     argv += ["-c", str(context_tokens), "--host", "127.0.0.1", "--port", str(port), "--no-webui"]
     if pin_slots:
@@ -307,7 +335,7 @@ def llama_cpp_python_server(log_dir: Path, *, context_tokens: int) -> Any:
     """llama-cpp-python's own server. Its default `interrupt_requests` cuts a running stream when
     another request arrives, so it is turned off: requests queue and are served one at a time."""
     port = free_port()
-    argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path())]
+    argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(weights_path())]
     argv += ["--model_alias", MODEL_ALIAS, "--n_threads", str(NUM_THREADS)]
     argv += ["--n_threads_batch", str(NUM_THREADS), "--n_ctx", str(context_tokens)]
     argv += ["--interrupt_requests", "False", "--host", "127.0.0.1", "--port", str(port)]
@@ -328,7 +356,10 @@ def hotspare_server(log_dir: Path) -> Any:
     at start, and idle cached cells slow every step (see docs/benchmarks.md)."""
     port = free_port()
     config = log_dir / "hotspare.toml"
-    config.write_text(f'[local]\nmodel = "{MODEL_ALIAS}"\nnum_threads = {NUM_THREADS}\n')
+    fast = "true" if FAST_WEIGHTS else "false"
+    config.write_text(
+        f'[local]\nmodel = "{MODEL_ALIAS}"\nnum_threads = {NUM_THREADS}\nfast_weights = {fast}\n'
+    )
     argv = [str(shutil.which("hotspare")), "serve", "--config", str(config), "--port", str(port)]
     env = {"HOTSPARE_HOME": str(Path(tempfile.mkdtemp(prefix="home-", dir=log_dir)))}
     return http_server("hotspare", argv, port, "/ready", log_dir, {}, env=env)
@@ -342,7 +373,7 @@ async def hotspare_in_process(*, context_tokens: int = 0) -> AsyncIterator[Any]:
 
     engine = LocalEngine(
         EngineConfig(
-            model_path=model_path(),
+            model_path=weights_path(),
             model_name=MODEL_ALIAS,
             num_threads=NUM_THREADS,
             context_tokens=context_tokens,
