@@ -138,6 +138,12 @@ def wait_until(check: Any, timeout_s: float = 20.0) -> None:
         time.sleep(0.05)
 
 
+def test_status_names_the_weights_the_engine_runs(hotspare: RunningServer) -> None:
+    assert status(hotspare)["local"]["weights"] == "Q8_0, re-encoded from Q4_1"
+    page = httpx.get(f"{hotspare.base_url}/status", headers={"accept": "text/html"}).text
+    assert "(Q8_0, re-encoded from Q4_1)" in page
+
+
 def test_metrics_and_request_log_cover_requests_upstreams_and_engine(
     hotspare: RunningServer, anthropic_fake: FakeUpstream, openai_fake: FakeUpstream
 ) -> None:

@@ -97,6 +97,8 @@ def _local(state: Any, monitor: Monitor) -> dict[str, Any]:
     s = monitor.engine
     return {
         "model": state.settings.local.model,
+        # How the loaded weights differ from the catalogue's file ("" = they are that file).
+        "weights": str(getattr(state.backend, "weights_note", "") or ""),
         "ready": state.backend is not None and bool(getattr(state.backend, "is_ready", True)),
         "state": str(s.state),
         "queue_depth": s.queue_depth,

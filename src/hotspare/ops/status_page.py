@@ -77,7 +77,7 @@ def _upstreams(doc: dict[str, Any]) -> str:
 def _local(doc: dict[str, Any]) -> str:
     local, series = doc["local"], doc["requests"]["series"]
     cards = [
-        ("model", escape(local["model"])),
+        ("model", escape(local["model"]) + (f" ({escape(note)})" if (note := local.get("weights")) else "")),
         ("state", escape(local["state"])),
         ("running", str(local["running"])),
         ("queued", str(local["queue_depth"])),
