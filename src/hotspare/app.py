@@ -39,6 +39,7 @@ from hotspare.core.errors import HotspareError
 from hotspare.core.types import ChatBackend
 from hotspare.engine.config import EngineConfig
 from hotspare.engine.local import LocalEngine
+from hotspare.engine.weights import WEIGHTS_DIR_NAME
 from hotspare.models.catalog import ModelEntry, load_catalog, resolve_weights
 from hotspare.models.hardware import serving_choice
 from hotspare.models.home import hotspare_home
@@ -253,5 +254,5 @@ def engine_config(settings: Settings, entry: ModelEntry) -> EngineConfig:
         persist_dir=hotspare_home() / "kvcache" if local.persist_prefixes else None,
         model_sha256=expected_weights(entry).sha256,
         quantization=entry.quantization,
-        weights_dir=hotspare_home() / "weights" if local.fast_weights else None,
+        weights_dir=hotspare_home() / WEIGHTS_DIR_NAME if local.fast_weights else None,
     )

@@ -12,6 +12,7 @@ import psutil
 import pytest
 
 from hotspare.models.commands import register
+from hotspare.models.home import hotspare_home
 from hotspare.models.locate import find_installed
 
 from .factories import entry_dict, write_catalog
@@ -92,6 +93,23 @@ def test_pull_verify_tamper_rm(capsys: pytest.CaptureFixture[str], hub_catalog: 
     assert code == 1
     code, _, err = run(capsys, "models", "rm", "w", *catalog)
     assert (code, err) == (1, "hotspare: model 'w' is not installed\n")
+
+
+def test_rm_also_removes_the_copies_the_engine_re_encoded(
+    capsys: pytest.CaptureFixture[str], hub_catalog: Path
+) -> None:
+    catalog = ("--catalog", str(hub_catalog))
+    assert run(capsys, "models", "pull", "w", "--no-progress", *catalog)[0] == 0
+    folder = hotspare_home() / "weights"
+    folder.mkdir(parents=True)
+    key = hashlib.sha256(WEIGHTS).hexdigest()[:16]
+    copies = [folder / f"w.{key}.q8_0.gguf", folder / f"w.{key}.q8_0.json"]
+    other = folder / "x.0123456789abcdef.q8_0.gguf"  # another model's copy stays
+    for path in [*copies, other]:
+        path.write_bytes(b"copy")
+    code, out, _ = run(capsys, "models", "rm", "w", *catalog)
+    assert code == 0 and all(f"removed {path}" in out for path in copies)
+    assert [p.name for p in folder.iterdir()] == [other.name]
 
 
 def test_unknown_name_is_one_line_on_stderr(capsys: pytest.CaptureFixture[str]) -> None:

@@ -34,10 +34,12 @@ from pathlib import Path
 import psutil
 
 from hotspare.core.errors import ModelError
-from hotspare.engine.backends.llama_cpp import LLAMA_CPP_VERSION, requantize
 from hotspare.models.integrity import HashCache, sha256_file
 
 log = logging.getLogger(__name__)
+
+WEIGHTS_DIR_NAME = "weights"
+"""The copies' folder under $HOTSPARE_HOME."""
 
 REENCODE = {"Q4_1": "Q8_0"}
 """Source weight type (as the catalogue names it) -> the type it is re-encoded as. Only types
@@ -71,7 +73,10 @@ def prepare_weights(
     target_type = REENCODE.get((quantization or "").upper())
     if cache_dir is None or source_sha256 is None or target_type is None:
         return Weights(source)
-    target = cache_dir / f"{source.stem}.{source_sha256[:16]}.{target_type.lower()}.gguf"
+    # Imported here: `copies_of` (used by `hotspare models rm`) must not load llama.cpp.
+    from hotspare.engine.backends.llama_cpp import LLAMA_CPP_VERSION
+
+    target = cache_dir / f"{source.stem}.{_key(source_sha256)}.{target_type.lower()}.gguf"
     expected = {"source_sha256": source_sha256, "weight_type": target_type, "llama_cpp": LLAMA_CPP_VERSION}
     note = f"{target_type}, re-encoded from {quantization}"
     hashes = hashes if hashes is not None else HashCache()
@@ -85,6 +90,16 @@ def prepare_weights(
     except (OSError, ModelError, ValueError) as exc:
         log.warning("could not re-encode %s as %s (%s); loading it as it is", source.name, target_type, exc)
         return Weights(source)
+
+
+def copies_of(cache_dir: Path, source_sha256: str) -> list[Path]:
+    """Every file kept in `cache_dir` for the source with this sha256: copies, their records, and
+    leftovers of an interrupted write."""
+    return sorted(cache_dir.glob(f"*.{_key(source_sha256)}.*")) if cache_dir.is_dir() else []
+
+
+def _key(source_sha256: str) -> str:
+    return source_sha256[:16]
 
 
 def _record_path(target: Path) -> Path:
@@ -139,6 +154,8 @@ def _write(
     started = time.monotonic()
     log.info("re-encoding %s as %s for faster CPU kernels (once, into %s)", source.name, target_type, target)
     partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
+    from hotspare.engine.backends.llama_cpp import requantize
+
     try:
         requantize(source, partial, target_type, num_threads or os.cpu_count() or 1)
         digest = sha256_file(partial)

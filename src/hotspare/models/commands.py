@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from hotspare.core.errors import HotspareError, ModelError
+from hotspare.engine.weights import WEIGHTS_DIR_NAME, copies_of
 from hotspare.models.bundle import create_bundle, import_bundle
 from hotspare.models.catalog import load_catalog
 from hotspare.models.entry import HuggingFaceSource, LocalSource, ModelEntry, PypiSource
@@ -34,6 +35,7 @@ from hotspare.models.hardware import (
 from hotspare.models.home import hf_cache_dir, hotspare_home
 from hotspare.models.integrity import HashCache
 from hotspare.models.locate import is_installed, resolve_weights, stored_path
+from hotspare.models.pins import PinStore
 
 Command = Callable[[argparse.Namespace], int]
 OK, FAILED = 0, 1
@@ -147,7 +149,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_rm(args: argparse.Namespace) -> int:
     entry = load_catalog(args.catalog).get(args.name)
-    removed = _remove_stored(entry) + remove_cached(entry)
+    removed = _remove_stored(entry) + remove_cached(entry) + _remove_copies(entry)
     for path in removed:
         print(f"removed {path}")
     src = entry.source
@@ -228,6 +230,17 @@ def _remove_stored(entry: ModelEntry) -> list[Path]:
     for path in removed:
         path.unlink()
     folder.rmdir()
+    return removed
+
+
+def _remove_copies(entry: ModelEntry) -> list[Path]:
+    """The copies the engine re-encoded from this model's weights (engine/weights.py)."""
+    sha256 = entry.sha256 or (pin.sha256 if (pin := PinStore().get(entry.name, entry.file_name)) else None)
+    if sha256 is None:
+        return []
+    removed = copies_of(hotspare_home() / WEIGHTS_DIR_NAME, sha256)
+    for path in removed:
+        path.unlink()
     return removed
 
 
