@@ -34,7 +34,7 @@ async def collect(engine: LocalEngine, request: ChatRequest) -> tuple[str, Finis
     async for event in engine.stream(request):
         if isinstance(event, TextDelta):
             text += event.text
-        else:
+        elif isinstance(event, Finish):
             return text, event
     raise AssertionError("stream ended without Finish")
 
