@@ -347,6 +347,35 @@ async def test_a_torn_or_foreign_prefix_file_is_discarded_at_start(model_path: P
         await second.stop()
 
 
+async def test_demotions_wait_until_the_engine_has_been_quiet_for_a_while(model_path: Path) -> None:
+    """A conversation's next turn usually comes right after its answer, and must not wait for a
+    demotion's save. With a long quiet period, nothing is demoted soon after the last answer though
+    the idle cells are over the cap (the next test sees them demoted once the default second passes)."""
+    config = EngineConfig(
+        model_path=model_path,
+        model_name="m",
+        max_running=2,
+        host_cache_mib=64,
+        max_idle_kv_tokens=100,
+        cache_work_quiet_s=30.0,
+    )
+    engine = LocalEngine(config)
+    await engine.start()
+    try:
+        for i in range(3):
+            text = f"Entry {i}: the lamp of tower {i} was cleaned and tested at dawn. " * 12
+            greedy = SamplingParams(temperature=0, max_tokens=2)
+            await collect(engine, ChatRequest("m", (Message(Role.USER, text),), greedy))
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            stats = await engine.stats()
+            assert stats["kv_demotions"] == 0 and stats["kv_repacks"] == 0, stats
+            await asyncio.sleep(0.1)
+        assert stats["kv_idle_tokens"] > 100, stats
+    finally:
+        await engine.stop()
+
+
 async def test_idle_cells_beyond_the_cap_go_to_host_ram_and_a_demoted_conversation_comes_back_warm(
     model_path: Path,
 ) -> None:

@@ -277,18 +277,18 @@ def test_a_repack_restores_the_kept_slots_in_lru_order_sharing_their_common_pref
     assert s.cache.idle_slots == [2, 1] and s.cache.num_used_tokens == 12 and s.cache.num_idle_tokens == 12
 
 
-def test_no_repack_without_freed_cells_nor_while_anything_runs() -> None:
+def test_no_repack_without_freed_cells_and_no_cache_work_while_a_request_runs() -> None:
     s = sched(step_tokens=64, max_idle_tokens=30, host_cache_bytes=10_000, host_min_tokens=4)
     idle_after(s, list(range(200, 210)), list(range(300, 310)))
     assert not s.has_cache_work  # nothing was freed: the cells are where llama.cpp put them, packed
     s.add(seq(1, list(range(400, 420)), max_new=50))
     run_step(s)
     idle_after(s, list(range(500, 515)))  # 35 idle cells beside request 1
+    assert s.kv.is_over_idle_cap and s.running
     run_step(s)
-    assert s.stats.num_demotions == 1 and s.running  # slot 0 demoted while request 1 runs ...
-    assert not s.needs_repack  # ... but no repack beside it
-    s.cancel(1)  # its cells are idle now: 46, so two more demotions first, one a step
-    ops = [run_step(s).kv_ops for _ in range(3)]
+    assert s.stats.num_demotions == 0 and not s.has_cache_work  # nothing stalls a running request
+    s.cancel(1)  # its cells are idle too now: 56; three demotions (LRU first), one a step, then a repack
+    ops = [run_step(s).kv_ops for _ in range(4)]
     assert s.stats.num_demotions == 3 and not s.has_cache_work
     assert isinstance(ops[-1][-1], Restore) and s.stats.num_repacks == 1
     (kept,) = s.cache.idle_slots  # request 1's cells, the most recently used
@@ -317,15 +317,19 @@ def test_cells_a_running_sequence_shares_are_never_idle_nor_demoted() -> None:
     assert s.cache.num_idle_tokens == 0 and not s.needs_demotion
     idle_after(s, [*system[:4], 9, 9, 9, 9])  # the system prompt's first 4 cells + 4 of its own
     assert s.cache.num_idle_tokens == 4
-    idle_after(s, [50, 51, 52])  # the most recent conversation: never demoted, whatever the cap
-    run_step(s)
+    idle_after(s, [50, 51, 52])
+    assert s.cache.num_idle_tokens == 7 and not s.needs_demotion  # not while request 1 runs
     running = s.running[0]
-    # slot 0 (the system prompt alone, all shared by the running request) was released as redundant:
-    # no cell; slot 2's 4 cells of its own were the demotion; the latest conversation and the running
-    # request's slot stay.
-    assert running.slot == 1 and s.stats.num_demotions == 1 and s.stats.num_demoted_tokens == 4
-    assert [s.cache.tokens(slot) for slot in s.cache.idle_slots] == [[50, 51, 52]]
-    assert s.cache.num_idle_tokens == 3 and s.cache.length(running.slot) == running.num_computed
+    s.cancel(1)  # now the most recent conversation: never demoted, whatever the cap
+    while s.has_cache_work:
+        run_step(s)
+    # slot 0 (the system prompt alone) was released as redundant: no cell; the two older
+    # conversations' own cells were the demotions; the cancelled request's cells, shared system
+    # prompt included, stay.
+    assert s.stats.num_demotions == 2 and s.stats.num_demoted_tokens == 4 + 3
+    (kept,) = s.cache.idle_slots
+    assert s.cache.tokens(kept) == running.tokens[: s.cache.length(kept)]
+    assert s.cache.tokens(kept)[:11] == [*system, 1, 2, 3]
 
 
 def test_the_most_recent_idle_conversation_stays_in_the_kv_cache_whatever_the_cap() -> None:
@@ -342,7 +346,7 @@ def test_the_most_recent_idle_conversation_stays_in_the_kv_cache_whatever_the_ca
     assert not s.needs_demotion and s.stats.num_demotions == 1
 
 
-def test_no_demotion_while_a_request_waits_for_admission() -> None:
+def test_no_demotion_while_a_request_waits_or_runs() -> None:
     s = sched(step_tokens=64, max_idle_tokens=5, max_running=1)
     idle_after(s, list(range(100, 110)))  # slot 0, the older one
     idle_after(s, list(range(200, 210)))
@@ -351,7 +355,17 @@ def test_no_demotion_while_a_request_waits_for_admission() -> None:
     out = run_step(s)
     assert out.removals == [] and not s.needs_demotion and s.stats.num_demotions == 0
     assert s.cancel(2) is not None
+    assert run_step(s).removals == [] and s.stats.num_demotions == 0  # request 1 still runs
+    assert s.cancel(1) is not None
     assert run_step(s).removals == [0] and s.stats.num_demotions == 1
+
+
+def test_demotion_goes_on_beside_warm_ups() -> None:
+    s = sched(step_tokens=64, max_idle_tokens=5)
+    idle_after(s, list(range(100, 110)))
+    idle_after(s, list(range(200, 210)))
+    s.add(seq(1, list(range(300, 400)), warmup=True))  # 100 tokens: two steps of prefill
+    assert run_step(s).removals == [0] and s.stats.num_demotions == 1 and s.running
 
 
 def test_a_cap_of_zero_demotes_nothing() -> None:

@@ -27,6 +27,9 @@ class EngineConfig:
     persist_max_mib: the most disk those files may take together (the hottest are kept within it).
     host_cache_mib: host RAM for the KV state of conversations evicted from the KV cache, restored
         when they come back (engine/host_cache.py); 0 = off. At most a fifth of the machine's RAM.
+    cache_work_quiet_s: demotions and repacks for `max_idle_kv_tokens` wait until the engine has had
+        no request to run for this long: each save in them stalls the engine for tens of milliseconds,
+        and a conversation's next turn usually comes right after its last answer.
     model_sha256: the weights' verified sha256 (names and checks the re-encoded copy); None = unknown.
     quantization: the weights' type as the catalogue names it ("Q4_1"), for engine/weights.py.
     weights_dir: where re-encoded copies of the weights are kept (engine/weights.py); None = load the
@@ -54,6 +57,7 @@ class EngineConfig:
     persist_max_mib: int = 512
     host_cache_mib: int = 0
     max_idle_kv_tokens: int = 0
+    cache_work_quiet_s: float = 1.0
     model_sha256: str | None = None
     quantization: str | None = None
     weights_dir: Path | None = None

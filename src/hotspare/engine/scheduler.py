@@ -9,9 +9,9 @@ sequence is preempted: its cells stay cached and it goes back to the head of the
 
 Where cells live is `kv_slots.py`'s concern (slot ids, the prefix cache, the host-RAM tier, eviction);
 the scheduler decides when. With `max_idle_tokens`, idle cells beyond it are demoted between steps,
-one slot a step, and only while no request waits for admission (a save takes ~40-110 ms per 2.5k
-tokens; a waiting request should not wait for it too); the idle slots kept are repacked at the bottom
-of the cache only when nothing runs or waits (`has_cache_work`: the worker steps for these when idle).
+one slot a step, and only while no request runs or waits (a save takes tens of milliseconds; warm-ups
+may run); the idle slots kept are repacked at the bottom of the cache only when nothing runs or waits
+(`has_cache_work`: the worker steps for these once the engine has been quiet for a moment).
 
 Plain synchronous Python with no I/O and no llama_cpp: the worker applies a `SchedulerOutput` to the
 model (its KV operations in order, then one decode) and reports back with `update_from_output`.
@@ -152,9 +152,14 @@ class Scheduler:
 
     @property
     def needs_demotion(self) -> bool:
-        """Idle cells exceed `max_idle_tokens` and no request waits: the next `schedule()` demotes an
-        idle slot (the worker steps for it even with no work)."""
-        return not self.waiting and self.kv.is_over_idle_cap
+        """Idle cells exceed `max_idle_tokens` and no request runs or waits (warm-ups may run): the
+        next `schedule()` demotes an idle slot (the worker steps for it even with no work). A save
+        stalls the step it is in for tens of milliseconds: a request should never see one."""
+        return not self.waiting and not self._has_real_running and self.kv.is_over_idle_cap
+
+    @property
+    def _has_real_running(self) -> bool:
+        return any(not s.is_warmup for s in self.running)
 
     @property
     def needs_repack(self) -> bool:
@@ -174,7 +179,7 @@ class Scheduler:
         self._finished = []
         self._pause_warmups_if_busy(out)
         self._admit(self.waiting, out)
-        if not self.waiting and not any(not s.is_warmup for s in self.running):
+        if not self.waiting and not self._has_real_running:
             self._admit(self.warmups, out)
         self._build_batch(out)
         if self.needs_demotion:

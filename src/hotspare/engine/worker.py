@@ -426,20 +426,27 @@ def worker_main(conn: Connection, config: EngineConfig, log_level: int = logging
     events: list[EngineEvent] = []
     running = True
     last_flush = 0.0
+    last_busy = 0.0  # when the engine last had a request to run
     while running:
-        if not core.scheduler.has_work and not events and not core.scheduler.has_cache_work:
+        idle = not core.scheduler.has_work and not events
+        if idle and not core.scheduler.has_cache_work:
             # Idle: save the prefix cache once it has been quiet for a moment, then sleep.
             if core.is_cache_dirty and config.persist_dir is not None and not conn.poll(PERSIST_IDLE_S):
                 core.persist()
                 continue
             conn.poll(None)
+        elif idle:  # cache work waits for a quiet moment (or a command, which comes first)
+            conn.poll(max(0.0, config.cache_work_quiet_s - (time.monotonic() - last_busy)))
         while running and conn.poll(0):
             try:
                 running = _handle(core, conn.recv(), events)
             except EOFError:
                 running = False
-        if core.scheduler.has_work or core.scheduler.has_cache_work:
-            events.extend(core.step())  # with no work: one demotion or a repack, commands checked between
+        if core.scheduler.has_work:
+            last_busy = time.monotonic()
+            events.extend(core.step())
+        elif core.scheduler.has_cache_work and time.monotonic() - last_busy >= config.cache_work_quiet_s:
+            events.extend(core.step())  # one demotion or a repack; commands are checked between
         is_alive_due = core.scheduler.has_work and time.monotonic() - last_flush >= ALIVE_INTERVAL_S
         if (events and _should_flush(events, core, last_flush)) or is_alive_due:
             with contextlib.suppress(BrokenPipeError, OSError):
