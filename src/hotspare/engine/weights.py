@@ -69,7 +69,7 @@ def prepare_weights(
 ) -> Weights:
     """The weights to load for `source`, a file already verified against `source_sha256`. With no
     `cache_dir` (re-encoding off), no known hash, or a type not in REENCODE: `source` itself.
-    Blocks while a copy is written (about a second per 100 MB of source here). Never raises."""
+    Blocks while a copy is written (about half a second per 100 MB of source here). Never raises."""
     target_type = REENCODE.get((quantization or "").upper())
     if cache_dir is None or source_sha256 is None or target_type is None:
         return Weights(source)
