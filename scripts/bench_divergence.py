@@ -33,7 +33,7 @@ _ids = itertools.count(1)
 
 def generate(core: EngineCore, prompts: list[str], tokens: int) -> list[str]:
     """Greedy answers of `prompts`, all submitted at once (one batch), from an empty KV cache."""
-    _empty(core)
+    core.forget_cache()  # no cached prefix from an earlier run
     params = SamplingParams(temperature=0, max_tokens=tokens)
     ids = [next(_ids) for _ in prompts]
     for rid, prompt in zip(ids, prompts, strict=True):
@@ -46,16 +46,6 @@ def generate(core: EngineCore, prompts: list[str], tokens: int) -> list[str]:
             if isinstance(event, Delta):
                 texts[event.request_id] += event.text
     return [texts[rid] for rid in ids]
-
-
-def _empty(core: EngineCore) -> None:
-    """No cached prefix from an earlier run: every run computes its prompts from scratch."""
-    while core.scheduler.kv.evict_one():
-        pass
-    core.step()
-    host = core.scheduler.host
-    for entry_id in list(host.entries) if host is not None else []:
-        host.drop(entry_id)
 
 
 def first_difference(core: EngineCore, a: str, b: str) -> int | None:

@@ -272,6 +272,17 @@ class EngineCore:
         directory = persist.cache_dir(self.config.persist_dir, self.config.model_path)
         return persist.restore(self.model, self.scheduler, directory, self.context_tokens)
 
+    def forget_cache(self) -> None:
+        """Drop every cached prefix, from the KV cache and from host RAM, while nothing runs: the next
+        request computes from scratch. For tests and measurements that need a cold start."""
+        while self.scheduler.kv.evict_one():
+            pass
+        self.step()  # applies the evictions planned above
+        host = self.scheduler.host
+        if host is not None:
+            for entry_id in list(host.entries):
+                host.drop(entry_id)
+
     def stats(self) -> dict[str, Any]:
         s = self.scheduler
         return {
