@@ -35,10 +35,14 @@ def core(model_path: Path) -> Iterator[EngineCore]:
     core.model.close()
 
 
-@pytest.fixture(scope="module")
-def template(core: EngineCore) -> ChatTemplate:
+def template_of(core: EngineCore) -> ChatTemplate:
     info = core.model.info
     return ChatTemplate(info.chat_template, bos_token=info.bos_token, eos_token=info.eos_token)
+
+
+@pytest.fixture(scope="module")
+def template(core: EngineCore) -> ChatTemplate:
+    return template_of(core)
 
 
 class LogitRecorder:
@@ -187,13 +191,9 @@ def test_prompt_longer_than_context_is_refused(core: EngineCore) -> None:
 
 def _evict_everything(core: EngineCore) -> None:
     """Empty the KV cache and forget host RAM: the next request computes from scratch."""
-    while core.scheduler.kv.evict_one():
-        pass
-    core.step()  # applies the pending removals (and saves)
+    core.forget_cache()
     assert core.scheduler.cache.num_used_tokens == 0
-    host = core.scheduler.host
-    for entry_id in list(host.entries) if host is not None else []:
-        host.drop(entry_id)
+    assert core.scheduler.host is None or not core.scheduler.host.entries
 
 
 def _common_greedy_steps(a: list[npt.NDArray[np.float32]], b: list[npt.NDArray[np.float32]]) -> int:
@@ -212,8 +212,7 @@ def test_prefix_copied_into_a_slot_evicted_in_the_same_step_survives(
     conversation's prefix into that same slot in one step; it must compute as if cold."""
     small, _ = load(EngineConfig(model_path=model_path, model_name="test", max_running=1))
     try:
-        info = small.model.info
-        tpl = ChatTemplate(info.chat_template, bos_token=info.bos_token, eos_token=info.eos_token)
+        tpl = template_of(small)
         rec = LogitRecorder(small, monkeypatch)
         prompts = [prompt(tpl, f"Note {i}: the secret word is {w}.") for i, w in enumerate([*TOPICS, "owl"])]
         assert len(prompts) == small.scheduler.config.max_slots
@@ -240,8 +239,7 @@ def test_a_conversation_evicted_to_host_ram_is_restored_and_computes_as_if_cold(
     )
     small, _ = load(config)
     try:
-        info = small.model.info
-        tpl = ChatTemplate(info.chat_template, bos_token=info.bos_token, eos_token=info.eos_token)
+        tpl = template_of(small)
         rec = LogitRecorder(small, monkeypatch)
         system = Message(Role.SYSTEM, "You answer questions about the fleet log. " * 12)
         logs = [
@@ -281,8 +279,7 @@ def test_conversations_repacked_through_host_ram_compute_as_if_cold(
     )
     small, _ = load(config)
     try:
-        info = small.model.info
-        tpl = ChatTemplate(info.chat_template, bos_token=info.bos_token, eos_token=info.eos_token)
+        tpl = template_of(small)
         rec = LogitRecorder(small, monkeypatch)
         system = Message(
             Role.SYSTEM, "The code word is OWL. " + "You answer questions about the fleet log. " * 11

@@ -347,6 +347,13 @@ async def test_a_torn_or_foreign_prefix_file_is_discarded_at_start(model_path: P
         await second.stop()
 
 
+def lamp_log(i: int, *, follow_up: bool) -> ChatRequest:
+    """Conversation `i` of the idle-cap tests: a ~250-token log entry, or its next turn."""
+    log = Message(Role.USER, f"Entry {i}: the lamp of tower {i} was cleaned and tested at dawn. " * 12)
+    messages = (log, Message(Role.ASSISTANT, "Noted."), Message(Role.USER, "When?")) if follow_up else (log,)
+    return ChatRequest("m", messages, SamplingParams(temperature=0, max_tokens=2))
+
+
 async def test_demotions_wait_until_the_engine_has_been_quiet_for_a_while(model_path: Path) -> None:
     """A conversation's next turn usually comes right after its answer, and must not wait for a
     demotion's save. With a long quiet period, nothing is demoted soon after the last answer though
@@ -363,9 +370,7 @@ async def test_demotions_wait_until_the_engine_has_been_quiet_for_a_while(model_
     await engine.start()
     try:
         for i in range(3):
-            text = f"Entry {i}: the lamp of tower {i} was cleaned and tested at dawn. " * 12
-            greedy = SamplingParams(temperature=0, max_tokens=2)
-            await collect(engine, ChatRequest("m", (Message(Role.USER, text),), greedy))
+            await collect(engine, lamp_log(i, follow_up=False))
         deadline = time.monotonic() + 1.5
         while time.monotonic() < deadline:
             stats = await engine.stats()
@@ -388,18 +393,11 @@ async def test_idle_cells_beyond_the_cap_go_to_host_ram_and_a_demoted_conversati
         model_path=model_path, model_name="m", max_running=2, host_cache_mib=64, max_idle_kv_tokens=cap
     )
 
-    def ask(i: int, follow_up: bool) -> ChatRequest:
-        log = Message(Role.USER, f"Entry {i}: the lamp of tower {i} was cleaned and tested at dawn. " * 12)
-        messages = (
-            (log, Message(Role.ASSISTANT, "Noted."), Message(Role.USER, "When?")) if follow_up else (log,)
-        )
-        return ChatRequest("m", messages, SamplingParams(temperature=0, max_tokens=2))
-
     engine = LocalEngine(config)
     await engine.start()
     try:
         for i in range(3):
-            _, finish = await collect(engine, ask(i, False))
+            _, finish = await collect(engine, lamp_log(i, follow_up=False))
             assert finish.usage.input_tokens > 200, finish.usage
         for _ in range(200):  # the engine demotes, then repacks, between its idle loop's turns
             stats = await engine.stats()
@@ -408,10 +406,11 @@ async def test_idle_cells_beyond_the_cap_go_to_host_ram_and_a_demoted_conversati
             await asyncio.sleep(0.02)
         assert stats["kv_idle_tokens"] <= cap and stats["kv_demotions"] == 2, stats
         assert stats["kv_demoted_tokens"] > 400 and stats["kv_repacks"] == 1, stats
-        _, finish = await collect(engine, ask(2, True))  # kept in the KV cache (moved to its bottom)
+        # kept in the KV cache (moved to its bottom)
+        _, finish = await collect(engine, lamp_log(2, follow_up=True))
         assert finish.usage.cached_tokens > 200, finish.usage
         assert (await engine.stats())["host_restores"] == 0
-        _, finish = await collect(engine, ask(0, True))  # demoted: back from host RAM
+        _, finish = await collect(engine, lamp_log(0, follow_up=True))  # demoted: back from host RAM
         assert finish.usage.cached_tokens > 200, finish.usage
         assert (await engine.stats())["host_restores"] == 1
     finally:
