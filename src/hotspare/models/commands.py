@@ -34,8 +34,7 @@ from hotspare.models.hardware import (
 )
 from hotspare.models.home import hf_cache_dir, hotspare_home
 from hotspare.models.integrity import HashCache
-from hotspare.models.locate import is_installed, resolve_weights, stored_path
-from hotspare.models.pins import PinStore
+from hotspare.models.locate import expected_weights, is_installed, resolve_weights, stored_path
 
 Command = Callable[[argparse.Namespace], int]
 OK, FAILED = 0, 1
@@ -235,8 +234,9 @@ def _remove_stored(entry: ModelEntry) -> list[Path]:
 
 def _remove_copies(entry: ModelEntry) -> list[Path]:
     """The copies the engine re-encoded from this model's weights (engine/weights.py)."""
-    sha256 = entry.sha256 or (pin.sha256 if (pin := PinStore().get(entry.name, entry.file_name)) else None)
-    if sha256 is None:
+    try:
+        sha256 = expected_weights(entry).sha256
+    except ModelError:  # no hash known for it here: no copy was ever made
         return []
     removed = copies_of(hotspare_home() / WEIGHTS_DIR_NAME, sha256)
     for path in removed:
