@@ -46,6 +46,7 @@ from hotspare.engine.protocol import (
     Tokenize,
 )
 from hotspare.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
+from hotspare.engine.selftest import WARM_UP, exercise
 from hotspare.engine.sequence import Sequence
 from hotspare.engine.text_output import TextOutput
 from hotspare.engine.threads import GovernorConfig, ThreadGovernor, sample_cpu
@@ -387,10 +388,11 @@ def load(config: EngineConfig) -> tuple[EngineCore, Ready]:
 
 
 def _warm_up(model: LlamaCppModel) -> None:
-    """One real decode so the first request does not pay for lazy allocations."""
-    tokens = model.tokenize("Hello", add_bos=True)[:8] or [0]
-    model.decode([DecodeItem(0, 0, tokens, True)])
-    model.clear()
+    """The engine's real kernels once before it says ready: a prefill of more than 64 tokens in one
+    batch and a batched decode step (engine/selftest.py). A build that cannot run them on this CPU
+    dies here, while the engine is still starting, not on the first real prompt. It also spares the
+    first request llama.cpp's lazy allocations."""
+    exercise(model, WARM_UP)
 
 
 PERSIST_IDLE_S = 2.0
