@@ -106,13 +106,21 @@ async def health(request: Request) -> Response:
 
 async def ready(request: Request) -> Response:
     """200 once the backend can answer (for the local engine: loaded and warm), else 503 saying why:
-    loading (not loaded yet), restarting (loaded once, its process is being replaced) or failed."""
+    loading (not loaded yet), restarting (loaded once, its process is being replaced) or failed. A
+    local engine that failed (it died repeatedly) leaves /ready at 200 when upstreams are configured:
+    passthrough still serves."""
     state = request.app.state
     backend = state.backend
     if state.router is not None and state.router.mode is Mode.UPSTREAM_ONLY:
         return JSONResponse({"status": "ready", "model": None})
     if backend is not None and bool(getattr(backend, "is_ready", True)):
         return JSONResponse({"status": "ready", "model": state.settings.local.model})
+    failure = getattr(backend, "failure", None)
+    if failure is not None and state.router is not None:
+        # The gateway still works (passthrough serves): load balancers keep it; /status says why not local.
+        return JSONResponse({"status": "ready", "model": None, "local": "failed", "error": failure})
+    if failure is not None:
+        return JSONResponse({"status": "failed", "error": failure}, status_code=503)
     if state.load_error is not None:
         return JSONResponse({"status": "failed", "error": state.load_error}, status_code=503)
     # The backend is installed once it has started (_start_local), so one that is not ready restarts.
@@ -202,6 +210,15 @@ async def _start_local(app: FastAPI, engine_box: list[LocalBackend]) -> None:
     if app.state.router is not None:
         app.state.router.attach_local(engine)
     server = settings.server
+    failure = getattr(engine, "failure", None)
+    if failure is not None:
+        logger.error(
+            "hotspare listening on http://%s:%d without its local model: %s",
+            server.host,
+            server.port,
+            failure,
+        )
+        return
     logger.info(
         "hotspare listening on http://%s:%d, model %s, ready in %.1f s",
         server.host,

@@ -9,6 +9,7 @@
     ├── Overloaded                queue or sequence limit reached; carries retry_after_s   (429/529)
     │   └── RateLimited           a client key used up its request limit                   (429)
     ├── BackendUnavailable        the local engine is not loaded, crashed or restarting    (503)
+    │   └── EngineDied            the engine process died with the request in flight       (503)
     ├── ModelError                a model's weights are missing, corrupt or do not fit      (startup)
     ├── ConfigError               a config file is unreadable or invalid                    (startup)
     └── UpstreamError             an upstream provider failed; carries its FailureClass    (502/503)
@@ -79,6 +80,20 @@ class RateLimited(Overloaded):
 
 class BackendUnavailable(HotspareError):
     pass
+
+
+class EngineDied(BackendUnavailable):
+    """The local engine process died (or was killed as hung) while the request was in flight;
+    `cause` says how, in words (engine/supervision.py)."""
+
+    def __init__(self, message: str, cause: str = "") -> None:
+        super().__init__(message)
+        self.cause = cause or message
+
+
+class PoisonRequest(InvalidRequest):
+    """This request crashed the local engine while it ran alone: the local model refuses it, so that
+    one request cannot take the local model away from everyone (engine/supervision.py)."""
 
 
 class ModelError(HotspareError):

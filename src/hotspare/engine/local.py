@@ -5,12 +5,19 @@ The engine process can crash (a segfault in native code) or hang; neither may ta
 the asyncio loop; requests in flight when the process dies end with `BackendUnavailable`, the engine
 is reported unavailable, and a new process is started (with backoff). A process that has work but sends
 nothing for `hang_timeout_s` is killed and treated the same way.
+
+Deaths that repeat are not restarted blindly (engine/supervision.py, the rule both local backends
+share): three within a minute put the engine in state *failed* with the cause (`failure`), restarts
+back off, and the router leaves the local model out of the chain meanwhile. Requests in flight at a
+death are suspects: one that has delivered nothing yet is retried once, alone; one that crashes the
+engine alone is poison, refused by its prompt's hash (PoisonRequest) from then on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import logging
 import multiprocessing
@@ -26,10 +33,12 @@ from hotspare.agents.turn import AnswerReader, Renderer, prepare_turn
 from hotspare.core.errors import (
     BackendUnavailable,
     ContextOverflow,
+    EngineDied,
     HotspareError,
     InvalidRequest,
     ModelError,
     Overloaded,
+    PoisonRequest,
 )
 from hotspare.core.types import ChatRequest, Finish, StreamEvent, Usage
 from hotspare.engine.chat_template import ChatTemplate
@@ -47,6 +56,7 @@ from hotspare.engine.protocol import (
     Submit,
     Tokenize,
 )
+from hotspare.engine.supervision import CrashPolicy, Death, Suspects, death_cause
 from hotspare.engine.worker import worker_main
 
 log = logging.getLogger(__name__)
@@ -56,7 +66,11 @@ _ERRORS: dict[str, type[HotspareError]] = {
     "Overloaded": Overloaded,
     "InvalidRequest": InvalidRequest,
     "BackendUnavailable": BackendUnavailable,
+    "EngineDied": EngineDied,
 }
+
+RETRY_WAIT_S = 60.0
+"""How long a suspect's retry waits for the engine to come back after the crash."""
 
 
 class _EngineProcess:
@@ -76,6 +90,7 @@ class _EngineProcess:
         self._load_timeout_s = load_timeout_s
         self._send_lock = threading.Lock()
         self.last_heard = time.monotonic()
+        self.hung_s: float | None = None  # set when the supervisor killed it for silence
 
     def wait_ready(self) -> Ready:
         """Block until the model is loaded and warm. Raises ModelError if it cannot be."""
@@ -85,9 +100,9 @@ class _EngineProcess:
         try:
             msg = self.conn.recv()
         except EOFError:
-            raise ModelError(
-                f"the engine process exited while loading (code {self.process.exitcode})"
-            ) from None
+            self.process.join(timeout=5)
+            cause = death_cause(self.process.exitcode, during="start-up (loading the model, warm-up)")
+            raise EngineDied(f"the engine process died while starting: {cause}", cause) from None
         if isinstance(msg, LoadFailed):
             raise ModelError(f"the engine could not load the model: {msg.message}")
         assert isinstance(msg, Ready)
@@ -101,6 +116,52 @@ class _EngineProcess:
         if self.process.is_alive():
             self.process.kill()
         self.process.join(timeout=5)
+
+
+def _poison(digest: str, cause: str) -> PoisonRequest:
+    return PoisonRequest(
+        "the local model refuses this request: it crashed the local engine twice, the second time "
+        f"running alone ({cause}; prompt sha256 {digest[:16]}). It is refused so that one request "
+        "cannot take the local model away from every other."
+    )
+
+
+class _Gate:
+    """Admission to the engine: any number of requests together, or one suspect alone (after a crash,
+    engine/supervision.py). A waiting suspect holds back new requests until it has run."""
+
+    def __init__(self) -> None:
+        self._cond = asyncio.Condition()
+        self._num_shared = 0
+        self._num_waiting_alone = 0
+        self._is_alone = False
+
+    @property
+    def is_exclusive(self) -> bool:
+        return self._is_alone or self._num_waiting_alone > 0
+
+    @contextlib.asynccontextmanager
+    async def hold(self, *, alone: bool) -> AsyncIterator[None]:
+        async with self._cond:
+            if alone:
+                self._num_waiting_alone += 1
+                try:
+                    await self._cond.wait_for(lambda: not self._is_alone and self._num_shared == 0)
+                finally:
+                    self._num_waiting_alone -= 1
+                self._is_alone = True
+            else:
+                await self._cond.wait_for(lambda: not self.is_exclusive)
+                self._num_shared += 1
+        try:
+            yield
+        finally:
+            async with self._cond:
+                if alone:
+                    self._is_alone = False
+                else:
+                    self._num_shared -= 1
+                self._cond.notify_all()
 
 
 class LocalEngine:
@@ -130,10 +191,15 @@ class LocalEngine:
         self._template: ChatTemplate | None = None
         self._pending: dict[int, asyncio.Queue[Any]] = {}
         self._ids = itertools.count(1)
+        self._last_cause = ""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._stopping = False
         self._crashed = asyncio.Event()
+        self._up = asyncio.Event()  # set while an engine process is serving
+        self._policy = CrashPolicy()
+        self._suspects = Suspects()
+        self._gate = _Gate()
 
     # ----- lifecycle -----
 
@@ -141,11 +207,29 @@ class LocalEngine:
     def is_ready(self) -> bool:
         return self._proc is not None
 
+    @property
+    def failure(self) -> str | None:
+        """Why the engine is failed (repeated deaths, engine/supervision.py), or None."""
+        return self._policy.failure if self._proc is None else None
+
+    @property
+    def num_poison_requests(self) -> int:
+        return self._suspects.num_poison
+
     async def start(self) -> None:
-        """Start the engine process; return when the model is loaded and warm. Raises ModelError."""
+        """Start the engine process; return when the model is loaded and warm, or when its start-up
+        has crashed often enough to count as failed (see `failure`; restarts go on, backed off).
+        Raises ModelError when the model cannot be loaded at all (not a crash)."""
         self._loop = asyncio.get_running_loop()
-        await self._spawn()
-        self._supervisor = asyncio.create_task(self._supervise(), name="hotspare-engine-supervisor")
+        delay: float | None = None
+        try:
+            await self._spawn()
+        except EngineDied as exc:
+            delay = self._on_death(exc.cause)
+            while delay is not None and self._policy.failure is None and not self._stopping:
+                await asyncio.sleep(delay)
+                delay = await self._restart()
+        self._supervisor = asyncio.create_task(self._supervise(delay), name="hotspare-engine-supervisor")
 
     async def stop(self) -> None:
         self._stopping = True
@@ -154,6 +238,7 @@ class LocalEngine:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
         proc, self._proc = self._proc, None
+        self._up.clear()
         if proc is not None:
             with contextlib.suppress(OSError):
                 proc.send(Shutdown())
@@ -176,6 +261,8 @@ class LocalEngine:
         )
         self._crashed.clear()
         self._proc = proc
+        self._policy.on_started()
+        self._up.set()
         threading.Thread(target=self._read, args=(proc,), name="hotspare-engine-reader", daemon=True).start()
         log.info(
             "engine ready: %s (%s), context %d tokens, loaded in %.2f s, %d cached prefix tokens restored",
@@ -186,31 +273,51 @@ class LocalEngine:
             self.num_restored_tokens,
         )
 
-    async def _supervise(self) -> None:
-        """Restart the engine after a crash; kill it if it hangs with work in flight."""
-        backoff_s = 0.5
+    def _on_death(self, cause: str) -> float:
+        """Record a death; return the seconds to wait before the next restart."""
+        self.num_restarts += 1
+        delay = self._policy.on_death(Death(time.monotonic(), cause))
+        if self._policy.failure is not None:
+            log.error("engine failed: %s (next restart in %.0f s)", self._policy.failure, delay)
+        else:
+            log.error("engine process %s; restarting (restart #%d)", cause, self.num_restarts)
+        return delay
+
+    async def _restart(self) -> float | None:
+        """One restart attempt: None when the engine is up, else the wait before the next one."""
+        try:
+            await self._spawn()
+            return None
+        except EngineDied as exc:
+            return self._on_death(exc.cause)
+        except ModelError as exc:
+            return self._on_death(f"could not restart: {exc.message}")
+
+    async def _supervise(self, delay: float | None) -> None:
+        """Watch the running engine; restart it after a death, backed off by the crash policy.
+        `delay` is set when the engine is down now (the wait before the next restart)."""
         while not self._stopping:
+            if delay is None:
+                delay = await self._watch()
+            await asyncio.sleep(delay)
+            if not self._stopping:
+                delay = await self._restart()
+
+    async def _watch(self) -> float:
+        """Until the running engine dies (or hangs with work in flight, and is killed): the wait
+        before restarting it."""
+        while True:
             try:
                 await asyncio.wait_for(self._crashed.wait(), timeout=1.0)
+                return self._on_death(self._last_cause)
             except TimeoutError:
                 proc = self._proc
                 if proc and self._pending and time.monotonic() - proc.last_heard > self._hang_timeout_s:
                     log.error(
                         "engine sent nothing for %.0f s with work in flight: killing it", self._hang_timeout_s
                     )
+                    proc.hung_s = self._hang_timeout_s
                     await asyncio.to_thread(proc.kill)
-                continue
-            self.num_restarts += 1
-            log.error("engine process died; restarting (restart #%d)", self.num_restarts)
-            while not self._stopping:
-                try:
-                    await self._spawn()
-                    backoff_s = 0.5
-                    break
-                except ModelError as exc:
-                    log.error("engine restart failed: %s", exc)
-                    await asyncio.sleep(backoff_s)
-                    backoff_s = min(backoff_s * 2, 30.0)
 
     def _read(self, proc: _EngineProcess) -> None:
         """Reader thread: forward each message to the loop until the process goes away."""
@@ -235,7 +342,13 @@ class LocalEngine:
     def _on_exit(self, proc: _EngineProcess) -> None:
         if self._proc is proc:
             self._proc = None
-            self._fail_pending("the local engine process died; it is being restarted")
+            self._up.clear()
+            cause = death_cause(proc.process.exitcode, during="serving", hung_s=proc.hung_s)
+            self._last_cause = cause
+            for rid, queue in list(self._pending.items()):
+                queue.put_nowait(
+                    Failed(rid, "EngineDied", (f"the local engine process died: {cause}", cause))
+                )
             if not self._stopping:
                 self._crashed.set()
 
@@ -280,6 +393,34 @@ class LocalEngine:
         turn = await prepare_turn(
             request, self._renderer(), self.context_tokens, self.context_policy, self.config.stop
         )
+        digest = hashlib.sha256(turn.prompt.encode()).hexdigest()
+        if (cause := self._suspects.is_poison(digest)) is not None:
+            raise _poison(digest, cause)
+        for attempt in range(2):
+            alone = self._suspects.is_suspect(digest)
+            async with self._gate.hold(alone=alone):
+                if attempt:
+                    await self._wait_up()
+                delivered = False
+                try:
+                    async for out in self._generate(turn):
+                        delivered = True
+                        yield out
+                    self._suspects.on_success(digest)
+                    return
+                except EngineDied as exc:
+                    self._suspects.on_crash(digest, was_alone=alone, cause=exc.cause)
+                    if alone:
+                        log.error(
+                            "request with prompt sha256 %s crashed the engine alone: refused", digest[:16]
+                        )
+                        raise _poison(digest, exc.cause) from None
+                    if delivered or attempt:
+                        raise
+                    log.warning("retrying alone a request in flight when the engine died")
+
+    async def _generate(self, turn: Any) -> AsyncIterator[StreamEvent]:
+        """One run of a prepared turn on the engine process."""
         answer = AnswerReader(turn)
         rid, queue = self._submit(lambda r: Submit(r, turn.prompt, turn.sampling))
         done = False
@@ -306,12 +447,25 @@ class LocalEngine:
                 with contextlib.suppress(OSError):
                     self._proc.send(Cancel(rid))
 
+    async def _wait_up(self) -> None:
+        """Wait for the engine to serve again after a death; BackendUnavailable if it is failed or
+        does not come back within RETRY_WAIT_S."""
+        deadline = time.monotonic() + RETRY_WAIT_S
+        while not self._up.is_set():
+            if self._policy.failure is not None:
+                raise BackendUnavailable(self._policy.failure)
+            if time.monotonic() >= deadline:
+                raise BackendUnavailable("the local engine did not come back after it died")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._up.wait(), timeout=1.0)
+
     async def warm(self, request: ChatRequest) -> None:
         """Compute, at low priority, the KV of the conversation in `request` as its next turn will
         see it (a trailing assistant message is the upstream's answer, closed as a finished turn), so
         that a later turn served locally starts from cache. Fire and forget; a no-op while the engine
-        is not loaded. Runs only when the engine is idle and yields to real requests."""
-        if self._template is None or self._proc is None:
+        is not loaded, or while a suspect runs alone after a crash. Runs only when the engine is idle
+        and yields to real requests."""
+        if self._template is None or self._proc is None or self._gate.is_exclusive:
             return
         prompt = self._template.render_history(request.messages)
         if prompt:

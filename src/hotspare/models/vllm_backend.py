@@ -32,6 +32,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
@@ -49,6 +50,7 @@ from hotspare.core.errors import (
     UpstreamError,
 )
 from hotspare.core.types import ApiFormat, ChatRequest, Finish, StreamEvent, TextDelta
+from hotspare.engine.supervision import CrashPolicy, Death, death_cause
 from hotspare.models.entry import ModelEntry
 from hotspare.models.locate import resolve_weights
 from hotspare.models.vllm_launch import VllmLaunch, VllmOptions, vllm_launch
@@ -115,6 +117,9 @@ class VllmBackend:
         self._process: asyncio.subprocess.Process | None = None
         self._is_healthy = False
         self._supervisor: asyncio.Task[None] | None = None
+        self._policy = CrashPolicy(
+            failed_backoff_s=_MAX_BACKOFF_S, max_backoff_s=_MAX_BACKOFF_S, hint="vLLM's own log says why"
+        )
         root = launch.base_url.removesuffix("/v1")
         config = UpstreamConfig(name="vllm", kind="openai", base_url=root, timeouts=_TIMEOUTS)
         self._client = _VllmClient(config)
@@ -204,18 +209,31 @@ class VllmBackend:
             assert process is not None
             code = await self._watch(process)
             self._is_healthy = False
-            self.num_restarts += 1
-            log.error("vLLM exited with code %s; restarting (restart #%d)", code, self.num_restarts)
             await self._terminate(process)  # the rest of its process group
-            backoff_s = 0.5
+            delay = self._on_death(death_cause(code, during="serving", engine="vLLM"))
             while True:
-                await asyncio.sleep(backoff_s)
+                await asyncio.sleep(delay)
                 try:
                     await self._spawn()
+                    self._policy.on_started()
                     break
                 except ModelError as exc:
-                    log.error("vLLM restart failed: %s", exc.message)
-                    backoff_s = min(backoff_s * 2, _MAX_BACKOFF_S)
+                    delay = self._on_death(f"could not restart: {exc.message}")
+
+    def _on_death(self, cause: str) -> float:
+        """Record a death (the crash-loop rule both local backends share); the wait before restarting."""
+        self.num_restarts += 1
+        delay = self._policy.on_death(Death(time.monotonic(), cause))
+        if self._policy.failure is not None:
+            log.error("vLLM failed: %s (next restart in %.0f s)", self._policy.failure, delay)
+        else:
+            log.error("vLLM %s; restarting (restart #%d)", cause, self.num_restarts)
+        return delay
+
+    @property
+    def failure(self) -> str | None:
+        """Why vLLM is failed (it died repeatedly; engine/supervision.py), or None."""
+        return None if self.is_ready else self._policy.failure
 
     async def _watch(self, process: asyncio.subprocess.Process) -> int:
         """Wait for `process` to exit. A process that fails `max_health_failures` health checks in a

@@ -167,6 +167,8 @@ class Monitor:
             return EngineSample(
                 EngineState.ABSENT if self.mode is Mode.UPSTREAM_ONLY else EngineState.LOADING
             )
+        if getattr(backend, "failure", None) is not None:
+            return EngineSample(EngineState.FAILED, num_restarts=restarts)
         if not bool(getattr(backend, "is_ready", True)):
             return EngineSample(EngineState.RESTARTING, num_restarts=restarts)
         stats = getattr(backend, "stats", None)

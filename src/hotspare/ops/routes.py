@@ -109,4 +109,7 @@ def _local(state: Any, monitor: Monitor) -> dict[str, Any]:
         "kv_used_ratio": round(s.kv_used_ratio, 4),
         "prefix_hit_ratio": round(s.prefix_hit_ratio, 4),
         "restarts": s.num_restarts,
+        # Why the engine is failed (it died repeatedly; engine/supervision.py), else null.
+        "failure": getattr(state.backend, "failure", None),
+        "poison_requests": int(getattr(state.backend, "num_poison_requests", 0) or 0),
     }

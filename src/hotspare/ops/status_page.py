@@ -78,7 +78,7 @@ def _local(doc: dict[str, Any]) -> str:
     local, series = doc["local"], doc["requests"]["series"]
     cards = [
         ("model", escape(local["model"]) + (f" ({escape(note)})" if (note := local.get("weights")) else "")),
-        ("state", escape(local["state"])),
+        ("state", escape(local["state"]) + (f" -- {escape(why)}" if (why := local.get("failure")) else "")),
         ("running", str(local["running"])),
         ("queued", str(local["queue_depth"])),
         ("tokens/s", f"{local['tokens_per_s']:.1f}"),
