@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from hotspare.core.errors import HotspareError, ModelError
+from hotspare.engine.build import cpu_flags, installed_version, read_marker
+from hotspare.engine.selftest import run_child
 from hotspare.engine.weights import WEIGHTS_DIR_NAME, copies_of
 from hotspare.models.bundle import create_bundle, import_bundle
 from hotspare.models.catalog import load_catalog
@@ -190,6 +192,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     print(f"catalogue: {catalog.path or 'packaged copy'}")
     print(f"hotspare home: {hotspare_home()}   Hugging Face cache: {hf_cache_dir()}")
     print()
+    engine_ok = print_engine_check()
+    print()
     installed = {e.name for e in catalog.entries if is_installed(e)}
     for entry in catalog.entries:
         mark = "installed" if entry.name in installed else "not installed"
@@ -201,7 +205,30 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         print(f"serve would choose: nothing. {exc.message}")
         return FAILED
     print(f"serve would choose: {choice.entry.name}, {choice.reason}")
-    return OK
+    return OK if engine_ok else FAILED
+
+
+def print_engine_check() -> bool:
+    """The llama.cpp build against this CPU: its instruction sets, how it was built, and the engine
+    self-test (engine/selftest.py) run in a child process. False if the self-test did not pass."""
+    flags = cpu_flags()
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
+    print(f"cpu flags:   {' '.join(f for f in wanted if f in flags) or 'none of ' + ', '.join(wanted)}")
+    marker = read_marker()
+    build = marker.get("flavor", "unknown (not installed by scripts/install)")
+    print(f"llama.cpp:   llama-cpp-python {installed_version() or 'not installed'}, {build} build")
+    verdict = run_child()
+    if verdict.features:
+        print(f"ggml cpu:    {verdict.features.removeprefix('CPU :').strip(' |')}")
+    print(f"self-test:   {verdict.summary()}")
+    if not verdict.passed:
+        advice = (
+            "rerun scripts/install: it rebuilds llama.cpp without the instruction sets that crash"
+            if verdict.is_crash
+            else "see the error above"
+        )
+        print(f"             the local engine cannot run on this machine as installed; {advice}")
+    return verdict.passed
 
 
 def describe_machine(machine: MachineProfile) -> str:
