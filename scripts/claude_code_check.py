@@ -108,6 +108,7 @@ def proxy_app(target: str, records: list[dict[str, Any]], dump: Path | None = No
     client = httpx.AsyncClient(base_url=target, timeout=None)
 
     async def forward(request: Request) -> Response:
+        arrived = time.monotonic()
         raw = await request.body()
         record: dict[str, Any] = {
             "method": request.method,
@@ -131,6 +132,7 @@ def proxy_app(target: str, records: list[dict[str, Any]], dump: Path | None = No
 
         started = time.monotonic()
         events: dict[str, int] = {}
+        reader = _AnswerReader(record, arrived)
 
         async def body() -> Any:
             try:
@@ -138,10 +140,13 @@ def proxy_app(target: str, records: list[dict[str, Any]], dump: Path | None = No
                     for line in chunk.decode(errors="replace").splitlines():
                         if line.startswith("event: "):
                             events[line[7:]] = events.get(line[7:], 0) + 1
+                    reader.feed(chunk)
                     yield chunk
             finally:
                 record["sse_events"] = events
                 record["seconds"] = round(time.monotonic() - started, 1)
+                record["wall_s"] = round(time.monotonic() - arrived, 3)
+                reader.close()
                 await upstream.aclose()
 
         return StreamingResponse(body(), status_code=upstream.status_code, headers=out_headers)
@@ -149,6 +154,50 @@ def proxy_app(target: str, records: list[dict[str, Any]], dump: Path | None = No
     return Starlette(
         routes=[Route("/{path:path}", forward, methods=["GET", "POST", "HEAD", "PUT", "DELETE"])]
     )
+
+
+class _AnswerReader:
+    """Reads an Anthropic answer as it passes (SSE or JSON) into `record`: `ttft_s` (request arrival
+    to the first content delta), `usage` (input, cache read, output tokens) and `stop_reason`."""
+
+    def __init__(self, record: dict[str, Any], arrived: float) -> None:
+        self.record = record
+        self.arrived = arrived
+        self.buffer = b""
+        self.usage: dict[str, int] = {}
+        self.record["usage"] = self.usage
+
+    def feed(self, chunk: bytes) -> None:
+        self.buffer += chunk
+        *lines, self.buffer = self.buffer.split(b"\n")
+        for line in lines:
+            if line.startswith(b"data: "):
+                self._event(line[6:])
+
+    def close(self) -> None:
+        if self.buffer.startswith(b"{"):  # a JSON (not streamed) answer
+            self._event(self.buffer, whole=True)
+
+    def _event(self, data: bytes, whole: bool = False) -> None:
+        try:
+            event = json.loads(data)
+        except json.JSONDecodeError:
+            return
+        if not isinstance(event, dict):
+            return
+        kind = event.get("type")
+        if kind == "content_block_delta" and "ttft_s" not in self.record:
+            self.record["ttft_s"] = round(time.monotonic() - self.arrived, 3)
+        message = event.get("message") if kind == "message_start" else event if whole else None
+        usage = (message or {}).get("usage") or (event.get("usage") if kind == "message_delta" else None)
+        if isinstance(usage, dict):
+            self.usage.update({k: v for k, v in usage.items() if isinstance(v, int)})
+        stop = (event.get("delta") or {}).get("stop_reason") if kind == "message_delta" else None
+        if whole:
+            stop = event.get("stop_reason")
+            self.record.setdefault("ttft_s", round(time.monotonic() - self.arrived, 3))
+        if stop:
+            self.record["stop_reason"] = stop
 
 
 def start_hotspare(workdir: Path) -> tuple[subprocess.Popen[bytes], str, Path]:

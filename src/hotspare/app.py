@@ -272,4 +272,5 @@ def engine_config(settings: Settings, entry: ModelEntry) -> EngineConfig:
         model_sha256=expected_weights(entry).sha256,
         quantization=entry.quantization,
         weights_dir=hotspare_home() / WEIGHTS_DIR_NAME if local.fast_weights else None,
+        max_answer_tokens=local.max_answer_tokens,
     )

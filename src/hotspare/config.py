@@ -99,6 +99,12 @@ class LocalSettings(_StrictSection):
         description="host RAM for the KV state of conversations evicted from the KV cache; 0 = off",
     )
     hedge: bool = Field(default=True, description="start the local model beside an upstream slow to answer")
+    max_answer_tokens: int = Field(
+        default=512,
+        ge=16,
+        description="the most tokens one local answer (or a takeover's continuation) generates, whatever "
+        "the client's max_tokens; an answer it ends reports length / max_tokens",
+    )
     context_policy: ContextPolicy = Field(
         default=ContextPolicy.REJECT,
         strict=False,  # TOML gives a string

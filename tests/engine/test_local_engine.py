@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import subprocess
@@ -415,3 +416,27 @@ async def test_idle_cells_beyond_the_cap_go_to_host_ram_and_a_demoted_conversati
         assert (await engine.stats())["host_restores"] == 1
     finally:
         await engine.stop()
+
+
+async def test_a_looping_answer_is_cut_and_reported_as_length(engine: LocalEngine) -> None:
+    prompt = "Count: 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1. Continue the sequence of ones forever."
+    _, finish = await collect(engine, chat(prompt, max_tokens=2000))
+    assert finish.reason is FinishReason.LENGTH  # cut, never end_turn
+    assert finish.usage.output_tokens < 200
+    assert (await engine.stats())["num_repetition_stops"] == 1
+
+
+async def test_the_answer_budget_caps_a_huge_or_absent_max_tokens(model_path: Path) -> None:
+    config = EngineConfig(model_path=model_path, model_name="smollm2-135m-instruct", max_answer_tokens=12)
+    eng = LocalEngine(config)
+    await eng.start()
+    try:
+        for max_tokens in (64000, None):
+            request = chat("Write a long story about a dragon and a knight.", max_tokens=8)
+            request = dataclasses.replace(
+                request, sampling=dataclasses.replace(request.sampling, max_tokens=max_tokens)
+            )
+            _, finish = await collect(eng, request)
+            assert finish.reason is FinishReason.LENGTH and finish.usage.output_tokens == 12
+    finally:
+        await eng.stop()

@@ -54,6 +54,13 @@ class Flavor:
     cmake_args: tuple[str, ...] = ()
     requires: str = ""
 
+    def describe(self) -> str:
+        return f"{self.name}: " + (
+            f"without {self.drops}"
+            if self.cflags or self.cmake_args
+            else "every instruction set this CPU has"
+        )
+
     def cmake_env(self, base: str = "") -> str:
         """The CMAKE_ARGS value for this flavor, after the caller's own `base` arguments."""
         args = [base] if base else []
@@ -66,7 +73,7 @@ class Flavor:
 
 _NO_AMX = ("-mno-amx-tile", "-mno-amx-int8", "-mno-amx-bf16")
 LADDER: tuple[Flavor, ...] = (
-    Flavor("native", "nothing"),
+    Flavor("native", ""),
     Flavor("no-amx", "AMX", cflags=_NO_AMX, requires="amx_tile"),
     Flavor("no-avx512", "AMX and AVX-512", cflags=(*_NO_AMX, "-mno-avx512f"), requires="avx512f"),
     Flavor("portable", "every instruction set beyond the baseline", cmake_args=("-DGGML_NATIVE=OFF",)),
@@ -192,7 +199,7 @@ def ensure(
             continue
         wheel = cache.wheel(flavor)
         if wheel is None:
-            steps.say(f"building llama.cpp ({flavor.name}: without {flavor.drops}) -- a few minutes")
+            steps.say(f"building llama.cpp ({flavor.describe()}) -- a few minutes")
             wheel = steps.build(flavor, cache.folder(flavor))
         else:
             steps.say(f"installing the cached {flavor.name} build of llama.cpp")
@@ -216,7 +223,7 @@ def _judge(steps: Steps, cache: BuildCache, flavor: Flavor, base_cmake_args: str
     if not verdict.is_crash:
         raise BuildError(f"the llama.cpp self-test could not run: {verdict.summary()}")
     after = _next_name(flavor)
-    steps.say(f"llama.cpp ({flavor.name} build) {verdict.summary()} in the self-test; {after}")
+    steps.say(f"the {flavor.name} build of {verdict.summary()} in the self-test; {after}")
     return False
 
 

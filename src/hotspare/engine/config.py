@@ -34,6 +34,8 @@ class EngineConfig:
     quantization: the weights' type as the catalogue names it ("Q4_1"), for engine/weights.py.
     weights_dir: where re-encoded copies of the weights are kept (engine/weights.py); None = load the
         catalogue's file as it is.
+    max_answer_tokens: the most tokens one local answer may generate, whatever the client asks (agents ask
+        for 32k-64k, and an OpenAI request may set no limit); an answer it ends reports `length`. 0 = none.
     max_idle_kv_tokens: idle (cached, not running) KV cells beyond which the least recently used idle
         conversations are demoted to host RAM (dropped without a host cache) between steps, those kept
         packed at the bottom of the cache when nothing runs; idle cells slow every decode step. 0 = only
@@ -61,3 +63,4 @@ class EngineConfig:
     model_sha256: str | None = None
     quantization: str | None = None
     weights_dir: Path | None = None
+    max_answer_tokens: int = 0

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import itertools
 import logging
@@ -101,7 +102,10 @@ class _EngineProcess:
             msg = self.conn.recv()
         except EOFError:
             self.process.join(timeout=5)
-            cause = death_cause(self.process.exitcode, during="start-up (loading the model, warm-up)")
+            code = self.process.exitcode
+            if code is None or code >= 0:  # a Python-level failure: no restart would fix it
+                raise ModelError(f"the engine process exited while loading (code {code})") from None
+            cause = death_cause(code, during="start-up (loading the model, warm-up)")
             raise EngineDied(f"the engine process died while starting: {cause}", cause) from None
         if isinstance(msg, LoadFailed):
             raise ModelError(f"the engine could not load the model: {msg.message}")
@@ -389,9 +393,21 @@ class LocalEngine:
     def render(self, request: ChatRequest) -> str:
         return self._renderer().prompt(request)
 
+    def _budgeted(self, request: ChatRequest) -> ChatRequest:
+        """`request` with max_tokens at most the answer budget (`[local] max_answer_tokens`)."""
+        budget = self.config.max_answer_tokens
+        wanted = request.sampling.max_tokens
+        if not budget or (wanted is not None and wanted <= budget):
+            return request
+        return dataclasses.replace(request, sampling=dataclasses.replace(request.sampling, max_tokens=budget))
+
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
         turn = await prepare_turn(
-            request, self._renderer(), self.context_tokens, self.context_policy, self.config.stop
+            self._budgeted(request),
+            self._renderer(),
+            self.context_tokens,
+            self.context_policy,
+            self.config.stop,
         )
         digest = hashlib.sha256(turn.prompt.encode()).hexdigest()
         if (cause := self._suspects.is_poison(digest)) is not None:

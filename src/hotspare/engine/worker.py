@@ -26,7 +26,7 @@ import psutil
 from hotspare.core.errors import Overloaded
 from hotspare.core.logs import LOG_FORMAT
 from hotspare.core.types import FinishReason
-from hotspare.engine import persist
+from hotspare.engine import persist, repetition
 from hotspare.engine.backends.llama_cpp import DecodeItem, LlamaCppModel
 from hotspare.engine.config import EngineConfig
 from hotspare.engine.kv_ops import Copy, KvOp, Remove, Restore, Save
@@ -87,6 +87,7 @@ class EngineCore:
         self.live: dict[int, _Live] = {}
         self.num_steps = 0
         self.num_generated_tokens = 0
+        self.num_repetition_stops = 0  # answers ended because they looped (engine/repetition.py)
         # Steps by how many sequences they decoded: steps_by_batch_size[i] counts steps whose batch
         # size was at most BATCH_SIZE_BOUNDS[i] (and above the bound before it); the last is the rest.
         self.steps_by_batch_size = [0] * (len(BATCH_SIZE_BOUNDS) + 1)
@@ -229,8 +230,8 @@ class EngineCore:
                 text = live.text.push(self.model.piece(token))
                 if live.text.matched_stop is not None:
                     reason = FinishReason.STOP_SEQUENCE
-                elif seq.num_output_tokens >= seq.max_new_tokens:
-                    reason = FinishReason.LENGTH
+                elif seq.num_output_tokens >= seq.max_new_tokens or self._is_looping(seq):
+                    reason = FinishReason.LENGTH  # a loop is cut, not finished: never end_turn
                     text += live.text.flush()
             if text:
                 events.append(Delta(seq.request_id, text))
@@ -239,6 +240,15 @@ class EngineCore:
             if reason is not None:
                 events.append(self._finish(live, reason))
         return events
+
+    def _is_looping(self, seq: Sequence) -> bool:
+        """The answer has fallen into a loop (engine/repetition.py); counted."""
+        if not repetition.should_check(seq.num_output_tokens):
+            return False
+        if not repetition.is_degenerate(seq.tokens[seq.num_prompt_tokens :]):
+            return False
+        self.num_repetition_stops += 1
+        return True
 
     def _finish(self, live: _Live, reason: FinishReason) -> Done:
         seq = live.seq
@@ -302,6 +312,7 @@ class EngineCore:
             "num_preemptions": s.stats.num_preemptions,
             "num_steps": self.num_steps,
             "num_generated_tokens": self.num_generated_tokens,
+            "num_repetition_stops": self.num_repetition_stops,
             "batch_size_bounds": list(BATCH_SIZE_BOUNDS),
             "steps_by_batch_size": list(self.steps_by_batch_size),
             "num_batched_sequences": self.num_batched_sequences,

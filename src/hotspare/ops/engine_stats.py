@@ -32,6 +32,7 @@ class EngineSample:
     num_generated_tokens: int = 0
     num_steps: int = 0
     num_preemptions: int = 0
+    num_repetition_stops: int = 0  # answers ended because they looped (engine/repetition.py)
     num_restarts: int = 0
     batch_size_bounds: tuple[int, ...] = ()
     steps_by_batch_size: tuple[int, ...] = ()
@@ -73,6 +74,7 @@ def sample_from_stats(
         num_generated_tokens=generated,
         num_steps=int(stats.get("num_steps", 0)),
         num_preemptions=int(stats.get("num_preemptions", 0)),
+        num_repetition_stops=int(stats.get("num_repetition_stops", 0)),
         num_restarts=num_restarts,
         batch_size_bounds=tuple(stats.get("batch_size_bounds", ())),
         steps_by_batch_size=tuple(stats.get("steps_by_batch_size", ())),

@@ -26,7 +26,8 @@ The local engine, from the latest sample (see ops/engine_stats.py):
     hotspare_engine_kv_cache_used_tokens, hotspare_engine_kv_cache_used_ratio
     hotspare_engine_prefix_cache_hit_ratio           cached prompt tokens / prompt tokens
     hotspare_engine_tokens_per_second
-    hotspare_engine_generated_tokens_total, hotspare_engine_steps_total, hotspare_engine_restarts_total
+    hotspare_engine_generated_tokens_total, hotspare_engine_steps_total, hotspare_engine_restarts_total,
+    hotspare_engine_repetition_stops_total
     hotspare_engine_batch_size                       histogram of sequences per decode step
     hotspare_engine_threads                          llama.cpp threads in use (engine/threads.py)
     hotspare_engine_host_cache_bytes                 host RAM holding evicted conversations' KV
@@ -143,6 +144,11 @@ class _EngineCollector(Collector):
         )
         yield _gauge("hotspare_engine_tokens_per_second", "Generated tokens per second.", s.tokens_per_s)
         yield _counter("hotspare_engine_generated_tokens", "Tokens generated.", s.num_generated_tokens)
+        yield _counter(
+            "hotspare_engine_repetition_stops",
+            "Local answers ended (reported as length) because they fell into a loop.",
+            s.num_repetition_stops,
+        )
         yield _counter("hotspare_engine_steps", "Decode steps.", s.num_steps)
         yield _counter("hotspare_engine_restarts", "Engine process restarts.", s.num_restarts)
         yield _batch_histogram(s)
