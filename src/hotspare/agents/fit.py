@@ -1,25 +1,38 @@
-"""The `fit` context policy: shorten a conversation that does not fit the local model's context.
+"""The `fit` context policy: shorten a conversation that does not fit the local model's context, the
+same way on every turn, so that turn k+1's prompt starts with turn k's and the prefix cache holds it.
 
 A conversation fits when its prompt leaves room for an answer of `answer_reserve_tokens` (the
-request's max_tokens, at most a quarter of the context). Until it fits, in this order, each step
-only as far as needed:
+request's max_tokens, at most a quarter of the context). One that does not is shortened in two parts:
 
-1. tool definitions are condensed: descriptions cut to their first sentence, then dropped, and
-   `description` / `examples` / `title` keys removed from the schemas (the grammar still enforces
-   the full schemas: only the prompt is shortened);
-2. the oldest turns are dropped, whole: a turn starts at a user message, so a tool call is never
-   kept without its result or the other way round; the most recent turn always stays;
-3. the system prompt is cut to its head;
-4. long messages of the remaining turns are cut to their head and tail.
+1. The fixed part, the system prompt and the tools, is shortened on its own, measured without the
+   history, until it takes at most FIXED_SHARE of the room: tool descriptions cut to their first
+   sentence, then dropped with the schemas' `description` / `examples` / `title` keys (the grammar
+   still enforces the full schemas: only the prompt is shortened), then the system prompt cut to its
+   head. It depends only on the system prompt, the tools and the limit, which an agent keeps
+   byte-identical from turn to turn: every turn condenses them the same way.
+2. The history loses its oldest turns, whole (a turn starts at a user message, so a tool call is never
+   kept without its result; the most recent turn always stays), and in large steps: a turn can be
+   the first kept only if it is a *checkpoint*, the first turn to start past a multiple of half the
+   history's room (counted in characters from the conversation's start, at the fixed part's own
+   characters per token, so the checkpoints of a conversation never move as it grows). The earliest
+   checkpoint whose history fits is kept. After a drop about half the room is free, so the next drop
+   (the one turn that misses the cache) comes only after the conversation has grown by that much
+   again: not on every turn, as dropping just enough did.
 
-If even that does not fit, `ContextOverflow` is raised. The prompt is measured by the caller's
-`measure` (rendering and tokenizing it); every step re-measures, with a binary search where a step
-has a size to choose.
+Measured reason (the agent-outage issue, Claude Code through the 8k embedded model): dropping just
+enough old turns, and condensing tools only as far as each request needed, rendered turn 2 differently
+from turn 1: 27.8 % of its 6,126 prompt tokens came from the cache.
+
+Only if the most recent turn alone is still too long are long messages cut to their head and tail
+(then the prompt is not prefix-stable, but nothing else would fit). If even that does not fit,
+`ContextOverflow` is raised. The prompt is measured by the caller's `measure` (rendering and
+tokenizing it); where a step has a size to choose, a binary search.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -63,18 +76,63 @@ def answer_reserve_tokens(request: ChatRequest, max_context_tokens: int) -> int:
     return max(1, min(wanted, max_context_tokens // 4))
 
 
+FIXED_SHARE = 0.5
+"""The most of the prompt's room the system prompt and tools may take once a conversation is fitted."""
+
+DEFAULT_CHARS_PER_TOKEN = 3.0
+"""Places the history's checkpoints when there is no fixed part to measure the ratio on."""
+
+
 async def fit(request: ChatRequest, measure: Measure, max_context_tokens: int) -> Fitted:
     """`request` as it fits `max_context_tokens` with room for an answer; raises ContextOverflow."""
     limit = max_context_tokens - answer_reserve_tokens(request, max_context_tokens)
     original = await measure(request)
     if original <= limit:
         return Fitted(request, original, original)
-    best, size = request, original
-    for shorten in (_condense_tools, _drop_old_turns, _cut_system, _cut_long_messages):
-        best, size = await shorten(best, size, measure, limit)
-        if size <= limit:
-            return Fitted(best, original, size)
+    best, fixed_size = await _fit_fixed(request, measure, int(limit * FIXED_SHARE))
+    best, size = await _drop_old_turns(best, measure, limit, fixed_size, _chars_per_token(best, fixed_size))
+    if size > limit:
+        best, size = await _cut_long_messages(best, size, measure, limit)
+    if size <= limit:
+        return Fitted(best, original, size)
     raise ContextOverflow(original, max_context_tokens)
+
+
+# --- 1. the fixed part: system prompt and tools --------------------------------------------------
+
+
+def _fixed_part(request: ChatRequest) -> ChatRequest:
+    """`request` without its history: what every turn of the conversation starts with."""
+    return dataclasses.replace(request, messages=_system(request.messages))
+
+
+def _chars_per_token(request: ChatRequest, fixed_size: int) -> float:
+    """The fixed part's characters per token: the same on every turn (it is), and close enough to
+    the history's to space its checkpoints (the ratio is only used for that)."""
+    chars = sum(len(m.content) for m in _system(request.messages)) + sum(
+        len(t.name) + len(t.description) + len(json.dumps(t.parameters)) for t in request.tools
+    )
+    return chars / fixed_size if chars >= 256 and fixed_size > 0 else DEFAULT_CHARS_PER_TOKEN
+
+
+def _system(messages: tuple[Message, ...]) -> tuple[Message, ...]:
+    return tuple(m for m in messages[:1] if m.role is Role.SYSTEM)
+
+
+async def _fit_fixed(request: ChatRequest, measure: Measure, fixed_limit: int) -> tuple[ChatRequest, int]:
+    """`request` with tools condensed, then the system prompt cut, until its fixed part measures at
+    most `fixed_limit`; and that part's size. Every step measures the fixed part only."""
+
+    async def measure_fixed(candidate: ChatRequest) -> int:
+        return await measure(_fixed_part(candidate))
+
+    size = await measure_fixed(request)
+    if size <= fixed_limit:
+        return request, size
+    request, size = await _condense_tools(request, size, measure_fixed, fixed_limit)
+    if size <= fixed_limit:
+        return request, size
+    return await _cut_system(request, size, measure_fixed, fixed_limit)
 
 
 # --- 1. tool definitions -------------------------------------------------------------------------
@@ -83,6 +141,8 @@ async def fit(request: ChatRequest, measure: Measure, max_context_tokens: int) -
 async def _condense_tools(
     request: ChatRequest, size: int, measure: Measure, limit: int
 ) -> tuple[ChatRequest, int]:
+    if not request.tools:
+        return request, size
     for keep_description in (True, False):
         tools = tuple(_condensed_tool(tool, keep_description) for tool in request.tools)
         shorter = dataclasses.replace(request, tools=tools)
@@ -127,20 +187,49 @@ def _turn_starts(messages: tuple[Message, ...]) -> list[int]:
     return [i for i, m in enumerate(messages) if m.role is Role.USER]
 
 
+def _num_chars(message: Message) -> int:
+    return len(message.content) + sum(len(c.name) + len(c.arguments) for c in message.tool_calls)
+
+
+def checkpoints(messages: tuple[Message, ...], spacing_chars: int) -> list[int]:
+    """The turn starts (indexes into `messages`, after a leading system message) where a fitted
+    history may begin: the first turn to start at or past each multiple of `spacing_chars` counted
+    from the conversation's start, and the last turn. A pure function of the prefix up to each
+    index: a conversation that grows keeps its checkpoints."""
+    first = len(_system(messages))
+    starts = [i for i in _turn_starts(messages) if i > first]
+    out: list[int] = []
+    chars, start_of = 0, {}
+    for i in range(first, len(messages)):
+        start_of[i] = chars
+        chars += _num_chars(messages[i])
+    reached = 0
+    for start in starts:
+        band = start_of[start] // max(spacing_chars, 1)
+        if band > reached:
+            out.append(start)
+            reached = band
+    if starts and (not out or out[-1] != starts[-1]):
+        out.append(starts[-1])
+    return out
+
+
 async def _drop_old_turns(
-    request: ChatRequest, size: int, measure: Measure, limit: int
+    request: ChatRequest, measure: Measure, limit: int, fixed_size: int, chars_per_token: float
 ) -> tuple[ChatRequest, int]:
-    system = tuple(m for m in request.messages[:1] if m.role is Role.SYSTEM)
-    starts = [i for i in _turn_starts(request.messages) if i >= len(system)]
-    if len(starts) < 2:
+    size = await measure(request)
+    if size <= limit:
+        return request, size
+    system = _system(request.messages)
+    spacing = int(max(limit - fixed_size, 1) / 2 * chars_per_token)
+    cuts = checkpoints(request.messages, spacing)
+    if not cuts:
         return request, size
 
-    def keeping_from(start: int) -> ChatRequest:
-        return dataclasses.replace(request, messages=system + request.messages[start:])
+    def keeping_from(n: int) -> ChatRequest:
+        return dataclasses.replace(request, messages=system + request.messages[cuts[n - 1] :])
 
-    return await _smallest_cut(
-        request, size, measure, limit, len(starts) - 1, lambda n: keeping_from(starts[n])
-    )
+    return await _smallest_cut(request, size, measure, limit, len(cuts), keeping_from)
 
 
 # --- 3. the system prompt ------------------------------------------------------------------------

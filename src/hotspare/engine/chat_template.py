@@ -56,14 +56,6 @@ class ChatTemplate:
         text = self._render(messages, add_generation_prompt=True, tools=tools)
         return text + prefill
 
-    def render_history(self, messages: tuple[Message, ...]) -> str:
-        """The prompt text every *later* turn of this conversation starts with: all of `messages`
-        closed as finished turns, up to where the next user message's text would begin. Used to warm
-        the KV cache with a conversation seen passing through to an upstream."""
-        sentinel = "\x00hotspare-next-turn\x00"
-        text = self._render((*messages, Message(Role.USER, sentinel)), add_generation_prompt=False)
-        return text[: text.index(sentinel)] if sentinel in text else ""
-
     def _render(
         self,
         messages: tuple[Message, ...],

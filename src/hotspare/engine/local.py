@@ -30,7 +30,7 @@ from typing import Any
 
 from hotspare.agents.fit import ContextPolicy
 from hotspare.agents.prompt import PromptInput, template_knows_tools
-from hotspare.agents.turn import AnswerReader, Renderer, prepare_turn
+from hotspare.agents.turn import AnswerReader, Renderer, Turn, prepare_turn
 from hotspare.core.errors import (
     BackendUnavailable,
     ContextOverflow,
@@ -41,7 +41,7 @@ from hotspare.core.errors import (
     Overloaded,
     PoisonRequest,
 )
-from hotspare.core.types import ChatRequest, Finish, StreamEvent, Usage
+from hotspare.core.types import ChatRequest, Finish, Message, Role, StreamEvent, Usage
 from hotspare.engine.chat_template import ChatTemplate
 from hotspare.engine.config import EngineConfig
 from hotspare.engine.protocol import (
@@ -69,6 +69,9 @@ _ERRORS: dict[str, type[HotspareError]] = {
     "BackendUnavailable": BackendUnavailable,
     "EngineDied": EngineDied,
 }
+
+_NEXT_TURN = "\x00hotspare-next-turn\x00"
+"""Stands for the next user message in a warm-up's rendering; the warmed prompt ends where it starts."""
 
 RETRY_WAIT_S = 60.0
 """How long a suspect's retry waits for the engine to come back after the crash."""
@@ -401,14 +404,19 @@ class LocalEngine:
             return request
         return dataclasses.replace(request, sampling=dataclasses.replace(request.sampling, max_tokens=budget))
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
-        turn = await prepare_turn(
+    async def prepare(self, request: ChatRequest) -> Turn:
+        """`request` as the engine runs it: budgeted, fitted, rendered with its tools. The one path of
+        both answers and warm-ups, so that a warm-up computes exactly the prefix a failover sends."""
+        return await prepare_turn(
             self._budgeted(request),
             self._renderer(),
             self.context_tokens,
             self.context_policy,
             self.config.stop,
         )
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+        turn = await self.prepare(request)
         digest = hashlib.sha256(turn.prompt.encode()).hexdigest()
         if (cause := self._suspects.is_poison(digest)) is not None:
             raise _poison(digest, cause)
@@ -435,7 +443,7 @@ class LocalEngine:
                         raise
                     log.warning("retrying alone a request in flight when the engine died")
 
-    async def _generate(self, turn: Any) -> AsyncIterator[StreamEvent]:
+    async def _generate(self, turn: Turn) -> AsyncIterator[StreamEvent]:
         """One run of a prepared turn on the engine process."""
         answer = AnswerReader(turn)
         rid, queue = self._submit(lambda r: Submit(r, turn.prompt, turn.sampling))
@@ -478,15 +486,24 @@ class LocalEngine:
     async def warm(self, request: ChatRequest) -> None:
         """Compute, at low priority, the KV of the conversation in `request` as its next turn will
         see it (a trailing assistant message is the upstream's answer, closed as a finished turn), so
-        that a later turn served locally starts from cache. Fire and forget; a no-op while the engine
-        is not loaded, or while a suspect runs alone after a crash. Runs only when the engine is idle
-        and yields to real requests."""
+        that a later turn served locally starts from cache. The prompt is the next turn's, rendered by
+        the same path as an answer (`prepare`: budget, fit, tools, template) with a placeholder for
+        the next user message, and cut where that message's text would begin. Fire and forget; a
+        no-op while the engine is not loaded, or while a suspect runs alone after a crash. Runs only
+        when the engine is idle and yields to real requests. Raises what `prepare` raises."""
         if self._template is None or self._proc is None or self._gate.is_exclusive:
             return
-        prompt = self._template.render_history(request.messages)
-        if prompt:
+        prompt = await self.warm_prompt(request)
+        if prompt and self._proc is not None:
             with contextlib.suppress(OSError):
                 self._proc.send(Submit(next(self._ids), prompt, request.sampling, warmup=True))
+
+    async def warm_prompt(self, request: ChatRequest) -> str:
+        """The prompt text every next turn of `request`'s conversation starts with ("" if none)."""
+        next_turn = dataclasses.replace(request, messages=(*request.messages, Message(Role.USER, _NEXT_TURN)))
+        prompt = (await self.prepare(next_turn)).prompt
+        cut = prompt.find(_NEXT_TURN)
+        return prompt[:cut] if cut > 0 else ""
 
     async def _call(self, make: Any) -> Any:
         rid, queue = self._submit(make)
@@ -497,6 +514,10 @@ class LocalEngine:
         if isinstance(event, Failed):
             raise _ERRORS[event.kind](*event.args)
         return event.value
+
+    async def tokens(self, prompt: str) -> list[int]:
+        """`prompt`'s token ids as the engine tokenizes it (for tests and measurements)."""
+        return list(await self._call(lambda r: Tokenize(r, prompt, ids=True)))
 
     async def count_tokens(self, request: ChatRequest) -> int:
         prompt = self.render(request)

@@ -34,6 +34,7 @@ class Cancel:
 class Tokenize:
     request_id: int
     prompt: str
+    ids: bool = False  # reply with the token ids, not their count
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +89,7 @@ class Failed:
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """The answer to a Tokenize (an int) or GetStats (a dict)."""
+    """The answer to a Tokenize (an int, or the ids when asked) or GetStats (a dict)."""
 
     request_id: int
     value: Any

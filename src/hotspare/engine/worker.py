@@ -351,8 +351,8 @@ def _handle(core: EngineCore, cmd: EngineCommand, events: list[EngineEvent]) -> 
     elif isinstance(cmd, Cancel):
         core.cancel(cmd.request_id)
     elif isinstance(cmd, Tokenize):
-        n = len(core.tokenize_prompt(cmd.prompt))
-        events.append(Reply(cmd.request_id, n))
+        tokens = core.tokenize_prompt(cmd.prompt)
+        events.append(Reply(cmd.request_id, tokens if cmd.ids else len(tokens)))
     elif isinstance(cmd, GetStats):
         events.append(Reply(cmd.request_id, core.stats()))
     elif isinstance(cmd, Shutdown):
