@@ -246,8 +246,10 @@ async def run_once(binary: Path, warm: bool, dump: Path | None) -> dict[str, Any
 
 
 def _main_request(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """The turn's own request: the largest /v1/messages body (it carries the tools)."""
+    """The turn's own request: the largest /v1/messages body (it carries the tools) that was answered."""
     messages = [r for r in records if r["path"] in ("/v1/messages", "/v1/messages?beta=true")]
+    answered = [r for r in messages if r.get("status") == 200]
+    messages = answered or messages
     if not messages:
         return {}
     return _brief(max(messages, key=lambda r: r["body"].get("bytes", 0)))
