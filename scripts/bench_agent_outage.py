@@ -129,12 +129,14 @@ async def _serve(app: Starlette) -> tuple[uvicorn.Server, asyncio.Task[None], st
     return server, task, f"http://127.0.0.1:{port}"
 
 
-def _start_hotspare(workdir: Path, upstream: str, warm: bool) -> tuple[subprocess.Popen[bytes], str]:
+def _start_hotspare(
+    workdir: Path, upstream: str, warm: bool, kind: str = "anthropic"
+) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     config = workdir / "hotspare.toml"
     config.write_text(
         f'[local]\ncontext_policy = "fit"\nwarm_conversations = {str(warm).lower()}\n'
-        f'[[upstreams]]\nname = "anthropic"\nkind = "anthropic"\nbase_url = "{upstream}"\n'
+        f'[[upstreams]]\nname = "{kind}"\nkind = "{kind}"\nbase_url = "{upstream}"\n'
     )
     log = (workdir / "hotspare.log").open("wb")
     env = {**os.environ, "HOTSPARE_HOME": str(workdir / "home")}
@@ -229,6 +231,7 @@ async def run_once(binary: Path, warm: bool, dump: Path | None) -> dict[str, Any
             await asyncio.gather(proxy_task, up_task)
             hotspare.terminate()
             await asyncio.to_thread(hotspare.wait, 30)
+            log_tail = (workdir / "hotspare.log").read_text(errors="replace")[-6000:]
     turn2 = records[num_turn1:]
     main = _main_request(turn2)
     return {
@@ -242,6 +245,7 @@ async def run_once(binary: Path, warm: bool, dump: Path | None) -> dict[str, Any
             "main": main,
             "requests": [_brief(r) for r in turn2],
         },
+        "hotspare_log_tail": log_tail if code2 != 0 or os.environ.get("BENCH_LOG") else "",
     }
 
 

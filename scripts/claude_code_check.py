@@ -157,8 +157,9 @@ def proxy_app(target: str, records: list[dict[str, Any]], dump: Path | None = No
 
 
 class _AnswerReader:
-    """Reads an Anthropic answer as it passes (SSE or JSON) into `record`: `ttft_s` (request arrival
-    to the first content delta), `usage` (input, cache read, output tokens) and `stop_reason`."""
+    """Reads an Anthropic (SSE or JSON) or streamed Responses API answer as it passes into `record`:
+    `ttft_s` (request arrival to the first content delta), `usage` (uncached input, cache read and
+    output tokens) and `stop_reason`."""
 
     def __init__(self, record: dict[str, Any], arrived: float) -> None:
         self.record = record
@@ -186,8 +187,11 @@ class _AnswerReader:
         if not isinstance(event, dict):
             return
         kind = event.get("type")
-        if kind == "content_block_delta" and "ttft_s" not in self.record:
+        if kind in ("content_block_delta", "response.output_text.delta") and "ttft_s" not in self.record:
             self.record["ttft_s"] = round(time.monotonic() - self.arrived, 3)
+        if kind == "response.completed":  # the Responses API: input_tokens include the cached ones
+            self._responses_usage(event.get("response") or {})
+            return
         message = event.get("message") if kind == "message_start" else event if whole else None
         usage = (message or {}).get("usage") or (event.get("usage") if kind == "message_delta" else None)
         if isinstance(usage, dict):
@@ -198,6 +202,17 @@ class _AnswerReader:
             self.record.setdefault("ttft_s", round(time.monotonic() - self.arrived, 3))
         if stop:
             self.record["stop_reason"] = stop
+
+    def _responses_usage(self, response: dict[str, Any]) -> None:
+        usage = response.get("usage") or {}
+        cached = (usage.get("input_tokens_details") or {}).get("cached_tokens", 0)
+        self.usage.update(
+            input_tokens=usage.get("input_tokens", 0) - cached,
+            cache_read_input_tokens=cached,
+            output_tokens=usage.get("output_tokens", 0),
+        )
+        details = response.get("incomplete_details") or {}
+        self.record["stop_reason"] = details.get("reason") or response.get("status")
 
 
 def start_hotspare(workdir: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
