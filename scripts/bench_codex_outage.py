@@ -167,7 +167,7 @@ async def run_once(binary: Path, warm: bool) -> dict[str, Any]:
         workdir = Path(tmp)
         for folder in ("project", "codex-home"):
             (workdir / folder).mkdir()
-        hotspare, url = await asyncio.to_thread(_start_hotspare, workdir, up_url + "/v1", warm, "openai")
+        hotspare, url = await asyncio.to_thread(_start_hotspare, workdir, up_url, warm, "openai")
         records: list[dict[str, Any]] = []
         proxy, proxy_task, proxy_url = await _serve(proxy_app(url, records))
         try:

@@ -213,9 +213,9 @@ class Turn:
 
     async def keep(self, response: dict[str, Any], backend: str, is_upstream: bool) -> None:
         """Store a finished response (unless the client or the config opted out); for an upstream's
-        answer, warm the local model on the conversation so far."""
-        store = store_of(self.request.app)
-        if store is None or self.body.store is False or not isinstance(response.get("id"), str):
+        answer, warm the local model on the conversation so far, stored or not (Codex sends
+        `store: false` and its whole conversation on every turn)."""
+        if not isinstance(response.get("id"), str):
             return
         turn = StoredTurn(
             id=response["id"],
@@ -226,7 +226,9 @@ class Turn:
             input=input_items(self.body),
             response=response,
         )
-        await asyncio.to_thread(store.put, turn)
+        store = store_of(self.request.app)
+        if store is not None and self.body.store is not False:
+            await asyncio.to_thread(store.put, turn)
         if is_upstream:
             await self._warm(turn)
 
