@@ -24,7 +24,8 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from typing import Any
 
 from hotspare.core.errors import (
     BackendUnavailable,
@@ -49,10 +50,10 @@ from hotspare.router.member import Member, build_upstream, larger_context
 from hotspare.router.metrics import RouterMetrics
 from hotspare.router.observe import Advisor, RouterObserver, Stage
 from hotspare.router.probe import Guarded, Prober
-from hotspare.router.race import open_upstream, prepend, race_local
+from hotspare.router.race import LocalHedge, Opened, UpstreamHedge, open_upstream, prepend, race
 from hotspare.router.relay import Relay, buffered_reply
 from hotspare.router.replies import EventReply, RawReply, Reply, client_fault, single
-from hotspare.router.takeover import Continuer
+from hotspare.router.takeover import ContinuationMode, Continuer
 from hotspare.router.warmup import WarmupFilter
 from hotspare.upstream.base import ClientCall, Upstream
 
@@ -79,6 +80,9 @@ class Router:
         # local model, only a trickle: an upstream slowed by a saturated machine is still far faster
         # than a CPU model fed half its traffic (measured: p99 7.9 s at 64 concurrent requests).
         self.shed_gate = HedgeGate(max_in_flight=2)
+        # Hedges onto the next upstream double a slow upstream's traffic; bounded so that an upstream
+        # slow for everyone does not double the whole load on the next one.
+        self.upstream_hedge_gate = HedgeGate(max_in_flight=32)
         self.members = [Member(u, clock, self._on_transition, self.metrics) for u in upstreams]
         self.observers: list[RouterObserver] = []  # shared with every member
         self.advisor: Advisor | None = None
@@ -129,10 +133,12 @@ class Router:
             }
         return out
 
-    def chain(self, model: str) -> list[Member]:
+    def chain(self, model: str, call: ClientCall | None = None) -> list[Member]:
+        """The upstreams serving `model`, in order (with `call`: only those it may be sent to)."""
         if self.mode is Mode.LOCAL_ONLY:
             return []
-        return [m for m in self.members if m.config.serves(model)]
+        members = [m for m in self.members if m.config.serves(model)]
+        return members if call is None else [m for m in members if m.upstream.accepts(call)]
 
     def passthrough_upstreams(self, api: ApiFormat) -> list[Upstream]:
         """The upstreams that speak `api` themselves, in chain order (none in local-only mode): where a
@@ -144,7 +150,7 @@ class Router:
     async def route(self, call: ClientCall) -> Reply:
         """Raises `HotspareError`: NotFound if nothing serves the model; the last failure if every
         backend failed before the first byte; the local backend's own errors."""
-        members = self.chain(call.request.model)
+        members = self.chain(call.request.model, call)
         if call.local_refusal is not None:  # only an upstream speaking the client's format can answer
             members = [m for m in members if m.upstream.passes_through(call.api_format)]
         if not members and self.local is None:
@@ -236,20 +242,67 @@ class Router:
                 return RawReply(raw.status, raw.headers, single(raw.body), upstream.name)
             sent = streaming
         opening = open_upstream(upstream, sent, passthrough)
-        if self.local is not None and self.config.local.hedge and call.local_refusal is None:
-            delay_s = member.hedge.delay_s(member.ttft.samples())
-            if self.advisor is not None:  # a degraded upstream is hedged sooner
-                delay_s *= self.advisor.hedge_scale(upstream.name)
-            race = await race_local(opening, delay_s, self.local, call.request, self.hedge_gate)
-            if race.local_events is not None:  # the local model answered first; the upstream is cancelled
-                error = race.upstream_error
-                member.record(False if error is not None else None, error.failure if error else None)
-                self.metrics.served(self.local.name, "hedge")
-                return EventReply(self.local.name, race.local_events, self._local_model(call))
-            assert race.opened is not None
-            winner = race.opened
-        else:
-            winner = await opening
+        target = self._hedge_target(rest, call)
+        if target is None:
+            return await self._serve(member, rest, call, await opening, passthrough)
+        delay_s = member.hedge.delay_s(member.ttft.samples())
+        if self.advisor is not None:  # a degraded upstream is hedged sooner
+            delay_s *= self.advisor.hedge_scale(upstream.name)
+        if isinstance(target, UpstreamHedge):
+            return await self._race_upstream(member, rest, call, opening, delay_s, target)
+        local_race = await race(opening, delay_s, target, self.hedge_gate)
+        if local_race.hedged is not None:  # the local model answered first; the upstream is cancelled
+            assert self.local is not None and target.events is not None
+            error = local_race.upstream_error
+            member.record(False if error is not None else None, error.failure if error else None)
+            self.metrics.served(self.local.name, "hedge")
+            events = prepend(local_race.hedged, target.events)
+            return EventReply(self.local.name, events, self._local_model(call))
+        assert local_race.opened is not None
+        return await self._serve(member, rest, call, local_race.opened, passthrough)
+
+    def _hedge_target(self, rest: Sequence[Member], call: ClientCall) -> UpstreamHedge | LocalHedge | None:
+        """The next backend of the chain, to start beside a slow upstream: the next upstream whose
+        circuit is not open, else the local model; None when hedging is off or nothing is next."""
+        if not self.config.local.hedge:
+            return None
+        for m in rest:
+            if m.breaker.is_open:
+                continue
+            passthrough = m.upstream.passes_through(call.api_format)
+            sent = m.upstream.as_streaming(call) if passthrough and not call.request.stream else call
+            return UpstreamHedge(m, sent, passthrough) if sent is not None else None
+        if self.local is not None and call.local_refusal is None:
+            return LocalHedge(self.local, call.request)
+        return None
+
+    async def _race_upstream(
+        self,
+        member: Member,
+        rest: Sequence[Member],
+        call: ClientCall,
+        opening: Coroutine[Any, Any, Opened],
+        delay_s: float,
+        hedge: UpstreamHedge,
+    ) -> Reply:
+        result = await race(opening, delay_s, hedge, self.upstream_hedge_gate)
+        if result.hedged is None:
+            assert result.opened is not None
+            return await self._serve(
+                member, rest, call, result.opened, member.upstream.passes_through(call.api_format)
+            )
+        error = result.upstream_error  # the next upstream answered first; this one was cancelled
+        member.record(False if error is not None else None, error.failure if error else None)
+        nxt = hedge.member
+        log.info("hedge: %s answered before %s", nxt.upstream.name, member.upstream.name)
+        after = list(rest[list(rest).index(nxt) + 1 :])
+        return await self._serve(nxt, after, call, result.hedged, hedge.passthrough)
+
+    async def _serve(
+        self, member: Member, rest: Sequence[Member], call: ClientCall, winner: Opened, passthrough: bool
+    ) -> Reply:
+        """The reply from `member`'s opened answer; `rest` are the backends after it (takeover)."""
+        upstream = member.upstream
         if winner.ttft_s is not None:
             member.ttft.add(winner.ttft_s)
             for observer in self.observers:
@@ -296,11 +349,17 @@ class Router:
             log.warning("warm-up failed", exc_info=error)
 
     def _continuers(self, rest: Sequence[Member], call: ClientCall) -> list[Continuer]:
+        """Who may take over a broken answer, in chain order: the later upstreams that can continue
+        it (their mode) and may be sent this client's request (its key), then the local model."""
         if call.local_refusal is not None:  # continuations are converted requests: none can serve it
             return []
         out: list[Continuer] = []
         for m in rest:
-            out.append(Continuer(m.upstream.name, self._counted(m.upstream.name, m.opener(call)), m.record))
+            mode = ContinuationMode(m.config.continuation_mode)
+            if mode is ContinuationMode.NONE or not m.upstream.accepts(call):
+                continue
+            opener = self._counted(m.upstream.name, m.opener(call))
+            out.append(Continuer(m.upstream.name, opener, m.record, mode, m.config.max_continuation_tokens))
         if self.local is not None:
             out.append(Continuer(self.local.name, self._counted(self.local.name, self.local.stream)))
         return out

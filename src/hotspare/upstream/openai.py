@@ -26,17 +26,22 @@ from hotspare.upstream.openai_responses import RESPONSES_PATH, ResponsesParser
 from hotspare.upstream.sse import SseEvent
 from hotspare.upstream.stream import StreamParser
 
+# Every finish reason OpenAI documents, as the core reason. Any other (vLLM's "abort", a server's
+# own) is a failure: the answer may be cut, so it is taken over or ends with an error event.
 _FINISH_REASONS = {
     "stop": FinishReason.END_TURN,
     "length": FinishReason.LENGTH,
     "tool_calls": FinishReason.TOOL_CALLS,
     "function_call": FinishReason.TOOL_CALLS,
+    "content_filter": FinishReason.CONTENT_FILTER,
 }
 FINISH_NAMES = {
     FinishReason.END_TURN: "stop",
     FinishReason.STOP_SEQUENCE: "stop",
     FinishReason.LENGTH: "length",
     FinishReason.TOOL_CALLS: "tool_calls",
+    FinishReason.CONTENT_FILTER: "content_filter",
+    FinishReason.PAUSED: "length",  # Anthropic's pause_turn: the turn is unfinished, as a cut-off one
 }
 
 
@@ -79,16 +84,27 @@ class OpenAIParser(StreamParser):
         for choice in choices:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
-            self.finish_reason = choice.get("finish_reason") or self.finish_reason
+            self._on_finish_reason(choice.get("finish_reason"))
             delta = choice.get("delta") or {}
             if delta.get("tool_calls") or delta.get("function_call"):
-                self.has_content = self.has_other_content = True
+                self._note_other()
             text = delta.get("content")
             if isinstance(text, str) and text:
                 out.append(self._note_text(text))
             for call in delta.get("tool_calls") or ():
                 out.extend(self._on_tool_call(call))
         return out
+
+    def _on_finish_reason(self, reason: object) -> None:
+        if reason is None:
+            return
+        if reason not in _FINISH_REASONS:
+            raise UpstreamError(
+                FailureClass.STREAM_ERROR,
+                f"unknown finish_reason {str(reason)[:40]!r}",
+                upstream=self._upstream,
+            )
+        self.finish_reason = str(reason)
 
     def _on_tool_call(self, call: Any) -> list[StreamEvent]:
         """A `delta.tool_calls` entry: the call's start (its first entry has id and name), then
@@ -172,6 +188,9 @@ class OpenAIParser(StreamParser):
             }
             out += self._chunk(finish.model, [], usage=usage)
         return out + _data("[DONE]")
+
+    def render_terminator(self) -> bytes:
+        return _data("[DONE]")
 
     def render_error(self, error: UpstreamError | None, message: str) -> bytes:
         # The openai SDK raises APIError on a chunk carrying "error"; no [DONE] follows.
