@@ -76,6 +76,9 @@ class Behavior:
     stall_after: int | None = None  # stop sending, keep the connection open
     error_after: int | None = None  # an in-band SSE error event
     malformed_after: int | None = None  # an SSE event whose data is not JSON
+    malformed_event: bytes | None = (
+        None  # with malformed_after: this raw event instead (then the answer goes on)
+    )
     omit_terminator: bool = False  # end cleanly without message_stop / [DONE]
     omit_done: bool = False  # state the finish (finish_reason / message_delta), then no terminator
     finish_reason: str | None = None  # the stated finish / stop reason; default: the vendor's normal one
@@ -534,7 +537,8 @@ class _Events:
             fault = self.fault_before(i)
             if fault is not None:
                 yield fault
-                return
+                if fault is not self.b.malformed_event:
+                    return
             yield float(self.b.first_delay_s if i == 0 else self.b.delta_interval_s)
             yield self.delta(text)
         if self.b.drip_after == len(self.b.deltas):
@@ -562,7 +566,7 @@ class _Events:
         if b.error_after == i:
             return self.error()
         if b.malformed_after == i:
-            return b"data: {not json\n\n"
+            return b.malformed_event or b"data: {not json\n\n"
         return None
 
     def start(self) -> Iterator[bytes]:
