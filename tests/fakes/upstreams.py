@@ -107,10 +107,12 @@ class Attempt:
 
     @property
     def is_probe(self) -> bool:
-        """A health probe (no tokens spent); a request about a stored response is not one."""
+        """A health probe: one that spends no tokens, or hotspare's 1-token recovery probe (a
+        non-streaming chat with max_tokens 1); a request about a stored response is not one."""
         if self.path.startswith(RESOURCE_PREFIX):
             return False
-        return self.method == "GET" or self.path.endswith("/count_tokens")
+        one_token = self.method == "POST" and self.body is not None and self.body.get("max_tokens") == 1
+        return self.method == "GET" or self.path.endswith("/count_tokens") or one_token
 
 
 def key_hash(key: str) -> str:
@@ -303,6 +305,11 @@ class FakeUpstream:
             )
         elif path.endswith("/count_tokens"):
             await self._send_json(writer, 200, {"input_tokens": 10})
+        elif path.endswith(("/messages", "/chat/completions")):  # a 1-token recovery probe
+            request = json.loads(body)
+            return await self._respond_json(
+                writer, Behavior(deltas=("Hi",)), request, str(request.get("model"))
+            )
         else:
             data = [
                 {"id": "fake-model", "type": "model", "object": "model", "created_at": "2025-01-01T00:00:00Z"}

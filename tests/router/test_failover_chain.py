@@ -408,3 +408,54 @@ def test_length_reasons_map_to_length(
     router = chain_router([("u", anthropic_fake, {"api_key": "env:HS_TEST_OPERATOR_KEY"})], None)
     _, events, _ = route(router, make_call(OPENAI))
     assert isinstance(events, list) and isinstance(events[-1], Finish) and events[-1].reason is expected
+
+
+# --- 6. breakers per (upstream, model); the recovery probe asks for the model ----------------------------
+
+
+def test_one_failing_model_opens_only_its_own_circuit(openai_fake: FakeUpstream) -> None:
+    """One upstream serving two models (as failoverbench's shared secondary does, through renames):
+    model "bad" failing opens the circuit of ("u", "bad") only; "good" keeps being served."""
+    rename = {"client-bad": "bad", "client-good": "good"}
+    router = chain_router([("u", openai_fake, {"models": ["client-*"], "rename": rename})], FakeLocal())
+    assert sorted(router.snapshot()) == ["u/*", "u/bad", "u/good"]
+
+    async def go() -> list[str]:
+        backends = []
+        try:
+            openai_fake.script(Behavior(status=503), Behavior(status=503))  # the attempt and its retry
+            for model in ["client-bad", "client-bad", "client-good"]:  # the 2nd skips the open circuit
+                reply = await router.route(make_call(OPENAI, model=model))
+                await _collect(reply)
+                backends.append(reply.backend)
+        finally:
+            await router.aclose()
+        return backends
+
+    assert asyncio.run(go()) == ["local", "local", "u"]
+    states = {name: state["state"] for name, state in router.snapshot().items()}
+    assert states == {"u/bad": "open", "u/good": "closed", "u/*": "closed"}
+
+
+def test_the_recovery_probe_is_a_one_token_request_for_the_failing_model(openai_fake: FakeUpstream) -> None:
+    router = chain_router([("u", openai_fake, {"rename": {"m": "upstream-m"}})], None)
+
+    async def go() -> tuple[bool, bool]:
+        try:
+            upstream = router.members[0].upstream
+            await _collect(await router.route(make_call(OPENAI, model="m")))  # a key that works
+            openai_fake.probe_status = 503
+            sick = await upstream.probe("upstream-m")
+            openai_fake.probe_status = 200
+            return sick, await upstream.probe("upstream-m")
+        finally:
+            await router.aclose()
+
+    assert asyncio.run(go()) == (False, True)
+    probes = openai_fake.attempts(probes=True)
+    assert [(p.method, p.path) for p in probes] == [("POST", "/v1/chat/completions")] * 2
+    assert probes[-1].body == {
+        "model": "upstream-m",
+        "max_tokens": 1,
+        "messages": [{"role": "user", "content": "hi"}],
+    }

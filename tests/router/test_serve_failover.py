@@ -317,7 +317,10 @@ def test_breaker_opens_skips_probes_and_fails_back(
     assert claude_stream(hotspare)[2] == "local"
     assert anthropic_fake.attempts() == []  # zero attempts while open
     probes = anthropic_fake.wait_for(2, probes=True)
-    assert {(p.method, p.path) for p in probes} == {("GET", "/v1/models")}
+    # a real 1-token request for the model whose circuit is open, not GET /v1/models
+    assert {(p.method, p.path) for p in probes} == {("POST", "/v1/messages")}
+    assert probes[0].body is not None and probes[0].body["model"] == CLAUDE
+    assert probes[0].body["max_tokens"] == 1 and not probes[0].body.get("stream")
     assert probes[0].headers.get("x-api-key") == key_hash(KEY)  # the key that last worked
     anthropic_fake.probe_status = 200
     deadline = time.monotonic() + 10

@@ -146,6 +146,14 @@ class UpstreamConfig(_Strict):
             return self.continuation
         return "prefill" if self.kind == "anthropic" else "restart"
 
+    def breaker_models(self) -> tuple[tuple[str, ...], bool]:
+        """The upstream model names that get a circuit breaker of their own -- the literal entries of
+        `models` (renamed) and the targets of `rename`: a bounded set, named by the config, never by
+        what a client sends -- and whether a glob in `models` needs a shared one for the rest."""
+        literal = [self.upstream_model(m) for m in self.models if not _is_glob(m)]
+        named = tuple(dict.fromkeys([*literal, *self.rename.values()]))
+        return named, any(_is_glob(m) for m in self.models)
+
     def serves(self, model: str) -> bool:
         return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
 
@@ -173,6 +181,10 @@ class LocalConfig(_Strict):
     warm_conversations: bool = Field(
         default=True, description="prefill conversations answered upstream into the local KV cache when idle"
     )
+
+
+def _is_glob(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
 
 
 def _check_forwarding(upstreams: tuple[UpstreamConfig, ...]) -> None:

@@ -46,7 +46,7 @@ from hotspare.router.breaker import Transition
 from hotspare.router.classify import Action, classify
 from hotspare.router.config import Mode, RouterConfig
 from hotspare.router.hedge import HedgeGate
-from hotspare.router.member import Member, build_upstream, larger_context
+from hotspare.router.member import Member, build_upstream, larger_context, members_of
 from hotspare.router.metrics import RouterMetrics
 from hotspare.router.observe import Advisor, RouterObserver, Stage
 from hotspare.router.probe import Guarded, Prober
@@ -83,12 +83,13 @@ class Router:
         # Hedges onto the next upstream double a slow upstream's traffic; bounded so that an upstream
         # slow for everyone does not double the whole load on the next one.
         self.upstream_hedge_gate = HedgeGate(max_in_flight=32)
-        self.members = [Member(u, clock, self._on_transition, self.metrics) for u in upstreams]
+        self.upstreams = list(upstreams)
+        self.members = [m for u in upstreams for m in members_of(u, clock, self._on_transition, self.metrics)]
         self.observers: list[RouterObserver] = []  # shared with every member
         self.advisor: Advisor | None = None
         for member in self.members:
             member.observers = self.observers
-        self._prober = Prober([Guarded(m.upstream, m.breaker) for m in self.members])
+        self._prober = Prober([Guarded(m.upstream, m.breaker, m.probe_model) for m in self.members])
         self.warmups = WarmupFilter()
         self._background: set[asyncio.Future[None]] = set()
 
@@ -116,15 +117,15 @@ class Router:
             for task in late:
                 task.cancel()
         await self._prober.aclose()
-        for member in self.members:
-            await member.upstream.aclose()
+        for upstream in self.upstreams:
+            await upstream.aclose()
 
     def snapshot(self) -> dict[str, dict[str, object]]:
-        """Per upstream: circuit state and counters, for a status endpoint."""
+        """Per upstream (per upstream/model where it has several): circuit state and counters."""
         out: dict[str, dict[str, object]] = {}
         for m in self.members:
             s = m.breaker.snapshot()
-            out[m.upstream.name] = {
+            out[m.name] = {
                 "state": str(s.state),
                 "consecutive_failures": s.consecutive_failures,
                 "window_attempts": s.window_attempts,
@@ -137,15 +138,22 @@ class Router:
         """The upstreams serving `model`, in order (with `call`: only those it may be sent to)."""
         if self.mode is Mode.LOCAL_ONLY:
             return []
-        members = [m for m in self.members if m.config.serves(model)]
-        return members if call is None else [m for m in members if m.upstream.accepts(call)]
+        out: list[Member] = []
+        for upstream in self.upstreams:
+            if not upstream.config.serves(model) or (call is not None and not upstream.accepts(call)):
+                continue
+            members = [m for m in self.members if m.upstream is upstream]
+            target = upstream.config.upstream_model(model)
+            keyed = next((m for m in members if m.model == target), None)
+            out.append(keyed or next((m for m in members if m.model is None), members[0]))
+        return out
 
     def passthrough_upstreams(self, api: ApiFormat) -> list[Upstream]:
         """The upstreams that speak `api` themselves, in chain order (none in local-only mode): where a
         request about a response they made (`GET /v1/responses/{id}`, ...) can go."""
         if self.mode is Mode.LOCAL_ONLY:
             return []
-        return [m.upstream for m in self.members if m.upstream.passes_through(api)]
+        return [u for u in self.upstreams if u.passes_through(api)]
 
     async def route(self, call: ClientCall) -> Reply:
         """Raises `HotspareError`: NotFound if nothing serves the model; the last failure if every
@@ -202,6 +210,8 @@ class Router:
         """One upstream with its retries: a reply, None if its circuit is open, or the UpstreamError."""
         deadline = time.monotonic() + member.config.timeouts.total_s
         num_retries = 0
+        if member.model is None:  # the shared member's recovery probe asks for what it last served
+            member.last_model = member.config.upstream_model(call.request.model)
         while True:
             if not member.breaker.try_acquire():
                 log.info("skip %s: circuit %s", member.upstream.name, member.breaker.state)

@@ -349,25 +349,40 @@ class Upstream(ABC):
         finally:
             await stream.aclose()
 
-    async def probe(self) -> bool:
-        """A request that spends no tokens (GET /v1/models). True when the provider looks healthy:
-        200 with a known-good key, or any non-5xx/429 answer when no key is known yet."""
+    async def probe(self, model: str | None = None) -> bool:
+        """Is the provider (and `model`) back? With a model and a known-good key: a real 1-token
+        request for it (200 = healthy). Otherwise GET /v1/models, which spends nothing: 200 with a
+        known key, or any non-5xx/429 answer when no key is known yet. Never raises."""
         headers = self.default_headers()
         if self._probe_key is not None:
             headers.update(self.auth_headers(self._probe_key))
+        if model is not None and self._probe_key is not None:
+            body = json.dumps(
+                {"model": model, "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
+            )
+            status = await self._probe_send(
+                "POST", self.chat_path, {**headers, "content-type": "application/json"}, body
+            )
+            return status == 200
+        status = await self._probe_send("GET", "/v1/models", headers, "")
+        if status is None:
+            return False
+        if self._probe_key is not None:
+            return status == 200
+        return status < 500 and status != 429
+
+    async def _probe_send(self, method: str, path: str, headers: dict[str, str], body: str) -> int | None:
         t = self.config.timeouts
         try:
             async with asyncio.timeout(t.connect_s + min(t.first_token_s, 5.0)):
-                response = await self._http.send("GET", "/v1/models", headers, b"")
+                response = await self._http.send(method, path, headers, body.encode())
                 try:
                     await response.aread()  # so that the connection can be reused
                 finally:
                     await response.aclose()
         except (TimeoutError, TransportError):
-            return False
-        if self._probe_key is not None:
-            return response.status == 200
-        return response.status < 500 and response.status != 429
+            return None
+        return response.status
 
     async def aclose(self) -> None:
         await self._http.aclose()
