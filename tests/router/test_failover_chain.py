@@ -5,6 +5,7 @@ finish reason becomes. Two providers of one kind are two fakes on two ports."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -459,3 +460,20 @@ def test_the_recovery_probe_is_a_one_token_request_for_the_failing_model(openai_
         "max_tokens": 1,
         "messages": [{"role": "user", "content": "hi"}],
     }
+
+
+# --- issue 17 point 19: n > 1 passthrough streams ---------------------------------------------------------
+
+
+def test_a_broken_stream_of_several_choices_is_not_taken_over(openai_fake: FakeUpstream) -> None:
+    """A takeover could finish choice 0 only; the other choices would end silently cut, reported
+    complete. So the client gets the error event instead."""
+    openai_fake.script(Behavior(cut_after=2))
+    local = FakeLocal()
+    call = make_call(OPENAI)
+    body = {**json.loads(call.body), "n": 2}
+    call = ClientCall(call.api_format, json.dumps(body).encode(), call.headers, call.request)
+    _, raw, _ = route(chain_router([("u", openai_fake, {})], local), call)
+    assert isinstance(raw, bytes) and local.started == 0
+    payloads = sse_payloads(raw)
+    assert "error" in payloads[-1] and "[DONE]" not in payloads

@@ -176,7 +176,7 @@ async def continue_passthrough(
     if stated is not None:  # the upstream had said why it stopped: the text is complete, only close it
         yield parser.render_finish(dataclasses.replace(stated, usage=Usage(stated.usage.input_tokens, 0)))
         return
-    if parser.has_other_content:  # a tool call or thinking block cannot be continued as text
+    if not parser.is_continuable:  # a tool call, a thinking block, n > 1 choices: not one text to continue
         yield parser.render_error(error, NO_CONTINUATION)
         return
     num_delivered = parser.num_text_events

@@ -51,10 +51,16 @@ def _data(payload: Mapping[str, Any] | str) -> bytes:
 
 
 class OpenAIParser(StreamParser):
-    def __init__(self, upstream: str, include_usage: bool) -> None:
+    """Follows choice 0. With `num_choices` > 1 (a passthrough client's `n`), the answer is complete
+    only when every choice stated its finish, and a takeover is refused: it could finish choice 0
+    only, and the other choices would end silently cut (the client gets the error event instead)."""
+
+    def __init__(self, upstream: str, include_usage: bool, num_choices: int = 1) -> None:
         super().__init__()
         self._upstream = upstream
         self.include_usage = include_usage  # whether the client asked for the usage chunk
+        self.num_choices = num_choices
+        self.finished_choices: set[int] = set()
         self.id = ""
         self.created = 0
         self.model = ""
@@ -82,6 +88,8 @@ class OpenAIParser(StreamParser):
             raise self._malformed(self._upstream, "chunk without choices")
         out: list[StreamEvent] = []
         for choice in choices:
+            if isinstance(choice, dict) and choice.get("finish_reason") is not None:
+                self.finished_choices.add(int(choice.get("index", 0)))
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
             self._on_finish_reason(choice.get("finish_reason"))
@@ -155,8 +163,14 @@ class OpenAIParser(StreamParser):
         }
         return json.dumps(body).encode()
 
+    @property
+    def is_continuable(self) -> bool:
+        return super().is_continuable and self.num_choices == 1
+
     def stated_finish(self) -> Finish | None:
-        return self._finish() if self.finish_reason is not None else None
+        if self.finish_reason is None or len(self.finished_choices) < self.num_choices:
+            return None
+        return self._finish()
 
     def _chunk(self, model: str, choices: list[dict[str, Any]], **extra: Any) -> bytes:
         return _data(
@@ -204,8 +218,13 @@ class OpenAIUpstream(Upstream):
     chat_path = "/v1/chat/completions"
 
     def new_parser(self, client_body: Mapping[str, Any] | None) -> StreamParser:
-        options = (client_body or {}).get("stream_options") or {}
-        return OpenAIParser(self.name, include_usage=bool(options.get("include_usage")))
+        body = client_body or {}
+        options = body.get("stream_options") or {}
+        n = body.get("n")
+        num_choices = n if isinstance(n, int) and n > 1 else 1
+        return OpenAIParser(
+            self.name, include_usage=bool(options.get("include_usage")), num_choices=num_choices
+        )
 
     def passes_through(self, api: ApiFormat) -> bool:
         return api in (ApiFormat.OPENAI_CHAT, ApiFormat.OPENAI_RESPONSES)

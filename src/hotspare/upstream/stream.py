@@ -56,6 +56,12 @@ class StreamParser(ABC):
     @abstractmethod
     def feed(self, event: SseEvent) -> list[StreamEvent]: ...
 
+    @property
+    def is_continuable(self) -> bool:
+        """Whether another backend may finish this answer as text (no tool call, thinking block or
+        second choice in it)."""
+        return not self.has_other_content
+
     @abstractmethod
     def render_message(self, text: str, finish: Finish) -> bytes:
         """The vendor's non-streaming response body for an answer assembled from a stream;
