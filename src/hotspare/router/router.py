@@ -9,9 +9,11 @@ first byte is still invisible to the client) as either
   upstream), with mid-stream takeover already applied. Its iterator raises a `HotspareError` only if
   the answer broke off and no backend could finish it; the API layer then sends its error event.
 
-Per upstream: a circuit breaker (open -> zero attempts), one quick retry where classify() allows it,
-and hedging -- the local model starts beside an upstream with no first content after the hedge delay,
-and whichever produces first is streamed while the other is cancelled.
+Per upstream and model: a circuit breaker (open -> zero attempts), one retry after a short jittered
+backoff where classify() allows it, and hedging -- the next backend of the chain (the next upstream
+whose circuit is not open, the local model only when it is next) starts beside an upstream with no
+first content after the hedge delay, and whichever produces first is streamed while the other is
+cancelled: the chain's order is the operator's order of preference, so a hedge never skips a backend.
 
 The pieces: member.py (one upstream and its health), race.py (opening an upstream up to its first
 content, hedged), relay.py and takeover.py (the answer after its first content, continued by the next
