@@ -477,3 +477,16 @@ def test_a_broken_stream_of_several_choices_is_not_taken_over(openai_fake: FakeU
     assert isinstance(raw, bytes) and local.started == 0
     payloads = sse_payloads(raw)
     assert "error" in payloads[-1] and "[DONE]" not in payloads
+
+
+def test_a_client_fault_during_a_hedge_goes_back_to_the_client(
+    openai_fake: FakeUpstream, openai_second: FakeUpstream
+) -> None:
+    openai_fake.script(Behavior(status=400, error_message="bad temperature", headers_delay_s=0.4))
+    openai_second.script(Behavior(first_delay_s=2))
+    router = chain_router(
+        [("primary", openai_fake, {"hedge_delay_s": 0.1}), ("secondary", openai_second, {})], None, hedge=True
+    )
+    reply, body, elapsed_s = route(router, make_call(OPENAI))
+    assert isinstance(reply, RawReply) and reply.status == 400 and elapsed_s < 1.5
+    assert isinstance(body, bytes) and json.loads(body)["error"]["message"] == "bad temperature"

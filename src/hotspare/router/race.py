@@ -108,6 +108,10 @@ async def race(
                 await _cancel(hd)
                 await hedge.discard(_result(hd))
                 return RaceResult(opened=up.result())
+            if up.done() and not _hedge_may_answer(up.exception()):  # the request itself was refused
+                await _cancel(hd)
+                await hedge.discard(_result(hd))
+                raise up.exception()  # type: ignore[misc]
             if hd.done() and hd.exception() is None:
                 await _cancel(up)
                 error = up.exception() if up.done() and not up.cancelled() else None
@@ -178,6 +182,12 @@ def _result(future: asyncio.Future[H]) -> H | None:
     if not future.done() or future.cancelled() or future.exception() is not None:
         return None
     return future.result()
+
+
+def _hedge_may_answer(error: BaseException | None) -> bool:
+    """A client fault (a 4xx, a context-length rejection) goes back to the client, or to a larger
+    context, by the caller's rules: the hedge must not answer it instead."""
+    return not (isinstance(error, UpstreamError) and not error.should_fail_over)
 
 
 def _as_upstream(error: BaseException | None) -> UpstreamError | None:
