@@ -124,8 +124,9 @@ class UpstreamStream:
     """An open streaming response whose status was 2xx. Owns the HTTP response: call `aclose`.
 
     `next_event` returns the next SSE block (raw bytes kept) with what the parser made of it, or
-    None after the terminator. Deadlines: until the first content, `first_token_s` from the start;
-    after it, `idle_s` between reads; always `total_s`. Failures raise `UpstreamError`.
+    None after the terminator (or after a clean end that followed a stated finish). Deadlines: until
+    the first content, `first_token_s` from the start; after it, `idle_s` since the last content
+    (keep-alives do not count); always `total_s`. Failures raise `UpstreamError`.
     """
 
     def __init__(self, upstream: Upstream, response: Response, parser: StreamParser, started: float) -> None:
