@@ -14,7 +14,7 @@
     adapt_threads = true              # use fewer while other processes keep the cores busy
     host_cache_mib = 2048             # host RAM for conversations evicted from the KV cache (0 = off)
 
-    hedge = true                      # start the local model beside an upstream slow to answer
+    hedge = true                      # start the next backend beside an upstream slow to answer
 
     [api]
     allowed_models = ["gpt-4o", "claude-sonnet-4-5"]   # optional; unset = any model name is served
@@ -98,7 +98,7 @@ class LocalSettings(_StrictSection):
         ge=0,
         description="host RAM for the KV state of conversations evicted from the KV cache; 0 = off",
     )
-    hedge: bool = Field(default=True, description="start the local model beside an upstream slow to answer")
+    hedge: bool = Field(default=True, description="start the next backend beside an upstream slow to answer")
     max_answer_tokens: int = Field(
         default=512,
         ge=16,

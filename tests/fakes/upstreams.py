@@ -17,6 +17,7 @@ import json
 import socket
 import threading
 import time
+import zlib
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -75,7 +76,17 @@ class Behavior:
     stall_after: int | None = None  # stop sending, keep the connection open
     error_after: int | None = None  # an in-band SSE error event
     malformed_after: int | None = None  # an SSE event whose data is not JSON
+    malformed_event: bytes | None = (
+        None  # with malformed_after: this raw event instead (then the answer goes on)
+    )
     omit_terminator: bool = False  # end cleanly without message_stop / [DONE]
+    omit_done: bool = False  # state the finish (finish_reason / message_delta), then no terminator
+    finish_reason: str | None = None  # the stated finish / stop reason; default: the vendor's normal one
+    drip_after: int | None = None  # after this many deltas, only keep-alives (ping / comment) every 0.1 s
+    interim_100: bool = False  # a `100 Continue` before the real response
+    gzip: bool = False  # gzip the streamed body (content-encoding: gzip)
+    gzip_bomb_bytes: int = 0  # with gzip: this many zero bytes compressed into the stream before the deltas
+    reject_prefill: bool = False  # 400 (Anthropic's wording) when the last message is an assistant turn
     hang: bool = False  # read the request, never answer
     reset: bool = False  # read the request, close without answering
     headers_delay_s: float = 0.0
@@ -96,10 +107,12 @@ class Attempt:
 
     @property
     def is_probe(self) -> bool:
-        """A health probe (no tokens spent); a request about a stored response is not one."""
+        """A health probe: one that spends no tokens, or hotspare's 1-token recovery probe (a
+        non-streaming chat with max_tokens 1); a request about a stored response is not one."""
         if self.path.startswith(RESOURCE_PREFIX):
             return False
-        return self.method == "GET" or self.path.endswith("/count_tokens")
+        one_token = self.method == "POST" and self.body is not None and self.body.get("max_tokens") == 1
+        return self.method == "GET" or self.path.endswith("/count_tokens") or one_token
 
 
 def key_hash(key: str) -> str:
@@ -265,6 +278,13 @@ class FakeUpstream:
                 return False
         if b.reset:
             return False
+        if b.interim_100:
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if b.reject_prefill and _ends_with_assistant(request):
+            refusal = "This model does not support assistant message prefill."
+            rejection = Behavior(status=400, error_message=refusal)
+            await self._send_json(writer, 400, self._error_body(rejection))
+            return True
         if b.status >= 400:
             extra = {"retry-after": b.retry_after} if b.retry_after is not None else {}
             await self._send_json(writer, b.status, self._error_body(b), extra)
@@ -285,6 +305,11 @@ class FakeUpstream:
             )
         elif path.endswith("/count_tokens"):
             await self._send_json(writer, 200, {"input_tokens": 10})
+        elif path.endswith(("/messages", "/chat/completions")):  # a 1-token recovery probe
+            request = json.loads(body)
+            return await self._respond_json(
+                writer, Behavior(deltas=("Hi",)), request, str(request.get("model"))
+            )
         else:
             data = [
                 {"id": "fake-model", "type": "model", "object": "model", "created_at": "2025-01-01T00:00:00Z"}
@@ -424,22 +449,34 @@ class FakeUpstream:
         events: _Events | None = None,
     ) -> bool:
         # Bytes are coalesced until a pause or the end: one write per burst, as a fast server sends.
-        pending = _status_line(
-            200,
-            {
-                "content-type": "text/event-stream; charset=utf-8",
-                "cache-control": "no-cache",
-                "transfer-encoding": "chunked",
-                "request-id": "req_fake",
-            },
-        )
+        head = {
+            "content-type": "text/event-stream; charset=utf-8",
+            "cache-control": "no-cache",
+            "transfer-encoding": "chunked",
+            "request-id": "req_fake",
+            "openai-organization": "org-fake",
+            "anthropic-organization-id": "fake-org-id",
+        }
+        compressor = zlib.compressobj(wbits=31) if b.gzip else None
+        if compressor is not None:
+            head["content-encoding"] = "gzip"
+        pending = _status_line(200, head)
+
+        def body(data: bytes) -> bytes:
+            if compressor is None:
+                return _chunk(data)
+            out = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
+            return _chunk(out) if out else b""
+
+        if b.gzip_bomb_bytes and compressor is not None:
+            pending += body(b"\0" * b.gzip_bomb_bytes)
         if events is None:
             events = (
                 AnthropicEvents(model, b) if self.kind == "anthropic" else OpenAIEvents(model, b, request)
             )
         for step in events.steps():
-            if isinstance(step, bytes) and step is not _CUT and step is not _STALL:
-                pending += _chunk(step)
+            if isinstance(step, bytes) and step not in (_CUT, _STALL, _DRIP):
+                pending += body(step)
                 continue
             if not step:  # a zero pause
                 continue
@@ -450,10 +487,20 @@ class FakeUpstream:
                 await asyncio.sleep(step)
             elif step is _CUT:
                 return False
+            elif step is _DRIP:
+                assert self._release is not None
+                while not self._release.is_set():
+                    writer.write(body(events.keepalive()))
+                    await writer.drain()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._release.wait(), 0.1)
+                return False
             else:  # _STALL
                 assert self._release is not None
                 await self._release.wait()
                 return False
+        if compressor is not None:
+            pending += _chunk(compressor.flush())
         writer.write(pending + b"0\r\n\r\n")
         await writer.drain()
         return True
@@ -461,6 +508,12 @@ class FakeUpstream:
 
 _CUT = b"<cut>"
 _STALL = b"<stall>"
+_DRIP = b"<drip>"
+
+
+def _ends_with_assistant(request: dict[str, Any]) -> bool:
+    messages = request.get("messages")
+    return isinstance(messages, list) and bool(messages) and messages[-1].get("role") == "assistant"
 
 
 def _status_line(status: int, headers: dict[str, str]) -> bytes:
@@ -491,15 +544,28 @@ class _Events:
             fault = self.fault_before(i)
             if fault is not None:
                 yield fault
-                return
+                if fault is not self.b.malformed_event:
+                    return
             yield float(self.b.first_delay_s if i == 0 else self.b.delta_interval_s)
             yield self.delta(text)
+        if self.b.drip_after == len(self.b.deltas):
+            yield _DRIP
+            return
         if self.b.omit_terminator:
             return
-        yield from self.end()
+        ending = list(self.end())
+        yield from ending[:-1] if self.b.omit_done else ending
+
+    def keepalive(self) -> bytes:
+        return b": keep-alive\n\n"
+
+    def reason(self, normal: str) -> str:
+        return self.b.finish_reason or normal
 
     def fault_before(self, i: int) -> bytes | None:
         b = self.b
+        if b.drip_after == i:
+            return _DRIP
         if b.cut_after == i:
             return _CUT
         if b.stall_after == i:
@@ -507,7 +573,7 @@ class _Events:
         if b.error_after == i:
             return self.error()
         if b.malformed_after == i:
-            return b"data: {not json\n\n"
+            return b.malformed_event or b"data: {not json\n\n"
         return None
 
     def start(self) -> Iterator[bytes]:
@@ -557,7 +623,7 @@ class AnthropicEvents(_Events):
             {
                 "type": "message_delta",
                 "delta": {
-                    "stop_reason": "end_turn" if self.b.tool_call is None else "tool_use",
+                    "stop_reason": self.reason("end_turn" if self.b.tool_call is None else "tool_use"),
                     "stop_sequence": None,
                 },
                 "usage": {"output_tokens": len(self.b.deltas)},
@@ -584,6 +650,9 @@ class AnthropicEvents(_Events):
         return _event(
             "error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
         )
+
+    def keepalive(self) -> bytes:
+        return _event("ping", {"type": "ping"})
 
 
 class OpenAIEvents(_Events):
@@ -619,7 +688,7 @@ class OpenAIEvents(_Events):
     def end(self) -> Iterator[bytes]:
         if self.b.tool_call is not None:
             yield from self.tool_calls(*self.b.tool_call)
-        reason = "stop" if self.b.tool_call is None else "tool_calls"
+        reason = self.reason("stop" if self.b.tool_call is None else "tool_calls")
         yield self._chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": reason}])
         if (self.request.get("stream_options") or {}).get("include_usage"):
             n = len(self.b.deltas)

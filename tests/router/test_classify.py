@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from hotspare.core.errors import FailureClass, UpstreamError
-from hotspare.router.classify import Action, Decision, classify
+from hotspare.router.classify import RETRY_BACKOFF_S, Action, Decision, classify
 
 
 def decide(
@@ -21,6 +23,7 @@ def decide(
         budget_left_s=budget_left_s,
         max_retry_after_s=2.0,
         has_delivered=has_delivered,
+        jitter=lambda low, high: 0.0,
     )
 
 
@@ -82,3 +85,18 @@ def test_error_properties() -> None:
     fault = UpstreamError(FailureClass.CLIENT_FAULT, "x", upstream="u", status=400, body=b"{}")
     assert (fault.retryable, fault.should_fail_over, fault.is_client_fault) == (False, False, True)
     assert fault.message == "upstream 'u': x"
+
+
+def test_the_retry_after_a_5xx_waits_a_jittered_backoff() -> None:
+    error = UpstreamError(FailureClass.SERVER_ERROR, "HTTP 500", upstream="u")
+
+    def draw(low: float, high: float) -> float:
+        assert (low, high) == RETRY_BACKOFF_S
+        return 0.3
+
+    common: dict[str, Any] = {"num_retries": 0, "max_retry_after_s": 2.0, "has_delivered": False}
+    assert classify(error, budget_left_s=60.0, jitter=draw, **common) == Decision(Action.RETRY, delay_s=0.3)
+    # never more than a quarter of what the request has left
+    assert classify(error, budget_left_s=0.4, jitter=draw, **common) == Decision(Action.RETRY, delay_s=0.1)
+    low, high = RETRY_BACKOFF_S
+    assert all(low <= classify(error, budget_left_s=60.0, **common).delay_s <= high for _ in range(50))

@@ -2,11 +2,13 @@
 providers, driven by the official SDKs: an Anthropic client with tools served by the OpenAI-kind
 upstream, and an OpenAI client with tools served by the Anthropic one. The tools, the tool choice and
 earlier calls and results reach the upstream in its own format; its tool calls reach the client in
-the client's (`tool_use` blocks / `tool_calls`), streamed and not."""
+the client's (`tool_use` blocks / `tool_calls`), streamed and not. A client's own key goes only to
+its own vendor, so these upstreams have an operator key (`env:`), holding the same value here."""
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,8 +31,8 @@ enabled = false
 
 """
     # crossed on purpose: claude-* names go to the OpenAI-kind upstream, gpt-* to the Anthropic one
-    + upstream_table("anth", "anthropic", "{anthropic}", ["gpt-*"])
-    + upstream_table("oai", "openai", "{openai}", ["claude-*"])
+    + upstream_table("anth", "anthropic", "{anthropic}", ["gpt-*"], api_key="env:HS_CROSS_KEY")
+    + upstream_table("oai", "openai", "{openai}", ["claude-*"], api_key="env:HS_CROSS_KEY")
 )
 KEY = "sk-test-client"
 SCHEMA: dict[str, Any] = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
@@ -42,8 +44,12 @@ def hotspare(
     anthropic_server: FakeUpstream, openai_server: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningServer]:
     config = CONFIG.format(anthropic=anthropic_server.url, openai=openai_server.url)
-    with serving(config, tmp_path_factory.mktemp("cross-tools")) as running:
-        yield running
+    os.environ["HS_CROSS_KEY"] = KEY
+    try:
+        with serving(config, tmp_path_factory.mktemp("cross-tools")) as running:
+            yield running
+    finally:
+        del os.environ["HS_CROSS_KEY"]
 
 
 ANTHROPIC_TOOLS: list[anthropic.types.ToolParam] = [

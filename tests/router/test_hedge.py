@@ -35,3 +35,7 @@ def test_gate_admits_at_most_its_limit() -> None:
     gate.leave()
     assert gate.try_enter()
     assert gate.num_in_flight == 2
+
+
+def test_cold_start_waits_at_most_five_seconds() -> None:
+    assert HedgePolicy(first_token_s=30).delay_s([]) == 5.0

@@ -249,27 +249,39 @@ def test_hedge_keeps_the_upstream_when_it_answers_first(anthropic_fake: FakeUpst
     assert reply.backend == "anthropic" and local.started == 0
 
 
-def test_cross_format_request_is_served_by_the_other_kind(anthropic_fake: FakeUpstream) -> None:
-    reply, events = run(route_once(make_router([anthropic_fake], FakeLocal()), make_call(OPENAI)))
+@pytest.fixture
+def operator_key(monkeypatch: pytest.MonkeyPatch) -> str:
+    """An `env:` key for upstreams that get other vendors' clients (a forwarded key would not go)."""
+    monkeypatch.setenv("HS_TEST_OPERATOR_KEY", "sk-operator-key-1")
+    return "env:HS_TEST_OPERATOR_KEY"
+
+
+def test_cross_format_request_is_served_by_the_other_kind(
+    anthropic_fake: FakeUpstream, operator_key: str
+) -> None:
+    router = make_router([anthropic_fake], FakeLocal(), api_key=operator_key)
+    reply, events = run(route_once(router, make_call(OPENAI)))
     assert isinstance(reply, EventReply) and reply.backend == "anthropic"
     assert isinstance(events, list) and isinstance(events[-1], Finish)
     assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "Hello from the fake upstream."
 
 
-def test_cross_format_mid_stream_cut_is_continued(openai_fake: FakeUpstream) -> None:
+def test_cross_format_mid_stream_cut_is_continued(openai_fake: FakeUpstream, operator_key: str) -> None:
     openai_fake.script(Behavior(cut_after=1))
     local = FakeLocal(text="world")
-    _, events = run(route_once(make_router([openai_fake], local), make_call(ANTHROPIC)))
+    router = make_router([openai_fake], local, api_key=operator_key)
+    _, events = run(route_once(router, make_call(ANTHROPIC)))
     assert isinstance(events, list)
     assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "Helloworld"
     assert isinstance(events[-1], Finish) and events[-1].usage.output_tokens == 2
 
 
 def test_second_upstream_serves_when_the_first_fails(
-    anthropic_fake: FakeUpstream, openai_fake: FakeUpstream
+    anthropic_fake: FakeUpstream, openai_fake: FakeUpstream, operator_key: str
 ) -> None:
     anthropic_fake.default = Behavior(status=503)
-    reply, _ = run(route_once(make_router([anthropic_fake, openai_fake], FakeLocal()), make_call(ANTHROPIC)))
+    router = make_router([anthropic_fake, openai_fake], FakeLocal(), api_key=operator_key)
+    reply, _ = run(route_once(router, make_call(ANTHROPIC)))
     assert reply.backend == "openai"
     assert len(anthropic_fake.attempts()) == 2
 
@@ -372,14 +384,14 @@ LONG = "Summarise the following incident report for the on-call channel. " * 10 
     ("api", "upstream"), [(ANTHROPIC, "anthropic"), (OPENAI, "openai"), (OPENAI, "anthropic")]
 )
 def test_conversations_answered_upstream_are_handed_to_the_local_warm_up(
-    api: ApiFormat, upstream: str, anthropic_fake: FakeUpstream, openai_fake: FakeUpstream
+    api: ApiFormat, upstream: str, anthropic_fake: FakeUpstream, openai_fake: FakeUpstream, operator_key: str
 ) -> None:
     """Passthrough (same format) and cross-format alike: the conversation plus the upstream's answer,
     as the next turn will send it, so a later failover finds it in the local KV cache."""
     local = WarmingLocal()
     fake = anthropic_fake if upstream == "anthropic" else openai_fake
     call = make_call(api, content=LONG)
-    reply, _ = run(route_once(make_router([fake], local), call))
+    reply, _ = run(route_once(make_router([fake], local, api_key=operator_key), call))
     assert reply.backend == fake_name(fake) and local.started == 0
     expected = [(m.role, m.content) for m in call.request.messages]
     assert local.warmed == [*expected, (Role.ASSISTANT, "Hello from the fake upstream.")]

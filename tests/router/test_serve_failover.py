@@ -1,10 +1,13 @@
 """`hotspare serve --config` (real subprocess, real local model) in front of the fake providers,
 driven by the official SDKs: passthrough, failover before the first byte, mid-stream takeover, the
-circuit breaker with probes and failback, Retry-After, client faults, non-streaming."""
+circuit breaker with probes and failback, Retry-After, client faults, non-streaming. Answers cross
+formats here (and a client's own key goes only to its own vendor), so the upstreams have operator
+keys (`env:`), holding the clients' key value."""
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -33,8 +36,8 @@ hedge = false
 enabled = false  # its shedding is probabilistic; these tests pin each failure's exact handling
 
 """
-    + upstream_table("anth", "anthropic", "{anthropic}", ["claude-*"])
-    + upstream_table("oai", "openai", "{openai}", ["gpt-*"])
+    + upstream_table("anth", "anthropic", "{anthropic}", ["claude-*"], api_key="env:HS_FAILOVER_KEY")
+    + upstream_table("oai", "openai", "{openai}", ["gpt-*"], api_key="env:HS_FAILOVER_KEY")
 )
 
 
@@ -43,8 +46,12 @@ def hotspare(
     anthropic_server: FakeUpstream, openai_server: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningServer]:
     config = CONFIG.format(anthropic=anthropic_server.url, openai=openai_server.url)
-    with serving(config, tmp_path_factory.mktemp("failover")) as running:
-        yield running
+    os.environ["HS_FAILOVER_KEY"] = KEY
+    try:
+        with serving(config, tmp_path_factory.mktemp("failover")) as running:
+            yield running
+    finally:
+        del os.environ["HS_FAILOVER_KEY"]
 
 
 def circuit_states(server: RunningServer) -> dict[str, str]:
@@ -310,7 +317,10 @@ def test_breaker_opens_skips_probes_and_fails_back(
     assert claude_stream(hotspare)[2] == "local"
     assert anthropic_fake.attempts() == []  # zero attempts while open
     probes = anthropic_fake.wait_for(2, probes=True)
-    assert {(p.method, p.path) for p in probes} == {("GET", "/v1/models")}
+    # a real 1-token request for the model whose circuit is open, not GET /v1/models
+    assert {(p.method, p.path) for p in probes} == {("POST", "/v1/messages")}
+    assert probes[0].body is not None and probes[0].body["model"] == CLAUDE
+    assert probes[0].body["max_tokens"] == 1 and not probes[0].body.get("stream")
     assert probes[0].headers.get("x-api-key") == key_hash(KEY)  # the key that last worked
     anthropic_fake.probe_status = 200
     deadline = time.monotonic() + 10

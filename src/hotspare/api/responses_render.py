@@ -116,7 +116,10 @@ def response_object(
 
 
 def status_of(finish: Finish) -> str:
-    return "incomplete" if finish.reason is FinishReason.LENGTH else "completed"
+    return "completed" if finish.reason in _COMPLETED else "incomplete"
+
+
+_COMPLETED = frozenset({FinishReason.END_TURN, FinishReason.STOP_SEQUENCE, FinishReason.TOOL_CALLS})
 
 
 def text_part(text: str) -> dict[str, Any]:

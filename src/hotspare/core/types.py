@@ -124,6 +124,8 @@ class FinishReason(StrEnum):
     LENGTH = "length"  # max_tokens or the context ran out
     STOP_SEQUENCE = "stop_sequence"  # one of the request's stop strings matched
     TOOL_CALLS = "tool_calls"
+    CONTENT_FILTER = "content_filter"  # the provider refused or filtered it (Anthropic: refusal): an answer
+    PAUSED = "paused"  # Anthropic's pause_turn: a server-tool turn to be resumed, not finished
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,9 @@ TOML shape (top level of the `--config` file)::
     models = ["claude-*"]              # globs of client model names it serves
     rename = { "claude-fast" = "claude-haiku-4-5" }   # optional: client name -> upstream name
     hedge_delay_s = 1.5                # optional; default derived from recent time-to-first-token
+    continuation = "restart"           # how it takes over a broken answer: "prefill" | "restart" |
+                                       # "none"; default "prefill" for anthropic, "restart" for openai
+    max_continuation_tokens = 4096     # the most a takeover continuation may add
     [upstreams.timeouts]
     connect_s = 2
     first_token_s = 10
@@ -26,7 +29,7 @@ TOML shape (top level of the `--config` file)::
     half_open_requests = 1
     [local]
     model = "smollm2-135m-instruct"
-    hedge = true                       # start the local model beside a slow upstream
+    hedge = true                       # start the next backend beside an upstream slow to answer
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import os
 import re
 from enum import StrEnum
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -91,6 +95,12 @@ class UpstreamConfig(_Strict):
     max_context_tokens: int | None = Field(default=None, gt=0, description="used to route context overflows")
     hedge_delay_s: float | None = Field(default=None, gt=0)
     max_retry_after_s: float = Field(default=2.0, ge=0, description="honour a 429's Retry-After up to this")
+    continuation: Literal["prefill", "restart", "none"] | None = Field(
+        default=None,
+        description="how it takes over a broken answer (router/takeover.py); None: prefill for anthropic, "
+        "restart for openai (an OpenAI-compatible server is never assumed to continue a prefill)",
+    )
+    max_continuation_tokens: int = Field(default=4096, ge=1, description="the most a takeover may add")
     timeouts: TimeoutsConfig = TimeoutsConfig()
     breaker: BreakerConfig = BreakerConfig()
 
@@ -130,6 +140,20 @@ class UpstreamConfig(_Strict):
                 )
         return data
 
+    @property
+    def continuation_mode(self) -> str:
+        if self.continuation is not None:
+            return self.continuation
+        return "prefill" if self.kind == "anthropic" else "restart"
+
+    def breaker_models(self) -> tuple[tuple[str, ...], bool]:
+        """The upstream model names that get a circuit breaker of their own -- the literal entries of
+        `models` (renamed) and the targets of `rename`: a bounded set, named by the config, never by
+        what a client sends -- and whether a glob in `models` needs a shared one for the rest."""
+        literal = [self.upstream_model(m) for m in self.models if not _is_glob(m)]
+        named = tuple(dict.fromkeys([*literal, *self.rename.values()]))
+        return named, any(_is_glob(m) for m in self.models)
+
     def serves(self, model: str) -> bool:
         return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
 
@@ -149,10 +173,35 @@ class UpstreamConfig(_Strict):
 
 class LocalConfig(_Strict):
     model: str | None = Field(default=None, description="catalogue name of the local model; None = default")
-    hedge: bool = Field(default=True, description="start the local model beside an upstream slow to answer")
+    hedge: bool = Field(
+        default=True,
+        description="start the next backend of the chain (an upstream, or the local model when it is next) "
+        "beside an upstream slow to its first token",
+    )
     warm_conversations: bool = Field(
         default=True, description="prefill conversations answered upstream into the local KV cache when idle"
     )
+
+
+def _is_glob(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
+
+
+def _check_forwarding(upstreams: tuple[UpstreamConfig, ...]) -> None:
+    """A forwarded key is the client's key for one vendor. Two forward-mode upstreams of one kind on
+    different hosts would each be sent it, and one of them is not the vendor it belongs to."""
+    first: dict[str, UpstreamConfig] = {}
+    for u in upstreams:
+        if u.api_key != "forward":
+            continue
+        seen = first.setdefault(u.kind, u)
+        if urlsplit(seen.base_url).hostname != urlsplit(u.base_url).hostname:
+            raise ValueError(
+                f"upstreams {seen.name!r} ({seen.base_url}) and {u.name!r} ({u.base_url}) both have "
+                f'api_key = "forward" and kind = {u.kind!r}: a client\'s {u.kind} key would be sent to '
+                "two different hosts, and it belongs to only one of them. Give all but one of them an "
+                '"env:VARIABLE" key.'
+            )
 
 
 class RouterConfig(_Strict):
@@ -168,6 +217,7 @@ class RouterConfig(_Strict):
                 raise ValueError(f"upstream names must be unique, {name!r} appears {names.count(name)} times")
         if self.mode is Mode.UPSTREAM_ONLY and not self.upstreams:
             raise ValueError('mode = "upstream-only" needs at least one [[upstreams]] entry')
+        _check_forwarding(self.upstreams)
         return self
 
     @property

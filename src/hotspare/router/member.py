@@ -1,5 +1,11 @@
 """One upstream in a failover chain, with its health state: circuit breaker, time-to-first-token
-history, hedge policy, and the early-warning shed credit."""
+history, hedge policy, and the early-warning shed credit.
+
+Health is kept per (upstream, model) where an upstream serves several: an outage of one model
+(failoverbench S15) must not open the circuit of the others, nor be hidden by their successes. The
+router makes one Member per model named in the upstream's config (`UpstreamConfig.breaker_models`),
+plus one shared by whatever its globs match; they share the Upstream (its HTTP pool). A member's
+`name` is the upstream's name, with `/model` when the upstream has more than one member."""
 
 from __future__ import annotations
 
@@ -30,16 +36,24 @@ class Member:
         clock: Callable[[], float],
         on_transition: Callable[[Transition], None],
         metrics: RouterMetrics,
+        model: str | None = None,
+        name: str | None = None,
     ):
         self.upstream = upstream
         self.config: UpstreamConfig = upstream.config
-        self.breaker = CircuitBreaker(upstream.name, self.config.breaker, clock, on_transition)
+        self.model = model  # the upstream model this member's breaker is for; None: the shared one
+        self.name = name or upstream.name
+        self.last_model: str | None = model  # what the recovery probe asks for (shared member: the last)
+        self.breaker = CircuitBreaker(self.name, self.config.breaker, clock, on_transition)
         self.metrics = metrics
         metrics.add_upstream(upstream.name)
         self.ttft = TtftTracker()
         self.hedge = HedgePolicy(self.config.timeouts.first_token_s, self.config.hedge_delay_s)
         self.observers: list[RouterObserver] = []
         self.shed_credit = 0.0  # accumulates the advisor's shed share; each whole unit sheds a request
+
+    def probe_model(self) -> str | None:
+        return self.last_model
 
     def record(self, verdict: bool | None, failure: FailureClass | None = None) -> None:
         """One attempt's outcome: True ok, False failed (with its class), None cancelled."""
@@ -78,6 +92,22 @@ class Member:
             return self.upstream.events(call, request)
 
         return open_
+
+
+def members_of(
+    upstream: Upstream,
+    clock: Callable[[], float],
+    on_transition: Callable[[Transition], None],
+    metrics: RouterMetrics,
+) -> list[Member]:
+    """One member per model named in `upstream`'s config, then the shared one if its globs need it."""
+    named, has_glob = upstream.config.breaker_models()
+    keys: list[str | None] = [*named, *([None] if has_glob or not named else [])]
+    if len(keys) == 1:
+        return [Member(upstream, clock, on_transition, metrics, keys[0])]
+    return [
+        Member(upstream, clock, on_transition, metrics, key, f"{upstream.name}/{key or '*'}") for key in keys
+    ]
 
 
 def larger_context(failed: Member, rest: Sequence[Member]) -> list[Member]:

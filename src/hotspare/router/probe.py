@@ -1,10 +1,15 @@
-"""Recovery probes: while an upstream's circuit is open, ask it something that spends no tokens."""
+"""Recovery probes: while a circuit is open, ask its upstream whether the model is back.
+
+The probe is a real 1-token request for the very model whose circuit is open (neither API accepts
+max_tokens 0): `GET /v1/models` stays up while one model fails (failoverbench S15 cycled
+open/half-open 7 times on it). Without a model or a key to ask with, the probe falls back to
+`GET /v1/models`. Success moves the circuit to half-open; real requests then close it."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from hotspare.router.breaker import CircuitBreaker
@@ -17,6 +22,7 @@ log = logging.getLogger("hotspare.router")
 class Guarded:
     upstream: Upstream
     breaker: CircuitBreaker
+    model: Callable[[], str | None] = lambda: None  # the upstream model the probe asks for
 
 
 class Prober:
@@ -29,7 +35,7 @@ class Prober:
 
     async def run_once(self) -> None:
         due = [m for m in self._members if m.breaker.is_probe_due()]
-        results = await asyncio.gather(*(m.upstream.probe() for m in due))
+        results = await asyncio.gather(*(m.upstream.probe(m.model()) for m in due))
         for member, is_healthy in zip(due, results, strict=True):
             log.info("probe %s: %s", member.upstream.name, "healthy" if is_healthy else "still failing")
             member.breaker.record_probe(is_healthy)

@@ -1,4 +1,5 @@
-"""Opening an upstream up to its first answer content, and hedging that wait with the local model."""
+"""Opening an upstream up to its first answer content, and hedging that wait with the next backend
+of the chain (another upstream, or the local model when it is next)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,18 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
-from hotspare.core.errors import UpstreamError
+from hotspare.core.errors import FailureClass, UpstreamError
 from hotspare.core.types import ChatBackend, ChatRequest, StreamEvent
 from hotspare.router.hedge import HedgeGate
+from hotspare.router.member import Member
 from hotspare.upstream.base import ClientCall, Upstream
 from hotspare.upstream.stream import UpstreamStream
 
 log = logging.getLogger("hotspare.router")
+
+H = TypeVar("H")
 
 
 @dataclass(slots=True)
@@ -58,29 +62,35 @@ async def open_upstream(upstream: Upstream, call: ClientCall, passthrough: bool)
     return Opened(events=events, first=first, ttft_s=time.monotonic() - started)
 
 
+class Hedge(Protocol[H]):
+    """A backend to start beside an upstream slow to its first content. `start` returns once the
+    hedge has its own first content (raising if it failed); `discard` releases a started hedge that
+    lost (`first` is its result, or None when it was cancelled or failed). Each hedge records its
+    own verdicts where it has a breaker."""
+
+    async def start(self) -> H: ...
+
+    async def discard(self, first: H | None) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
-class RaceResult:
-    """Exactly one of `opened` (the upstream won) or `local_events` (the local model won; its first
-    event is the iterator's first item). `upstream_error` is set if the upstream failed meanwhile."""
+class RaceResult(Generic[H]):
+    """Exactly one of `opened` (the upstream won) or `hedged` (the hedge won; the upstream was
+    cancelled). `upstream_error` is set if the upstream failed meanwhile."""
 
     opened: Opened | None = None
-    local_events: AsyncIterator[StreamEvent] | None = None
+    hedged: H | None = None
     upstream_error: UpstreamError | None = None
 
 
-async def race_local(
-    opening: Coroutine[Any, Any, Opened],
-    delay_s: float,
-    local: ChatBackend,
-    request: ChatRequest,
-    gate: HedgeGate,
-) -> RaceResult:
+async def race(
+    opening: Coroutine[Any, Any, Opened], delay_s: float, hedge: Hedge[H], gate: HedgeGate
+) -> RaceResult[H]:
     """Await `opening`; if it has no first content after `delay_s` and `gate` admits a hedge, start
-    `local` beside it and keep whichever produces first, cancelling the other. Raises the upstream's
+    `hedge` beside it and keep whichever produces first, cancelling the other. Raises the upstream's
     error if both fail (or if it fails unhedged)."""
     up = asyncio.ensure_future(opening)
-    local_events: AsyncIterator[StreamEvent] | None = None
-    lo: asyncio.Future[StreamEvent] | None = None
+    hd: asyncio.Future[H] | None = None
     entered = False
     try:
         done, _ = await asyncio.wait({up}, timeout=delay_s)
@@ -89,33 +99,95 @@ async def race_local(
         entered = gate.try_enter()
         if not entered:
             return RaceResult(opened=await up)
-        log.info("hedge: no first token after %.2f s, starting the local model beside the upstream", delay_s)
-        local_events = local.stream(request)
-        lo = asyncio.ensure_future(anext(local_events))
-        pending: set[asyncio.Future[Any]] = {up, lo}
+        log.info("hedge: no first token after %.2f s, starting the next backend beside the upstream", delay_s)
+        hd = asyncio.ensure_future(hedge.start())
+        pending: set[asyncio.Future[Any]] = {up, hd}
         while pending:
             _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             if up.done() and up.exception() is None:
-                await _cancel(lo)
-                await local_events.aclose()  # type: ignore[attr-defined]
+                await _cancel(hd)
+                await hedge.discard(_result(hd))
                 return RaceResult(opened=up.result())
-            if lo.done() and lo.exception() is None:
+            if up.done() and not _hedge_may_answer(up.exception()):  # the request itself was refused
+                await _cancel(hd)
+                await hedge.discard(_result(hd))
+                raise up.exception()  # type: ignore[misc]
+            if hd.done() and hd.exception() is None:
                 await _cancel(up)
                 error = up.exception() if up.done() and not up.cancelled() else None
-                events = prepend(lo.result(), local_events)
-                return RaceResult(local_events=events, upstream_error=_as_upstream(error))
-        await local_events.aclose()  # type: ignore[attr-defined]
+                return RaceResult(hedged=hd.result(), upstream_error=_as_upstream(error))
+        await hedge.discard(None)
         raise up.exception()  # type: ignore[misc]
     except BaseException:
         await _cancel(up)
-        if lo is not None:
-            await _cancel(lo)
-        if local_events is not None:
-            await local_events.aclose()  # type: ignore[attr-defined]
+        if hd is not None and not hd.done():
+            await _cancel(hd)
+            await hedge.discard(None)
         raise
     finally:
         if entered:
             gate.leave()
+
+
+class LocalHedge:
+    """The local model as a hedge: its first event, then `events` for the rest."""
+
+    def __init__(self, local: ChatBackend, request: ChatRequest) -> None:
+        self._local = local
+        self._request = request
+        self.events: AsyncIterator[StreamEvent] | None = None
+
+    async def start(self) -> StreamEvent:
+        self.events = self._local.stream(self._request)
+        return await anext(self.events)
+
+    async def discard(self, first: StreamEvent | None) -> None:
+        if self.events is not None:
+            await self.events.aclose()  # type: ignore[attr-defined]
+
+
+class UpstreamHedge:
+    """The next upstream of the chain as a hedge, opened on `call` (its own breaker consulted and
+    told: a failure counts, a lost race does not)."""
+
+    def __init__(self, member: Member, call: ClientCall, passthrough: bool) -> None:
+        self.member = member
+        self.call = call
+        self.passthrough = passthrough
+
+    async def start(self) -> Opened:
+        member = self.member
+        if not member.breaker.try_acquire():
+            raise member.upstream.error(FailureClass.CONNECT_ERROR, "circuit open")
+        try:
+            return await open_upstream(member.upstream, self.call, self.passthrough)
+        except UpstreamError as exc:
+            member.record(False, exc.failure)
+            raise
+        except BaseException:
+            member.record(None)
+            raise
+
+    async def discard(self, first: Opened | None) -> None:
+        if first is None:
+            return
+        self.member.record(None)
+        if first.stream is not None:
+            await first.stream.aclose()
+        if first.events is not None:
+            await first.events.aclose()  # type: ignore[attr-defined]
+
+
+def _result(future: asyncio.Future[H]) -> H | None:
+    if not future.done() or future.cancelled() or future.exception() is not None:
+        return None
+    return future.result()
+
+
+def _hedge_may_answer(error: BaseException | None) -> bool:
+    """A client fault (a 4xx, a context-length rejection) goes back to the client, or to a larger
+    context, by the caller's rules: the hedge must not answer it instead."""
+    return not (isinstance(error, UpstreamError) and not error.should_fail_over)
 
 
 def _as_upstream(error: BaseException | None) -> UpstreamError | None:

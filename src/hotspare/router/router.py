@@ -9,9 +9,11 @@ first byte is still invisible to the client) as either
   upstream), with mid-stream takeover already applied. Its iterator raises a `HotspareError` only if
   the answer broke off and no backend could finish it; the API layer then sends its error event.
 
-Per upstream: a circuit breaker (open -> zero attempts), one quick retry where classify() allows it,
-and hedging -- the local model starts beside an upstream with no first content after the hedge delay,
-and whichever produces first is streamed while the other is cancelled.
+Per upstream and model: a circuit breaker (open -> zero attempts), one retry after a short jittered
+backoff where classify() allows it, and hedging -- the next backend of the chain (the next upstream
+whose circuit is not open, the local model only when it is next) starts beside an upstream with no
+first content after the hedge delay, and whichever produces first is streamed while the other is
+cancelled: the chain's order is the operator's order of preference, so a hedge never skips a backend.
 
 The pieces: member.py (one upstream and its health), race.py (opening an upstream up to its first
 content, hedged), relay.py and takeover.py (the answer after its first content, continued by the next
@@ -24,7 +26,8 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from typing import Any
 
 from hotspare.core.errors import (
     BackendUnavailable,
@@ -45,14 +48,14 @@ from hotspare.router.breaker import Transition
 from hotspare.router.classify import Action, classify
 from hotspare.router.config import Mode, RouterConfig
 from hotspare.router.hedge import HedgeGate
-from hotspare.router.member import Member, build_upstream, larger_context
+from hotspare.router.member import Member, build_upstream, larger_context, members_of
 from hotspare.router.metrics import RouterMetrics
 from hotspare.router.observe import Advisor, RouterObserver, Stage
 from hotspare.router.probe import Guarded, Prober
-from hotspare.router.race import open_upstream, prepend, race_local
+from hotspare.router.race import LocalHedge, Opened, UpstreamHedge, open_upstream, prepend, race
 from hotspare.router.relay import Relay, buffered_reply
 from hotspare.router.replies import EventReply, RawReply, Reply, client_fault, single
-from hotspare.router.takeover import Continuer
+from hotspare.router.takeover import ContinuationMode, Continuer
 from hotspare.router.warmup import WarmupFilter
 from hotspare.upstream.base import ClientCall, Upstream
 
@@ -79,12 +82,16 @@ class Router:
         # local model, only a trickle: an upstream slowed by a saturated machine is still far faster
         # than a CPU model fed half its traffic (measured: p99 7.9 s at 64 concurrent requests).
         self.shed_gate = HedgeGate(max_in_flight=2)
-        self.members = [Member(u, clock, self._on_transition, self.metrics) for u in upstreams]
+        # Hedges onto the next upstream double a slow upstream's traffic; bounded so that an upstream
+        # slow for everyone does not double the whole load on the next one.
+        self.upstream_hedge_gate = HedgeGate(max_in_flight=32)
+        self.upstreams = list(upstreams)
+        self.members = [m for u in upstreams for m in members_of(u, clock, self._on_transition, self.metrics)]
         self.observers: list[RouterObserver] = []  # shared with every member
         self.advisor: Advisor | None = None
         for member in self.members:
             member.observers = self.observers
-        self._prober = Prober([Guarded(m.upstream, m.breaker) for m in self.members])
+        self._prober = Prober([Guarded(m.upstream, m.breaker, m.probe_model) for m in self.members])
         self.warmups = WarmupFilter()
         self._background: set[asyncio.Future[None]] = set()
 
@@ -112,15 +119,15 @@ class Router:
             for task in late:
                 task.cancel()
         await self._prober.aclose()
-        for member in self.members:
-            await member.upstream.aclose()
+        for upstream in self.upstreams:
+            await upstream.aclose()
 
     def snapshot(self) -> dict[str, dict[str, object]]:
-        """Per upstream: circuit state and counters, for a status endpoint."""
+        """Per upstream (per upstream/model where it has several): circuit state and counters."""
         out: dict[str, dict[str, object]] = {}
         for m in self.members:
             s = m.breaker.snapshot()
-            out[m.upstream.name] = {
+            out[m.name] = {
                 "state": str(s.state),
                 "consecutive_failures": s.consecutive_failures,
                 "window_attempts": s.window_attempts,
@@ -129,22 +136,31 @@ class Router:
             }
         return out
 
-    def chain(self, model: str) -> list[Member]:
+    def chain(self, model: str, call: ClientCall | None = None) -> list[Member]:
+        """The upstreams serving `model`, in order (with `call`: only those it may be sent to)."""
         if self.mode is Mode.LOCAL_ONLY:
             return []
-        return [m for m in self.members if m.config.serves(model)]
+        out: list[Member] = []
+        for upstream in self.upstreams:
+            if not upstream.config.serves(model) or (call is not None and not upstream.accepts(call)):
+                continue
+            members = [m for m in self.members if m.upstream is upstream]
+            target = upstream.config.upstream_model(model)
+            keyed = next((m for m in members if m.model == target), None)
+            out.append(keyed or next((m for m in members if m.model is None), members[0]))
+        return out
 
     def passthrough_upstreams(self, api: ApiFormat) -> list[Upstream]:
         """The upstreams that speak `api` themselves, in chain order (none in local-only mode): where a
         request about a response they made (`GET /v1/responses/{id}`, ...) can go."""
         if self.mode is Mode.LOCAL_ONLY:
             return []
-        return [m.upstream for m in self.members if m.upstream.passes_through(api)]
+        return [u for u in self.upstreams if u.passes_through(api)]
 
     async def route(self, call: ClientCall) -> Reply:
         """Raises `HotspareError`: NotFound if nothing serves the model; the last failure if every
         backend failed before the first byte; the local backend's own errors."""
-        members = self.chain(call.request.model)
+        members = self.chain(call.request.model, call)
         if call.local_refusal is not None:  # only an upstream speaking the client's format can answer
             members = [m for m in members if m.upstream.passes_through(call.api_format)]
         if not members and self.local is None:
@@ -196,6 +212,8 @@ class Router:
         """One upstream with its retries: a reply, None if its circuit is open, or the UpstreamError."""
         deadline = time.monotonic() + member.config.timeouts.total_s
         num_retries = 0
+        if member.model is None:  # the shared member's recovery probe asks for what it last served
+            member.last_model = member.config.upstream_model(call.request.model)
         while True:
             if not member.breaker.try_acquire():
                 log.info("skip %s: circuit %s", member.upstream.name, member.breaker.state)
@@ -236,20 +254,67 @@ class Router:
                 return RawReply(raw.status, raw.headers, single(raw.body), upstream.name)
             sent = streaming
         opening = open_upstream(upstream, sent, passthrough)
-        if self.local is not None and self.config.local.hedge and call.local_refusal is None:
-            delay_s = member.hedge.delay_s(member.ttft.samples())
-            if self.advisor is not None:  # a degraded upstream is hedged sooner
-                delay_s *= self.advisor.hedge_scale(upstream.name)
-            race = await race_local(opening, delay_s, self.local, call.request, self.hedge_gate)
-            if race.local_events is not None:  # the local model answered first; the upstream is cancelled
-                error = race.upstream_error
-                member.record(False if error is not None else None, error.failure if error else None)
-                self.metrics.served(self.local.name, "hedge")
-                return EventReply(self.local.name, race.local_events, self._local_model(call))
-            assert race.opened is not None
-            winner = race.opened
-        else:
-            winner = await opening
+        target = self._hedge_target(rest, call)
+        if target is None:
+            return await self._serve(member, rest, call, await opening, passthrough)
+        delay_s = member.hedge.delay_s(member.ttft.samples())
+        if self.advisor is not None:  # a degraded upstream is hedged sooner
+            delay_s *= self.advisor.hedge_scale(upstream.name)
+        if isinstance(target, UpstreamHedge):
+            return await self._race_upstream(member, rest, call, opening, delay_s, target)
+        local_race = await race(opening, delay_s, target, self.hedge_gate)
+        if local_race.hedged is not None:  # the local model answered first; the upstream is cancelled
+            assert self.local is not None and target.events is not None
+            error = local_race.upstream_error
+            member.record(False if error is not None else None, error.failure if error else None)
+            self.metrics.served(self.local.name, "hedge")
+            events = prepend(local_race.hedged, target.events)
+            return EventReply(self.local.name, events, self._local_model(call))
+        assert local_race.opened is not None
+        return await self._serve(member, rest, call, local_race.opened, passthrough)
+
+    def _hedge_target(self, rest: Sequence[Member], call: ClientCall) -> UpstreamHedge | LocalHedge | None:
+        """The next backend of the chain, to start beside a slow upstream: the next upstream whose
+        circuit is not open, else the local model; None when hedging is off or nothing is next."""
+        if not self.config.local.hedge:
+            return None
+        for m in rest:
+            if m.breaker.is_open:
+                continue
+            passthrough = m.upstream.passes_through(call.api_format)
+            sent = m.upstream.as_streaming(call) if passthrough and not call.request.stream else call
+            return UpstreamHedge(m, sent, passthrough) if sent is not None else None
+        if self.local is not None and call.local_refusal is None:
+            return LocalHedge(self.local, call.request)
+        return None
+
+    async def _race_upstream(
+        self,
+        member: Member,
+        rest: Sequence[Member],
+        call: ClientCall,
+        opening: Coroutine[Any, Any, Opened],
+        delay_s: float,
+        hedge: UpstreamHedge,
+    ) -> Reply:
+        result = await race(opening, delay_s, hedge, self.upstream_hedge_gate)
+        if result.hedged is None:
+            assert result.opened is not None
+            return await self._serve(
+                member, rest, call, result.opened, member.upstream.passes_through(call.api_format)
+            )
+        error = result.upstream_error  # the next upstream answered first; this one was cancelled
+        member.record(False if error is not None else None, error.failure if error else None)
+        nxt = hedge.member
+        log.info("hedge: %s answered before %s", nxt.upstream.name, member.upstream.name)
+        after = list(rest[list(rest).index(nxt) + 1 :])
+        return await self._serve(nxt, after, call, result.hedged, hedge.passthrough)
+
+    async def _serve(
+        self, member: Member, rest: Sequence[Member], call: ClientCall, winner: Opened, passthrough: bool
+    ) -> Reply:
+        """The reply from `member`'s opened answer; `rest` are the backends after it (takeover)."""
+        upstream = member.upstream
         if winner.ttft_s is not None:
             member.ttft.add(winner.ttft_s)
             for observer in self.observers:
@@ -296,11 +361,17 @@ class Router:
             log.warning("warm-up failed", exc_info=error)
 
     def _continuers(self, rest: Sequence[Member], call: ClientCall) -> list[Continuer]:
+        """Who may take over a broken answer, in chain order: the later upstreams that can continue
+        it (their mode) and may be sent this client's request (its key), then the local model."""
         if call.local_refusal is not None:  # continuations are converted requests: none can serve it
             return []
         out: list[Continuer] = []
         for m in rest:
-            out.append(Continuer(m.upstream.name, self._counted(m.upstream.name, m.opener(call)), m.record))
+            mode = ContinuationMode(m.config.continuation_mode)
+            if mode is ContinuationMode.NONE or not m.upstream.accepts(call):
+                continue
+            opener = self._counted(m.upstream.name, m.opener(call))
+            out.append(Continuer(m.upstream.name, opener, m.record, mode, m.config.max_continuation_tokens))
         if self.local is not None:
             out.append(Continuer(self.local.name, self._counted(self.local.name, self.local.stream)))
         return out

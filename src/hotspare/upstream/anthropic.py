@@ -27,17 +27,24 @@ from hotspare.upstream.stream import StreamParser
 API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096  # Anthropic requires max_tokens; a ChatRequest may leave it open
 
+# Every stop reason Anthropic documents, as the core reason; an unknown one is a failure (the answer
+# may have been cut: it is taken over or ends with an error event, never reported as end_turn).
 _STOP_REASONS = {
     "end_turn": FinishReason.END_TURN,
     "max_tokens": FinishReason.LENGTH,
+    "model_context_window_exceeded": FinishReason.LENGTH,
     "stop_sequence": FinishReason.STOP_SEQUENCE,
     "tool_use": FinishReason.TOOL_CALLS,
+    "refusal": FinishReason.CONTENT_FILTER,
+    "pause_turn": FinishReason.PAUSED,
 }
 STOP_NAMES = {
     FinishReason.END_TURN: "end_turn",
     FinishReason.LENGTH: "max_tokens",
     FinishReason.STOP_SEQUENCE: "stop_sequence",
     FinishReason.TOOL_CALLS: "tool_use",
+    FinishReason.CONTENT_FILTER: "refusal",
+    FinishReason.PAUSED: "pause_turn",
 }
 
 
@@ -78,13 +85,20 @@ class AnthropicParser(StreamParser):
             block = data.get("content_block") or {}
             self.open_is_text = block.get("type") == "text"
             if not self.open_is_text:
-                self.has_content = self.has_other_content = True
+                self._note_other()
             if block.get("type") == "tool_use":
                 return self._on_tool_use(index, block)
         elif kind == "content_block_stop":
             self.open_index = None
         elif kind == "message_delta":
-            self.stop_reason = (data.get("delta") or {}).get("stop_reason") or self.stop_reason
+            reason = (data.get("delta") or {}).get("stop_reason")
+            if reason is not None and reason not in _STOP_REASONS:
+                raise UpstreamError(
+                    FailureClass.STREAM_ERROR,
+                    f"unknown stop_reason {str(reason)[:40]!r}",
+                    upstream=self._upstream,
+                )
+            self.stop_reason = reason or self.stop_reason
             self.stop_sequence = (data.get("delta") or {}).get("stop_sequence")
             self.output_tokens = int((data.get("usage") or {}).get("output_tokens", 0))
         elif kind == "message_stop":
@@ -101,7 +115,7 @@ class AnthropicParser(StreamParser):
             if not isinstance(text, str):
                 raise self._malformed(self._upstream, "text_delta without text")
             return [self._note_text(text)]
-        self.has_content = self.has_other_content = True
+        self._note_other()
         call = self.tool_blocks.get(int(data.get("index", -1)))
         piece = delta.get("partial_json")
         if call is not None and delta.get("type") == "input_json_delta" and isinstance(piece, str) and piece:
@@ -182,6 +196,9 @@ class AnthropicParser(StreamParser):
             + _event("message_delta", {"type": "message_delta", "delta": stop, "usage": usage})
             + _event("message_stop", {"type": "message_stop"})
         )
+
+    def render_terminator(self) -> bytes:
+        return self._close_block() + _event("message_stop", {"type": "message_stop"})
 
     def render_error(self, error: UpstreamError | None, message: str) -> bytes:
         overloaded = error is not None and error.failure is FailureClass.OVERLOADED

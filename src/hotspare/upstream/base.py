@@ -13,6 +13,14 @@ modules. Two ways to use one:
 
 Secrets: keys come from the client's headers or the environment, go into request headers only, and
 are never logged, stored or put into an error message (a truncated sha256 identifies a key in memory).
+
+Whose key goes where (`api_key = "forward"`): a client's key belongs to the vendor whose API the
+client spoke (an Anthropic client's key to `kind = "anthropic"`, an OpenAI client's to `kind =
+"openai"`), and is forwarded only to an upstream of that kind: `accepts(call)` is False for the
+others (no cross-format failover and no takeover onto them; give them an `env:` key for that).
+With an `env:` key, the operator's key is the one sent, and a 401/403 means *that* key is
+rejected: an upstream failure (AUTH_OUTAGE: fail over, counted, alerted), never the client's fault,
+and the provider's body (which may quote the key, masked) is not relayed.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import asyncio
 import dataclasses
 import hashlib
 import json
+import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping
@@ -32,7 +41,7 @@ import httpx
 from hotspare.core.errors import FailureClass, UpstreamError
 from hotspare.core.types import ApiFormat, ChatRequest, StreamEvent
 from hotspare.router.config import UpstreamConfig
-from hotspare.upstream.headers import AUTH_HEADERS, HOP_HEADERS, forwardable_headers, header_value
+from hotspare.upstream.headers import AUTH_HEADERS, forwardable_headers, header_value, request_headers
 from hotspare.upstream.stream import StreamParser, UpstreamStream
 from hotspare.upstream.transport import (
     ConnectTimedOut,
@@ -40,6 +49,8 @@ from hotspare.upstream.transport import (
     TransportError,
     open_session,
 )
+
+log = logging.getLogger("hotspare.upstream")
 
 _AUTH_MEMORY_S = 900.0  # a 401 with a key that worked within this long is an auth-plane outage
 _NON_TEXT_KEYS = ("tools", "functions", "thinking", "response_format", "tool_choice", "audio", "modalities")
@@ -152,11 +163,18 @@ class Upstream(ABC):
         auth = call.header("authorization") or ""
         return auth[7:] if auth.lower().startswith("bearer ") else None
 
+    def accepts(self, call: ClientCall) -> bool:
+        """Whether this upstream may be sent `call` (passed through or converted): with an `env:`
+        key always; in forward mode only from a client of its own vendor (its key is for us)."""
+        return self._env_key is not None or vendor_of(call.api_format) is self.kind
+
     def _key_for(self, call: ClientCall) -> str | None:
-        return self._env_key if self._env_key is not None else self.client_key(call)
+        if self._env_key is not None:
+            return self._env_key
+        return self.client_key(call) if self.accepts(call) else None
 
     def _passthrough_request(self, call: ClientCall) -> tuple[bytes, dict[str, str]]:
-        headers = {k: v for k, v in call.headers if k not in HOP_HEADERS}
+        headers = request_headers(call.headers)
         if self._env_key is not None:
             headers = {k: v for k, v in headers.items() if k not in AUTH_HEADERS}
             headers.update(self.auth_headers(self._env_key))
@@ -238,6 +256,9 @@ class Upstream(ABC):
             return FailureClass.RATE_LIMITED
         if status >= 500:
             return FailureClass.SERVER_ERROR
+        if status in (401, 403) and self._env_key is not None:
+            log.warning("upstream %r rejected its configured key (HTTP %d): failing over", self.name, status)
+            return FailureClass.AUTH_OUTAGE
         if status in (401, 403) and key is not None:
             last_ok = self._good_keys.get(key_fingerprint(key))
             if last_ok is not None and time.monotonic() - last_ok < _AUTH_MEMORY_S:
@@ -298,7 +319,7 @@ class Upstream(ABC):
         """A request that is not a chat (`GET /v1/responses/{id}`, ...) sent as the client made it
         (with this upstream's key where one is configured; no body). Returns the provider's answer,
         whatever its status; raises `UpstreamError` when none came within the total timeout."""
-        sent = {k: v for k, v in headers if k not in HOP_HEADERS}
+        sent = request_headers(headers)
         if self._env_key is not None:
             sent = {k: v for k, v in sent.items() if k not in AUTH_HEADERS} | self.auth_headers(self._env_key)
         sent["accept-encoding"] = "identity"
@@ -328,28 +349,48 @@ class Upstream(ABC):
         finally:
             await stream.aclose()
 
-    async def probe(self) -> bool:
-        """A request that spends no tokens (GET /v1/models). True when the provider looks healthy:
-        200 with a known-good key, or any non-5xx/429 answer when no key is known yet."""
+    async def probe(self, model: str | None = None) -> bool:
+        """Is the provider (and `model`) back? With a model and a known-good key: a real 1-token
+        request for it (200 = healthy). Otherwise GET /v1/models, which spends nothing: 200 with a
+        known key, or any non-5xx/429 answer when no key is known yet. Never raises."""
         headers = self.default_headers()
         if self._probe_key is not None:
             headers.update(self.auth_headers(self._probe_key))
+        if model is not None and self._probe_key is not None:
+            body = json.dumps(
+                {"model": model, "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
+            )
+            status = await self._probe_send(
+                "POST", self.chat_path, {**headers, "content-type": "application/json"}, body
+            )
+            return status == 200
+        status = await self._probe_send("GET", "/v1/models", headers, "")
+        if status is None:
+            return False
+        if self._probe_key is not None:
+            return status == 200
+        return status < 500 and status != 429
+
+    async def _probe_send(self, method: str, path: str, headers: dict[str, str], body: str) -> int | None:
         t = self.config.timeouts
         try:
             async with asyncio.timeout(t.connect_s + min(t.first_token_s, 5.0)):
-                response = await self._http.send("GET", "/v1/models", headers, b"")
+                response = await self._http.send(method, path, headers, body.encode())
                 try:
                     await response.aread()  # so that the connection can be reused
                 finally:
                     await response.aclose()
         except (TimeoutError, TransportError):
-            return False
-        if self._probe_key is not None:
-            return response.status == 200
-        return response.status < 500 and response.status != 429
+            return None
+        return response.status
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+
+def vendor_of(api: ApiFormat) -> ApiFormat:
+    """The vendor (as its chat format) whose keys a client of `api` holds."""
+    return ApiFormat.OPENAI_CHAT if api is ApiFormat.OPENAI_RESPONSES else api
 
 
 def _json_object(body: bytes) -> dict[str, Any] | None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-import zlib
 from collections import deque
 from collections.abc import Callable
 from typing import cast
@@ -31,6 +30,7 @@ from hotspare.upstream.transport import (
     BodyReader,
     ConnectFailed,
     ConnectTimedOut,
+    ContentDecoder,
     ProtocolFailed,
     ReadFailed,
 )
@@ -53,7 +53,7 @@ class Http1Response(BodyReader):
         self._num_buffered = 0
         self._waiter: asyncio.Future[None] | None = None
         self._head: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._decoder: zlib._Decompress | None = None
+        self._decoder: ContentDecoder | None = None
         self.is_complete = False
         self._error: Exception | None = None
         self._is_closed = False
@@ -62,8 +62,11 @@ class Http1Response(BodyReader):
         return header_value(self.headers, name)
 
     async def read_chunk(self) -> bytes | None:
-        """All of the body that has arrived and was not read yet, or None at its end. Raises
-        ReadFailed if the connection broke first, ProtocolFailed on a malformed message."""
+        """All of the body that has arrived and was not read yet (decoded at most
+        MAX_DECODED_PIECE_BYTES at a time), or None at its end. Raises ReadFailed if the connection
+        broke first, ProtocolFailed on a malformed message, zlib.error on a corrupt encoding."""
+        if self._decoder is not None and self._decoder.has_more:
+            return self._decoder.decode(b"")
         while not self._chunks:
             if self._error is not None:
                 raise self._error
@@ -79,7 +82,7 @@ class Http1Response(BodyReader):
         self._chunks.clear()
         self._num_buffered = 0
         self._connection.resume()
-        return self._decoder.decompress(chunk) if self._decoder is not None else chunk
+        return self._decoder.decode(chunk) if self._decoder is not None else chunk
 
     async def aclose(self) -> None:
         if not self._is_closed:
@@ -98,7 +101,7 @@ class Http1Response(BodyReader):
         self.headers = tuple(self._raw_headers)
         coding = (self.header("content-encoding") or "identity").lower()
         if coding in ("gzip", "deflate"):
-            self._decoder = zlib.decompressobj(wbits=47)  # 32 + 15: gzip or zlib header, detected
+            self._decoder = ContentDecoder()
         elif coding != "identity":
             self._fail(ProtocolFailed(f"unsupported content-encoding {coding!r}"))
             return
@@ -143,6 +146,7 @@ class _Connection(asyncio.Protocol):
         self.is_lost = False
         self._can_keep_alive = False
         self._is_unsolicited = False
+        self._is_interim = False  # parsing a 1xx interim response (100 Continue, 103 Early Hints)
         self.idle_since = 0.0
         self.num_requests = 0
 
@@ -193,8 +197,14 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         assert self._response is not None
-        if not self._is_unsolicited:
-            self._response._on_head(self._parser.get_status_code())
+        if self._is_unsolicited:
+            return
+        status = self._parser.get_status_code()
+        if 100 <= status < 200 and status != 101:  # interim: the real response follows
+            self._is_interim = True
+            self._response._raw_headers.clear()
+            return
+        self._response._on_head(status)
 
     def on_body(self, body: bytes) -> None:
         assert self._response is not None
@@ -204,6 +214,9 @@ class _Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         assert self._response is not None
         if self._is_unsolicited:
+            return
+        if self._is_interim:
+            self._is_interim = False
             return
         # Asked here: once the message is done the parser has reset and always says no.
         self._can_keep_alive = self._parser.should_keep_alive()

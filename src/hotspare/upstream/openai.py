@@ -26,17 +26,22 @@ from hotspare.upstream.openai_responses import RESPONSES_PATH, ResponsesParser
 from hotspare.upstream.sse import SseEvent
 from hotspare.upstream.stream import StreamParser
 
+# Every finish reason OpenAI documents, as the core reason. Any other (vLLM's "abort", a server's
+# own) is a failure: the answer may be cut, so it is taken over or ends with an error event.
 _FINISH_REASONS = {
     "stop": FinishReason.END_TURN,
     "length": FinishReason.LENGTH,
     "tool_calls": FinishReason.TOOL_CALLS,
     "function_call": FinishReason.TOOL_CALLS,
+    "content_filter": FinishReason.CONTENT_FILTER,
 }
 FINISH_NAMES = {
     FinishReason.END_TURN: "stop",
     FinishReason.STOP_SEQUENCE: "stop",
     FinishReason.LENGTH: "length",
     FinishReason.TOOL_CALLS: "tool_calls",
+    FinishReason.CONTENT_FILTER: "content_filter",
+    FinishReason.PAUSED: "length",  # Anthropic's pause_turn: the turn is unfinished, as a cut-off one
 }
 
 
@@ -46,10 +51,16 @@ def _data(payload: Mapping[str, Any] | str) -> bytes:
 
 
 class OpenAIParser(StreamParser):
-    def __init__(self, upstream: str, include_usage: bool) -> None:
+    """Follows choice 0. With `num_choices` > 1 (a passthrough client's `n`), the answer is complete
+    only when every choice stated its finish, and a takeover is refused: it could finish choice 0
+    only, and the other choices would end silently cut (the client gets the error event instead)."""
+
+    def __init__(self, upstream: str, include_usage: bool, num_choices: int = 1) -> None:
         super().__init__()
         self._upstream = upstream
         self.include_usage = include_usage  # whether the client asked for the usage chunk
+        self.num_choices = num_choices
+        self.finished_choices: set[int] = set()
         self.id = ""
         self.created = 0
         self.model = ""
@@ -77,18 +88,31 @@ class OpenAIParser(StreamParser):
             raise self._malformed(self._upstream, "chunk without choices")
         out: list[StreamEvent] = []
         for choice in choices:
+            if isinstance(choice, dict) and choice.get("finish_reason") is not None:
+                self.finished_choices.add(int(choice.get("index", 0)))
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
-            self.finish_reason = choice.get("finish_reason") or self.finish_reason
+            self._on_finish_reason(choice.get("finish_reason"))
             delta = choice.get("delta") or {}
             if delta.get("tool_calls") or delta.get("function_call"):
-                self.has_content = self.has_other_content = True
+                self._note_other()
             text = delta.get("content")
             if isinstance(text, str) and text:
                 out.append(self._note_text(text))
             for call in delta.get("tool_calls") or ():
                 out.extend(self._on_tool_call(call))
         return out
+
+    def _on_finish_reason(self, reason: object) -> None:
+        if reason is None:
+            return
+        if reason not in _FINISH_REASONS:
+            raise UpstreamError(
+                FailureClass.STREAM_ERROR,
+                f"unknown finish_reason {str(reason)[:40]!r}",
+                upstream=self._upstream,
+            )
+        self.finish_reason = str(reason)
 
     def _on_tool_call(self, call: Any) -> list[StreamEvent]:
         """A `delta.tool_calls` entry: the call's start (its first entry has id and name), then
@@ -139,8 +163,14 @@ class OpenAIParser(StreamParser):
         }
         return json.dumps(body).encode()
 
+    @property
+    def is_continuable(self) -> bool:
+        return super().is_continuable and self.num_choices == 1
+
     def stated_finish(self) -> Finish | None:
-        return self._finish() if self.finish_reason is not None else None
+        if self.finish_reason is None or len(self.finished_choices) < self.num_choices:
+            return None
+        return self._finish()
 
     def _chunk(self, model: str, choices: list[dict[str, Any]], **extra: Any) -> bytes:
         return _data(
@@ -173,6 +203,9 @@ class OpenAIParser(StreamParser):
             out += self._chunk(finish.model, [], usage=usage)
         return out + _data("[DONE]")
 
+    def render_terminator(self) -> bytes:
+        return _data("[DONE]")
+
     def render_error(self, error: UpstreamError | None, message: str) -> bytes:
         # The openai SDK raises APIError on a chunk carrying "error"; no [DONE] follows.
         return _data({"error": {"message": message, "type": "server_error", "param": None, "code": None}})
@@ -185,8 +218,13 @@ class OpenAIUpstream(Upstream):
     chat_path = "/v1/chat/completions"
 
     def new_parser(self, client_body: Mapping[str, Any] | None) -> StreamParser:
-        options = (client_body or {}).get("stream_options") or {}
-        return OpenAIParser(self.name, include_usage=bool(options.get("include_usage")))
+        body = client_body or {}
+        options = body.get("stream_options") or {}
+        n = body.get("n")
+        num_choices = n if isinstance(n, int) and n > 1 else 1
+        return OpenAIParser(
+            self.name, include_usage=bool(options.get("include_usage")), num_choices=num_choices
+        )
 
     def passes_through(self, api: ApiFormat) -> bool:
         return api in (ApiFormat.OPENAI_CHAT, ApiFormat.OPENAI_RESPONSES)

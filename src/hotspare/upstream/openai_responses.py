@@ -62,12 +62,19 @@ class ResponsesParser(StreamParser):
             delta = data.get("delta")
             if isinstance(delta, str) and delta:
                 return [self._note_text(delta)]
+        elif isinstance(kind, str) and kind.endswith(".delta"):
+            self.num_content_events += 1  # reasoning or tool-call arguments: content, for idle_s
         elif kind in _TERMINAL:
             self.is_done = True
-            return [
-                self._finish(FinishReason.LENGTH if kind == "response.incomplete" else FinishReason.END_TURN)
-            ]
+            return [self._finish(self._terminal_reason(kind))]
         return []
+
+    def _terminal_reason(self, kind: str) -> FinishReason:
+        if kind != "response.incomplete":
+            return FinishReason.END_TURN
+        details = self.response.get("incomplete_details") or {}
+        filtered = isinstance(details, dict) and details.get("reason") == "content_filter"
+        return FinishReason.CONTENT_FILTER if filtered else FinishReason.LENGTH
 
     def _item_added(self, data: dict[str, Any]) -> None:
         item = data.get("item")
@@ -79,7 +86,7 @@ class ResponsesParser(StreamParser):
         if item.get("type") == "message" and self.message_id is None:
             self.message_id, self.message_index = str(item.get("id", "")), index
         elif item.get("type") not in _TEXT_ITEMS:
-            self.has_other_content = True
+            self._note_other()
 
     def _item_done(self, data: dict[str, Any]) -> None:
         item, index = data.get("item"), data.get("output_index")
@@ -154,7 +161,7 @@ class ResponsesParser(StreamParser):
         return [items[index] for index in sorted(items)]
 
     def render_finish(self, finish: Finish) -> bytes:
-        status = "incomplete" if finish.reason is FinishReason.LENGTH else "completed"
+        status = _status(finish)
         out = (TAKEOVER_COMMENT if not self.continued else b"") + self._open_message()
         message = self._message(status)
         part = message["content"][0]
@@ -170,7 +177,8 @@ class ResponsesParser(StreamParser):
             "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": input_tokens + output_tokens,
         }
-        incomplete = {"reason": "max_output_tokens"} if status == "incomplete" else None
+        reason = "content_filter" if finish.reason is FinishReason.CONTENT_FILTER else "max_output_tokens"
+        incomplete = {"reason": reason} if status == "incomplete" else None
         response = {
             **self.response,
             "status": status,
@@ -191,5 +199,10 @@ class ResponsesParser(StreamParser):
         """The upstream's own final response object (a non-streaming client's answer)."""
         if self.response.get("status") in ("completed", "incomplete"):
             return json.dumps(self.response).encode()
-        message = self._message("incomplete" if finish.reason is FinishReason.LENGTH else "completed")
+        message = self._message(_status(finish))
         return json.dumps({**self.response, "output": self._output(message)}).encode()
+
+
+def _status(finish: Finish) -> str:
+    complete = finish.reason in (FinishReason.END_TURN, FinishReason.STOP_SEQUENCE, FinishReason.TOOL_CALLS)
+    return "completed" if complete else "incomplete"

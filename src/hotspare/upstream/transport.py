@@ -10,6 +10,10 @@ tests), both behind one small interface with one set of errors.
       ProtocolFailed     a malformed response, or a request that cannot be encoded
 
 upstream/base.py and stream.py translate these into `UpstreamError`s; nothing else sees them.
+
+Bounds on what an upstream can make us hold: a gzip/deflate body is decoded at most
+`MAX_DECODED_PIECE_BYTES` at a time (`ContentDecoder`; a 1 MB gzip bomb would otherwise inflate to
+1 GB in one call), and `aread` refuses a whole body over `MAX_BODY_BYTES` (ProtocolFailed).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import os
 import ssl
 import urllib.request
+import zlib
 from typing import Protocol
 from urllib.parse import urlsplit
 
@@ -45,15 +50,45 @@ class ProtocolFailed(TransportError):
     pass
 
 
+MAX_BODY_BYTES = 32 << 20  # a whole (non-streamed) body; a 64k-token answer is well under 1 MB
+MAX_DECODED_PIECE_BYTES = 1 << 20
+
+
+class ContentDecoder:
+    """gzip / deflate decoding with a bound on each piece it returns: what a piece of input inflates
+    to beyond `MAX_DECODED_PIECE_BYTES` waits (`has_more`) for the next call."""
+
+    def __init__(self) -> None:
+        self._zlib = zlib.decompressobj(wbits=47)  # 32 + 15: gzip or zlib header, detected
+        self._tail = b""
+
+    @property
+    def has_more(self) -> bool:
+        return bool(self._tail)
+
+    def decode(self, data: bytes) -> bytes:
+        """Raises zlib.error on corrupt data."""
+        out = self._zlib.decompress(self._tail + data, MAX_DECODED_PIECE_BYTES)
+        self._tail = self._zlib.unconsumed_tail
+        return out
+
+    def flush(self) -> bytes:
+        return b"" if self._tail else self._zlib.flush()
+
+
 class BodyReader:
     """`aread` for a response with `read_chunk`: the one way both clients read a whole body."""
 
     async def read_chunk(self) -> bytes | None:
         raise NotImplementedError
 
-    async def aread(self) -> bytes:
+    async def aread(self, max_bytes: int = MAX_BODY_BYTES) -> bytes:
         parts = []
+        size = 0
         while (chunk := await self.read_chunk()) is not None:
+            size += len(chunk)
+            if size > max_bytes:
+                raise ProtocolFailed(f"response body over {max_bytes} bytes")
             parts.append(chunk)
         return b"".join(parts)
 
@@ -69,7 +104,7 @@ class Response(Protocol):
     async def read_chunk(self) -> bytes | None:
         """The next piece of the (decoded) body, or None at its end."""
 
-    async def aread(self) -> bytes: ...
+    async def aread(self, max_bytes: int = MAX_BODY_BYTES) -> bytes: ...
 
     async def aclose(self) -> None: ...
 
@@ -118,19 +153,30 @@ class HttpxResponse(BodyReader):
         self.status = response.status_code
         self.headers = tuple((k.lower(), v) for k, v in response.headers.multi_items())
         self._response = response
-        self._chunks = response.aiter_bytes()
+        # Raw bytes, decoded here with a bound (httpx's own decoders inflate without one).
+        self._chunks = response.aiter_raw()
+        coding = (response.headers.get("content-encoding") or "identity").lower()
+        self._decoder = ContentDecoder() if coding in ("gzip", "deflate") else None
+        self._ended = False
 
     def header(self, name: str) -> str | None:
         value: str | None = self._response.headers.get(name)
         return value
 
     async def read_chunk(self) -> bytes | None:
-        try:
-            return await anext(self._chunks)
-        except StopAsyncIteration:
+        if self._decoder is not None and self._decoder.has_more:
+            return self._decoder.decode(b"")
+        if self._ended:
             return None
+        try:
+            chunk = await anext(self._chunks)
+        except StopAsyncIteration:
+            self._ended = True
+            rest = self._decoder.flush() if self._decoder is not None else b""
+            return rest or None
         except httpx.HTTPError as exc:
             raise ReadFailed(f"response broke ({type(exc).__name__})") from exc
+        return self._decoder.decode(chunk) if self._decoder is not None else chunk
 
     async def aclose(self) -> None:
         await self._response.aclose()
