@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from typing import TYPE_CHECKING
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hotspare.api.errors import api_format_for_path, error_response, new_request_id, request_id_header
-from hotspare.api.wire import PARSED_BODY_SCOPE
+from hotspare.api.wire import PARSED_BODY_SCOPE, parse_object
 from hotspare.core.errors import (
     AuthenticationFailed,
     ConfigError,
@@ -204,11 +203,9 @@ class AccessGuard:
         if b'"messages"' not in body and b'"input"' not in body:
             return
         try:
-            data = json.loads(body)
-        except ValueError:
-            return  # the route reports malformed JSON in its own words
-        if not isinstance(data, dict):
-            return
+            data = parse_object(body)  # bounded: a deep or unreadable body is refused here, not a 500
+        except InvalidRequest as exc:
+            raise MalformedBody(exc.message) from None
         scope[PARSED_BODY_SCOPE] = (body, data)  # read only here: the route uses it, unparsed again
         for field in ("messages", "input"):
             items = data.get(field)
@@ -229,7 +226,13 @@ class AccessGuard:
         await response(scope, receive, send)
 
 
+class MalformedBody(InvalidRequest):
+    """The body is not a JSON object hotspare can read (counted apart from too many messages)."""
+
+
 def _reason(exc: HotspareError) -> str:
+    if isinstance(exc, MalformedBody):
+        return "malformed"
     if isinstance(exc, AuthenticationFailed):
         return "unauthorized"
     if isinstance(exc, RateLimited):
