@@ -91,7 +91,13 @@ def create_app(settings: Settings, backend: ChatBackend | None = None) -> FastAP
     app.add_api_route("/status", ops_routes.status, methods=["GET"])
     app.add_api_route("/status.json", ops_routes.status_json, methods=["GET"])
     app.add_api_route("/metrics", ops_routes.metrics, methods=["GET"])
-    app.add_middleware(AccessGuard, settings=settings.access, keys=keys, denied=monitor.on_denied)
+    app.add_middleware(
+        AccessGuard,
+        settings=settings.access,
+        keys=keys,
+        denied=monitor.on_denied,
+        server_host=settings.server.host,
+    )
     log = settings.log
     app.add_middleware(
         RequestLog,

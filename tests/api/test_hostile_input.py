@@ -94,7 +94,9 @@ class CountingBackend(FakeBackend):
 
 def n_client(backend: FakeBackend, max_running: int) -> TestClient:
     settings = Settings(local=LocalSettings(max_running=max_running))
-    return TestClient(create_app(settings, backend=backend), raise_server_exceptions=False)
+    return TestClient(
+        create_app(settings, backend=backend), raise_server_exceptions=False, base_url="http://localhost"
+    )
 
 
 def test_n_choices_run_at_most_max_running_at_a_time() -> None:

@@ -33,7 +33,7 @@ def test_the_anthropic_tool_loop_passes_response_content_back(make_client: MakeC
     `response.content` back sends them. hotspare used to answer 400 `...toolset_name: unknown field`."""
     backend = FakeBackend(events=CALL)
     client = anthropic.Anthropic(
-        base_url="http://testserver", api_key="x", http_client=make_client(backend), max_retries=0
+        base_url="http://localhost", api_key="x", http_client=make_client(backend), max_retries=0
     )
     first = client.messages.create(
         model="fake-model",
@@ -65,7 +65,7 @@ def test_the_anthropic_tool_loop_passes_response_content_back(make_client: MakeC
 def test_the_openai_tool_loop_passes_the_message_back(make_client: MakeClient) -> None:
     backend = FakeBackend(events=CALL)
     client = openai.OpenAI(
-        base_url="http://testserver/v1", api_key="x", http_client=make_client(backend), max_retries=0
+        base_url="http://localhost/v1", api_key="x", http_client=make_client(backend), max_retries=0
     )
     messages: list[Any] = [{"role": "user", "content": "Weather in Paris?"}]
     first = client.chat.completions.create(model="fake-model", tools=OPENAI_TOOLS, messages=messages)

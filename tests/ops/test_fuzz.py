@@ -76,7 +76,9 @@ PATHS = ["/v1/chat/completions", "/v1/messages", "/v1/messages/count_tokens", "/
 def client() -> Iterator[TestClient]:
     backend = FakeBackend()
     settings = Settings.model_validate({"responses": {"store_path": ":memory:"}})  # nothing on disk
-    with TestClient(create_app(settings, backend=backend), raise_server_exceptions=False) as c:
+    with TestClient(
+        create_app(settings, backend=backend), raise_server_exceptions=False, base_url="http://localhost"
+    ) as c:
         yield c
 
 
