@@ -12,7 +12,7 @@ and request size limits, each refused in the caller's API shape before anything 
 * Limits: a token bucket of `max_requests_per_minute` per key; a body over `max_body_bytes` gets 413;
   a body with more than `max_messages` messages (or Responses-API input items) gets 400; a body that
   is not a JSON object hotspare can read (too deep, unreadable numbers) gets 400.
-* Request paths: printable ASCII without spaces once decoded, else 400 (`is_plain_path`).
+* Request paths: printable ASCII without spaces once decoded, else 400 (`check_target`).
 * Without keys: only loopback Host names, a local Origin and JSON bodies (ops/browser_guard.py).
 
 Binding beyond loopback without keys is refused at startup (`check_exposure`).
@@ -151,34 +151,31 @@ class AccessGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if not is_plain_path(scope["path"]):
-            path = ascii(scope["path"][:80])
-            refusal = BadTarget(
-                f"the request path {path} is not served: it must be printable ASCII without spaces"
-            )
-            await self._refuse(scope, receive, send, refusal)
-            return
-        if scope["path"] in OPEN_PATHS:
-            await self.app(scope, receive, send)
-            return
         try:
-            if self.browsers is not None:
-                self.browsers.check_headers(scope)
-            key_id = self._authorize(scope)
-            if self.limiter is not None and key_id is not None and scope["path"] not in OPS_PATHS:
-                wait_s = self.limiter.try_take(key_id)
-                if wait_s is not None:
-                    raise RateLimited(
-                        f"this key's limit of {self.settings.max_requests_per_minute} "
-                        "requests per minute is used up",
-                        retry_after_s=wait_s,
-                    )
-            if scope["method"] in ("POST", "PUT", "PATCH"):
-                receive = await self._checked_body(scope, receive)
+            check_target(scope["path"])
+            if scope["path"] not in OPEN_PATHS:
+                receive = await self._admit(scope, receive)
         except HotspareError as exc:
             await self._refuse(scope, receive, send, exc)
             return
         await self.app(scope, receive, send)
+
+    async def _admit(self, scope: Scope, receive: Receive) -> Receive:
+        """Check the caller, its key's rate and its body; return the `receive` to hand on. Raises."""
+        if self.browsers is not None:
+            self.browsers.check_headers(scope)
+        key_id = self._authorize(scope)
+        if self.limiter is not None and key_id is not None and scope["path"] not in OPS_PATHS:
+            wait_s = self.limiter.try_take(key_id)
+            if wait_s is not None:
+                raise RateLimited(
+                    f"this key's limit of {self.settings.max_requests_per_minute} "
+                    "requests per minute is used up",
+                    retry_after_s=wait_s,
+                )
+        if scope["method"] in ("POST", "PUT", "PATCH"):
+            return await self._checked_body(scope, receive)
+        return receive
 
     def _authorize(self, scope: Scope) -> str | None:
         """The caller's key id (None when no keys are configured or the path needs none)."""
@@ -256,11 +253,14 @@ class AccessGuard:
         await response(scope, receive, send)
 
 
-def is_plain_path(path: str) -> bool:
-    """Whether a decoded request path is printable ASCII without spaces. Every path hotspare serves is;
-    a space, a control character, non-ASCII or a bad percent-escape (decoded as U+FFFD) is refused at
-    the edge, before a route quotes it in an error or forwards it in an upstream request line."""
-    return path.isascii() and path.isprintable() and " " not in path
+def check_target(path: str) -> None:
+    """Refuse (BadTarget) a decoded request path that is not printable ASCII without spaces. Every
+    path hotspare serves is; a space, a control character, non-ASCII or a bad percent-escape (decoded
+    as U+FFFD) is refused at the edge, before a route quotes it in an error or forwards it in an
+    upstream request line."""
+    if not (path.isascii() and path.isprintable() and " " not in path):
+        shown = ascii(path[:80])
+        raise BadTarget(f"the request path {shown} is not served: it must be printable ASCII without spaces")
 
 
 class BadTarget(InvalidRequest):
