@@ -112,7 +112,10 @@ async def collect_all(
         error = None if task.cancelled() else task.exception()
         if error is not None:
             raise error
-    return [answer for task in tasks if (answer := task.result()) is not None]
+    answers = [task.result() for task in tasks]
+    if any(answer is None for answer in answers):  # only after a failure, which was raised above
+        raise BackendUnavailable("a choice of the answer was not generated")
+    return [answer for answer in answers if answer is not None]
 
 
 async def paced_answer(
