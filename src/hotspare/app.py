@@ -13,6 +13,7 @@ shape. `app.state` holds what the routes serve from (see api/routes.py):
     on_fatal      called (if set) when the local model cannot be started; `hotspare serve` sets it
                   to shut the server down
     monitor       the operations hub (ops/monitor.py): metrics, status board, early warning, alerts
+    unknown_fields  reports request fields the local path ignores (api/unknown_fields.py)
 
 Around every route: the request log (ops/requestlog.py, outermost), then access control (ops/access.py).
 """
@@ -34,6 +35,7 @@ from hotspare.api.errors import install_error_handlers
 from hotspare.api.responses_routes import close_store
 from hotspare.api.responses_routes import router as responses_router
 from hotspare.api.routes import router
+from hotspare.api.unknown_fields import UnknownFieldLog
 from hotspare.config import Settings
 from hotspare.core.errors import HotspareError
 from hotspare.core.types import ChatBackend
@@ -78,6 +80,7 @@ def create_app(settings: Settings, backend: ChatBackend | None = None) -> FastAP
     app.state.on_fatal = None
     app.state.router = None
     app.state.monitor = monitor = Monitor(settings)
+    app.state.unknown_fields = UnknownFieldLog(monitor.on_unknown_field)
     app.state.response_store = None  # the Responses API's conversation store, opened on first use
     install_error_handlers(app)
     app.include_router(router)
@@ -88,7 +91,13 @@ def create_app(settings: Settings, backend: ChatBackend | None = None) -> FastAP
     app.add_api_route("/status", ops_routes.status, methods=["GET"])
     app.add_api_route("/status.json", ops_routes.status_json, methods=["GET"])
     app.add_api_route("/metrics", ops_routes.metrics, methods=["GET"])
-    app.add_middleware(AccessGuard, settings=settings.access, keys=keys, denied=monitor.on_denied)
+    app.add_middleware(
+        AccessGuard,
+        settings=settings.access,
+        keys=keys,
+        denied=monitor.on_denied,
+        server_host=settings.server.host,
+    )
     log = settings.log
     app.add_middleware(
         RequestLog,

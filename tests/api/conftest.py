@@ -35,7 +35,9 @@ def make_client() -> Iterator[MakeClient]:
         settings = Settings(
             server=ServerSettings(heartbeat_s=heartbeat_s), api=ApiSettings(allowed_models=allowed_models)
         )
-        client = TestClient(create_app(settings, backend=backend), raise_server_exceptions=False)
+        client = TestClient(
+            create_app(settings, backend=backend), raise_server_exceptions=False, base_url="http://localhost"
+        )
         clients.append(client)
         return client
 
@@ -51,22 +53,24 @@ def client(make_client: MakeClient, backend: FakeBackend) -> TestClient:
 
 @pytest.fixture
 def openai_client(client: TestClient) -> openai.OpenAI:
-    return openai.OpenAI(base_url="http://testserver/v1", api_key="x", http_client=client, max_retries=0)
+    return openai.OpenAI(base_url="http://localhost/v1", api_key="x", http_client=client, max_retries=0)
 
 
 @pytest.fixture
 def anthropic_client(client: TestClient) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url="http://testserver", api_key="x", http_client=client, max_retries=0)
+    return anthropic.Anthropic(base_url="http://localhost", api_key="x", http_client=client, max_retries=0)
 
 
 @pytest.fixture
 def http(backend: FakeBackend) -> Iterator[TestClient]:
     """A TestClient on a fresh app with an in-memory response store (the Responses API tests)."""
     settings = Settings(responses=ResponsesSettings(store_path=":memory:"))
-    with TestClient(create_app(settings, backend=backend), raise_server_exceptions=False) as client:
+    with TestClient(
+        create_app(settings, backend=backend), raise_server_exceptions=False, base_url="http://localhost"
+    ) as client:
         yield client
 
 
 @pytest.fixture
 def oai(http: TestClient) -> openai.OpenAI:
-    return openai.OpenAI(base_url="http://testserver/v1", api_key="x", http_client=http, max_retries=0)
+    return openai.OpenAI(base_url="http://localhost/v1", api_key="x", http_client=http, max_retries=0)

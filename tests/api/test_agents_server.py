@@ -237,6 +237,60 @@ def test_anthropic_tool_round_trip(claude: anthropic.Anthropic) -> None:
         assert final.stop_reason in ("end_turn", "max_tokens") and final.content[0].type == "text"
 
 
+def test_anthropic_sdk_tool_loop_sends_response_content_back(claude: anthropic.Anthropic) -> None:
+    """anthropic 2.16's ToolUseBlock carries `toolset_name` (set when a stream or a newer server fills
+    it): the standard loop sends it back. The local model used to answer 400 `...toolset_name: unknown
+    field`; now unknown fields are ignored."""
+    messages: Any = [{"role": "user", "content": QUESTION}]
+    with claude.messages.stream(
+        model="claude-haiku-4-5",
+        max_tokens=GRAMMAR_MAX_TOKENS,
+        messages=messages,
+        tools=ANTHROPIC_TOOLS,
+        tool_choice={"type": "any"},
+    ) as stream:
+        first = stream.get_final_message()
+    assert first.stop_reason == "tool_use"
+    content = [
+        block.model_copy(update={"toolset_name": None, "caller": None}) if block.type == "tool_use" else block
+        for block in first.content
+    ]
+    (use,) = [block for block in content if isinstance(block, anthropic.types.ToolUseBlock)]
+    result = {"type": "tool_result", "tool_use_id": use.id, "content": "Sunny"}
+    final = claude.messages.create(
+        model="claude-haiku-4-5",
+        max_tokens=8,
+        messages=[
+            *messages,
+            {"role": "assistant", "content": content},
+            {"role": "user", "content": [result]},
+        ],
+        tools=ANTHROPIC_TOOLS,
+    )
+    assert final.stop_reason in ("end_turn", "max_tokens") and final.content[0].type == "text"
+
+
+def test_openai_sdk_tool_loop_sends_the_message_back(oai: openai.OpenAI) -> None:
+    """The SDK's own message object, every field set (`annotations`, `audio`, `refusal`), goes back."""
+    messages: Any = [{"role": "user", "content": QUESTION}]
+    first = oai.chat.completions.create(
+        model="gpt-4o",
+        messages=messages,
+        tools=OPENAI_TOOLS,
+        tool_choice="required",
+        max_tokens=GRAMMAR_MAX_TOKENS,
+    )
+    message = first.choices[0].message.model_copy(update={"annotations": [], "audio": None})
+    (call,) = message.tool_calls or []
+    final = oai.chat.completions.create(
+        model="gpt-4o",
+        messages=[*messages, message, {"role": "tool", "tool_call_id": call.id, "content": "Sunny"}],
+        tools=OPENAI_TOOLS,
+        max_tokens=8,
+    )
+    assert final.choices[0].finish_reason in ("stop", "length") and final.choices[0].message.content
+
+
 def test_anthropic_streamed_tool_use(claude: anthropic.Anthropic) -> None:
     with claude.messages.stream(
         model="claude-haiku-4-5",

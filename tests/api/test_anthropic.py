@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from hotspare.api import anthropic
-from hotspare.api.wire import parse_body
+from hotspare.api.wire import UnknownField, parse_body, unknown_fields
 from hotspare.core.errors import InvalidRequest
 from hotspare.core.types import (
     ChatRequest,
@@ -130,13 +130,56 @@ def test_count_tokens_request_has_no_sampling() -> None:
             "messages[0].content[0].text: Input should be a valid string",
         ),
         ({"system": 5}, "system: Input should be a string or a list of content parts"),
-        ({"unknown_field": True}, "unknown_field: unknown field (not part of this API)"),
     ],
 )
 def test_bad_fields_are_named_in_the_error(body: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidRequest) as caught:
         convert(**body)
     assert caught.value.message == message
+
+
+def test_unknown_fields_are_kept_aside_not_refused() -> None:
+    """anthropic 2.16's ToolUseBlock carries `toolset_name`; Claude Code sends fields a release ahead.
+    Both are accepted and listed; an unknown block type's own fields are its content, not listed."""
+    use = {"type": "tool_use", "id": "t1", "name": "f", "input": {}, "toolset_name": None, "caller": None}
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}}
+    raw = {
+        "model": "m",
+        "max_tokens": 8,
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": [use]},
+            {"role": "user", "content": [image], "new_message_option": True},
+        ],
+        "brand_new_option": 1,
+    }
+    body = parse_body(json.dumps(raw).encode(), anthropic.MessagesRequest)
+    assert unknown_fields(body) == [
+        UnknownField("MessagesRequest", "brand_new_option"),
+        UnknownField("ToolUseBlock", "messages[1].content[0].toolset_name"),
+        UnknownField("InputMessage", "messages[2].new_message_option"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            {"stop_sequences": ["s"] * 65},
+            "stop_sequences: 65 stop sequences; the local model accepts at most 64",
+        ),
+        (
+            {"stop_sequences": ["ok", "y" * 300]},
+            "stop_sequences[1]: a stop sequence of 300 characters; the local model accepts at most 256",
+        ),
+    ],
+)
+def test_what_the_local_engine_does_not_serve_is_refused(body: dict[str, Any], message: str) -> None:
+    raw = {"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}], **body}
+    parsed = parse_body(json.dumps(raw).encode(), anthropic.MessagesRequest)
+    with pytest.raises(InvalidRequest) as caught:
+        anthropic.check_local_limits(parsed)
+    assert (caught.value.message, caught.value.param) == (message, "stop_sequences")
 
 
 def test_missing_max_tokens_is_named() -> None:

@@ -57,9 +57,9 @@ async def call(backend: FakeBackend, path: str, body: dict[str, Any], leave_afte
         "raw_path": path.encode(),
         "query_string": b"",
         "root_path": "",
-        "headers": [(b"content-type", b"application/json"), (b"host", b"testserver")],
+        "headers": [(b"content-type", b"application/json"), (b"host", b"localhost")],
         "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
+        "server": ("localhost", 80),
     }
     watcher = asyncio.create_task(leave_when_stalled())
     await asyncio.wait_for(app(scope, receive, send), timeout=10)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from hotspare.api import openai
-from hotspare.api.wire import parse_body
+from hotspare.api.wire import UnknownField, parse_body, unknown_fields
 from hotspare.core.errors import InvalidRequest
 from hotspare.core.types import (
     ChatRequest,
@@ -134,7 +134,6 @@ def test_requests_the_local_model_cannot_answer_are_refused(
         ({"temperature": 3}, "temperature: Input should be less than or equal to 2"),
         ({"stop": 5}, "stop: Input should be a valid string"),
         ({"stream": "yes"}, "stream: Input should be a valid boolean"),
-        ({"bogus": 1}, "bogus: unknown field (not part of this API)"),
         ({"messages": [{"role": "user"}]}, "messages[0].content: field required"),
         (
             {"messages": [{"role": "user", "content": 5}]},
@@ -161,6 +160,64 @@ def test_bad_fields_are_named_in_the_error(body: dict[str, Any], message: str) -
         convert(**body)
     assert caught.value.message == message
     assert caught.value.param == message.split(":")[0]
+
+
+def test_unknown_fields_are_kept_aside_not_refused() -> None:
+    """What the official SDK sends back in a tool loop (`annotations` on its assistant message) and
+    any invented field: accepted, and listed with where they were."""
+    raw = {
+        "model": "gpt-4o",
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "x", "annotations": [], "tool_calls": None, "extra_thing": 1},
+        ],
+        "brand_new_option": {"a": 1},
+    }
+    body = parse_body(json.dumps(raw).encode(), openai.ChatCompletionRequest)
+    assert openai.to_chat_request(body).messages[1] == Message(Role.ASSISTANT, "x")
+    assert unknown_fields(body) == [
+        UnknownField("ChatCompletionRequest", "brand_new_option"),
+        UnknownField("AssistantMessage", "messages[1].annotations"),
+        UnknownField("AssistantMessage", "messages[1].extra_thing"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "message", "param"),
+    [
+        ({"n": 129}, "n: 129 choices; at most 128 are accepted", "n"),
+        (
+            {"stop": ["a", "b", "c", "d", "e"]},
+            "stop: 5 stop sequences; the local model accepts at most 4",
+            "stop",
+        ),
+        (
+            {"stop": "x" * 257},
+            "stop[0]: a stop sequence of 257 characters; the local model accepts at most 256",
+            "stop",
+        ),
+    ],
+)
+def test_what_the_local_engine_does_not_serve_is_refused(
+    body: dict[str, Any], message: str, param: str
+) -> None:
+    parsed = parse_body(
+        json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}], **body}).encode(),
+        openai.ChatCompletionRequest,
+    )
+    with pytest.raises(InvalidRequest) as caught:
+        openai.check_local_limits(parsed)
+    assert (caught.value.message, caught.value.param) == (message, param)
+
+
+def test_the_limits_themselves_are_served() -> None:
+    body = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "hi"}],
+        "n": 128,
+        "stop": ["a", "b", "c", "x" * 256],
+    }
+    openai.check_local_limits(parse_body(json.dumps(body).encode(), openai.ChatCompletionRequest))
 
 
 def test_missing_model_is_named() -> None:

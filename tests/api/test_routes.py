@@ -246,7 +246,7 @@ def test_backend_refusals_are_http_errors_in_each_shape(
 
 def test_openai_sdk_raises_the_matching_errors(make_client: MakeClient) -> None:
     client = make_client(FakeBackend(error=Overloaded("busy", retry_after_s=1)))
-    sdk = openai.OpenAI(base_url="http://testserver/v1", api_key="x", http_client=client, max_retries=0)
+    sdk = openai.OpenAI(base_url="http://localhost/v1", api_key="x", http_client=client, max_retries=0)
     with pytest.raises(openai.RateLimitError):
         sdk.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
     with pytest.raises(openai.BadRequestError, match="tool_choice"):
@@ -257,7 +257,7 @@ def test_openai_sdk_raises_the_matching_errors(make_client: MakeClient) -> None:
 
 def test_anthropic_sdk_raises_the_matching_errors(make_client: MakeClient) -> None:
     client = make_client(FakeBackend(error=Overloaded("busy")))
-    sdk = anthropic.Anthropic(base_url="http://testserver", api_key="x", http_client=client, max_retries=0)
+    sdk = anthropic.Anthropic(base_url="http://localhost", api_key="x", http_client=client, max_retries=0)
     with pytest.raises(anthropic.APIStatusError) as caught:
         sdk.messages.create(model="m", max_tokens=4, messages=[{"role": "user", "content": "hi"}])
     assert caught.value.status_code == 529
@@ -287,7 +287,7 @@ def test_an_error_after_the_stream_began_is_an_in_band_event(make_client: MakeCl
     response = client.post("/v1/messages", json={**MESSAGES, "stream": True})
     assert sse_event_names(response.text)[-1] == "error"
     assert sse_data(response.text)[-1]["error"]["type"] == "api_error"
-    sdk = openai.OpenAI(base_url="http://testserver/v1", api_key="x", http_client=client, max_retries=0)
+    sdk = openai.OpenAI(base_url="http://localhost/v1", api_key="x", http_client=client, max_retries=0)
     with pytest.raises(openai.APIError, match="being restarted"):
         list(
             sdk.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], stream=True)
@@ -378,17 +378,17 @@ def test_an_allowlist_refuses_other_names_in_each_shape(
         assert refused.status_code == 404
         assert refused.json()["error"]["type"] == "not_found_error"
     assert len(backend.requests) == 3
-    models = openai.OpenAI(base_url="http://testserver/v1", api_key="x", http_client=client).models.list()
+    models = openai.OpenAI(base_url="http://localhost/v1", api_key="x", http_client=client).models.list()
     assert [model.id for model in models] == ["smollm2-135m-instruct", "gpt-4o", "claude-haiku-4-5"]
     assert client.get("/v1/models/gpt-5").status_code == 404
 
 
 def test_models_in_both_shapes(client: TestClient) -> None:
-    models = openai.OpenAI(base_url="http://testserver/v1", api_key="x", http_client=client).models.list()
+    models = openai.OpenAI(base_url="http://localhost/v1", api_key="x", http_client=client).models.list()
     assert [(model.id, model.object, model.owned_by) for model in models] == [
         ("smollm2-135m-instruct", "model", "hotspare")
     ]
-    page = anthropic.Anthropic(base_url="http://testserver", api_key="x", http_client=client).models.list()
+    page = anthropic.Anthropic(base_url="http://localhost", api_key="x", http_client=client).models.list()
     assert [(model.id, model.type) for model in page.data] == [("smollm2-135m-instruct", "model")]
     assert client.get("/v1/models/gpt-4o").json()["id"] == "gpt-4o"
 

@@ -33,12 +33,12 @@ ANTHROPIC_BODY: dict[str, object] = {**OPENAI_BODY, "max_tokens": 16}
 
 def sdk_openai(make_client: MakeClient) -> openai.OpenAI:
     http = make_client(FakeBackend(events=CALLS))
-    return openai.OpenAI(base_url="http://testserver/v1", api_key="x", http_client=http, max_retries=0)
+    return openai.OpenAI(base_url="http://localhost/v1", api_key="x", http_client=http, max_retries=0)
 
 
 def sdk_anthropic(make_client: MakeClient) -> anthropic.Anthropic:
     http = make_client(FakeBackend(events=CALLS))
-    return anthropic.Anthropic(base_url="http://testserver", api_key="x", http_client=http, max_retries=0)
+    return anthropic.Anthropic(base_url="http://localhost", api_key="x", http_client=http, max_retries=0)
 
 
 def test_openai_message_has_text_and_tool_calls(make_client: MakeClient) -> None:

@@ -104,6 +104,7 @@ class Attempt:
     path: str
     headers: dict[str, str]  # lower-case names; credentials replaced by "sha256:<hex>"
     body: dict[str, Any] | None
+    raw_body: bytes = b""  # the body's bytes as they arrived
 
     @property
     def is_probe(self) -> bool:
@@ -225,7 +226,8 @@ class FakeUpstream:
             parsed = json.loads(body) if body else None
         except ValueError:
             parsed = None
-        attempt = Attempt(time.monotonic(), method, path, clean, parsed if isinstance(parsed, dict) else None)
+        parsed_object = parsed if isinstance(parsed, dict) else None
+        attempt = Attempt(time.monotonic(), method, path, clean, parsed_object, body)
         with self._cond:
             self._attempts.append(attempt)
             behavior = None

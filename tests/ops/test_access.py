@@ -25,7 +25,11 @@ MESSAGE = {**CHAT, "max_tokens": 5}
 
 def make_client(**access: object) -> TestClient:
     settings = Settings.model_validate({"access": {"api_keys": [KEY, OTHER], **access}})
-    return TestClient(create_app(settings, backend=FakeBackend()), raise_server_exceptions=False)
+    return TestClient(
+        create_app(settings, backend=FakeBackend()),
+        raise_server_exceptions=False,
+        base_url="http://localhost",
+    )
 
 
 @pytest.fixture
@@ -35,10 +39,10 @@ def client() -> Iterator[TestClient]:
 
 
 def test_sdks_with_the_right_key_are_served(client: TestClient) -> None:
-    oai = openai.OpenAI(base_url="http://testserver/v1", api_key=KEY, http_client=client, max_retries=0)
+    oai = openai.OpenAI(base_url="http://localhost/v1", api_key=KEY, http_client=client, max_retries=0)
     assert oai.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}]).choices
     claude = anthropic.Anthropic(
-        base_url="http://testserver", api_key=OTHER, http_client=client, max_retries=0
+        base_url="http://localhost", api_key=OTHER, http_client=client, max_retries=0
     )
     assert claude.messages.create(
         model="m", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
@@ -60,7 +64,7 @@ def test_wrong_or_missing_keys_get_401_in_the_callers_shape(client: TestClient) 
     assert missing.json()["type"] == "error" and missing.json()["error"]["type"] == "authentication_error"
     assert missing.json()["request_id"] == missing.headers["request-id"]
     claude = anthropic.Anthropic(
-        base_url="http://testserver", api_key="sk-ant-wrong-key", http_client=client, max_retries=0
+        base_url="http://localhost", api_key="sk-ant-wrong-key", http_client=client, max_retries=0
     )
     with pytest.raises(anthropic.AuthenticationError) as info:
         claude.messages.create(model="m", max_tokens=5, messages=[{"role": "user", "content": "hi"}])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -76,7 +77,9 @@ PATHS = ["/v1/chat/completions", "/v1/messages", "/v1/messages/count_tokens", "/
 def client() -> Iterator[TestClient]:
     backend = FakeBackend()
     settings = Settings.model_validate({"responses": {"store_path": ":memory:"}})  # nothing on disk
-    with TestClient(create_app(settings, backend=backend), raise_server_exceptions=False) as c:
+    with TestClient(
+        create_app(settings, backend=backend), raise_server_exceptions=False, base_url="http://localhost"
+    ) as c:
         yield c
 
 
@@ -92,3 +95,45 @@ def test_no_body_gets_a_5xx(client: TestClient, path: str, body: Any, raw: bool)
             assert error["type"] == "error" and isinstance(error["error"]["message"], str)
         else:
             assert isinstance(error["error"]["message"], str) and "type" in error["error"]
+
+
+SEGMENT = st.text(min_size=0, max_size=12)  # any Unicode: spaces, controls, surrogate-free non-ASCII
+HEADER_VALUE = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=30)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    prefix=st.sampled_from(["/v1/responses/", "/v1/models/", "/v1/messages/", "/v1/", "/"]),
+    segment=SEGMENT,
+    method=st.sampled_from(["GET", "POST", "DELETE"]),
+    host=st.one_of(st.none(), HEADER_VALUE),
+    origin=st.one_of(st.none(), HEADER_VALUE),
+    content_type=st.one_of(st.none(), HEADER_VALUE),
+    body=st.one_of(st.binary(max_size=40), st.just(b"[" * 3000), st.just(b'{"n": 1' + b"0" * 5000 + b"}")),
+)
+def test_no_request_target_or_header_gets_a_5xx(
+    client: TestClient,
+    prefix: str,
+    segment: str,
+    method: str,
+    host: str | None,
+    origin: str | None,
+    content_type: str | None,
+    body: bytes,
+) -> None:
+    """Issue 17 points 7, 15, 18: odd paths (percent-encoded as a client would send them), Host and
+    Origin values, content types and hostile bodies are refused in the API's shape, never a 5xx."""
+    headers = {
+        name: value
+        for name, value in (("host", host), ("origin", origin), ("content-type", content_type))
+        if value is not None
+    }
+    path = prefix + quote(segment, safe="")
+    response = client.request(method, path, content=body if method == "POST" else None, headers=headers)
+    assert response.status_code < 500 or response.status_code == 503, (
+        path,
+        response.status_code,
+        response.text,
+    )
+    if response.status_code >= 400:
+        assert isinstance(response.json(), dict)

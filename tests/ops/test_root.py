@@ -17,7 +17,11 @@ KEY = "hs-test-key-0001"
 
 def make_client(**access: object) -> TestClient:
     settings = Settings.model_validate({"access": access})
-    return TestClient(create_app(settings, backend=FakeBackend()), raise_server_exceptions=False)
+    return TestClient(
+        create_app(settings, backend=FakeBackend()),
+        raise_server_exceptions=False,
+        base_url="http://localhost",
+    )
 
 
 @pytest.fixture

@@ -4,8 +4,9 @@ answer-level notices (response headers)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,6 +79,43 @@ async def collect(events: AsyncIterator[StreamEvent]) -> Answer:
             else:
                 return Answer("".join(texts), calls.build(), event, fitted)
     raise BackendUnavailable("the answer ended without finishing")
+
+
+async def collect_all(
+    openers: Sequence[Callable[[], AsyncIterator[StreamEvent]]], max_at_once: int
+) -> list[Answer]:
+    """Whole answers of several streams (an OpenAI request's n choices), in order: at most
+    `max_at_once` generated side by side (the engine decodes max_running sequences in one step; more
+    would only queue there, each holding its prompt), and the first failure cancels the others (an
+    `Overloaded` must not leave the rest generating to max_tokens for nobody) and is raised."""
+    gate = asyncio.Semaphore(max_at_once)
+    failed = asyncio.Event()  # set by the first failure: choices still waiting for the gate never start
+
+    async def one(open_: Callable[[], AsyncIterator[StreamEvent]]) -> Answer | None:
+        async with gate:
+            if failed.is_set():
+                return None
+            try:
+                return await collect(open_())
+            except BaseException:
+                failed.set()
+                raise
+
+    tasks = [asyncio.ensure_future(one(open_)) for open_ in openers]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for task in tasks:
+            task.cancel()  # a no-op for those done
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in tasks:
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            raise error
+    answers = [task.result() for task in tasks]
+    if any(answer is None for answer in answers):  # only after a failure, which was raised above
+        raise BackendUnavailable("a choice of the answer was not generated")
+    return [answer for answer in answers if answer is not None]
 
 
 async def paced_answer(

@@ -4,7 +4,13 @@ Requests: every field the real API accepts is accepted. Custom tools, `tool_choi
 (`output_config.format` / `output_format`) become core types the local model honours (see
 hotspare.agents); what it cannot honour (thinking, metadata, service_tier, cache_control,
 context_management, ...) is accepted and ignored, so a client written for Claude keeps working.
-Unknown fields are refused, as Anthropic refuses them.
+Unknown fields are ignored too (api/unknown_fields.py logs and counts them): the SDK's own blocks grow
+fields (`toolset_name` on a tool_use block in anthropic 2.16) that a tool loop sends back.
+
+What the local engine serves is capped (see `check_local_limits`): at most MAX_STOP_SEQUENCES stop
+sequences of at most MAX_STOP_CHARS characters each, because every one is checked against every token
+of every sequence in a batch. A request over a cap is refused with the reason on the local path; a
+passthrough forwards it unchanged (the provider decides).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Discriminator, Field, Tag
 
-from hotspare.api.wire import MediaPolicy, WireModel, media_placeholder, text_as_parts
+from hotspare.api.wire import MediaPolicy, WireModel, check_stops, media_placeholder, text_as_parts
 from hotspare.core.errors import InvalidRequest
 from hotspare.core.types import (
     ChatRequest,
@@ -64,9 +70,10 @@ class ThinkingBlock(WireModel):
     data: str = ""
 
 
-class OtherBlock(WireModel, extra="allow"):
+class OtherBlock(WireModel):
     """Any other block type (image, document, server tool results, ...): refused when converted."""
 
+    keeps_extras = True
     type: str
 
 
@@ -146,6 +153,16 @@ class MessagesRequest(Conversation):
 
 class CountTokensRequest(Conversation):
     """POST /v1/messages/count_tokens."""
+
+
+MAX_STOP_SEQUENCES = 64
+"""Stop sequences the local engine accepts in one request (Anthropic documents no limit)."""
+
+
+def check_local_limits(body: Conversation) -> None:
+    """Refuse (InvalidRequest) what the local engine will not serve: see the module docstring."""
+    if isinstance(body, MessagesRequest):
+        check_stops(body.stop_sequences or [], MAX_STOP_SEQUENCES, "stop_sequences")
 
 
 def to_chat_request(

@@ -9,6 +9,7 @@ Anthropic:  `{"type": "error", "error": {"type", "message"}, "request_id"}`
 | ContextOverflow               | 400 ... code context_length_exceeded | 400 invalid_request_error    |
 | RequestTooLarge               | 413 ... code request_too_large       | 413 request_too_large        |
 | AuthenticationFailed          | 401 ... code invalid_api_key         | 401 authentication_error     |
+| PermissionDenied              | 403 ... code permission_denied       | 403 permission_error         |
 | NotFound                      | 404 invalid_request_error            | 404 not_found_error          |
 | RateLimited (a client key)    | 429 code rate_limit_exceeded         | 429 rate_limit_error         |
 | Overloaded                    | 429 code rate_limit_exceeded         | 529 overloaded_error         |
@@ -42,6 +43,7 @@ from hotspare.core.errors import (
     ModelError,
     NotFound,
     Overloaded,
+    PermissionDenied,
     RateLimited,
     RequestTooLarge,
     UpstreamError,
@@ -75,6 +77,7 @@ _OPENAI_KINDS: tuple[tuple[type[HotspareError], ErrorKind], ...] = (
     (RequestTooLarge, ErrorKind(413, "invalid_request_error", "request_too_large")),
     (InvalidRequest, ErrorKind(400, "invalid_request_error")),
     (AuthenticationFailed, ErrorKind(401, "invalid_request_error", "invalid_api_key")),
+    (PermissionDenied, ErrorKind(403, "invalid_request_error", "permission_denied")),
     (NotFound, ErrorKind(404, "invalid_request_error")),
     # What OpenAI sends for a request-rate limit; clients (and their SDKs) back off on the 429.
     (Overloaded, ErrorKind(429, "requests", "rate_limit_exceeded")),
@@ -86,6 +89,7 @@ _ANTHROPIC_KINDS: tuple[tuple[type[HotspareError], ErrorKind], ...] = (
     (RequestTooLarge, ErrorKind(413, "request_too_large")),
     (InvalidRequest, ErrorKind(400, "invalid_request_error")),
     (AuthenticationFailed, ErrorKind(401, "authentication_error")),
+    (PermissionDenied, ErrorKind(403, "permission_error")),
     (NotFound, ErrorKind(404, "not_found_error")),
     (RateLimited, ErrorKind(429, "rate_limit_error")),
     (Overloaded, ErrorKind(529, "overloaded_error")),

@@ -3,7 +3,13 @@
 Requests: every field the real API accepts is accepted. Tools (`tools`, `tool_choice`,
 `parallel_tool_calls`) and `response_format` become core types the local model honours (see
 hotspare.agents); those it cannot honour (logprobs, service_tier, ...) are accepted and ignored, so a
-client written for the cloud keeps working. Unknown fields are refused, as OpenAI refuses them.
+client written for the cloud keeps working. Unknown fields are ignored too (api/unknown_fields.py
+logs and counts them): the SDK's own objects grow fields (`annotations` on an assistant message) that a
+tool loop sends back.
+
+What the local engine serves is capped (see `check_local_limits`), as OpenAI caps it: `n` at most
+MAX_CHOICES, at most MAX_STOP_SEQUENCES stop sequences of at most MAX_STOP_CHARS characters. A request
+over a cap is refused with the reason on the local path; a passthrough forwards it unchanged.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field
 
-from hotspare.api.wire import MediaPolicy, WireModel, media_placeholder, text_as_parts
+from hotspare.api.wire import MediaPolicy, WireModel, check_stops, media_placeholder, text_as_parts
 from hotspare.core.errors import InvalidRequest
 from hotspare.core.types import (
     ChatRequest,
@@ -158,6 +164,23 @@ class ChatCompletionRequest(WireModel):
         return bool(self.stream_options and self.stream_options.include_usage)
 
 
+MAX_CHOICES = 128
+"""`n` at most, as OpenAI refuses more."""
+MAX_STOP_SEQUENCES = 4
+"""Stop sequences at most, as OpenAI refuses more."""
+
+
+def check_local_limits(body: ChatCompletionRequest) -> None:
+    """Refuse (InvalidRequest) what the local engine will not serve: see the module docstring."""
+    if (body.n or 1) > MAX_CHOICES:
+        raise InvalidRequest(f"n: {body.n} choices; at most {MAX_CHOICES} are accepted", "n")
+    check_stops(_stops(body), MAX_STOP_SEQUENCES, "stop")
+
+
+def _stops(body: ChatCompletionRequest) -> list[str]:
+    return [body.stop] if isinstance(body.stop, str) else (body.stop or [])
+
+
 def to_chat_request(
     body: ChatCompletionRequest, request_id: str = "", media: MediaPolicy = MediaPolicy.REJECT
 ) -> ChatRequest:
@@ -231,7 +254,7 @@ def _json_output(value: Any) -> JsonOutput | None:
 
 
 def _sampling(body: ChatCompletionRequest) -> SamplingParams:
-    stops = [body.stop] if isinstance(body.stop, str) else (body.stop or [])
+    stops = _stops(body)
     return SamplingParams(
         max_tokens=body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens,
         temperature=1.0 if body.temperature is None else body.temperature,

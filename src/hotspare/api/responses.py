@@ -1,6 +1,6 @@
 """OpenAI Responses requests <-> core types.
 
-A request is a strict top-level body (unknown fields refused, as OpenAI refuses them) whose `input`
+A request is a top-level body (unknown fields ignored, see api/unknown_fields.py) whose `input`
 is a string or a list of items. Items are read by their `type`; fields of an item that hotspare does
 not use are ignored, because clients echo back whole output items (ids, statuses, annotations).
 

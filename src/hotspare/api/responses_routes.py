@@ -122,6 +122,8 @@ async def create_response(request: Request) -> Response:
     request.state.request_id = request_id
     raw = await request.body()
     body = parse_body(raw, ResponsesRequest)
+    if (unknown := getattr(request.app.state, "unknown_fields", None)) is not None:
+        unknown.note_model(API, body)
     turn = Turn(request, body, await _earlier_turns(request, body))
     headers = {request_id_header(API): request_id}
     try:

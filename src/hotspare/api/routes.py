@@ -21,10 +21,17 @@ from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
 from hotspare.api import anthropic, anthropic_render, openai, openai_render
-from hotspare.api.answer import Answer, collect, context_fit_header
+from hotspare.api.answer import Answer, collect, collect_all, context_fit_header
 from hotspare.api.errors import new_request_id, request_id_header
+from hotspare.api.intake import Intake, converter, take_in
 from hotspare.api.sse import EventStreamResponse, close_stream, closing_stream
-from hotspare.api.wire import MediaPolicy, media_header, parse_body, scope_object, validate_body
+from hotspare.api.unknown_fields import UnknownFieldLog
+from hotspare.api.wire import (
+    MediaPolicy,
+    media_header,
+    parse_body,
+    scope_object,
+)
 from hotspare.config import Settings
 from hotspare.core.errors import BackendUnavailable, HotspareError, NotFound
 from hotspare.core.types import ApiFormat, ChatBackend, ChatRequest, ContextFitted, StreamEvent
@@ -49,22 +56,30 @@ class ClientGone(Exception):
 
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
-    request_id = _begin(request, ApiFormat.OPENAI_CHAT)
+    api = ApiFormat.OPENAI_CHAT
+    request_id = _begin(request, api)
     payload = scope_object(request.scope, await request.body())
-    body = validate_body(payload, openai.ChatCompletionRequest)
     media = _settings(request).api.media
-    chat = openai.to_chat_request(body, request_id, media)
+    intake: Intake[openai.ChatCompletionRequest] = take_in(
+        payload, request_id, _convert(request, request_id, api), _passes(request, api)
+    )
+    chat, body = intake.chat, intake.body
     created = int(time.time())
-    headers = {request_id_header(ApiFormat.OPENAI_CHAT): request_id}
-    headers |= media_header(openai.media_kinds(body)) if media is MediaPolicy.PLACEHOLDER else {}
+    headers = {request_id_header(api): request_id}
+    if body is not None and media is MediaPolicy.PLACEHOLDER:
+        headers |= media_header(openai.media_kinds(body))
     try:
-        served = await _serve(request, ApiFormat.OPENAI_CHAT, chat, payload)
+        served = await _serve(request, api, intake, payload)
         if isinstance(served, RawReply):
             return await _raw_response(served, headers)
+        assert body is not None  # only a passthrough (a RawReply) serves a request the local path refused
         headers[BACKEND_HEADER] = served.backend
         more = _more_choices(request, served, chat, body.n or 1)
         if not chat.stream:
-            answers = await _until_disconnect(request, _collect_all([lambda: served.events, *more]))
+            openers = [lambda: served.events, *more]
+            answers = await _until_disconnect(
+                request, collect_all(openers, _settings(request).local.max_running)
+            )
             headers[BACKEND_HEADER] = backends(served)[-1]  # after a takeover: the one that finished
             headers |= _notice_headers(answers[0])
             return JSONResponse(openai_render.completion_body(answers, request_id, created), headers=headers)
@@ -111,14 +126,18 @@ def _anthropic_model(name: str) -> dict[str, Any]:
 async def messages(request: Request) -> Response:
     request_id = _begin(request, ApiFormat.ANTHROPIC_MESSAGES)
     payload = scope_object(request.scope, await request.body())
-    body = validate_body(payload, anthropic.MessagesRequest)
     media = _settings(request).api.media
-    chat = anthropic.to_chat_request(body, request_id, media)
-    headers = {request_id_header(ApiFormat.ANTHROPIC_MESSAGES): request_id}
-    headers |= media_header(anthropic.media_kinds(body)) if media is MediaPolicy.PLACEHOLDER else {}
+    api = ApiFormat.ANTHROPIC_MESSAGES
+    intake: Intake[anthropic.MessagesRequest] = take_in(
+        payload, request_id, _convert(request, request_id, api), _passes(request, api)
+    )
+    chat, body = intake.chat, intake.body
+    headers = {request_id_header(api): request_id}
+    if body is not None and media is MediaPolicy.PLACEHOLDER:
+        headers |= media_header(anthropic.media_kinds(body))
     message_id = "msg_" + request_id.removeprefix("req_")
     try:
-        served = await _serve(request, ApiFormat.ANTHROPIC_MESSAGES, chat, payload)
+        served = await _serve(request, api, intake, payload)
         if isinstance(served, RawReply):
             return await _raw_response(served, headers)
         headers[BACKEND_HEADER] = served.backend
@@ -145,6 +164,9 @@ async def messages(request: Request) -> Response:
 async def count_tokens(request: Request) -> Response:
     request_id = _begin(request, ApiFormat.ANTHROPIC_MESSAGES)
     body = parse_body(await request.body(), anthropic.CountTokensRequest)
+    unknown: UnknownFieldLog | None = getattr(request.app.state, "unknown_fields", None)
+    if unknown is not None:
+        unknown.note_model(ApiFormat.ANTHROPIC_MESSAGES, body)
     chat = anthropic.to_chat_request(body, request_id, _settings(request).api.media)
     backend = _serving_backend(request, chat.model)
     try:
@@ -168,12 +190,13 @@ once the response has been sent (its `backends` are complete by then)."""
 
 
 async def _serve(
-    request: Request, api: ApiFormat, chat: ChatRequest, payload: dict[str, Any]
+    request: Request, api: ApiFormat, intake: Intake[Any], payload: dict[str, Any]
 ) -> RawReply | EventReply:
     """The answer's start: from the failover router when one is configured (which may pass the
     upstream's own bytes through), else from the local backend, primed to its first event.
     `payload` is the body already parsed (handed on so that a passthrough does not parse it again)."""
     failover: Router | None = request.app.state.router
+    chat = intake.chat
     if failover is None:
         backend = _serving_backend(request, chat.model)
         max_wait_s = _heartbeat_s(request) if chat.stream else None
@@ -181,8 +204,27 @@ async def _serve(
         return note_served(request, EventReply(backend.name, events, _answering_model(backend, chat)))
     _check_model(request, chat.model)
     headers = tuple((name.lower(), value) for name, value in request.headers.items())
-    call = ClientCall(api, await request.body(), headers, chat, payload=payload)
+    call = ClientCall(api, await request.body(), headers, chat, intake.local_refusal, payload)
     return note_served(request, await _until_disconnect(request, failover.route(call)))
+
+
+def _passes(request: Request, api: ApiFormat) -> Callable[[str], bool]:
+    """Whether an upstream speaking `api` itself serves a model (see api/intake.py)."""
+
+    def passes(model: str) -> bool:
+        failover: Router | None = request.app.state.router
+        if failover is None:
+            return False
+        return any(member.upstream.passes_through(api) for member in failover.chain(model))
+
+    return passes
+
+
+def _convert(request: Request, request_id: str, api: ApiFormat) -> Callable[[dict[str, Any]], Any]:
+    """The local path's converter for `api` (see api/intake.py)."""
+    unknown: UnknownFieldLog | None = getattr(request.app.state, "unknown_fields", None)
+    media = _settings(request).api.media
+    return converter(api, request_id, media, unknown.note_model if unknown is not None else None)
 
 
 def note_served(request: Request, reply: R) -> R:
@@ -258,11 +300,6 @@ def _answering_model(backend: ChatBackend, chat: ChatRequest) -> str:
     """The model named in a stream before its `Finish` says which model answered."""
     name = getattr(backend, "model_name", None)
     return name if isinstance(name, str) else chat.model
-
-
-async def _collect_all(openers: list[Callable[[], AsyncIterator[StreamEvent]]]) -> list[Answer]:
-    """Whole answers of several streams (n > 1 choices), generated side by side."""
-    return list(await asyncio.gather(*(collect(open_()) for open_ in openers)))
 
 
 def _more_choices(

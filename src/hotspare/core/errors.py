@@ -5,6 +5,7 @@
     │   ├── ContextOverflow       the prompt (plus what must be generated) does not fit    (400)
     │   └── RequestTooLarge       the request body is over the configured size limit       (413)
     ├── AuthenticationFailed      a missing or wrong hotspare key                          (401)
+    ├── PermissionDenied          a foreign Host or Origin on a keyless server             (403)
     ├── NotFound                  unknown model or route                                   (404)
     ├── Overloaded                queue or sequence limit reached; carries retry_after_s   (429/529)
     │   └── RateLimited           a client key used up its request limit                   (429)
@@ -60,6 +61,10 @@ class RequestTooLarge(InvalidRequest):
 
 class AuthenticationFailed(HotspareError):
     pass
+
+
+class PermissionDenied(HotspareError):
+    """The request may not be served from where it came (a web page's Origin, a foreign Host name)."""
 
 
 class NotFound(HotspareError):

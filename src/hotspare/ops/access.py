@@ -7,8 +7,13 @@ and request size limits, each refused in the caller's API shape before anything 
   Keys are compared as sha256 digests with `hmac.compare_digest`, against every configured key, so
   neither the time taken nor an early exit tells how much of a guess was right. A key is identified
   in logs only by its position (`key-1`, ...), never by its value or a hash of it.
+  Keys must be at least 16 characters. An address that sends 10 bad keys within a minute is refused
+  (429) for a while, doubling each time (ops/auth_throttle.py).
 * Limits: a token bucket of `max_requests_per_minute` per key; a body over `max_body_bytes` gets 413;
-  a body with more than `max_messages` messages (or Responses-API input items) gets 400.
+  a body with more than `max_messages` messages (or Responses-API input items) gets 400; a body that
+  is not a JSON object hotspare can read (too deep, unreadable numbers) gets 400.
+* Request paths: printable ASCII without spaces once decoded, else 400 (`check_target`).
+* Without keys: only loopback Host names, a local Origin and JSON bodies (ops/browser_guard.py).
 
 Binding beyond loopback without keys is refused at startup (`check_exposure`).
 """
@@ -17,8 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,15 +30,18 @@ from typing import TYPE_CHECKING
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hotspare.api.errors import api_format_for_path, error_response, new_request_id, request_id_header
-from hotspare.api.wire import PARSED_BODY_SCOPE
+from hotspare.api.wire import PARSED_BODY_SCOPE, parse_object
 from hotspare.core.errors import (
     AuthenticationFailed,
     ConfigError,
     HotspareError,
     InvalidRequest,
+    PermissionDenied,
     RateLimited,
     RequestTooLarge,
 )
+from hotspare.ops.auth_throttle import AuthThrottle
+from hotspare.ops.browser_guard import BrowserGuard, NotJson, is_loopback
 from hotspare.ops.config import KEYS_ENV, AccessSettings
 
 if TYPE_CHECKING:
@@ -46,15 +52,6 @@ OPS_PATHS = frozenset({"/", "/status", "/status.json", "/metrics"})
 KEY_SCOPE = "hotspare.key_id"  # where the middleware leaves the caller's key id in the ASGI scope
 
 Denied = Callable[[str], None]  # told the reason of every refusal (for metrics)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def startup_keys(settings: Settings) -> tuple[str, ...]:
@@ -131,48 +128,75 @@ class KeyRing:
 
 
 class AccessGuard:
-    def __init__(self, app: ASGIApp, settings: AccessSettings, keys: tuple[str, ...], denied: Denied) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        settings: AccessSettings,
+        keys: tuple[str, ...],
+        denied: Denied,
+        server_host: str = "127.0.0.1",
+    ) -> None:
         self.app = app
         self.settings = settings
         self.keys = KeyRing(keys)
+        self.throttle = AuthThrottle()
+        # Without keys, what keeps web pages out (see browser_guard.py); with keys, a page has none.
+        self.browsers = None if keys else BrowserGuard(server_host, settings.allowed_hosts)
         self.limiter = (
             RateLimiter(settings.max_requests_per_minute) if settings.max_requests_per_minute else None
         )
         self._denied = denied
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         try:
-            key_id = self._authorize(scope)
-            if self.limiter is not None and key_id is not None and scope["path"] not in OPS_PATHS:
-                wait_s = self.limiter.try_take(key_id)
-                if wait_s is not None:
-                    raise RateLimited(
-                        f"this key's limit of {self.settings.max_requests_per_minute} "
-                        "requests per minute is used up",
-                        retry_after_s=wait_s,
-                    )
-            if scope["method"] in ("POST", "PUT", "PATCH"):
-                receive = await self._checked_body(scope, receive)
+            check_target(scope["path"])
+            if scope["path"] not in OPEN_PATHS:
+                receive = await self._admit(scope, receive)
         except HotspareError as exc:
             await self._refuse(scope, receive, send, exc)
             return
         await self.app(scope, receive, send)
 
+    async def _admit(self, scope: Scope, receive: Receive) -> Receive:
+        """Check the caller, its key's rate and its body; return the `receive` to hand on. Raises."""
+        if self.browsers is not None:
+            self.browsers.check_headers(scope)
+        key_id = self._authorize(scope)
+        if self.limiter is not None and key_id is not None and scope["path"] not in OPS_PATHS:
+            wait_s = self.limiter.try_take(key_id)
+            if wait_s is not None:
+                raise RateLimited(
+                    f"this key's limit of {self.settings.max_requests_per_minute} "
+                    "requests per minute is used up",
+                    retry_after_s=wait_s,
+                )
+        if scope["method"] in ("POST", "PUT", "PATCH"):
+            return await self._checked_body(scope, receive)
+        return receive
+
     def _authorize(self, scope: Scope) -> str | None:
         """The caller's key id (None when no keys are configured or the path needs none)."""
         if not self.keys or (self.settings.public_ops and scope["path"] in OPS_PATHS):
             return None
-        presented = _presented_key(scope)
-        if presented is None:
-            raise AuthenticationFailed(
-                "missing API key: send a hotspare key as x-api-key or Authorization: Bearer"
+        address = _client_address(scope)
+        wait_s = self.throttle.wait_s(address)
+        if wait_s is not None:
+            raise AuthThrottled(
+                "too many failed API keys from this address: retry later", retry_after_s=wait_s
             )
-        key_id = self.keys.identify(presented)
+        presented = _presented_key(scope)
+        key_id = self.keys.identify(presented) if presented is not None else None
         if key_id is None:
+            self.throttle.failed(address)
+            if presented is None:
+                raise AuthenticationFailed(
+                    "missing API key: send a hotspare key as x-api-key or Authorization: Bearer"
+                )
             raise AuthenticationFailed("invalid API key")
+        self.throttle.succeeded(address)
         scope[KEY_SCOPE] = key_id
         return key_id
 
@@ -197,6 +221,8 @@ class AccessGuard:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
+        if self.browsers is not None:
+            self.browsers.check_body_type(scope, body)
         self._check_messages(scope, body)
         return _replay(body, receive)
 
@@ -204,11 +230,9 @@ class AccessGuard:
         if b'"messages"' not in body and b'"input"' not in body:
             return
         try:
-            data = json.loads(body)
-        except ValueError:
-            return  # the route reports malformed JSON in its own words
-        if not isinstance(data, dict):
-            return
+            data = parse_object(body)  # bounded: a deep or unreadable body is refused here, not a 500
+        except InvalidRequest as exc:
+            raise MalformedBody(exc.message) from None
         scope[PARSED_BODY_SCOPE] = (body, data)  # read only here: the route uses it, unparsed again
         for field in ("messages", "input"):
             items = data.get(field)
@@ -229,7 +253,39 @@ class AccessGuard:
         await response(scope, receive, send)
 
 
+def check_target(path: str) -> None:
+    """Refuse (BadTarget) a decoded request path that is not printable ASCII without spaces. Every
+    path hotspare serves is; a space, a control character, non-ASCII or a bad percent-escape (decoded
+    as U+FFFD) is refused at the edge, before a route quotes it in an error or forwards it in an
+    upstream request line."""
+    if not (path.isascii() and path.isprintable() and " " not in path):
+        shown = ascii(path[:80])
+        raise BadTarget(f"the request path {shown} is not served: it must be printable ASCII without spaces")
+
+
+class BadTarget(InvalidRequest):
+    """A request path hotspare never serves."""
+
+
+class AuthThrottled(RateLimited):
+    """An address sent too many bad keys (ops/auth_throttle.py)."""
+
+
+class MalformedBody(InvalidRequest):
+    """The body is not a JSON object hotspare can read (counted apart from too many messages)."""
+
+
 def _reason(exc: HotspareError) -> str:
+    if isinstance(exc, MalformedBody):
+        return "malformed"
+    if isinstance(exc, BadTarget):
+        return "bad_target"
+    if isinstance(exc, AuthThrottled):
+        return "auth_throttled"
+    if isinstance(exc, PermissionDenied):
+        return "foreign_origin"
+    if isinstance(exc, NotJson):
+        return "not_json"
     if isinstance(exc, AuthenticationFailed):
         return "unauthorized"
     if isinstance(exc, RateLimited):
@@ -237,6 +293,11 @@ def _reason(exc: HotspareError) -> str:
     if isinstance(exc, RequestTooLarge):
         return "too_large"
     return "too_many_messages"
+
+
+def _client_address(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
 
 
 def _presented_key(scope: Scope) -> str | None:

@@ -8,6 +8,8 @@ and the request log. TOML shape (sections of the `--config` file, every key opti
     max_body_bytes = 8000000          # larger request bodies get 413
     max_messages = 2000               # more messages (or input items) get 400
     public_ops = false                # true: /, /status, /status.json and /metrics need no key
+    allowed_hosts = []                # without keys: Host names accepted besides loopback names and
+                                      # [server] host (e.g. an /etc/hosts alias of 127.0.0.1)
 
     [alerts]
     webhook_url = "http://127.0.0.1:9000/hook"   # POSTed JSON on breaker open/close, failover, failback
@@ -38,7 +40,7 @@ import os
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 KEYS_ENV = "HOTSPARE_API_KEYS"
-MIN_KEY_CHARS = 8
+MIN_KEY_CHARS = 16  # a short key is guessable; 16 random characters are not
 
 
 class _Section(BaseModel):
@@ -55,6 +57,11 @@ class AccessSettings(_Section):
     max_body_bytes: int = Field(default=8_000_000, ge=1024, description="request bodies above get 413")
     max_messages: int = Field(default=2000, ge=1, description="more messages or input items get 400")
     public_ops: bool = Field(default=False, description="/, /status, /status.json, /metrics without a key")
+    allowed_hosts: tuple[str, ...] = Field(
+        default=(),
+        strict=False,
+        description="without keys: Host names accepted besides loopback names and [server] host",
+    )
 
     @model_validator(mode="before")
     @classmethod

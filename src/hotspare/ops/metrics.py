@@ -10,6 +10,8 @@ Requests, as clients saw them (`api`: openai_chat | anthropic_messages | openai_
     hotspare_tokens_total{backend,direction}                  direction: in | out
     hotspare_takeovers_total{api,from_backend,to_backend}     an answer taken over mid-stream
     hotspare_access_denied_total{reason}                      unauthorized | rate_limited | too_large | ...
+    hotspare_unknown_fields_total{api,part}                   request fields ignored (api/unknown_fields.py);
+                                                              part: the request model's class name
 
 Upstreams, per attempt (`failure`: a FailureClass value, or none):
 
@@ -85,6 +87,11 @@ class OpsMetrics:
             ["api", "from_backend", "to_backend"],
         )
         self.denied = counter("hotspare_access_denied", "Requests refused before routing.", ["reason"])
+        self.unknown_fields = counter(
+            "hotspare_unknown_fields",
+            "Request fields the local path does not know, ignored.",
+            ["api", "part"],
+        )
         self.upstream_requests = counter(
             "hotspare_upstream_requests",
             "Upstream attempts by outcome and failure class.",

@@ -147,6 +147,9 @@ class Monitor:
     def on_denied(self, reason: str) -> None:
         self.metrics.denied.labels(reason).inc()
 
+    def on_unknown_field(self, api: str, part: str) -> None:
+        self.metrics.unknown_fields.labels(api, part).inc()
+
     async def _poll(self, state: Any) -> None:
         while True:
             await self.refresh_engine(state)
