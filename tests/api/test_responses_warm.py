@@ -32,7 +32,8 @@ def test_an_upstream_s_responses_answer_warms_the_local_model(store: bool) -> No
     local = WarmingLocal()
     with FakeUpstream("openai") as upstream:
         config = UpstreamConfig(name="cloud", kind="openai", base_url=upstream.url, api_key="forward")
-        with TestClient(create_app(Settings(upstreams=(config,)), backend=local)) as client:
+        app = create_app(Settings(upstreams=(config,)), backend=local)
+        with TestClient(app, base_url="http://localhost") as client:
             oai = openai.OpenAI(base_url=str(client.base_url) + "/v1", api_key="sk-test", http_client=client)
             with oai.responses.stream(
                 model="gpt-4o", input="Tell me about the incident.", store=store

@@ -27,7 +27,9 @@ def crashing_engine(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+    with TestClient(
+        create_app(settings), raise_server_exceptions=False, base_url="http://localhost"
+    ) as client:
         for _ in range(200):  # the lifespan loads in the background: wait for its verdict
             if client.get("/ready").json()["status"] not in ("loading", "restarting"):
                 break
