@@ -16,8 +16,6 @@ import random
 import statistics
 import time
 
-import llama_cpp
-
 from hotspare.engine.backends.llama_cpp import DecodeItem, LlamaCppModel
 from hotspare.models.catalog import DEFAULT_MODEL, load_catalog, resolve_weights
 
@@ -29,10 +27,15 @@ def _tokens(n: int) -> list[int]:
 
 
 def _model(flash_attention: bool, threads: int) -> LlamaCppModel:
-    # The wrapper forces flash attention on; this script compares, so it flips the constant it reads.
-    llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED = 1 if flash_attention else 0
     path = resolve_weights(load_catalog().get(DEFAULT_MODEL))
-    return LlamaCppModel(path, kv_cache_tokens=16384, max_slots=64, batch_tokens=512, num_threads=threads)
+    return LlamaCppModel(
+        path,
+        kv_cache_tokens=16384,
+        max_slots=64,
+        batch_tokens=512,
+        num_threads=threads,
+        flash_attention=flash_attention,
+    )
 
 
 def _feed(model: LlamaCppModel, slot: int, tokens: list[int], start: int = 0) -> None:
