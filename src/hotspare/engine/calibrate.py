@@ -1,8 +1,10 @@
 """Timing llama.cpp's attention paths on this host, for engine/attention.py's choice.
 
 `measure` opens the weights twice, once per mode (flash attention on and off), and times
-attention.WORKLOADS in both, taking turns so both see the same background load. It costs about
-3 s on the embedded SmolLM2-135M on the 2-core dev VM, paid once per host (the result is cached).
+attention.WORKLOADS in both, taking turns so both see the same background load. On the embedded
+SmolLM2-135M on the 2-core dev VM it took 5.9-7.2 s with other jobs running (load average 3-4,
+docs/benchmarks.md), paid once per host (the result is cached); most of it is flash attention's
+19-token decodes, about 0.5 s each.
 
 What keeps it short: a workload's speed depends on how many cells the cache holds and where, not on
 what they hold. So each context computes one 256-token piece, saves it (`save_state`) and lays copies
@@ -26,6 +28,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from hotspare.core.errors import ModelError
 from hotspare.engine.attention import (
     BATCH_8_IDLE,
@@ -44,7 +48,7 @@ from hotspare.engine.attention import (
 )
 from hotspare.engine.backends.llama_cpp import LLAMA_CPP_VERSION, DecodeItem, LlamaCppModel, resolve_threads
 from hotspare.engine.config import EngineConfig
-from hotspare.engine.threads import CpuSample, sample_cpu
+from hotspare.engine.threads import CpuSample
 from hotspare.models.integrity import HashCache
 
 log = logging.getLogger(__name__)
@@ -54,13 +58,14 @@ CONTEXT_TOKENS = 2048
 IDLE_TOKENS = 4096
 NUM_STREAMS = 8
 SHORT_PREFILL_TOKENS = 19
-SETTLED_RATIO = 2.0
+SETTLED_RATIO = 1.5
 MAX_ROUNDS = 3
 BUDGET_S = 6.0
 """Past this, a workload is not run again; a first round that is not finished by then is given up."""
 MAX_OTHERS_CORES = 0.5
-"""Other processes' CPU use (cores, on average) above which the kernels are not timed (before) or the
-result is not kept (during): timings under load say more about the load than about the kernels."""
+"""Other processes' CPU use (cores, on average) on the cores the engine's threads need, above which the
+kernels are not timed (checked before) or the result is not kept (during): timings under load say
+more about the load than about the kernels."""
 BUSY_CHECK_S = 0.2
 
 _MAIN, _PROBE, _IDLE, _SCRATCH = 0, 1, 2, 3
@@ -69,11 +74,11 @@ _KV_TOKENS = CONTEXT_TOKENS + IDLE_TOKENS + NUM_STREAMS * PIECE_TOKENS + 512
 _NEW = {DECODE_1: 1, DECODE_19: SHORT_PREFILL_TOKENS, DECODE_1_IDLE: 1, DECODE_19_IDLE: SHORT_PREFILL_TOKENS}
 
 
-class _Bench:
+class AttentionBench:
     """One context in one mode, holding a 2k context in slot _MAIN (and after `add_idle`, 4k idle
-    cells and 8 streams of one piece each)."""
+    cells and 8 streams of one piece each). scripts/bench_raw.py times it with more modes."""
 
-    def __init__(self, path: Path, flash_attention: bool, num_threads: int) -> None:
+    def __init__(self, path: Path, flash_attention: bool, num_threads: int, kv_type: str = "f16") -> None:
         self.model = LlamaCppModel(
             path,
             kv_cache_tokens=_KV_TOKENS,
@@ -81,6 +86,7 @@ class _Bench:
             batch_tokens=PIECE_TOKENS,
             num_threads=num_threads,
             flash_attention=flash_attention,
+            kv_type=kv_type,
         )
         self._rng = random.Random(1)
         self.model.decode([DecodeItem(_MAIN, 0, self._tokens(PIECE_TOKENS), True)])
@@ -104,7 +110,11 @@ class _Bench:
             for slot in _STREAMS:
                 self.model.trim(slot, PIECE_TOKENS, -1)
             return elapsed
-        return self._decode(_PROBE, CONTEXT_TOKENS, _NEW[workload])
+        return self.time_decode(CONTEXT_TOKENS, _NEW[workload])
+
+    def time_decode(self, start: int, num_tokens: int) -> float:
+        """Milliseconds to decode `num_tokens` new tokens after the first `start` cells of the context."""
+        return self._decode(_PROBE, start, num_tokens)
 
     def _decode(self, slot: int, start: int, num_tokens: int) -> float:
         self.model.copy_prefix(_MAIN, slot, start)
@@ -161,15 +171,15 @@ def measure(path: Path, *, num_threads: int, budget_s: float | None = None) -> t
 
 
 @contextmanager
-def _bench(path: Path, flash_attention: bool, num_threads: int) -> Iterator[_Bench]:
-    bench = _Bench(path, flash_attention, num_threads)
+def _bench(path: Path, flash_attention: bool, num_threads: int) -> Iterator[AttentionBench]:
+    bench = AttentionBench(path, flash_attention, num_threads)
     try:
         yield bench
     finally:
         bench.close()
 
 
-def _run(runs: dict[str, _Runs], on: _Bench, off: _Bench, deadline: float) -> None:
+def _run(runs: dict[str, _Runs], on: AttentionBench, off: AttentionBench, deadline: float) -> None:
     for round_ in range(MAX_ROUNDS):
         for workload, r in runs.items():
             is_late = time.monotonic() > deadline
@@ -196,20 +206,20 @@ def resolve(
         return AttentionChoice(setting is FlashAttention.ON, "setting")
     if key is not None and directory is not None and (cached := load_cached(directory, key)) is not None:
         return cached
-    before = sample_cpu()
+    max_others = _max_others_cores(num_threads)
+    before = _sample_cpu()
     time.sleep(BUSY_CHECK_S)
-    if (others := _others_cores(before)) > MAX_OTHERS_CORES:
+    if (others := _others_cores(before)) > max_others:
         log.warning("other processes use %.1f cores: flash attention stays on until a quiet start", others)
         return AttentionChoice(True, "default")
-    started, before = time.monotonic(), sample_cpu()
+    started, before = time.monotonic(), _sample_cpu()
     try:
         measurements = measure(path, num_threads=num_threads)
     except (ModelError, MemoryError, RuntimeError, OSError, ValueError) as exc:
         log.warning("could not time the attention kernels (%s); flash attention stays on", exc)
         return AttentionChoice(True, "default")
     choice = AttentionChoice(choose(measurements), "calibrated", measurements, time.monotonic() - started)
-    others = _others_cores(before)
-    if others > MAX_OTHERS_CORES:
+    if (others := _others_cores(before)) > max_others:
         log.warning("timed the attention kernels while other processes used %.1f cores: not kept", others)
     elif key is not None and directory is not None:
         try:
@@ -219,9 +229,24 @@ def resolve(
     return choice
 
 
+def _max_others_cores(num_threads: int) -> float:
+    """Other processes may use the cores the engine's threads leave free, and MAX_OTHERS_CORES more."""
+    spare = (psutil.cpu_count() or 1) - resolve_threads(num_threads)
+    return max(0, spare) + MAX_OTHERS_CORES
+
+
+def _sample_cpu() -> CpuSample:
+    """CPU time so far, as engine/threads.py counts it but without niced processes' time: those yield
+    the cores to the engine's threads, so they barely touch its timings (a niced compiler ran beside
+    every calibration on the dev VM)."""
+    times = psutil.cpu_times()
+    idle = times.idle + getattr(times, "iowait", 0.0) + getattr(times, "nice", 0.0)
+    return CpuSample(time.monotonic(), sum(times) - idle, time.process_time())
+
+
 def _others_cores(before: CpuSample) -> float:
     """Other processes' CPU use since `before`, in cores."""
-    after = sample_cpu()
+    after = _sample_cpu()
     span = after.at_s - before.at_s
     others = (after.machine_busy_s - before.machine_busy_s) - (after.own_s - before.own_s)
     return max(0.0, others / span) if span > 0 else 0.0

@@ -41,6 +41,9 @@ REQUANTIZE_TYPES = {"Q8_0": llama.LLAMA_FTYPE_MOSTLY_Q8_0}
 
 LLAMA_CPP_VERSION: str = llama.__version__
 
+KV_TYPES = {"f16": llama.GGML_TYPE_F16, "q8_0": llama.GGML_TYPE_Q8_0}
+"""KV cache element types by name (the engine uses f16; scripts/bench_raw.py measures q8_0)."""
+
 
 def requantize(source: Path, target: Path, weight_type: str, num_threads: int) -> None:
     """Write `source`'s weights re-encoded as `weight_type` (a REQUANTIZE_TYPES key) to `target`.
@@ -95,6 +98,7 @@ class LlamaCppModel:
         batch_tokens: int,
         num_threads: int,
         flash_attention: bool = True,
+        kv_type: str = "f16",
     ) -> None:
         llama.llama_log_set(_forward_llama_log, ctypes.c_void_p(0))
         llama.llama_backend_init()
@@ -117,6 +121,7 @@ class LlamaCppModel:
             llama.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attention else llama.LLAMA_FLASH_ATTN_TYPE_DISABLED
         )
         self.flash_attention = flash_attention
+        cparams.type_k = cparams.type_v = KV_TYPES[kv_type]  # quantized V needs flash attention
         cparams.no_perf = True
         self._ctx = llama.llama_init_from_model(self._model, cparams)
         if not self._ctx:
