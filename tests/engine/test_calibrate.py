@@ -8,15 +8,18 @@ import math
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from hotspare.engine import calibrate
 from hotspare.engine.attention import (
     WORKLOADS,
     AttentionChoice,
+    CalibrationKey,
     FlashAttention,
     Measurement,
     choose,
+    load_cached,
     save_cached,
 )
 from hotspare.engine.backends.llama_cpp import DecodeItem, LlamaCppModel
@@ -26,6 +29,7 @@ from hotspare.engine.local import LocalEngine
 
 # Off faster everywhere, the batched step too: a cached result that turns flash attention off.
 OFF_WINS = tuple(Measurement(w, 50.0, 20.0) for w in WORKLOADS)
+KEY = CalibrationKey("Some CPU", "ab" * 32, "0.3.36", "cd" * 32, 2)
 
 
 def _state_and_logits(path: Path, is_on: bool) -> tuple[bytes, np.ndarray]:
@@ -111,3 +115,38 @@ async def test_the_engine_runs_with_the_choice_and_reports_it(
         assert "flash attention off (cached; on/off: decode_1 50/20 ms," in caplog.text
     finally:
         await engine.stop()
+
+
+def test_only_the_cores_the_engine_needs_count_as_busy() -> None:
+    cpus = psutil.cpu_count() or 1
+    assert calibrate._max_others_cores(cpus) == 0.5
+    assert calibrate._max_others_cores(1) == cpus - 1 + 0.5
+
+
+def _fake_load(monkeypatch: pytest.MonkeyPatch, others_cores: list[float]) -> list[int]:
+    """Other processes' load as `_others_cores` reports it, one value per call; `measure` returns
+    OFF_WINS at once. Returns a list that counts the calls to `measure`."""
+    calls: list[int] = []
+    loads = iter(others_cores)
+    monkeypatch.setattr(calibrate, "_others_cores", lambda _before: next(loads))
+    monkeypatch.setattr(calibrate, "measure", lambda *_a, **_k: calls.append(1) or OFF_WINS)
+    return calls
+
+
+def test_a_busy_machine_is_not_timed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _fake_load(monkeypatch, [calibrate._max_others_cores(2) + 0.1])
+    choice = resolve(FlashAttention.AUTO, tmp_path / "m.gguf", num_threads=2, key=KEY, directory=tmp_path)
+    assert choice == AttentionChoice(True, "default") and calls == [] and list(tmp_path.iterdir()) == []
+
+
+def test_timings_taken_while_the_machine_got_busy_are_used_not_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    busy = calibrate._max_others_cores(2) + 0.1
+    _fake_load(monkeypatch, [0.0, busy, 0.0, 0.0])
+    choice = resolve(FlashAttention.AUTO, tmp_path / "m.gguf", num_threads=2, key=KEY, directory=tmp_path)
+    assert (choice.flash_attention, choice.source, choice.measurements) == (False, "calibrated", OFF_WINS)
+    assert list(tmp_path.iterdir()) == []
+    # Quiet throughout: kept, and read back at the next start.
+    resolve(FlashAttention.AUTO, tmp_path / "m.gguf", num_threads=2, key=KEY, directory=tmp_path)
+    assert load_cached(tmp_path, KEY) is not None
