@@ -2,10 +2,10 @@
 
 `measure` opens the weights twice, once per mode (flash attention on and off), and times
 attention.WORKLOADS in both, taking turns so both see the same background load. On the embedded
-SmolLM2-135M on the 2-core dev VM, quiet, it makes the first start 3.6-3.8 s longer (4.5-4.7 s to
-ready instead of 0.9; 5.9-7.2 s for `measure` alone with other jobs running; docs/benchmarks.md),
-paid once per host (the result is cached); most of it is flash attention's 19-token decodes, about
-0.5 s each.
+SmolLM2-135M on the 2-core dev VM it makes the first start about 3.7 s longer (ready in 4.5 s
+instead of 0.8, median of 3, load 1.3; 5.9-7.2 s for `measure` alone at load 3-4;
+docs/benchmarks.md), paid once per host (the result is cached); most of it is flash attention's
+19-token decodes, about 0.5 s each.
 
 What keeps it short: a workload's speed depends on how many cells the cache holds and where, not on
 what they hold. So each context computes one 256-token piece, saves it (`save_state`) and lays copies
