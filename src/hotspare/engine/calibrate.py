@@ -90,6 +90,13 @@ class AttentionBench:
             kv_type=kv_type,
         )
         self._rng = random.Random(1)
+        try:
+            self._fill()
+        except BaseException:
+            self.model.close()  # the engine loads its own model next: leave it the memory
+            raise
+
+    def _fill(self) -> None:
         self.model.decode([DecodeItem(_MAIN, 0, self._tokens(PIECE_TOKENS), True)])
         self._piece, self._piece_bytes = self.model.save_state(_MAIN)
         self._lay(_MAIN, 1, CONTEXT_TOKENS // PIECE_TOKENS)
