@@ -4,6 +4,9 @@ threads do to decode and prefill while the machine is busy. Numbers the engine c
 
     python scripts/bench_raw.py prefill --context 4262 --new 19 1     # failover-turn floor
     python scripts/bench_raw.py threads --seconds 60                  # run it beside other load
+    python scripts/bench_raw.py attention --runs 3                    # engine/calibrate.py's workloads
+    python scripts/bench_raw.py start                                 # engine start: calibrating, cached
+    python scripts/bench_raw.py kv-quality                            # what q8_0 KV does to the logits
 
 Same model as everything else (the embedded SmolLM2-135M-Instruct Q4_1); random token ids (the
 model's speed does not depend on what the tokens say); medians.
@@ -12,14 +15,26 @@ model's speed does not depend on what the tokens say); medians.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import dataclasses
 import random
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
-import llama_cpp
+import numpy as np
 
+from hotspare.app import engine_config
+from hotspare.config import Settings
+from hotspare.engine.attention import WORKLOADS, FlashAttention, Measurement, choose
 from hotspare.engine.backends.llama_cpp import DecodeItem, LlamaCppModel
+from hotspare.engine.calibrate import CONTEXT_TOKENS, PIECE_TOKENS, AttentionBench
+from hotspare.engine.config import EngineConfig
+from hotspare.engine.local import LocalEngine
+from hotspare.engine.weights import WEIGHTS_DIR_NAME, prepare_weights
 from hotspare.models.catalog import DEFAULT_MODEL, load_catalog, resolve_weights
+from hotspare.models.home import hotspare_home
 
 _rng = random.Random(1)
 
@@ -29,10 +44,15 @@ def _tokens(n: int) -> list[int]:
 
 
 def _model(flash_attention: bool, threads: int) -> LlamaCppModel:
-    # The wrapper forces flash attention on; this script compares, so it flips the constant it reads.
-    llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED = 1 if flash_attention else 0
     path = resolve_weights(load_catalog().get(DEFAULT_MODEL))
-    return LlamaCppModel(path, kv_cache_tokens=16384, max_slots=64, batch_tokens=512, num_threads=threads)
+    return LlamaCppModel(
+        path,
+        kv_cache_tokens=16384,
+        max_slots=64,
+        batch_tokens=512,
+        num_threads=threads,
+        flash_attention=flash_attention,
+    )
 
 
 def _feed(model: LlamaCppModel, slot: int, tokens: list[int], start: int = 0) -> None:
@@ -96,6 +116,131 @@ def threads(args: argparse.Namespace) -> None:
         )
 
 
+def _engine_weights() -> Path:
+    """The file the engine loads by default: the Q8_0 copy (made once under $HOTSPARE_HOME/weights)."""
+    entry = load_catalog().get(DEFAULT_MODEL)
+    return prepare_weights(
+        resolve_weights(entry),
+        quantization=entry.quantization,
+        source_sha256=entry.sha256,
+        cache_dir=hotspare_home() / WEIGHTS_DIR_NAME,
+        num_threads=2,
+    ).path
+
+
+ATTENTION_MODES = {
+    "flash on": (True, "f16"),
+    "flash off": (False, "f16"),
+    "flash on, q8_0 KV": (True, "q8_0"),
+}
+PAD_TO = 64  # the CPU flash-attention kernel's tiled path starts at 64 query rows
+
+
+def attention(args: argparse.Namespace) -> None:
+    """engine/calibrate.py's workloads in three modes, every workload `--runs` times in turns, plus
+    a 19-token prefill padded to 64 rows by recomputing 45 cached tokens (flash attention's tiled
+    path) and a 256-token prefill chunk after 1,792 cached. Medians; the choice engine/attention.py
+    makes from them."""
+    path = _engine_weights()
+    benches = {name: AttentionBench(path, fa, args.threads, kv) for name, (fa, kv) in ATTENTION_MODES.items()}
+    times: dict[tuple[str, str], list[float]] = {}
+    pad = PAD_TO - 19
+    for _ in range(args.runs):
+        for name, bench in benches.items():
+            for w in WORKLOADS[:2]:
+                times.setdefault((name, w), []).append(bench.time_ms(w))
+            times.setdefault((name, "decode_19_padded_to_64"), []).append(
+                bench.time_decode(CONTEXT_TOKENS - pad, PAD_TO)
+            )
+            times.setdefault((name, "prefill_256_after_1792"), []).append(
+                bench.time_decode(CONTEXT_TOKENS - PIECE_TOKENS, PIECE_TOKENS)
+            )
+    for bench in benches.values():
+        bench.add_idle()
+    for _ in range(args.runs):
+        for name, bench in benches.items():
+            for w in WORKLOADS[2:]:
+                times.setdefault((name, w), []).append(bench.time_ms(w))
+    for bench in benches.values():
+        bench.close()
+    median = {k: statistics.median(v) for k, v in times.items()}
+    print(f"median of {args.runs}, ms, {args.threads} threads, {path.name}")
+    print(f"| workload | {' | '.join(ATTENTION_MODES)} |")
+    print(f"| --- |{' --- |' * len(ATTENTION_MODES)}")
+    for w in (*WORKLOADS[:2], "decode_19_padded_to_64", "prefill_256_after_1792", *WORKLOADS[2:]):
+        print(f"| {w} | " + " | ".join(f"{median[name, w]:.1f}" for name in ATTENTION_MODES) + " |")
+    ms = [Measurement(w, median["flash on", w], median["flash off", w]) for w in WORKLOADS]
+    print(f"engine/attention.py chooses flash attention {'on' if choose(ms) else 'off'}")
+
+
+def _chunk_logits(path: Path, tokens: list[int], flash_attention: bool, kv_type: str) -> np.ndarray:
+    """Log-probabilities of the next token after every 64-token chunk of `tokens`, fed in order."""
+    model = LlamaCppModel(
+        path,
+        kv_cache_tokens=4096,
+        max_slots=2,
+        batch_tokens=64,
+        num_threads=2,
+        flash_attention=flash_attention,
+        kv_type=kv_type,
+    )
+    rows = []
+    for i in range(0, len(tokens), 64):
+        (row,) = model.decode([DecodeItem(0, i, tokens[i : i + 64], True)])
+        rows.append(model.logits(row).astype(np.float64))
+    model.close()
+    logits = np.array(rows)
+    logits -= logits.max(axis=1, keepdims=True)
+    return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))  # type: ignore[no-any-return]
+
+
+def kv_quality(args: argparse.Namespace) -> None:
+    """How far the next-token distributions move from flash attention on with an f16 KV cache (the
+    engine's) when flash attention is off, or the KV cache is q8_0: mean / max KL divergence over
+    the positions after each 64-token chunk of this repository's docs/engine.md."""
+    path = _engine_weights()
+    text = (Path(__file__).resolve().parent.parent / "docs" / "engine.md").read_text()
+    probe = LlamaCppModel(path, kv_cache_tokens=512, max_slots=1, batch_tokens=64, num_threads=1)
+    tokens = probe.tokenize(text, add_bos=True)[: args.tokens]
+    probe.close()
+    ref = _chunk_logits(path, tokens, True, "f16")
+    for fa, kv in ((False, "f16"), (True, "q8_0")):
+        other = _chunk_logits(path, tokens, fa, kv)
+        kl = (np.exp(ref) * (ref - other)).sum(axis=1)
+        same = float((ref.argmax(axis=1) == other.argmax(axis=1)).mean())
+        print(
+            f"flash {'on ' if fa else 'off'} {kv:4s} vs flash on f16: {len(kl)} positions over "
+            f"{len(tokens)} tokens, KL mean {kl.mean():.4f} max {kl.max():.4f}, same argmax {same:.0%}"
+        )
+
+
+async def _start_s(config: EngineConfig) -> tuple[float, str]:
+    engine = LocalEngine(config)
+    started = time.perf_counter()
+    await engine.start()
+    elapsed = time.perf_counter() - started
+    describe = engine.attention.describe() if engine.attention else ""
+    await engine.stop()
+    return elapsed, describe
+
+
+def start(args: argparse.Namespace) -> None:
+    """`--runs` times: an engine start (the default settings, the Q8_0 copy already made) with an
+    empty calibration folder (it calibrates), again (it reads the result), and with flash attention
+    forced on (no calibration at all)."""
+    entry = load_catalog().get(DEFAULT_MODEL)
+    _engine_weights()
+    for run in range(args.runs):
+        with tempfile.TemporaryDirectory() as folder:
+            auto = dataclasses.replace(
+                engine_config(Settings(), entry), persist_dir=None, calibration_dir=Path(folder)
+            )
+            forced = dataclasses.replace(auto, flash_attention=FlashAttention.ON)
+            for label, config in (("first", auto), ("later", auto), ("forced on", forced)):
+                elapsed, describe = asyncio.run(_start_s(config))
+                print(f"run {run + 1}, {label} start: ready in {elapsed:.2f} s; {describe}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -108,8 +253,16 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=6)
     t = sub.add_parser("threads")
     t.add_argument("--seconds", type=float, default=60.0)
+    a = sub.add_parser("attention")
+    a.add_argument("--threads", type=int, default=2)
+    a.add_argument("--runs", type=int, default=3)
+    s = sub.add_parser("start")
+    s.add_argument("--runs", type=int, default=3)
+    q = sub.add_parser("kv-quality")
+    q.add_argument("--tokens", type=int, default=2048)
     args = parser.parse_args()
-    prefill(args) if args.what == "prefill" else threads(args)
+    commands = {"prefill": prefill, "threads": threads, "attention": attention, "start": start}
+    {**commands, "kv-quality": kv_quality}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import pytest
 
 from hotspare.config import ApiSettings, Settings, load_settings
 from hotspare.core.errors import ConfigError
+from hotspare.engine.attention import FlashAttention
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -32,6 +33,13 @@ def test_no_file_means_the_documented_defaults() -> None:
 def test_the_idle_kv_cap_and_the_persisted_bytes_are_read(tmp_path: Path) -> None:
     settings = load_settings(write(tmp_path, "[local]\nmax_idle_kv_tokens = 0\npersist_max_mib = 64\n"))
     assert (settings.local.max_idle_kv_tokens, settings.local.persist_max_mib) == (0, 64)
+
+
+@pytest.mark.parametrize("value", ["auto", "on", "off"])
+def test_flash_attention_is_forced_or_chosen_per_host(tmp_path: Path, value: str) -> None:
+    assert Settings().local.flash_attention is FlashAttention.AUTO
+    settings = load_settings(write(tmp_path, f'[local]\nflash_attention = "{value}"\n'))
+    assert settings.local.flash_attention is FlashAttention(value)
 
 
 def test_every_section(tmp_path: Path) -> None:
@@ -71,6 +79,14 @@ def test_every_section(tmp_path: Path) -> None:
         (
             "[local]\npersist_max_mib = 0\n",
             "[local] persist_max_mib: Input should be greater than or equal to 1",
+        ),
+        (
+            '[local]\nflash_attention = "yes"\n',
+            "[local] flash_attention: Input should be 'auto', 'on' or 'off' (got 'yes')",
+        ),
+        (
+            "[local]\nflash_attention = true\n",
+            "[local] flash_attention: Input should be 'auto', 'on' or 'off' (got True)",
         ),
         ("[nonsense]\n", "nonsense: unknown key"),
         ('[api]\nallowed_models = "gpt-4o"\n', "[api] allowed_models: Input should be a valid tuple"),

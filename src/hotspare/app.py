@@ -39,6 +39,7 @@ from hotspare.api.unknown_fields import UnknownFieldLog
 from hotspare.config import Settings
 from hotspare.core.errors import HotspareError
 from hotspare.core.types import ChatBackend
+from hotspare.engine.attention import CALIBRATION_DIR_NAME
 from hotspare.engine.config import EngineConfig
 from hotspare.engine.local import LocalEngine
 from hotspare.engine.weights import WEIGHTS_DIR_NAME
@@ -282,4 +283,6 @@ def engine_config(settings: Settings, entry: ModelEntry) -> EngineConfig:
         quantization=entry.quantization,
         weights_dir=hotspare_home() / WEIGHTS_DIR_NAME if local.fast_weights else None,
         max_answer_tokens=local.max_answer_tokens,
+        flash_attention=local.flash_attention,
+        calibration_dir=hotspare_home() / CALIBRATION_DIR_NAME,
     )

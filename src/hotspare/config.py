@@ -13,6 +13,7 @@
     num_threads = 0                   # CPU threads for llama.cpp (at most); 0 = all physical cores
     adapt_threads = true              # use fewer while other processes keep the cores busy
     host_cache_mib = 2048             # host RAM for conversations evicted from the KV cache (0 = off)
+    flash_attention = "auto"          # "on" | "off" | "auto": timed both ways at the first start here
 
     hedge = true                      # start the next backend beside an upstream slow to answer
 
@@ -49,6 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from hotspare.agents.fit import ContextPolicy
 from hotspare.api.wire import MediaPolicy
 from hotspare.core.errors import ConfigError
+from hotspare.engine.attention import FlashAttention
 from hotspare.models.catalog import DEFAULT_MODEL
 from hotspare.ops.config import AccessSettings, AlertSettings, EarlyWarningSettings, LogSettings
 from hotspare.router.config import LocalConfig, Mode, RouterConfig, UpstreamConfig
@@ -135,6 +137,13 @@ class LocalSettings(_StrictSection):
     )
     persist_max_mib: int = Field(
         default=512, ge=1, description="disk for the saved prefixes together; the hottest are kept within it"
+    )
+    flash_attention: FlashAttention = Field(
+        default=FlashAttention.AUTO,
+        strict=False,  # TOML gives a string
+        description="llama.cpp's flash-attention kernels: 'on', 'off', or 'auto' = time both on this host "
+        "at the first start (a few seconds, kept in $HOTSPARE_HOME/calibration) and take the faster "
+        "(docs/engine.md)",
     )
     # Idle cells cost every decode step: attention spans the cache up to its highest used cell. Measured
     # (scripts/bench_idle.py, 4 streams, 1 thread): 7.5k idle cells +23 % per step; 2.5k kept and packed

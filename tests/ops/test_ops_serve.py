@@ -19,6 +19,7 @@ import pytest
 
 from fakes.serve_config import QUICK_TIMEOUTS, upstream_table
 from fakes.upstreams import Behavior, FakeUpstream
+from hotspare.engine.attention import WORKLOADS
 from hotspare.ops.status_page import GREEN, RED
 from sdk_clients import anthropic_client, openai_client
 from serving import RunningServer, start_server, stop_server
@@ -138,10 +139,17 @@ def wait_until(check: Any, timeout_s: float = 20.0) -> None:
         time.sleep(0.05)
 
 
-def test_status_names_the_weights_the_engine_runs(hotspare: RunningServer) -> None:
-    assert status(hotspare)["local"]["weights"] == "Q8_0, re-encoded from Q4_1"
+def test_status_names_the_weights_and_the_attention_the_engine_runs(hotspare: RunningServer) -> None:
+    local = status(hotspare)["local"]
+    assert local["weights"] == "Q8_0, re-encoded from Q4_1"
+    # A fresh home: timed at this start, or left on when the machine was too busy to time it.
+    attention = local["attention"]
+    assert attention["flash_attention"] in ("on", "off") and attention["source"] in ("calibrated", "default")
+    if attention["source"] == "calibrated":
+        assert set(attention["on_ms"]) == set(attention["off_ms"]) == set(WORKLOADS)
     page = httpx.get(f"{hotspare.base_url}/status", headers={"accept": "text/html"}).text
     assert "(Q8_0, re-encoded from Q4_1)" in page
+    assert f"flash {attention['flash_attention']} ({attention['source']})" in page
 
 
 def test_metrics_and_request_log_cover_requests_upstreams_and_engine(

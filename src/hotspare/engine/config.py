@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from hotspare.engine.attention import FlashAttention
+
 
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
@@ -40,6 +42,11 @@ class EngineConfig:
         conversations are demoted to host RAM (dropped without a host cache) between steps, those kept
         packed at the bottom of the cache when nothing runs; idle cells slow every decode step. 0 = only
         when cells run out.
+    flash_attention: llama.cpp's flash-attention kernels on, off, or "auto": timed both ways on this
+        host and the faster taken (engine/attention.py). On here: an engine made directly (tests,
+        scripts) runs as before; `hotspare serve` passes the setting, auto by default.
+    calibration_dir: where "auto" keeps its measurements, so only the first start on a host pays for
+        them; None = measure at every start.
     """
 
     model_path: Path
@@ -64,3 +71,5 @@ class EngineConfig:
     quantization: str | None = None
     weights_dir: Path | None = None
     max_answer_tokens: int = 0
+    flash_attention: FlashAttention = FlashAttention.ON
+    calibration_dir: Path | None = None

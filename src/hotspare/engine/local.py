@@ -42,6 +42,7 @@ from hotspare.core.errors import (
     PoisonRequest,
 )
 from hotspare.core.types import ChatRequest, Finish, Message, Role, StreamEvent, Usage
+from hotspare.engine.attention import AttentionChoice
 from hotspare.engine.chat_template import ChatTemplate
 from hotspare.engine.config import EngineConfig
 from hotspare.engine.protocol import (
@@ -191,6 +192,7 @@ class LocalEngine:
         self.load_s = 0.0
         self.num_restored_tokens = 0
         self.weights_note = ""
+        self.attention: AttentionChoice | None = None
         self.num_restarts = 0
         self._load_timeout_s = load_timeout_s
         self._hang_timeout_s = hang_timeout_s
@@ -260,6 +262,7 @@ class LocalEngine:
         self.load_s = ready.load_s
         self.num_restored_tokens = ready.num_restored_tokens
         self.weights_note = ready.weights_note
+        self.attention = ready.attention
         info = ready.info
         self._template = ChatTemplate(
             self.config.chat_template or info.chat_template,
@@ -272,12 +275,14 @@ class LocalEngine:
         self._up.set()
         threading.Thread(target=self._read, args=(proc,), name="hotspare-engine-reader", daemon=True).start()
         log.info(
-            "engine ready: %s (%s), context %d tokens, loaded in %.2f s, %d cached prefix tokens restored",
+            "engine ready: %s (%s), context %d tokens, loaded in %.2f s, %d cached prefix tokens restored; "
+            "%s",
             self.model_name,
             "; ".join(filter(None, (info.description, ready.weights_note))),
             self.context_tokens,
             self.load_s,
             self.num_restored_tokens,
+            ready.attention.describe() if ready.attention else "flash attention on",
         )
 
     def _on_death(self, cause: str) -> float:

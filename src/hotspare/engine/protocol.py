@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hotspare.core.types import FinishReason, SamplingParams
+from hotspare.engine.attention import AttentionChoice
 from hotspare.engine.backends.llama_cpp import ModelInfo
 
 
@@ -54,6 +55,7 @@ class Ready:
     load_s: float
     num_restored_tokens: int = 0
     weights_note: str = ""  # how the loaded weights differ from the catalogue's (engine/weights.py)
+    attention: AttentionChoice | None = None  # flash attention on or off, and why (engine/attention.py)
 
 
 @dataclass(frozen=True, slots=True)

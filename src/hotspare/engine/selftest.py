@@ -7,7 +7,8 @@ the compiler enabled cannot run: on a Firecracker VM whose Xeon advertises AMX, 
 batches of many tokens (a few decoded tokens take another path), so a warm-up of one short decode
 passed, `/ready` said 200, and the first real prompt killed the engine. The workload here is what the
 engine really runs: one prefill of hundreds of tokens in a single batch, then batched decode steps
-of several sequences that share that prefix, with the engine's own context settings.
+of several sequences that share that prefix, with the engine's own context settings, with flash
+attention on and off (the engine runs either, as calibrated for the host: engine/attention.py).
 
 Three callers:
 - the engine worker runs `exercise` (a short one) as its warm-up, before it reports Ready;
@@ -209,17 +210,20 @@ def _main() -> int:
     from hotspare.engine.backends.llama_cpp import LlamaCppModel
 
     path = args.model or embedded_model()
-    model = LlamaCppModel(
-        path,
-        kv_cache_tokens=2048,
-        max_slots=FULL.num_sequences,
-        batch_tokens=512,
-        num_threads=min(os.cpu_count() or 1, 8),
-    )
-    timings = exercise(model, FULL)
-    report = {**asdict(timings), "features": cpu_features()}
+    runs = []
+    for flash_attention in (True, False):  # the engine runs either, as calibrated for the host
+        model = LlamaCppModel(
+            path,
+            kv_cache_tokens=2048,
+            max_slots=FULL.num_sequences,
+            batch_tokens=512,
+            num_threads=min(os.cpu_count() or 1, 8),
+            flash_attention=flash_attention,
+        )
+        runs.append(exercise(model, FULL))
+        model.close()
+    report = {**asdict(runs[0]), "flash_attention_off": asdict(runs[1]), "features": cpu_features()}
     print(json.dumps(report) if args.json else report, flush=True)
-    model.close()
     return 0
 
 

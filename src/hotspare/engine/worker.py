@@ -28,6 +28,7 @@ from hotspare.core.logs import LOG_FORMAT
 from hotspare.core.types import FinishReason
 from hotspare.engine import persist, repetition
 from hotspare.engine.backends.llama_cpp import DecodeItem, LlamaCppModel
+from hotspare.engine.calibrate import choose_attention
 from hotspare.engine.config import EngineConfig
 from hotspare.engine.kv_ops import Copy, KvOp, Remove, Restore, Save
 from hotspare.engine.protocol import (
@@ -319,6 +320,7 @@ class EngineCore:
             "num_threads": self.governor.threads if self.governor else self.model.max_threads,
             "max_threads": self.model.max_threads,
             "num_thread_changes": self.governor.num_changes if self.governor else 0,
+            "flash_attention": self.model.flash_attention,
             **self._host_stats(),
             "others_cpu_cores": round(self.governor.others_cores, 2) if self.governor else None,
         }
@@ -382,12 +384,14 @@ def load(config: EngineConfig) -> tuple[EngineCore, Ready]:
         cache_dir=config.weights_dir,
         num_threads=config.num_threads,
     )
+    attention = choose_attention(config, weights.path)
     model = LlamaCppModel(
         weights.path,
         kv_cache_tokens=kv or max(2 * (probe_ctx or 8192), 4096),
         max_slots=num_slots(config),
         batch_tokens=config.step_tokens,
         num_threads=config.num_threads,
+        flash_attention=attention.flash_attention,
     )
     context = min(config.context_tokens or model.info.context_train_tokens, model.info.kv_capacity_tokens)
     # From here on the loaded file is the model: saved prefixes are filed under its name (KV computed
@@ -395,7 +399,7 @@ def load(config: EngineConfig) -> tuple[EngineCore, Ready]:
     core = EngineCore(model, dataclasses.replace(config, model_path=weights.path), context)
     _warm_up(model)
     restored = core.restore()
-    return core, Ready(model.info, context, time.monotonic() - started, restored, weights.note)
+    return core, Ready(model.info, context, time.monotonic() - started, restored, weights.note, attention)
 
 
 def _warm_up(model: LlamaCppModel) -> None:

@@ -93,12 +93,19 @@ def _serving_now(monitor: Monitor, upstreams: dict[str, Any]) -> str:
     return "local" if monitor.engine.state.value == "ready" else "none"
 
 
+def _attention(backend: Any) -> dict[str, Any] | None:
+    attention = getattr(backend, "attention", None)
+    return attention.as_status() if attention is not None else None
+
+
 def _local(state: Any, monitor: Monitor) -> dict[str, Any]:
     s = monitor.engine
     return {
         "model": state.settings.local.model,
         # How the loaded weights differ from the catalogue's file ("" = they are that file).
         "weights": str(getattr(state.backend, "weights_note", "") or ""),
+        # Flash attention on or off, why, and the timings it was chosen by (engine/attention.py).
+        "attention": _attention(state.backend),
         "ready": state.backend is not None and bool(getattr(state.backend, "is_ready", True)),
         "state": str(s.state),
         "queue_depth": s.queue_depth,

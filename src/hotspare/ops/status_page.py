@@ -74,11 +74,18 @@ def _upstreams(doc: dict[str, Any]) -> str:
     return "".join(rows)
 
 
+def _attention(attention: dict[str, Any] | None) -> str:
+    if not attention:
+        return "&ndash;"
+    return f"flash {escape(attention['flash_attention'])} ({escape(attention['source'])})"
+
+
 def _local(doc: dict[str, Any]) -> str:
     local, series = doc["local"], doc["requests"]["series"]
     cards = [
         ("model", escape(local["model"]) + (f" ({escape(note)})" if (note := local.get("weights")) else "")),
         ("state", escape(local["state"]) + (f" -- {escape(why)}" if (why := local.get("failure")) else "")),
+        ("attention", _attention(local.get("attention"))),
         ("running", str(local["running"])),
         ("queued", str(local["queue_depth"])),
         ("tokens/s", f"{local['tokens_per_s']:.1f}"),

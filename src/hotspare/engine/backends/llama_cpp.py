@@ -41,6 +41,9 @@ REQUANTIZE_TYPES = {"Q8_0": llama.LLAMA_FTYPE_MOSTLY_Q8_0}
 
 LLAMA_CPP_VERSION: str = llama.__version__
 
+KV_TYPES = {"f16": llama.GGML_TYPE_F16, "q8_0": llama.GGML_TYPE_Q8_0}
+"""KV cache element types by name (the engine uses f16; scripts/bench_raw.py measures q8_0)."""
+
 
 def requantize(source: Path, target: Path, weight_type: str, num_threads: int) -> None:
     """Write `source`'s weights re-encoded as `weight_type` (a REQUANTIZE_TYPES key) to `target`.
@@ -54,6 +57,12 @@ def requantize(source: Path, target: Path, weight_type: str, num_threads: int) -
     rc = llama.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params))
     if rc != 0:
         raise ModelError(f"llama.cpp could not re-encode {source} as {weight_type} (code {rc})")
+
+
+def resolve_threads(num_threads: int) -> int:
+    """The threads llama.cpp gets for the setting `num_threads`: 0 = the physical cores (llama.cpp's
+    spinning threads gain nothing from SMT siblings)."""
+    return num_threads or psutil.cpu_count(logical=False) or os.cpu_count() or 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +97,8 @@ class LlamaCppModel:
         max_slots: int,
         batch_tokens: int,
         num_threads: int,
+        flash_attention: bool = True,
+        kv_type: str = "f16",
     ) -> None:
         llama.llama_log_set(_forward_llama_log, ctypes.c_void_p(0))
         llama.llama_backend_init()
@@ -95,8 +106,7 @@ class LlamaCppModel:
         self._model = llama.llama_model_load_from_file(str(path).encode(), mparams)
         if not self._model:
             raise ModelError(f"llama.cpp could not load the model file {path}")
-        # 0 = physical cores: llama.cpp's spinning threads gain nothing from SMT siblings.
-        threads = num_threads or psutil.cpu_count(logical=False) or os.cpu_count() or 1
+        threads = resolve_threads(num_threads)
         self.max_threads = threads
         cparams = llama.llama_context_default_params()
         cparams.n_ctx = kv_cache_tokens
@@ -106,9 +116,12 @@ class LlamaCppModel:
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
         cparams.kv_unified = True  # one cell pool for all slots: prefix sharing is a tag, not a copy
-        # Attention spans every used cell of the unified cache; only the flash-attention kernels skip
-        # cells masked out for a sequence, so idle cached prefixes cost next to nothing per step.
-        cparams.flash_attn_type = llama.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        # Which attention kernels are faster depends on the host (engine/attention.py chooses).
+        cparams.flash_attn_type = (
+            llama.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attention else llama.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
+        self.flash_attention = flash_attention
+        cparams.type_k = cparams.type_v = KV_TYPES[kv_type]  # quantized V needs flash attention
         cparams.no_perf = True
         self._ctx = llama.llama_init_from_model(self._model, cparams)
         if not self._ctx:
@@ -210,6 +223,10 @@ class LlamaCppModel:
             self.remove(slot)
             return False
         return True
+
+    def shift(self, slot: int, delta: int) -> None:
+        """Move all of `slot`'s cells `delta` positions on (their keys are re-rotated at the next decode)."""
+        llama.llama_memory_seq_add(self._mem, slot, -1, -1, delta)
 
     def trim(self, slot: int, start: int, end: int) -> None:
         """Drop `slot`'s cells at positions start <= pos < end (end -1: to the end)."""
