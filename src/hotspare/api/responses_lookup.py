@@ -12,6 +12,11 @@ does not answer 404.
 
 `input_items` lists the items of the request that made the response (not earlier turns), each with an
 id, with the API's `order` (default desc), `limit` (1-100, default 20) and `after` parameters.
+
+What is forwarded: the path is built from the route's `response_id` (percent-quoted, so an id holding
+`/` or `..` stays one path segment) and only the query parameters the API defines for that request
+(`FORWARDED_QUERY`); never from `request.url`, which a forged `Host` header could rewrite in Starlette
+before 1.0.1 (CVE-2026-48710) into any provider endpoint, called with the operator's key.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import Any, NoReturn
+from urllib.parse import quote, urlencode
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -33,6 +39,13 @@ from hotspare.upstream.base import Upstream
 log = logging.getLogger("hotspare.responses")
 
 MAX_ITEMS_PER_PAGE = 100
+RESOURCE_PATH = "/v1/responses/"
+FORWARDED_QUERY: dict[tuple[str, bool], frozenset[str]] = {
+    # (method, is input_items) -> the query parameters OpenAI's API reference defines for it
+    ("GET", False): frozenset({"include", "include[]", "include_obfuscation", "starting_after", "stream"}),
+    ("GET", True): frozenset({"after", "before", "include", "include[]", "limit", "order"}),
+    ("DELETE", False): frozenset(),
+}
 
 
 class Lookup:
@@ -58,7 +71,7 @@ class Lookup:
     async def input_items(self) -> Response:
         page = _Page.of(self.request)  # a bad parameter is refused before anything is asked
         turn = await self._stored()
-        forwarded = await self._forward(turn)
+        forwarded = await self._forward(turn, listing=True)
         if forwarded is not None and _is_answer(forwarded):
             return forwarded
         if turn is not None:
@@ -94,11 +107,10 @@ class Lookup:
         upstreams = self.failover.passthrough_upstreams(ApiFormat.OPENAI_RESPONSES)
         return [u for u in upstreams if turn is None or u.name == turn.backend]
 
-    async def _forward(self, turn: StoredTurn | None) -> Response | None:
+    async def _forward(self, turn: StoredTurn | None, listing: bool = False) -> Response | None:
         """The first answer from an owner that is not a 404 (else the last 404); None if no owner
-        answered at all."""
-        url = self.request.url
-        path = url.path + (f"?{url.query}" if url.query else "")
+        answered at all. `listing`: the request is for the input items."""
+        path = self._upstream_path(listing)
         headers = tuple((name.lower(), value) for name, value in self.request.headers.items())
         answer: Response | None = None
         for upstream in self._owners(turn):
@@ -114,6 +126,13 @@ class Lookup:
             if raw.status != 404:
                 break
         return answer
+
+    def _upstream_path(self, listing: bool) -> str:
+        """The path to ask an upstream: built from the route's id and the known query parameters."""
+        path = RESOURCE_PATH + quote(self.response_id, safe="") + ("/input_items" if listing else "")
+        known = FORWARDED_QUERY.get((self.request.method, listing), frozenset())
+        query = [(k, v) for k, v in self.request.query_params.multi_items() if k in known]
+        return path + (f"?{urlencode(query)}" if query else "")
 
 
 def _is_answer(response: Response) -> bool:
