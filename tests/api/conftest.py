@@ -61,9 +61,11 @@ def anthropic_client(client: TestClient) -> anthropic.Anthropic:
 
 @pytest.fixture
 def http(backend: FakeBackend) -> Iterator[TestClient]:
-    """A TestClient on a fresh app with an in-memory response store (the Responses API tests)."""
+    """A TestClient on a fresh app with an in-memory response store (the Responses API tests), sending
+    the key `oai` sends (stored responses are visible only to the key that made them)."""
     settings = Settings(responses=ResponsesSettings(store_path=":memory:"))
-    with TestClient(create_app(settings, backend=backend), raise_server_exceptions=False) as client:
+    app = create_app(settings, backend=backend)
+    with TestClient(app, raise_server_exceptions=False, headers={"authorization": "Bearer x"}) as client:
         yield client
 
 

@@ -59,3 +59,19 @@ def test_an_id_stays_one_path_segment(http: TestClient, openai_fake: FakeUpstrea
     reply = http.get("/v1/responses/resp_x%3Fadmin%3D1%26a%20b", headers=headers)  # "resp_x?admin=1&a b"
     assert reply.status_code == 404
     assert [a.path for a in openai_fake.attempts()] == ["/v1/responses/resp_x%3Fadmin%3D1%26a%20b"]
+
+
+def test_another_keys_upstream_response_is_never_asked_of_the_upstream(
+    oai: openai.OpenAI, openai_fake: FakeUpstream
+) -> None:
+    made = oai.responses.create(model="gpt-4o", input="Say hello")
+    openai_fake.clear()
+    bob = oai.with_options(api_key="sk-bob-key-0000002")
+    with pytest.raises(openai.NotFoundError):
+        bob.responses.retrieve(made.id)
+    with pytest.raises(openai.NotFoundError):
+        bob.responses.delete(made.id)
+    with pytest.raises(openai.NotFoundError):
+        bob.responses.create(model="gpt-4o", input="go on", previous_response_id=made.id)
+    assert openai_fake.attempts() == []
+    assert oai.responses.retrieve(made.id).id == made.id

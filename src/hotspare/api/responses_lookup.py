@@ -49,15 +49,22 @@ FORWARDED_QUERY: dict[tuple[str, bool], frozenset[str]] = {
 
 
 class Lookup:
-    """One request about response `response_id`; `store` and `failover` may be None (off)."""
+    """One request about response `response_id` by the client whose key is store owner `owner`;
+    `store` and `failover` may be None (off)."""
 
     def __init__(
-        self, request: Request, response_id: str, store: ResponseStore | None, failover: Router | None
+        self,
+        request: Request,
+        response_id: str,
+        store: ResponseStore | None,
+        failover: Router | None,
+        owner: str,
     ) -> None:
         self.request = request
         self.response_id = response_id
         self.store = store
         self.failover = failover
+        self.owner = owner
 
     async def retrieve(self) -> Response:
         turn = await self._stored()
@@ -82,7 +89,7 @@ class Lookup:
         turn = await self._stored()
         forwarded = await self._forward(turn)
         if self.store is not None and turn is not None:
-            await asyncio.to_thread(self.store.delete, self.response_id)
+            await asyncio.to_thread(self.store.delete, self.response_id, self.owner)
         if forwarded is not None and _is_answer(forwarded):
             return forwarded
         if turn is not None and turn.is_upstream:
@@ -95,9 +102,14 @@ class Lookup:
         return forwarded or _not_found(self.response_id)
 
     async def _stored(self) -> StoredTurn | None:
+        """This client's stored turn, if any. Raises NotFound for another key's: such an id is not
+        asked of the upstreams either (they would answer it with the operator's key)."""
         if self.store is None:
             return None
-        return await asyncio.to_thread(self.store.get, self.response_id)
+        turn = await asyncio.to_thread(self.store.get, self.response_id, self.owner)
+        if turn is None and await asyncio.to_thread(self.store.is_foreign, self.response_id, self.owner):
+            _not_found(self.response_id)
+        return turn
 
     def _owners(self, turn: StoredTurn | None) -> list[Upstream]:
         """The upstreams to ask: the one that made it, none if hotspare made it, every candidate

@@ -9,6 +9,8 @@ Conversations: a `previous_response_id` is resolved from the store (api/response
 earlier turns, which the local model (or a cross-format upstream) then sees before this request's own
 input. An upstream is sent the id unchanged when it made that response itself; when another backend
 made it, the upstream cannot know the id, so the earlier turns are inlined into `input` instead.
+Each client reads and continues only the turns stored with its own key (`owner_of`); an id stored
+under another key is NotFound, and is never asked of an upstream either.
 """
 
 from __future__ import annotations
@@ -75,7 +77,22 @@ def open_store(settings: Settings) -> ResponseStore | None:
     path: Path | str = config.store_path or hotspare_home() / "responses.sqlite3"
     if path != ":memory:":
         path = Path(path).expanduser()
-    return ResponseStore(path, config.store_max_mb * 1024 * 1024, config.store_max_age_s)
+    per_key = config.store_max_mb_per_key
+    return ResponseStore(
+        path,
+        config.store_max_mb * 1024 * 1024,
+        config.store_max_age_s,
+        max_bytes_per_owner=per_key * 1024 * 1024 if per_key else None,
+    )
+
+
+def owner_of(request: Request, store: ResponseStore) -> str:
+    """The store owner of the key the client presented (x-api-key, else Authorization: Bearer)."""
+    key = request.headers.get("x-api-key")
+    if not key:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        key = token.strip() if scheme.lower() == "bearer" else None
+    return store.owner_id(key)
 
 
 def store_of(app: FastAPI) -> ResponseStore | None:
@@ -113,7 +130,9 @@ async def delete_response(request: Request, response_id: str) -> Response:
 
 def _lookup(request: Request, response_id: str) -> Lookup:
     request.state.request_id = new_item_id("req")[:28]
-    return Lookup(request, response_id, store_of(request.app), request.app.state.router)
+    store = store_of(request.app)
+    owner = owner_of(request, store) if store is not None else ""
+    return Lookup(request, response_id, store, request.app.state.router, owner)
 
 
 @router.post("/v1/responses")
@@ -153,9 +172,12 @@ async def _earlier_turns(request: Request, body: ResponsesRequest) -> list[Store
     store = store_of(request.app)
     if store is None:
         return None
+    owner = owner_of(request, store)
     try:
-        return await asyncio.to_thread(store.chain, body.previous_response_id)
+        return await asyncio.to_thread(store.chain, body.previous_response_id, owner)
     except NotFound:
+        if await asyncio.to_thread(store.is_foreign, body.previous_response_id, owner):
+            raise NotFound(f"Previous response with id {body.previous_response_id!r} not found.") from None
         return None
 
 
@@ -225,6 +247,7 @@ class Turn:
             is_upstream=is_upstream,
             input=input_items(self.body),
             response=response,
+            owner=owner_of(self.request, store),
         )
         await asyncio.to_thread(store.put, turn)
         if is_upstream:
