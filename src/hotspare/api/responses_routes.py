@@ -11,6 +11,10 @@ input. An upstream is sent the id unchanged when it made that response itself; w
 made it, the upstream cannot know the id, so the earlier turns are inlined into `input` instead.
 Each client reads and continues only the turns stored with its own key (`owner_of`); an id stored
 under another key is NotFound, and is never asked of an upstream either.
+
+Keeping a response is best effort: a write the store refuses (disk full, "database is locked") is
+logged and counted (`hotspare_response_store_errors_total`), and the answer, which has succeeded, is
+delivered all the same; only a later `previous_response_id` to it will not resolve here.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -249,7 +254,12 @@ class Turn:
             response=response,
             owner=owner_of(self.request, store),
         )
-        await asyncio.to_thread(store.put, turn)
+        try:
+            await asyncio.to_thread(store.put, turn)
+        except (sqlite3.Error, OSError) as exc:
+            log.warning("response %s was delivered but not stored: %s", turn.id, exc)
+            self.request.app.state.monitor.metrics.store_errors.inc()
+            return
         if is_upstream:
             await self._warm(turn)
 

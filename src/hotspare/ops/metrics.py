@@ -10,6 +10,7 @@ Requests, as clients saw them (`api`: openai_chat | anthropic_messages | openai_
     hotspare_tokens_total{backend,direction}                  direction: in | out
     hotspare_takeovers_total{api,from_backend,to_backend}     an answer taken over mid-stream
     hotspare_access_denied_total{reason}                      unauthorized | rate_limited | too_large | ...
+    hotspare_response_store_errors_total                      Responses-store writes that failed
 
 Upstreams, per attempt (`failure`: a FailureClass value, or none):
 
@@ -84,6 +85,9 @@ class OpsMetrics:
             ["api", "from_backend", "to_backend"],
         )
         self.denied = counter("hotspare_access_denied", "Requests refused before routing.", ["reason"])
+        self.store_errors = counter(
+            "hotspare_response_store_errors", "Responses delivered but not stored (the store's write failed)."
+        )
         self.upstream_requests = counter(
             "hotspare_upstream_requests",
             "Upstream attempts by outcome and failure class.",
