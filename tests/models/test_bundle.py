@@ -3,7 +3,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import random
+import stat
 import tarfile
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from hotspare.models.catalog import Catalog, resolve_weights
 from hotspare.models.entry import ModelEntry
 
 from .factories import local_entry
+from .test_home import record_syncs
 
 Prepared = tuple[Catalog, Path, dict[str, tuple[bytes, int]]]
 ALPHA = random.Random(1).randbytes(300_000)
@@ -291,3 +294,23 @@ def test_unpublished_hash_model_with_companions_travels_with_its_pins(
     (weights.parent / "config.json").write_text("{}")
     with pytest.raises(ModelError, match=r"config.json is 2 bytes but the catalogue expects"):
         resolve_weights(entry)
+
+
+def test_imported_files_are_private_and_on_disk_before_their_rename(
+    origin: tuple[Catalog, Path], tmp_path: Path, isolated_homes: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    catalog, src = origin
+    bundle = tmp_path / "models.bundle"
+    create_bundle(catalog.entries, bundle)
+    airgap(src)
+    events = record_syncs(monkeypatch)
+    old_umask = os.umask(0o022)
+    try:
+        imported = import_bundle(bundle, catalog)
+    finally:
+        os.umask(old_umask)
+    for path in (p for model in imported for p in model.paths):
+        staged = next(source for kind, source in events if kind == "replace" and source.endswith(path.name))
+        assert events.index(("fsync", staged)) < events.index(("replace", staged))
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700

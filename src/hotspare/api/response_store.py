@@ -19,15 +19,20 @@ that owner's oldest turns, then beyond `max_bytes` in all the oldest turns, are 
 insert: one key cannot evict everyone's history. A conversation that reaches a deleted turn no
 longer resolves (NotFound), exactly as an expired response at the provider.
 
+Files: the database is created 0600 in a 0700 directory (conversations are private); SQLite gives its
+-wal and -shm files the database file's mode.
+
 Thread safety: one connection guarded by a lock; every method is blocking (call it from a thread in
 async code) and may raise `sqlite3.Error` only for a broken database file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
+import os
 import secrets
 import sqlite3
 import threading
@@ -38,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from hotspare.core.errors import NotFound
+from hotspare.models.home import PRIVATE_FILE_MODE, private_dir
 
 MAX_CHAIN_TURNS = 10_000
 """A guard against a cycle of ids in a damaged database: no real conversation is this long."""
@@ -92,7 +98,7 @@ class ResponseStore:
     ) -> None:
         """`max_bytes_per_owner` defaults to an eighth of `max_bytes`."""
         if isinstance(path, Path):
-            path.parent.mkdir(parents=True, exist_ok=True)
+            _make_private(path)
         self.max_bytes = max_bytes
         self.max_bytes_per_owner = max_bytes_per_owner or max(1, max_bytes // 8)
         self.max_age_s = max_age_s
@@ -231,3 +237,13 @@ class ResponseStore:
             doomed.append(turn_id)
             excess -= size
         self._db.executemany("DELETE FROM turns WHERE id = ?", [(turn_id,) for turn_id in doomed])
+
+
+def _make_private(path: Path) -> None:
+    """Create the database file 0600 (its directory 0700) before SQLite opens it, and tighten the
+    files of a store made before."""
+    private_dir(path.parent)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE_MODE))
+    for file in (path, path.with_name(f"{path.name}-wal"), path.with_name(f"{path.name}-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(file, PRIVATE_FILE_MODE)

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from hotspare.core.errors import ModelError
 from hotspare.models.catalog import Catalog
 from hotspare.models.entry import HuggingFaceSource, ModelEntry
-from hotspare.models.home import store_dir
+from hotspare.models.home import private_dir, private_opener, replace_durably, store_dir
 from hotspare.models.integrity import HashCache, sha256_file
 from hotspare.models.locate import expected_weights, resolve_weights
 from hotspare.models.pins import Pin, PinStore
@@ -119,9 +119,8 @@ def read_manifest(bundle: Path) -> Manifest:
 def import_bundle(bundle: Path, catalog: Catalog) -> list[ImportedModel]:
     """Verify every file of `bundle`, then install them all into the store; or refuse, changing
     nothing, with a ModelError saying what is wrong (tampered, truncated, wrong manifest)."""
-    store = store_dir()
-    store.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=store, prefix=".import-"))
+    store = private_dir(store_dir())
+    staging = Path(tempfile.mkdtemp(dir=store, prefix=".import-"))  # 0700
     try:
         with _open(bundle) as tar:
             manifest = _manifest(tar, bundle)
@@ -277,7 +276,7 @@ def _copy_hashing(src: IO[bytes], target: Path, bundle: Path, name: str) -> tupl
     digest = hashlib.sha256()
     size = 0
     try:
-        with target.open("wb") as out:
+        with open(target, "wb", opener=private_opener) as out:
             while block := src.read(1 << 20):
                 digest.update(block)
                 out.write(block)
@@ -290,13 +289,12 @@ def _copy_hashing(src: IO[bytes], target: Path, bundle: Path, name: str) -> tupl
 def _install(model: BundleModel, staging: Path, store: Path) -> ImportedModel:
     """Move a proven model's files from staging into the store (one rename per file), recording each
     file's hash as a pin so that companions and unpublished weights stay verified from now on."""
-    final_dir = store / model.name
-    final_dir.mkdir(parents=True, exist_ok=True)
+    final_dir = private_dir(store / model.name)
     paths = []
     pins = PinStore()
     for file in model.files:
         final = final_dir / file.name
-        os.replace(staging / member_name(model.name, file.name), final)
+        replace_durably(staging / member_name(model.name, file.name), final)
         HashCache().remember(final, file.sha256)
         pins.put(model.name, file.name, Pin(file.sha256, file.size_bytes))
         paths.append(final)
