@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from hotspare.core import environment
 from hotspare.core.errors import BackendUnavailable, ContextOverflow, Overloaded
 from hotspare.core.types import ChatRequest, Finish, FinishReason, Message, Role, SamplingParams, TextDelta
 from hotspare.engine.config import EngineConfig
@@ -415,3 +416,22 @@ async def test_idle_cells_beyond_the_cap_go_to_host_ram_and_a_demoted_conversati
         assert (await engine.stats())["host_restores"] == 1
     finally:
         await engine.stop()
+
+
+async def test_the_engine_process_inherits_no_key(model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = "sk-must-not-leak-0123456789"
+    for name in ("OPENAI_API_KEY", "HOTSPARE_API_KEYS", "HF_TOKEN", "PROD_UPSTREAM"):
+        monkeypatch.setenv(name, secret)
+    monkeypatch.setattr(environment, "_configured", {"PROD_UPSTREAM"})  # an upstream's `env:` name
+    eng = LocalEngine(EngineConfig(model_path=model_path, model_name="smollm2-135m-instruct"))
+    await eng.start()
+    try:
+        assert eng._proc is not None
+        inherited = psutil.Process(eng._proc.process.pid).environ()
+        assert secret not in inherited.values()
+        assert inherited["PATH"] == os.environ["PATH"]  # the rest is passed on
+        text, _ = await collect(eng, chat("Say hi"))
+        assert text
+    finally:
+        await eng.stop()
+    assert os.environ["OPENAI_API_KEY"] == os.environ["PROD_UPSTREAM"] == secret  # restored here

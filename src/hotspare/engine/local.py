@@ -23,6 +23,7 @@ from typing import Any
 from hotspare.agents.fit import ContextPolicy
 from hotspare.agents.prompt import PromptInput, template_knows_tools
 from hotspare.agents.turn import AnswerReader, Renderer, prepare_turn
+from hotspare.core.environment import scrubbed_environ
 from hotspare.core.errors import (
     BackendUnavailable,
     ContextOverflow,
@@ -71,7 +72,8 @@ class _EngineProcess:
             name="hotspare-engine",
             daemon=True,
         )
-        self.process.start()
+        with scrubbed_environ():  # the engine needs no key: it inherits none (core/environment.py)
+            self.process.start()
         child_conn.close()
         self._load_timeout_s = load_timeout_s
         self._send_lock = threading.Lock()
