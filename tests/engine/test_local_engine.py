@@ -435,3 +435,20 @@ async def test_the_engine_process_inherits_no_key(model_path: Path, monkeypatch:
     finally:
         await eng.stop()
     assert os.environ["OPENAI_API_KEY"] == os.environ["PROD_UPSTREAM"] == secret  # restored here
+
+
+async def test_no_warmup_is_sent_while_the_engine_has_a_backlog(model_path: Path) -> None:
+    eng = LocalEngine(EngineConfig(model_path=model_path, model_name="smollm2-135m-instruct", max_running=1))
+    await eng.start()
+    try:
+        stream = eng.stream(chat("Count from one to one hundred.", max_tokens=96))
+        await anext(stream)  # the one request the engine runs at once is decoding
+        conversation = chat("An earlier conversation, long enough to be worth warming. " * 4)
+        for _ in range(5):
+            await eng.warm(conversation)
+        stats = await eng.stats()
+        assert (stats["num_running"], stats["num_warmups_waiting"]) == (1, 0)
+        assert eng.num_warmups_skipped == 5
+        await stream.aclose()
+    finally:
+        await eng.stop()

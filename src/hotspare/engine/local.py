@@ -126,6 +126,7 @@ class LocalEngine:
         self.num_restored_tokens = 0
         self.weights_note = ""
         self.num_restarts = 0
+        self.num_warmups_skipped = 0  # warm-ups not sent: the engine had a backlog
         self._load_timeout_s = load_timeout_s
         self._hang_timeout_s = hang_timeout_s
         self._proc: _EngineProcess | None = None
@@ -312,8 +313,13 @@ class LocalEngine:
         """Compute, at low priority, the KV of the conversation in `request` as its next turn will
         see it (a trailing assistant message is the upstream's answer, closed as a finished turn), so
         that a later turn served locally starts from cache. Fire and forget; a no-op while the engine
-        is not loaded. Runs only when the engine is idle and yields to real requests."""
+        is not loaded. Runs only when the engine is idle and yields to real requests; not even sent
+        while the engine has a backlog (as many requests in flight as it runs at once: the next one
+        would wait), since the warm-up would only wait behind it, then yield to the next."""
         if self._template is None or self._proc is None:
+            return
+        if len(self._pending) >= self.config.max_running:
+            self.num_warmups_skipped += 1
             return
         prompt = self._template.render_history(request.messages)
         if prompt:
