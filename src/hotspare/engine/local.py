@@ -4,7 +4,14 @@ The engine process can crash (a segfault in native code) or hang; neither may ta
 `LocalEngine` talks to it over a Pipe: a reader thread receives each step's events and hands them to
 the asyncio loop; requests in flight when the process dies end with `BackendUnavailable`, the engine
 is reported unavailable, and a new process is started (with backoff). A process that has work but sends
-nothing for `hang_timeout_s` is killed and treated the same way.
+nothing for `hang_timeout_s`, or that takes no command for as long, is killed and treated the same way.
+
+Commands never touch the pipe on the event loop: `send` queues them for a writer thread. The pipe's
+buffer is about 208 KB, so a command bigger than its free space (a long prompt, a warm-up of a whole
+conversation, a token count) blocked `Connection.send` until the engine read it; written from the
+loop, that stalled every stream, passthrough included, and /health, and forever with a hung engine,
+whose watchdog runs on the same loop. The engine drains its end on a thread of its own too
+(engine/inbox.py).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from multiprocessing.process import BaseProcess
+from queue import SimpleQueue
 from typing import Any
 
 from hotspare.agents.fit import ContextPolicy
@@ -61,7 +69,8 @@ _ERRORS: dict[str, type[HotspareError]] = {
 
 
 class _EngineProcess:
-    """One engine child process and the thread that reads its events."""
+    """One engine child process and the thread that writes its commands (`LocalEngine` runs the
+    thread that reads its events)."""
 
     def __init__(self, config: EngineConfig, load_timeout_s: float) -> None:
         ctx = multiprocessing.get_context("spawn")
@@ -76,8 +85,10 @@ class _EngineProcess:
             self.process.start()
         child_conn.close()
         self._load_timeout_s = load_timeout_s
-        self._send_lock = threading.Lock()
         self.last_heard = time.monotonic()
+        self.sending_since: float | None = None  # when the command being written began (None: idle)
+        self._outbox: SimpleQueue[EngineCommand | None] = SimpleQueue()
+        threading.Thread(target=self._write, name="hotspare-engine-writer", daemon=True).start()
 
     def wait_ready(self) -> Ready:
         """Block until the model is loaded and warm. Raises ModelError if it cannot be."""
@@ -96,13 +107,32 @@ class _EngineProcess:
         return msg
 
     def send(self, cmd: EngineCommand) -> None:
-        with self._send_lock:
-            self.conn.send(cmd)
+        """Queue `cmd` for the writer thread, in order; never blocks."""
+        self._outbox.put(cmd)
+
+    def is_hung(self, has_work: bool, timeout_s: float) -> bool:
+        """Silent for `timeout_s` with work in flight, or stuck that long taking a command."""
+        now = time.monotonic()
+        sending_since = self.sending_since
+        is_silent = has_work and now - self.last_heard > timeout_s
+        return is_silent or (sending_since is not None and now - sending_since > timeout_s)
+
+    def _write(self) -> None:
+        """Writer thread: send each queued command until `kill` (a None) or a broken pipe."""
+        while (cmd := self._outbox.get()) is not None:
+            self.sending_since = time.monotonic()
+            try:
+                self.conn.send(cmd)
+            except (OSError, ValueError):  # the process is gone: the reader thread reports it
+                return
+            finally:
+                self.sending_since = None
 
     def kill(self) -> None:
         if self.process.is_alive():
             self.process.kill()
         self.process.join(timeout=5)
+        self._outbox.put(None)
 
 
 class LocalEngine:
@@ -197,9 +227,10 @@ class LocalEngine:
                 await asyncio.wait_for(self._crashed.wait(), timeout=1.0)
             except TimeoutError:
                 proc = self._proc
-                if proc and self._pending and time.monotonic() - proc.last_heard > self._hang_timeout_s:
+                if proc and proc.is_hung(bool(self._pending), self._hang_timeout_s):
                     log.error(
-                        "engine sent nothing for %.0f s with work in flight: killing it", self._hang_timeout_s
+                        "engine silent with work in flight, or taking no command, for %.0f s: killing it",
+                        self._hang_timeout_s,
                     )
                     await asyncio.to_thread(proc.kill)
                 continue
