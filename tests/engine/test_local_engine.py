@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from hotspare.core import environment
-from hotspare.core.errors import BackendUnavailable, ContextOverflow, Overloaded
+from hotspare.core.errors import BackendUnavailable, ContextOverflow, ModelError, Overloaded
 from hotspare.core.types import ChatRequest, Finish, FinishReason, Message, Role, SamplingParams, TextDelta
 from hotspare.engine.config import EngineConfig
 from hotspare.engine.local import LocalEngine
@@ -535,3 +535,16 @@ async def test_a_hung_engine_never_blocks_the_loop_and_its_watchdog_fires(model_
         assert text
     finally:
         await eng.stop()
+
+
+async def test_a_failed_load_leaves_no_writer_thread_behind(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"not a model" * 100)
+    eng = LocalEngine(EngineConfig(model_path=junk, model_name="junk"))
+    with pytest.raises(ModelError):
+        await eng.start()
+    await eng.stop()
+    writers = [t for t in threading.enumerate() if t.name == "hotspare-engine-writer"]
+    for thread in writers:
+        thread.join(timeout=5)
+    assert not any(t.is_alive() for t in writers)

@@ -196,7 +196,11 @@ class LocalEngine:
 
     async def _spawn(self) -> None:
         proc = _EngineProcess(self.config, self._load_timeout_s)
-        ready = await asyncio.to_thread(proc.wait_ready)
+        try:
+            ready = await asyncio.to_thread(proc.wait_ready)
+        except BaseException:
+            await asyncio.to_thread(proc.kill)  # also ends its writer thread
+            raise
         self.context_tokens = ready.context_tokens
         self.load_s = ready.load_s
         self.num_restored_tokens = ready.num_restored_tokens
