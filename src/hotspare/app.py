@@ -37,6 +37,7 @@ from hotspare.api.responses_routes import router as responses_router
 from hotspare.api.routes import router
 from hotspare.api.unknown_fields import UnknownFieldLog
 from hotspare.config import Settings
+from hotspare.core.environment import mark_secret
 from hotspare.core.errors import HotspareError
 from hotspare.core.types import ChatBackend
 from hotspare.engine.attention import CALIBRATION_DIR_NAME
@@ -66,6 +67,9 @@ def create_app(settings: Settings, backend: ChatBackend | None = None) -> FastAP
     or a caller that manages its own backend); without, the lifespan starts the local engine.
     Raises ConfigError if it would listen beyond loopback without client keys."""
     keys = startup_keys(settings)
+    for upstream in settings.upstreams:  # children never inherit these (core/environment.py)
+        if upstream.api_key.startswith("env:"):
+            mark_secret(upstream.api_key.removeprefix("env:"))
     app = FastAPI(
         title="hotspare",
         version=__version__,

@@ -185,6 +185,9 @@ class ResponsesSettings(_StrictSection):
     store: bool = Field(default=True, description="keep responses: previous_response_id resolves locally")
     store_path: str = Field(default="", description="SQLite file; empty = $HOTSPARE_HOME/responses.sqlite3")
     store_max_mb: int = Field(default=256, ge=1, description="stored JSON past this evicts the oldest turns")
+    store_max_mb_per_key: int | None = Field(
+        default=None, ge=1, description="one client key's share; past it, its own oldest go (default 1/8)"
+    )
     store_max_age_s: float = Field(default=30 * 86400.0, gt=0, description="older turns are deleted")
 
 

@@ -63,10 +63,12 @@ def anthropic_client(client: TestClient) -> anthropic.Anthropic:
 
 @pytest.fixture
 def http(backend: FakeBackend) -> Iterator[TestClient]:
-    """A TestClient on a fresh app with an in-memory response store (the Responses API tests)."""
+    """A TestClient on a fresh app with an in-memory response store (the Responses API tests), sending
+    the key `oai` sends (stored responses are visible only to the key that made them)."""
     settings = Settings(responses=ResponsesSettings(store_path=":memory:"))
+    app = create_app(settings, backend=backend)
     with TestClient(
-        create_app(settings, backend=backend), raise_server_exceptions=False, base_url="http://localhost"
+        app, raise_server_exceptions=False, headers={"authorization": "Bearer x"}, base_url="http://localhost"
     ) as client:
         yield client
 

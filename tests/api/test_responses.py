@@ -9,6 +9,7 @@ import openai
 import pytest
 from starlette.testclient import TestClient
 
+from hotspare.api.responses_routes import store_of
 from hotspare.core.errors import BackendUnavailable
 from hotspare.core.types import (
     FinishReason,
@@ -331,3 +332,22 @@ def test_streamed_tool_calls_send_argument_deltas(oai: openai.OpenAI, backend: F
     assert [e.sequence_number for e in events] == list(range(len(events)))
     call = final.output[1]
     assert call.type == "function_call" and call.arguments == '{"city":"Oslo"}'
+
+
+def _fill_the_store(http: TestClient) -> None:
+    """The store's database can grow no more: every write fails as on a full disk (SQLITE_FULL)."""
+    store = store_of(http.app)  # type: ignore[arg-type]
+    assert store is not None
+    store._db.execute("PRAGMA max_page_count = 1")
+
+
+def test_a_failed_store_write_never_breaks_a_finished_answer(oai: openai.OpenAI, http: TestClient) -> None:
+    _fill_the_store(http)
+    created = oai.responses.create(model="gpt-4o", input="x" * 20_000)
+    assert (created.status, created.output_text) == ("completed", "Hello world")
+    with oai.responses.stream(model="gpt-4o", input="y" * 20_000) as stream:
+        events = [event.type for event in stream]
+    assert events[-1] == "response.completed"
+    with pytest.raises(openai.NotFoundError):
+        oai.responses.retrieve(created.id)
+    assert "hotspare_response_store_errors_total 2.0" in http.get("/metrics").text

@@ -90,3 +90,22 @@ def test_the_sdk_deletes_a_stored_response_and_its_items(oai: openai.OpenAI) -> 
         oai.responses.retrieve(created.id)
     with pytest.raises(openai.NotFoundError):
         oai.responses.input_items.list(created.id)
+
+
+def test_a_key_cannot_read_delete_or_continue_another_keys_response(
+    oai: openai.OpenAI, http: TestClient
+) -> None:
+    ada = oai.with_options(api_key="sk-ada-key-0000001")
+    bob = oai.with_options(api_key="sk-bob-key-0000002")
+    created = ada.responses.create(model="gpt-4o", input="my secret is 42")
+    with pytest.raises(openai.NotFoundError):
+        bob.responses.retrieve(created.id)
+    with pytest.raises(openai.NotFoundError):
+        bob.responses.input_items.list(created.id)
+    with pytest.raises(openai.NotFoundError):
+        bob.responses.delete(created.id)
+    with pytest.raises(openai.NotFoundError, match=created.id):
+        bob.responses.create(model="gpt-4o", input="what is my secret?", previous_response_id=created.id)
+    assert ada.responses.retrieve(created.id).id == created.id  # still there for its owner
+    follow_up = ada.responses.create(model="gpt-4o", input="and?", previous_response_id=created.id)
+    assert ada.responses.retrieve(follow_up.id).previous_response_id == created.id

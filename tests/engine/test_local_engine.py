@@ -10,15 +10,17 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
 from hotspare.agents.fit import ContextPolicy
-from hotspare.core.errors import BackendUnavailable, ContextOverflow, Overloaded
+from hotspare.core import environment
+from hotspare.core.errors import BackendUnavailable, ContextOverflow, ModelError, Overloaded
 from hotspare.core.types import (
     ChatRequest,
     Finish,
@@ -519,3 +521,135 @@ async def test_a_growing_claude_code_session_misses_the_cache_only_at_rare_drops
         prompt = (await fitting_engine.prepare(conversation)).prompt
         num_misses += not prompt.startswith(warm)
     assert num_misses <= 16 // 4
+
+
+async def test_the_engine_process_inherits_no_key(model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = "sk-must-not-leak-0123456789"
+    for name in ("OPENAI_API_KEY", "HOTSPARE_API_KEYS", "HF_TOKEN", "PROD_UPSTREAM"):
+        monkeypatch.setenv(name, secret)
+    monkeypatch.setattr(environment, "_configured", {"PROD_UPSTREAM"})  # an upstream's `env:` name
+    eng = LocalEngine(EngineConfig(model_path=model_path, model_name="smollm2-135m-instruct"))
+    await eng.start()
+    try:
+        assert eng._proc is not None
+        inherited = psutil.Process(eng._proc.process.pid).environ()
+        assert secret not in inherited.values()
+        assert inherited["PATH"] == os.environ["PATH"]  # the rest is passed on
+        text, _ = await collect(eng, chat("Say hi"))
+        assert text
+    finally:
+        await eng.stop()
+    assert os.environ["OPENAI_API_KEY"] == os.environ["PROD_UPSTREAM"] == secret  # restored here
+
+
+async def test_no_warmup_is_sent_while_the_engine_has_a_backlog(model_path: Path) -> None:
+    eng = LocalEngine(EngineConfig(model_path=model_path, model_name="smollm2-135m-instruct", max_running=1))
+    await eng.start()
+    try:
+        stream = eng.stream(chat("Count from one to one hundred.", max_tokens=96))
+        await anext(stream)  # the one request the engine runs at once is decoding
+        conversation = chat("An earlier conversation, long enough to be worth warming. " * 4)
+        for _ in range(5):
+            await eng.warm(conversation)
+        stats = await eng.stats()
+        assert (stats["num_running"], stats["num_warmups_waiting"]) == (1, 0)
+        assert eng.num_warmups_skipped == 5
+        await stream.aclose()
+    finally:
+        await eng.stop()
+
+
+# --- commands never block the event loop ------------------------------------------------------------
+
+
+BIG = "word " * 400_000  # 2 MB of prompt: ten times the pipe's buffer
+
+
+class LoopLag:
+    """The longest the event loop went without running a 10 ms ticker: what /health, heartbeats and
+    every other stream on the loop (passthrough included) wait for."""
+
+    def __init__(self) -> None:
+        self.max_s = 0.0
+        self._last = time.monotonic()  # from now: a loop blocked before the first tick counts too
+        self._task = asyncio.create_task(self._tick())
+
+    async def _tick(self) -> None:
+        while True:
+            now = time.monotonic()
+            self.max_s = max(self.max_s, now - self._last)
+            self._last = now
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> float:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        return self.max_s
+
+
+@contextlib.contextmanager
+def stopped(pid: int, resume_after_s: float) -> Iterator[None]:
+    """The engine process frozen (SIGSTOP: a hung engine, or one deep in a long step), resumed after
+    `resume_after_s` by a timer thread (so that a loop blocked on the pipe comes back) or on exit."""
+    os.kill(pid, signal.SIGSTOP)
+    timer = threading.Timer(resume_after_s, os.kill, (pid, signal.SIGCONT))
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+
+async def test_big_commands_beside_a_stream_never_stall_the_loop(engine: LocalEngine) -> None:
+    assert engine.pid is not None
+    stream = engine.stream(chat("Count from one to one hundred.", max_tokens=64))
+    first = await anext(stream)
+    assert isinstance(first, TextDelta)
+    with stopped(engine.pid, resume_after_s=1.5):  # a step that takes 1.5 s
+        lag = LoopLag()
+        await engine.warm(chat(BIG))
+        counting = asyncio.create_task(engine.count_tokens(chat(BIG)))
+        await asyncio.sleep(1.0)
+        assert await lag.stop() < 0.3  # ticks 10 ms apart, plus scheduling noise
+    assert await counting > 100_000  # delivered whole once the engine read it
+    rest = [event async for event in stream]
+    assert isinstance(rest[-1], Finish)  # the stream went on to its end
+
+
+async def test_a_hung_engine_never_blocks_the_loop_and_its_watchdog_fires(model_path: Path) -> None:
+    eng = LocalEngine(
+        EngineConfig(model_path=model_path, model_name="smollm2-135m-instruct"), hang_timeout_s=2.0
+    )
+    await eng.start()
+    try:
+        assert eng.pid is not None
+        with stopped(eng.pid, resume_after_s=30.0):
+            lag = LoopLag()
+            counting = asyncio.create_task(eng.count_tokens(chat(BIG)))
+            with pytest.raises(BackendUnavailable):  # killed: it took no command for 2 s
+                await asyncio.wait_for(counting, 10.0)
+            assert await lag.stop() < 0.3
+        for _ in range(600):
+            if eng.is_ready and eng.num_restarts == 1:
+                break
+            await asyncio.sleep(0.05)
+        text, _ = await collect(eng, chat("Say hi"))
+        assert text
+    finally:
+        await eng.stop()
+
+
+async def test_a_failed_load_leaves_no_writer_thread_behind(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"not a model" * 100)
+    eng = LocalEngine(EngineConfig(model_path=junk, model_name="junk"))
+    with pytest.raises(ModelError):
+        await eng.start()
+    await eng.stop()
+    writers = [t for t in threading.enumerate() if t.name == "hotspare-engine-writer"]
+    for thread in writers:
+        thread.join(timeout=5)
+    assert not any(t.is_alive() for t in writers)

@@ -374,3 +374,24 @@ def test_a_cap_of_zero_demotes_nothing() -> None:
     assert not s.needs_demotion
     assert s.schedule().kv_ops == [] and len(s.cache.idle_slots) == 3
     assert s.stats.num_demotions == 0
+
+
+def test_the_warmup_queue_is_capped_dropping_the_oldest() -> None:
+    s = sched(max_warmups=3)
+    s.add(seq(1, [1, 2, 3], max_new=50))  # a real request runs: warm-ups wait
+    run_step(s)
+    for rid in range(10, 20):
+        s.add(seq(rid, list(range(rid * 10, rid * 10 + 5)), max_new=0, warmup=True))
+    assert [q.request_id for q in s.warmups] == [17, 18, 19]
+    out = run_step(s)
+    assert sorted(q.request_id for q in out.finished) == list(range(10, 17))  # for the worker to forget
+    assert all(q.status is SequenceStatus.FINISHED for q in out.finished)
+
+
+def test_a_warmup_that_finds_the_queue_full_is_dropped_and_reported() -> None:
+    s = sched(max_running=1, max_queued=1)
+    s.add(seq(1, [1, 2, 3], max_new=50))
+    s.add(seq(2, [4, 5, 6], max_new=50))
+    warm = seq(10, [7, 8, 9], max_new=0, warmup=True)
+    s.add(warm)
+    assert list(s.warmups) == [] and warm in run_step(s).finished

@@ -4,7 +4,9 @@ flags, checks the model directory, and serves vLLM's HTTP API on the given port:
 
 The answer is JSON text reporting what the engine was started with and what the request asked
 for, so tests can see both through any client. A last user message starting with "CALL " is
-answered with a tool call in hotspare's fallback syntax instead. Environment knobs:
+answered with a tool call in hotspare's fallback syntax instead. Like `vllm serve`, it requires
+`Authorization: Bearer $VLLM_API_KEY` on /v1 and /tokenize when that variable is set (401 without),
+and it reports which secret-looking variables it inherited. Environment knobs:
 FAKE_VLLM_START_DELAY_S (seconds before listening, like a model load), FAKE_VLLM_CHUNK_DELAY_S
 (between streamed chunks)."""
 
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 CHUNK_CHARS = 16
+API_KEY = os.environ.get("VLLM_API_KEY")
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -61,6 +64,8 @@ def main() -> None:
         "prefix_caching": args.enable_prefix_caching,
         "max_model_len": args.max_model_len,
         "hf_hub_offline": os.environ.get("HF_HUB_OFFLINE"),
+        "api_key_required": API_KEY is not None,
+        "inherited_secrets": sorted(k for k in os.environ if "KEY" in k and k != "VLLM_API_KEY"),
     }
     chunk_delay_s = float(os.environ.get("FAKE_VLLM_CHUNK_DELAY_S", "0"))
     name = args.served_model_name
@@ -87,7 +92,9 @@ def main() -> None:
 
         def do_POST(self) -> None:
             request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            if request.get("model") != name:
+            if API_KEY is not None and self.headers.get("Authorization") != f"Bearer {API_KEY}":
+                self._json(401, {"error": "Unauthorized"})
+            elif request.get("model") != name:
                 self._json(404, {"error": {"message": f"The model `{request.get('model')}` does not exist."}})
             elif self.path == "/tokenize":
                 text = "".join(m["content"] for m in request["messages"])

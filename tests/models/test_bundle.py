@@ -3,7 +3,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import random
+import stat
 import tarfile
 from pathlib import Path
 
@@ -13,8 +15,10 @@ from hotspare.core.errors import ModelError
 from hotspare.models.bundle import MANIFEST_NAME, create_bundle, import_bundle, read_manifest
 from hotspare.models.catalog import Catalog, resolve_weights
 from hotspare.models.entry import ModelEntry
+from hotspare.models.pins import Pin, PinStore
 
 from .factories import local_entry
+from .test_home import record_syncs
 
 Prepared = tuple[Catalog, Path, dict[str, tuple[bytes, int]]]
 ALPHA = random.Random(1).randbytes(300_000)
@@ -291,3 +295,96 @@ def test_unpublished_hash_model_with_companions_travels_with_its_pins(
     (weights.parent / "config.json").write_text("{}")
     with pytest.raises(ModelError, match=r"config.json is 2 bytes but the catalogue expects"):
         resolve_weights(entry)
+
+
+def test_imported_files_are_private_and_on_disk_before_their_rename(
+    origin: tuple[Catalog, Path], tmp_path: Path, isolated_homes: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    catalog, src = origin
+    bundle = tmp_path / "models.bundle"
+    create_bundle(catalog.entries, bundle)
+    airgap(src)
+    events = record_syncs(monkeypatch)
+    old_umask = os.umask(0o022)
+    try:
+        imported = import_bundle(bundle, catalog)
+    finally:
+        os.umask(old_umask)
+    for path in (p for model in imported for p in model.paths):
+        staged = next(source for kind, source in events if kind == "replace" and source.endswith(path.name))
+        assert events.index(("fsync", staged)) < events.index(("replace", staged))
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+
+# --- companions and pins: a bundle never vouches for more than the catalogue and this machine ------
+
+CONFIG = b'{"quantization_config": {"quant_method": "awq"}}'
+
+
+def unpublished_entry(tmp_path: Path, companions: tuple[str, ...] = ("config.json",)) -> ModelEntry:
+    """A Hugging Face entry with no published hash (trust on first use) and `companions`."""
+    fields = local_entry(tmp_path / "x", ALPHA).model_dump()
+    return ModelEntry.model_validate(
+        {
+            **{k: v for k, v in fields.items() if k != "source"},
+            "name": "gpu-ish",
+            "sha256": None,
+            "size_bytes": None,
+            "verified": False,
+            "source": {
+                "kind": "huggingface",
+                "repo": "org/awq",
+                "file": "model.safetensors",
+                "revision": "0" * 40,
+                "companions": list(companions),
+            },
+        }
+    )
+
+
+def hand_made_bundle(path: Path, files: list[tuple[str, bytes]], weights: bytes = ALPHA) -> Path:
+    """A bundle of model gpu-ish: `weights` then `files` as companions, all listed in the manifest."""
+    members = [("model.safetensors", weights), *files]
+    described = [
+        {"name": name, "sha256": hashlib.sha256(data).hexdigest(), "size_bytes": len(data)}
+        for name, data in members
+    ]
+    manifest = {
+        "format": "hotspare-bundle",
+        "version": 1,
+        "models": [{"name": "gpu-ish", "weights": described[0], "companions": described[1:]}],
+    }
+    return write_tar(
+        path,
+        [(MANIFEST_NAME, json.dumps(manifest).encode())]
+        + [(f"models/gpu-ish/{name}", data) for name, data in members],
+    )
+
+
+def test_a_companion_the_catalogue_does_not_name_is_refused(tmp_path: Path, isolated_homes: Path) -> None:
+    catalog = Catalog(entries=(unpublished_entry(tmp_path),))
+    extra = [("config.json", CONFIG), ("tokenizer_config.json", b'{"chat_template": "{{ evil }}"}')]
+    with pytest.raises(ModelError, match=r"companion files \['config.json', 'tokenizer_config.json'\]"):
+        import_bundle(hand_made_bundle(tmp_path / "extra.bundle", extra), catalog)
+    with pytest.raises(ModelError, match=r"companion files none, but the catalogue names \['config.json'\]"):
+        import_bundle(hand_made_bundle(tmp_path / "short.bundle", []), catalog)
+    assert store_snapshot(isolated_homes) == {}
+    assert PinStore().get("gpu-ish", "model.safetensors") is None
+
+
+def test_an_existing_pin_is_never_replaced_by_a_bundles_hash(tmp_path: Path, isolated_homes: Path) -> None:
+    catalog = Catalog(entries=(unpublished_entry(tmp_path),))
+    import_bundle(hand_made_bundle(tmp_path / "first.bundle", [("config.json", CONFIG)]), catalog)
+    before = store_snapshot(isolated_homes)
+    pinned = PinStore().get("gpu-ish", "config.json")
+    assert pinned == Pin(hashlib.sha256(CONFIG).hexdigest(), len(CONFIG))
+    tampered = hand_made_bundle(tmp_path / "tampered.bundle", [("config.json", b'{"evil": true}')])
+    with pytest.raises(ModelError, match=r"config.json of 'gpu-ish' .* this machine recorded"):
+        import_bundle(tampered, catalog)
+    other_weights = hand_made_bundle(tmp_path / "other.bundle", [("config.json", CONFIG)], weights=BETA)
+    with pytest.raises(ModelError, match=r"model.safetensors of 'gpu-ish' .* this machine recorded"):
+        import_bundle(other_weights, catalog)
+    assert PinStore().get("gpu-ish", "config.json") == pinned
+    assert store_snapshot(isolated_homes) == before
+    resolve_weights(catalog.get("gpu-ish"))  # still verifies against the first hashes

@@ -13,9 +13,11 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
+from hotspare.core import environment
 from hotspare.core.errors import BackendUnavailable, InvalidRequest, ModelError
 from hotspare.core.types import (
     ChatRequest,
@@ -32,6 +34,7 @@ from hotspare.core.types import (
     ToolSpec,
     Usage,
 )
+from hotspare.models import vllm_backend as vllm_backend_module
 from hotspare.models.vllm_backend import VllmBackend
 from hotspare.models.vllm_launch import VllmOptions, vllm_launch
 from serving import free_port
@@ -39,6 +42,7 @@ from serving import free_port
 from .test_vllm_launch import FAKE_VLLM, gpu_entry
 
 CONTEXT = 4096
+VLLM_KEY = "vllm-loopback-key-0123456789"
 
 
 def chat(text: str, **sampling: object) -> ChatRequest:
@@ -71,7 +75,9 @@ def backend_for(
         (model_dir / "config.json").write_text("{}")
     entry = gpu_entry(stop=["\nUser:"])
     options = VllmOptions(port=free_port(), max_model_len_tokens=CONTEXT)
-    launch = vllm_launch(entry, model_dir, options, executable=executable or fake_vllm(tmp_path))
+    launch = vllm_launch(
+        entry, model_dir, options, executable=executable or fake_vllm(tmp_path), api_key=VLLM_KEY
+    )
     return VllmBackend(
         launch,
         context_tokens=CONTEXT,
@@ -110,6 +116,8 @@ async def test_chats_reach_the_engine_started_as_hotspare_built_it(
         "prefix_caching": True,
         "max_model_len": CONTEXT,
         "hf_hub_offline": "1",
+        "api_key_required": True,
+        "inherited_secrets": [],
         "messages": [{"role": "user", "content": "Hi"}],
         "stop": ["###", "\nUser:"],  # the client's own, then the catalogue entry's
         "max_tokens": 50,
@@ -210,3 +218,35 @@ async def test_an_engine_that_exits_while_starting_is_a_model_error(tmp_path: Pa
     with pytest.raises(ModelError, match=r"cannot run '.*no-such-vllm': No such file or directory"):
         await missing.start()
     await missing.stop()
+
+
+async def test_vllm_inherits_no_key_and_its_port_requires_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "HOTSPARE_API_KEYS", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, "sk-must-not-leak-0123456789")
+    monkeypatch.setenv("PROD_KEY_FOR_OPENAI", "sk-must-not-leak-0123456789")  # an `env:` name
+    monkeypatch.setattr(environment, "_configured", {"PROD_KEY_FOR_OPENAI"})
+    vllm = backend_for(tmp_path)
+    await vllm.start()
+    try:
+        text, _ = await collect(vllm.stream(chat("Hi", max_tokens=50)))
+        assert json.loads(text)["inherited_secrets"] == []
+        environ = psutil.Process(vllm.pid).environ()
+        assert "sk-must-not-leak-0123456789" not in environ.values()
+        assert environ["VLLM_API_KEY"] == VLLM_KEY
+        body = {"model": "gpu-model", "messages": [{"role": "user", "content": "Hi"}]}
+        async with httpx.AsyncClient() as anyone:
+            refused = await anyone.post(f"{vllm.launch.base_url}/chat/completions", json=body)
+        assert refused.status_code == 401
+    finally:
+        await vllm.stop()
+    assert os.environ["OPENAI_API_KEY"] == "sk-must-not-leak-0123456789"  # hotspare's own is intact
+
+
+def test_hotspare_gives_its_vllm_a_random_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vllm_backend_module, "resolve_weights", lambda entry: tmp_path / "model" / "w")
+    first, second = (vllm_backend_module.vllm_backend(gpu_entry()) for _ in range(2))
+    keys = [dict(b.launch.env)["VLLM_API_KEY"] for b in (first, second)]
+    assert keys[0] != keys[1] and min(len(k) for k in keys) >= 32
+    assert not any(keys[0] in arg for arg in first.launch.argv)  # not on the command line (ps)

@@ -78,3 +78,25 @@ async def test_failover_alerts_are_coalesced_per_upstream_and_cause() -> None:
             "server_error, before first byte",
             "stream_cut, mid stream",
         ]
+
+
+async def test_the_retry_backoff_stops_doubling_at_its_cap() -> None:
+    with WebhookReceiver() as receiver:
+        dead_url = receiver.url
+    waits: list[float] = []
+
+    async def no_sleep(delay_s: float) -> None:
+        waits.append(delay_s)
+
+    alerter = WebhookAlerter(settings(dead_url, max_attempts=20, backoff_s=0.5), sleep=no_sleep)
+    alerter.start()
+    try:
+        alerter.notify(AlertKind.BREAKER_OPEN, "anth", "5 consecutive failures")
+        for _ in range(500):
+            if alerter.num_failed:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await alerter.aclose()
+    assert alerter.num_failed == 1
+    assert waits == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0] + [30.0] * 13  # max_backoff_s, by default 30 s

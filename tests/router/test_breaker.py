@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from hotspare.router.breaker import CircuitBreaker, CircuitState
+from hotspare.router.breaker import MAX_KEPT_TRANSITIONS, CircuitBreaker, CircuitState
 from hotspare.router.config import BreakerConfig
 
 
@@ -125,3 +125,17 @@ def test_a_cancelled_half_open_request_frees_its_slot_without_a_verdict() -> Non
     breaker.record_cancelled()
     assert state_of(breaker) is CircuitState.HALF_OPEN
     assert breaker.try_acquire()
+
+
+def test_only_the_latest_transitions_are_kept_and_all_are_counted() -> None:
+    breaker, clock = make(close_after_successes=1)
+    for _ in range(200):  # a flapping upstream: open, half-open, closed, again and again
+        fail(breaker, 3)
+        clock.now += 5
+        breaker.record_probe(is_healthy=True)
+        assert breaker.try_acquire()
+        breaker.record_success()
+    assert state_of(breaker) is CircuitState.CLOSED
+    assert len(breaker.transitions) == MAX_KEPT_TRANSITIONS == 100
+    assert breaker.snapshot().num_transitions == 600
+    assert breaker.transitions[-1].new is CircuitState.CLOSED

@@ -433,3 +433,20 @@ def test_a_failed_upstream_answer_is_not_warmed(openai_fake: FakeUpstream) -> No
 
 def fake_name(fake: FakeUpstream) -> str:
     return make_router([fake], None).members[0].upstream.name
+
+
+def test_the_router_keeps_only_the_latest_transitions(anthropic_fake: FakeUpstream) -> None:
+    async def go() -> Router:
+        router = make_router([anthropic_fake], FakeLocal(), breaker={"consecutive_failures": 1})
+        breaker = router.members[0].breaker
+        for _ in range(100):  # open, half-open, closed
+            assert breaker.try_acquire()
+            breaker.record_failure()
+            breaker.record_probe(is_healthy=True)
+            assert breaker.try_acquire()
+            breaker.record_success()
+        await router.aclose()
+        return router
+
+    router = run(go())
+    assert len(router.transitions) == 100 and router.members[0].breaker.snapshot().num_transitions == 300

@@ -12,6 +12,11 @@ does not answer 404.
 
 `input_items` lists the items of the request that made the response (not earlier turns), each with an
 id, with the API's `order` (default desc), `limit` (1-100, default 20) and `after` parameters.
+
+What is forwarded: the path is built from the route's `response_id` (percent-quoted, so an id holding
+`/` or `..` stays one path segment) and only the query parameters the API defines for that request
+(`FORWARDED_QUERY`); never from `request.url`, which a forged `Host` header could rewrite in Starlette
+before 1.0.1 (CVE-2026-48710) into any provider endpoint, called with the operator's key.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import Any, NoReturn
+from urllib.parse import quote, urlencode
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -33,18 +39,32 @@ from hotspare.upstream.base import Upstream
 log = logging.getLogger("hotspare.responses")
 
 MAX_ITEMS_PER_PAGE = 100
+RESOURCE_PATH = "/v1/responses/"
+FORWARDED_QUERY: dict[tuple[str, bool], frozenset[str]] = {
+    # (method, is input_items) -> the query parameters OpenAI's API reference defines for it
+    ("GET", False): frozenset({"include", "include[]", "include_obfuscation", "starting_after", "stream"}),
+    ("GET", True): frozenset({"after", "before", "include", "include[]", "limit", "order"}),
+    ("DELETE", False): frozenset(),
+}
 
 
 class Lookup:
-    """One request about response `response_id`; `store` and `failover` may be None (off)."""
+    """One request about response `response_id` by the client whose key is store owner `owner`;
+    `store` and `failover` may be None (off)."""
 
     def __init__(
-        self, request: Request, response_id: str, store: ResponseStore | None, failover: Router | None
+        self,
+        request: Request,
+        response_id: str,
+        store: ResponseStore | None,
+        failover: Router | None,
+        owner: str,
     ) -> None:
         self.request = request
         self.response_id = response_id
         self.store = store
         self.failover = failover
+        self.owner = owner
 
     async def retrieve(self) -> Response:
         turn = await self._stored()
@@ -58,7 +78,7 @@ class Lookup:
     async def input_items(self) -> Response:
         page = _Page.of(self.request)  # a bad parameter is refused before anything is asked
         turn = await self._stored()
-        forwarded = await self._forward(turn)
+        forwarded = await self._forward(turn, listing=True)
         if forwarded is not None and _is_answer(forwarded):
             return forwarded
         if turn is not None:
@@ -69,7 +89,7 @@ class Lookup:
         turn = await self._stored()
         forwarded = await self._forward(turn)
         if self.store is not None and turn is not None:
-            await asyncio.to_thread(self.store.delete, self.response_id)
+            await asyncio.to_thread(self.store.delete, self.response_id, self.owner)
         if forwarded is not None and _is_answer(forwarded):
             return forwarded
         if turn is not None and turn.is_upstream:
@@ -82,9 +102,14 @@ class Lookup:
         return forwarded or _not_found(self.response_id)
 
     async def _stored(self) -> StoredTurn | None:
+        """This client's stored turn, if any. Raises NotFound for another key's: such an id is not
+        asked of the upstreams either (they would answer it with the operator's key)."""
         if self.store is None:
             return None
-        return await asyncio.to_thread(self.store.get, self.response_id)
+        turn = await asyncio.to_thread(self.store.get, self.response_id, self.owner)
+        if turn is None and await asyncio.to_thread(self.store.is_foreign, self.response_id, self.owner):
+            _not_found(self.response_id)
+        return turn
 
     def _owners(self, turn: StoredTurn | None) -> list[Upstream]:
         """The upstreams to ask: the one that made it, none if hotspare made it, every candidate
@@ -94,11 +119,10 @@ class Lookup:
         upstreams = self.failover.passthrough_upstreams(ApiFormat.OPENAI_RESPONSES)
         return [u for u in upstreams if turn is None or u.name == turn.backend]
 
-    async def _forward(self, turn: StoredTurn | None) -> Response | None:
+    async def _forward(self, turn: StoredTurn | None, listing: bool = False) -> Response | None:
         """The first answer from an owner that is not a 404 (else the last 404); None if no owner
-        answered at all."""
-        url = self.request.url
-        path = url.path + (f"?{url.query}" if url.query else "")
+        answered at all. `listing`: the request is for the input items."""
+        path = self._upstream_path(listing)
         headers = tuple((name.lower(), value) for name, value in self.request.headers.items())
         answer: Response | None = None
         for upstream in self._owners(turn):
@@ -114,6 +138,13 @@ class Lookup:
             if raw.status != 404:
                 break
         return answer
+
+    def _upstream_path(self, listing: bool) -> str:
+        """The path to ask an upstream: built from the route's id and the known query parameters."""
+        path = RESOURCE_PATH + quote(self.response_id, safe="") + ("/input_items" if listing else "")
+        known = FORWARDED_QUERY.get((self.request.method, listing), frozenset())
+        query = [(k, v) for k, v in self.request.query_params.multi_items() if k in known]
+        return path + (f"?{urlencode(query)}" if query else "")
 
 
 def _is_answer(response: Response) -> bool:

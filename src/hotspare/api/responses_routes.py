@@ -9,6 +9,12 @@ Conversations: a `previous_response_id` is resolved from the store (api/response
 earlier turns, which the local model (or a cross-format upstream) then sees before this request's own
 input. An upstream is sent the id unchanged when it made that response itself; when another backend
 made it, the upstream cannot know the id, so the earlier turns are inlined into `input` instead.
+Each client reads and continues only the turns stored with its own key (`owner_of`); an id stored
+under another key is NotFound, and is never asked of an upstream either.
+
+Keeping a response is best effort: a write the store refuses (disk full, "database is locked") is
+logged and counted (`hotspare_response_store_errors_total`), and the answer, which has succeeded, is
+delivered all the same; only a later `previous_response_id` to it will not resolve here.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -75,7 +82,22 @@ def open_store(settings: Settings) -> ResponseStore | None:
     path: Path | str = config.store_path or hotspare_home() / "responses.sqlite3"
     if path != ":memory:":
         path = Path(path).expanduser()
-    return ResponseStore(path, config.store_max_mb * 1024 * 1024, config.store_max_age_s)
+    per_key = config.store_max_mb_per_key
+    return ResponseStore(
+        path,
+        config.store_max_mb * 1024 * 1024,
+        config.store_max_age_s,
+        max_bytes_per_owner=per_key * 1024 * 1024 if per_key else None,
+    )
+
+
+def owner_of(request: Request, store: ResponseStore) -> str:
+    """The store owner of the key the client presented (x-api-key, else Authorization: Bearer)."""
+    key = request.headers.get("x-api-key")
+    if not key:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        key = token.strip() if scheme.lower() == "bearer" else None
+    return store.owner_id(key)
 
 
 def store_of(app: FastAPI) -> ResponseStore | None:
@@ -113,7 +135,9 @@ async def delete_response(request: Request, response_id: str) -> Response:
 
 def _lookup(request: Request, response_id: str) -> Lookup:
     request.state.request_id = new_item_id("req")[:28]
-    return Lookup(request, response_id, store_of(request.app), request.app.state.router)
+    store = store_of(request.app)
+    owner = owner_of(request, store) if store is not None else ""
+    return Lookup(request, response_id, store, request.app.state.router, owner)
 
 
 @router.post("/v1/responses")
@@ -155,9 +179,12 @@ async def _earlier_turns(request: Request, body: ResponsesRequest) -> list[Store
     store = store_of(request.app)
     if store is None:
         return None
+    owner = owner_of(request, store)
     try:
-        return await asyncio.to_thread(store.chain, body.previous_response_id)
+        return await asyncio.to_thread(store.chain, body.previous_response_id, owner)
     except NotFound:
+        if await asyncio.to_thread(store.is_foreign, body.previous_response_id, owner):
+            raise NotFound(f"Previous response with id {body.previous_response_id!r} not found.") from None
         return None
 
 
@@ -219,6 +246,7 @@ class Turn:
         `store: false` and its whole conversation on every turn)."""
         if not isinstance(response.get("id"), str):
             return
+        store = store_of(self.request.app)
         turn = StoredTurn(
             id=response["id"],
             created_at=time.time(),  # when kept here: the age bound counts from it
@@ -227,10 +255,14 @@ class Turn:
             is_upstream=is_upstream,
             input=input_items(self.body),
             response=response,
+            owner=owner_of(self.request, store) if store is not None else "",
         )
-        store = store_of(self.request.app)
         if store is not None and self.body.store is not False:
-            await asyncio.to_thread(store.put, turn)
+            try:
+                await asyncio.to_thread(store.put, turn)
+            except (sqlite3.Error, OSError) as exc:
+                log.warning("response %s was delivered but not stored: %s", turn.id, exc)
+                self.request.app.state.monitor.metrics.store_errors.inc()
         if is_upstream:
             await self._warm(turn)
 

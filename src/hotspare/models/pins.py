@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hotspare.core.errors import ModelError
-from hotspare.models.home import hotspare_home
+from hotspare.models.home import hotspare_home, private_dir, replace_durably
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +58,8 @@ class PinStore:
         return data if isinstance(data, dict) else {}
 
     def _save(self, data: dict[str, dict[str, list[object]]]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".pins.")
+        private_dir(self.path.parent)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".pins.")  # 0600
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=1, sort_keys=True)
-        os.replace(tmp, self.path)
+        replace_durably(tmp, self.path)

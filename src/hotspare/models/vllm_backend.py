@@ -14,6 +14,10 @@ left of its process group is killed, and it is started again with backoff (0.5 s
 until it is healthy. `stop()` sends SIGTERM to the group, then SIGKILL after `stop_timeout_s`. On
 Linux the kernel sends vLLM SIGTERM when hotspare dies without stopping it (SIGKILL, out of memory).
 
+Secrets: vLLM starts without this process's keys in its environment (core/environment.py), and its
+port on 127.0.0.1 requires a random key made for each backend (any local user could otherwise
+use the model through it); hotspare sends it on every request.
+
 Tools and JSON output go through the prompt (agents/prompt.py's fallback format) and tool calls are
 read back out of the answer (agents/turn.py), as on the llama.cpp engine. JSON output is also
 constrained by vLLM's guided decoding (`response_format`); tool calls are not (no grammar): a call
@@ -29,6 +33,7 @@ import dataclasses
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -40,6 +45,7 @@ import httpx
 
 from hotspare.agents.prompt import offered_tools, prompt_input
 from hotspare.agents.turn import AnswerReader, Turn, with_model_stop
+from hotspare.core.environment import child_environment
 from hotspare.core.errors import (
     BackendUnavailable,
     FailureClass,
@@ -53,7 +59,7 @@ from hotspare.core.types import ApiFormat, ChatRequest, Finish, StreamEvent, Tex
 from hotspare.engine.supervision import CrashPolicy, Death, death_cause
 from hotspare.models.entry import ModelEntry
 from hotspare.models.locate import resolve_weights
-from hotspare.models.vllm_launch import VllmLaunch, VllmOptions, vllm_launch
+from hotspare.models.vllm_launch import API_KEY_ENV, VllmLaunch, VllmOptions, vllm_launch
 from hotspare.router.config import TimeoutsConfig, UpstreamConfig
 from hotspare.upstream.base import ClientCall
 from hotspare.upstream.openai import OpenAIUpstream
@@ -123,7 +129,11 @@ class VllmBackend:
         root = launch.base_url.removesuffix("/v1")
         config = UpstreamConfig(name="vllm", kind="openai", base_url=root, timeouts=_TIMEOUTS)
         self._client = _VllmClient(config)
-        self._http = httpx.AsyncClient(base_url=root, timeout=httpx.Timeout(10.0, connect=2.0))
+        key = dict(launch.env).get(API_KEY_ENV)
+        self._auth = (("authorization", f"Bearer {key}"),) if key else ()
+        self._http = httpx.AsyncClient(
+            base_url=root, timeout=httpx.Timeout(10.0, connect=2.0), headers=dict(self._auth)
+        )
 
     # ----- lifecycle -----
 
@@ -161,7 +171,7 @@ class VllmBackend:
         try:
             process = await asyncio.create_subprocess_exec(
                 *launch.argv,
-                env={**os.environ, **dict(launch.env)},
+                env=child_environment(dict(launch.env)),
                 start_new_session=True,
                 preexec_fn=_death_signal_setter(),
             )
@@ -274,7 +284,7 @@ class VllmBackend:
             tools=(),
         )
         reader = AnswerReader(Turn("", sampling, bool(offered_tools(request)), model_stop=added))
-        call = ClientCall(ApiFormat.OPENAI_CHAT, b"", (), forwarded)
+        call = ClientCall(ApiFormat.OPENAI_CHAT, b"", self._auth, forwarded)
         try:
             async for event in self._client.events(call, forwarded):
                 if isinstance(event, TextDelta):
@@ -319,7 +329,7 @@ def vllm_backend(entry: ModelEntry, context_tokens: int = 0) -> VllmBackend:
     port of 127.0.0.1; `context_tokens` 0 = the entry's context. Raises ModelError."""
     model_dir = resolve_weights(entry).parent
     options = VllmOptions(port=_free_port(), max_model_len_tokens=context_tokens)
-    launch = vllm_launch(entry, model_dir, options)
+    launch = vllm_launch(entry, model_dir, options, api_key=secrets.token_urlsafe(32))
     return VllmBackend(launch, context_tokens=context_tokens or entry.context_tokens, stop=entry.stop)
 
 

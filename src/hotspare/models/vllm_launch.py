@@ -5,12 +5,16 @@ process and talks to its OpenAI-compatible API on 127.0.0.1: a crash of vLLM can
 router, and the supervisor can restart it. This module only builds the command; it neither starts
 nor imports vllm (which is only installed with `pip install 'hotspare[gpu]'`).
 
-    launch = vllm_launch(entry, model_dir, VllmOptions(port=8801))
-    subprocess.Popen(launch.argv, env={**os.environ, **launch.env})
+    launch = vllm_launch(entry, model_dir, VllmOptions(port=8801), api_key=secrets.token_urlsafe(32))
+    subprocess.Popen(launch.argv, env=child_environment(dict(launch.env)))
     # ready when GET launch.health_url answers 200; chat at launch.base_url + "/chat/completions"
 
+With `api_key`, vLLM requires it (as `Authorization: Bearer`) on its OpenAI API: given in the
+environment (`VLLM_API_KEY`), never on the command line, where `ps` would show it. hotspare's own
+vLLM backend gives it a random key per start, so no other local process can use the port.
+
 `python -m hotspare.models.vllm_launch NAME [--port P] [--print]` verifies the model's files and
-then runs (or prints) the command; scripts/gpu-smoke uses it.
+then runs (or prints) the command, without a key; scripts/gpu-smoke uses it.
 """
 
 from __future__ import annotations
@@ -24,8 +28,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from hotspare.core.environment import child_environment
 from hotspare.core.errors import HotspareError, ModelError
 from hotspare.models.entry import ModelEntry
+
+API_KEY_ENV = "VLLM_API_KEY"  # read by `vllm serve` as its --api-key
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +62,8 @@ class VllmOptions:
 
 @dataclass(frozen=True, slots=True)
 class VllmLaunch:
-    """A ready-to-run vLLM server: `argv`, plus `env` to add to the inherited environment."""
+    """A ready-to-run vLLM server: `argv`, plus `env` to add to the inherited environment (which may
+    hold the key, `VLLM_API_KEY`: never print it)."""
 
     argv: tuple[str, ...]
     env: tuple[tuple[str, str], ...]
@@ -77,10 +85,15 @@ def vllm_executable() -> str:
 
 
 def vllm_launch(
-    entry: ModelEntry, model_dir: Path, options: VllmOptions | None = None, executable: str | None = None
+    entry: ModelEntry,
+    model_dir: Path,
+    options: VllmOptions | None = None,
+    executable: str | None = None,
+    api_key: str | None = None,
 ) -> VllmLaunch:
-    """The command serving `entry` from `model_dir` (its verified files: weights, config, tokenizer).
-    Raises ModelError if the entry is not a vLLM model or asks for more context than it has."""
+    """The command serving `entry` from `model_dir` (its verified files: weights, config, tokenizer),
+    requiring `api_key` on its API when given. Raises ModelError if the entry is not a vLLM model or
+    asks for more context than it has."""
     options = options or VllmOptions()
     if entry.backend != "vllm":
         raise ModelError(f"model {entry.name!r} runs on {entry.backend}, not vllm")
@@ -111,7 +124,13 @@ def vllm_launch(
     if entry.chat_template is not None:
         argv += ["--chat-template", entry.chat_template]
     # The model directory is complete and verified; vLLM must not reach the Hub or phone home.
-    env = (("HF_HUB_OFFLINE", "1"), ("VLLM_NO_USAGE_STATS", "1"), ("DO_NOT_TRACK", "1"))
+    env: tuple[tuple[str, str], ...] = (
+        ("HF_HUB_OFFLINE", "1"),
+        ("VLLM_NO_USAGE_STATS", "1"),
+        ("DO_NOT_TRACK", "1"),
+    )
+    if api_key is not None:
+        env += ((API_KEY_ENV, api_key),)
     url_host = "127.0.0.1" if options.host in ("0.0.0.0", "::") else options.host
     root = f"http://{url_host}:{options.port}"
     return VllmLaunch(tuple(argv), env, f"{root}/v1", f"{root}/health", entry.name)
@@ -142,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.print:
         print(" ".join(f"{k}={shlex.quote(v)}" for k, v in launch.env), shlex.join(launch.argv))
         return 0
-    os.execvpe(launch.argv[0], list(launch.argv), {**os.environ, **dict(launch.env)})
+    os.execvpe(launch.argv[0], list(launch.argv), child_environment(dict(launch.env)))
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@ background task so that no request ever waits on the webhook.
 
 `notify` only enqueues (a full queue drops the oldest alert and counts it); the sender retries a
 delivery that fails (connection error, timeout, 5xx, 429) up to `max_attempts` times, waiting
-`backoff_s`, then twice that, and so on. The body holds the event, the upstream's name, a reason made
-of counts and failure classes, and a timestamp -- never a key, header, prompt or URL with credentials.
+`backoff_s`, then twice that, and so on up to `max_backoff_s` per wait: uncapped, the last of 20
+attempts at a 0.5 s backoff waited 36 h, and every alert queued behind it waited too. The body holds
+the event, the upstream's name, a reason made of counts and failure classes, and a timestamp -- never
+a key, header, prompt or URL with credentials.
 """
 
 from __future__ import annotations
@@ -104,11 +106,11 @@ class WebhookAlerter:
 
     async def _deliver(self, alert: Alert) -> bool:
         assert self._client is not None and self.config.webhook_url is not None
-        delay_s = self.config.backoff_s
+        delay_s = min(self.config.backoff_s, self.config.max_backoff_s)
         for attempt in range(self.config.max_attempts):
             if attempt:
                 await self._sleep(delay_s)
-                delay_s *= 2
+                delay_s = min(delay_s * 2, self.config.max_backoff_s)
             try:
                 response = await self._client.post(self.config.webhook_url, json=alert.body())
             except httpx.HTTPError as exc:

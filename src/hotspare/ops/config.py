@@ -100,7 +100,10 @@ class AlertSettings(_Section):
 
     webhook_url: str | None = Field(default=None, description="POST target; unset = no alerts")
     max_attempts: int = Field(default=5, ge=1, le=20, description="deliveries tried per alert")
-    backoff_s: float = Field(default=0.5, gt=0, description="first retry delay, doubled each time")
+    backoff_s: float = Field(default=0.5, gt=0, le=60, description="first retry delay, doubled each time")
+    max_backoff_s: float = Field(
+        default=30.0, gt=0, le=600, description="the doubling stops here: no retry waits longer"
+    )
     timeout_s: float = Field(default=5.0, gt=0, description="one delivery's timeout")
     failover_cooldown_s: float = Field(
         default=60.0, ge=0, description="at most one failover alert per upstream and cause in this long"

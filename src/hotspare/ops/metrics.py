@@ -12,6 +12,7 @@ Requests, as clients saw them (`api`: openai_chat | anthropic_messages | openai_
     hotspare_access_denied_total{reason}                      unauthorized | rate_limited | too_large | ...
     hotspare_unknown_fields_total{api,part}                   request fields ignored (api/unknown_fields.py);
                                                               part: the request model's class name
+    hotspare_response_store_errors_total                      Responses-store writes that failed
 
 Upstreams, per attempt (`failure`: a FailureClass value, or none):
 
@@ -91,6 +92,9 @@ class OpsMetrics:
             "hotspare_unknown_fields",
             "Request fields the local path does not know, ignored.",
             ["api", "part"],
+        )
+        self.store_errors = counter(
+            "hotspare_response_store_errors", "Responses delivered but not stored (the store's write failed)."
         )
         self.upstream_requests = counter(
             "hotspare_upstream_requests",

@@ -8,7 +8,9 @@
 While OPEN, `try_acquire` is False: requests skip the upstream with zero attempts. In HALF_OPEN at
 most `half_open_requests` real requests are in flight at once (the trickle). Every `try_acquire` that
 returned True must be matched by exactly one `record_success`, `record_failure` or `record_cancelled`.
-Not thread-safe: call it from one event loop.
+Not thread-safe: call it from one event loop. `transitions` keeps the latest `MAX_KEPT_TRANSITIONS`
+(a flapping upstream of a server that runs for months would otherwise grow it without end);
+`num_transitions` counts them all.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from enum import StrEnum
 from hotspare.router.config import BreakerConfig
 
 log = logging.getLogger("hotspare.router")
+
+MAX_KEPT_TRANSITIONS = 100
 
 
 class CircuitState(StrEnum):
@@ -68,7 +72,8 @@ class CircuitBreaker:
         self._last_probe_at = 0.0
         self._half_open_in_flight = 0
         self._half_open_successes = 0
-        self.transitions: list[Transition] = []
+        self.transitions: deque[Transition] = deque(maxlen=MAX_KEPT_TRANSITIONS)
+        self.num_transitions = 0
 
     @property
     def is_open(self) -> bool:
@@ -129,7 +134,7 @@ class CircuitBreaker:
         self._expire()
         failures = sum(1 for _, failed in self._window if failed)
         return BreakerSnapshot(
-            self.state, self._consecutive_failures, len(self._window), failures, len(self.transitions)
+            self.state, self._consecutive_failures, len(self._window), failures, self.num_transitions
         )
 
     def _maybe_open(self) -> None:
@@ -166,6 +171,7 @@ class CircuitBreaker:
             self._consecutive_failures = 0
             self._window.clear()
         self.transitions.append(transition)
+        self.num_transitions += 1
         log.warning("circuit %s: %s -> %s (%s)", self.upstream, transition.old, new, reason)
         if self._on_transition is not None:
             self._on_transition(transition)

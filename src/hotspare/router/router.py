@@ -26,6 +26,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any
 
@@ -44,7 +45,7 @@ from hotspare.core.types import (
     Role,
     StreamEvent,
 )
-from hotspare.router.breaker import Transition
+from hotspare.router.breaker import MAX_KEPT_TRANSITIONS, Transition
 from hotspare.router.classify import Action, classify
 from hotspare.router.config import Mode, RouterConfig
 from hotspare.router.hedge import HedgeGate
@@ -75,7 +76,7 @@ class Router:
         self.config = config
         self.mode = config.effective_mode
         self.local = local if self.mode is not Mode.UPSTREAM_ONLY else None
-        self.transitions: list[Transition] = []
+        self.transitions: deque[Transition] = deque(maxlen=MAX_KEPT_TRANSITIONS)  # the latest only
         self.metrics = RouterMetrics()
         self.hedge_gate = HedgeGate()
         # Early warning sheds part of a degraded upstream's traffic. When the next backend is the

@@ -53,6 +53,7 @@ from hotspare.upstream.transport import (
 log = logging.getLogger("hotspare.upstream")
 
 _AUTH_MEMORY_S = 900.0  # a 401 with a key that worked within this long is an auth-plane outage
+MAX_GOOD_KEYS = 10_000  # fingerprints of keys that worked, kept at most (forward mode: clients' keys)
 _NON_TEXT_KEYS = ("tools", "functions", "thinking", "response_format", "tool_choice", "audio", "modalities")
 
 
@@ -218,10 +219,22 @@ class Upstream(ABC):
         if response.status >= 400:
             raise await self._status_error(response, key)
         if key is not None:
-            fingerprint = key_fingerprint(key)
-            self._good_keys[fingerprint] = time.monotonic()
+            self._remember_good_key(key_fingerprint(key))
             self._probe_key = key
         return response
+
+    def _remember_good_key(self, fingerprint: str) -> None:
+        """Note a key that just worked; forget keys older than `_AUTH_MEMORY_S` and, past
+        `MAX_GOOD_KEYS` (forward mode sees every client's key), the least recently good."""
+        now = time.monotonic()
+        keys = self._good_keys
+        keys.pop(fingerprint, None)  # re-inserted last: the dict stays ordered by last success
+        keys[fingerprint] = now
+        while keys:
+            oldest, at = next(iter(keys.items()))
+            if now - at < _AUTH_MEMORY_S and len(keys) <= MAX_GOOD_KEYS:
+                break
+            del keys[oldest]
 
     async def _status_error(self, response: Response, key: str | None) -> UpstreamError:
         status = response.status
