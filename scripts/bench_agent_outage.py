@@ -192,9 +192,15 @@ async def _claude(binary: Path, base_url: str, cwd: Path, home: Path, *args: str
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
     }
     env.pop("ANTHROPIC_AUTH_TOKEN", None)
+    return await run_cli([str(binary), *args], env, cwd)
+
+
+async def run_cli(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str, float]:
+    """Run an agent CLI to its end (15 min at most): exit code, its answer (else its last error
+    words), seconds."""
     began = time.monotonic()
     process = await asyncio.create_subprocess_exec(
-        str(binary), *args, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        *argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     try:
         out, err = await asyncio.wait_for(process.communicate(), 900)
@@ -308,6 +314,12 @@ def main() -> int:
             run = asyncio.run(run_once(binary, warm, dump))
             runs[warm].append(run)
             print(json.dumps(run), flush=True)
+    report(runs, args.json)
+    return 0
+
+
+def report(runs: dict[bool, list[dict[str, Any]]], path: Path | None) -> None:
+    """Print the medians per variant and the ratios warm-up on / off; write every run to `path`."""
     summary = {}
     for warm, results in runs.items():
         summary["on" if warm else "off"] = {
@@ -327,9 +339,8 @@ def main() -> int:
             a, b = on[key], off[key]
             if isinstance(a, float) and isinstance(b, float) and b:
                 print(f"{key}: warm-up on / off = {a / b:.2f}x")
-    if args.json:
-        args.json.write_text(json.dumps({"runs": {str(k): v for k, v in runs.items()}, "summary": summary}))
-    return 0
+    if path:
+        path.write_text(json.dumps({"runs": {str(k): v for k, v in runs.items()}, "summary": summary}))
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_agent_outage import _brief, _median, _serve, _start_hotspare, _wait_idle
+from bench_agent_outage import _brief, _serve, _start_hotspare, _wait_idle, report, run_cli
 from claude_code_check import proxy_app
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -145,19 +145,7 @@ async def _codex(binary: Path, base_url: str, workdir: Path, *args: str) -> tupl
         "CODEX_HOME": str(workdir / "codex-home"),
         "PROVIDER_KEY": "sk-proj-bench-0123456789",
     }
-    began = time.monotonic()
-    process = await asyncio.create_subprocess_exec(
-        *command, env=env, cwd=workdir / "project", stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), 900)
-    except TimeoutError:
-        process.kill()
-        out, err = await process.communicate()
-        return 124, out.decode(errors="replace"), time.monotonic() - began
-    text = out.decode(errors="replace").strip() or err.decode(errors="replace").strip()[-500:]
-    return process.returncode or 0, text, time.monotonic() - began
+    return await run_cli(command, env, workdir / "project")
 
 
 async def run_once(binary: Path, warm: bool) -> dict[str, Any]:
@@ -210,20 +198,7 @@ def main() -> int:
             run = asyncio.run(run_once(binary, warm))
             runs[warm].append(run)
             print(json.dumps(run), flush=True)
-    summary = {
-        "on" if warm else "off": {
-            "turn2_wall_s": _median(results, "turn2", "wall_s"),
-            "ttft_s": _median(results, "turn2", "main", "ttft_s"),
-            "main_wall_s": _median(results, "turn2", "main", "wall_s"),
-            "cached_share": _median(results, "turn2", "main", "cached_share"),
-            "prompt_tokens": _median(results, "turn2", "main", "prompt_tokens"),
-            "exits": [r["turn2"]["exit"] for r in results],
-        }
-        for warm, results in runs.items()
-    }
-    print(json.dumps({"summary": summary}, indent=1))
-    if args.json:
-        args.json.write_text(json.dumps({"runs": {str(k): v for k, v in runs.items()}, "summary": summary}))
+    report(runs, args.json)
     return 0
 
 
