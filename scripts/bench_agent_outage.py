@@ -8,7 +8,8 @@ One run of the scenario (the agent-outage issue's):
    `kind = "anthropic"` upstream, `context_policy = "fit"`, the embedded model, all else default
    (`warm_conversations` on or off: the variant);
 2. `claude -p "Say hello in five words."`: answered upstream;
-3. hotspare is left until its engine is idle (the warm-up done), at most 120 s;
+3. hotspare is left until its engine is idle (the warm-up done; 30 s when there is none), at most
+   120 s;
 4. the provider then answers every request with 529 `overloaded_error`;
 5. `claude -p "Now say goodbye in five words." --continue`: answered locally.
 
@@ -164,17 +165,25 @@ def _engine_ready(url: str) -> bool:
     return bool(httpx.get(url + "/status.json", timeout=5).json()["local"]["ready"])
 
 
-async def _wait_idle(url: str, timeout_s: float = 120.0) -> float:
-    """Until the engine's KV use has not changed for 5 s with nothing running; the seconds waited."""
+async def _wait_idle(url: str, timeout_s: float = 120.0, min_s: float = 30.0) -> float:
+    """Until the engine's KV use has not changed for 5 s with nothing running, and either holds
+    something (the warm-up is done) or `min_s` have passed (nothing to warm); the seconds waited.
+    (A warm-up of ~3.9k tokens takes 6-15 s on the 2-core VM: its first cells show only after a
+    few seconds, so "unchanged for 5 s" alone returned before it began.)"""
     began = time.monotonic()
     last, since = -1, time.monotonic()
     async with httpx.AsyncClient(timeout=5) as client:
         while time.monotonic() - began < timeout_s:
             local = (await client.get(url + "/status.json")).json()["local"]
             used = local["kv_used_tokens"]
+            if os.environ.get("BENCH_TRACE"):
+                print(
+                    f"  {time.monotonic() - began:5.1f} s kv {used} running {local['running']}",
+                    file=sys.stderr,
+                )
             if used != last or local["running"] or local["queue_depth"]:
                 last, since = used, time.monotonic()
-            elif time.monotonic() - since >= 5:
+            elif time.monotonic() - since >= 5 and (used > 0 or time.monotonic() - began >= min_s):
                 break
             await asyncio.sleep(0.5)
     return time.monotonic() - began

@@ -169,6 +169,7 @@ async def run_once(binary: Path, warm: bool) -> dict[str, Any]:
             await asyncio.gather(proxy_task, up_task)
             hotspare.terminate()
             await asyncio.to_thread(hotspare.wait, 30)
+            log_tail = (workdir / "hotspare.log").read_text(errors="replace")[-6000:]
     turn2 = [r for r in records[num_turn1:] if r["path"].startswith("/v1/responses")]
     answered = [r for r in turn2 if r.get("status") == 200] or turn2
     main = _brief(max(answered, key=lambda r: r["body"].get("bytes", 0))) if answered else {}
@@ -178,6 +179,7 @@ async def run_once(binary: Path, warm: bool) -> dict[str, Any]:
         "idle_wait_s": round(waited, 1),
         "turn2": {"exit": code2, "wall_s": round(wall2, 2), "answer": answer2[-300:], "main": main,
                   "requests": [_brief(r) for r in records[num_turn1:]]},
+        "hotspare_log_tail": log_tail if code2 != 0 or os.environ.get("BENCH_LOG") else "",
     }  # fmt: skip
 
 
