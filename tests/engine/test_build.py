@@ -160,3 +160,44 @@ def test_the_real_self_test_passes_on_the_installed_build() -> None:
     assert verdict.passed, verdict.summary()
     assert verdict.prefill_ms > 0 and verdict.step_ms > 0
     assert "CPU :" in verdict.features
+
+
+class RecordingModel:
+    """Stands in for LlamaCppModel in `exercise`: records each decode's items."""
+
+    batch_tokens = 512
+
+    def __init__(self) -> None:
+        self.decodes: list[list[tuple[int, int]]] = []  # per decode: (slot, number of tokens) per item
+
+    def tokenize(self, text: str, *, add_bos: bool) -> list[int]:
+        return list(range(len(text.split())))
+
+    def clear(self) -> None:
+        pass
+
+    def copy_prefix(self, src: int, dst: int, num_tokens: int) -> None:
+        pass
+
+    def decode(self, items: list[object]) -> list[int]:
+        self.decodes.append([(item.slot, len(item.tokens)) for item in items])  # type: ignore[attr-defined]
+        return list(range(len(items)))
+
+    def logits(self, row: int) -> object:
+        import numpy as np
+
+        return np.zeros(4, dtype=np.float32)
+
+
+def test_the_engine_warm_up_runs_a_multi_token_prefill_and_a_batched_step() -> None:
+    """The engine says Ready only after `load` ran this (worker._warm_up): the kernels a real prompt
+    uses -- 64 or more tokens in one batch, then steps of several sequences."""
+    from hotspare.engine.selftest import WARM_UP, exercise
+
+    model = RecordingModel()
+    exercise(model, WARM_UP)  # type: ignore[arg-type]
+    prefill, *steps = model.decodes
+    assert prefill == [(0, WARM_UP.prompt_tokens)] and WARM_UP.prompt_tokens >= 64
+    assert len(steps) == WARM_UP.num_steps
+    assert all(step == [(slot, 1) for slot in range(WARM_UP.num_sequences)] for step in steps)
+    assert WARM_UP.num_sequences >= 2
