@@ -67,7 +67,7 @@ from hotspare.engine.protocol import (
     Submit,
     Tokenize,
 )
-from hotspare.engine.supervision import CrashPolicy, Death, Suspects, death_cause
+from hotspare.engine.supervision import CrashPolicy, Suspects, death_cause
 from hotspare.engine.worker import worker_main
 
 log = logging.getLogger(__name__)
@@ -225,7 +225,6 @@ class LocalEngine:
         self.num_restored_tokens = 0
         self.weights_note = ""
         self.attention: AttentionChoice | None = None
-        self.num_restarts = 0
         self.num_warmups_skipped = 0  # warm-ups not sent: the engine had a backlog
         self._load_timeout_s = load_timeout_s
         self._hang_timeout_s = hang_timeout_s
@@ -253,6 +252,10 @@ class LocalEngine:
     def failure(self) -> str | None:
         """Why the engine is failed (repeated deaths, engine/supervision.py), or None."""
         return self._policy.failure if self._proc is None else None
+
+    @property
+    def num_restarts(self) -> int:
+        return self._policy.num_deaths
 
     @property
     def num_poison_requests(self) -> int:
@@ -286,7 +289,7 @@ class LocalEngine:
                 proc.send(Shutdown())
             await asyncio.to_thread(proc.process.join, 5)
             proc.kill()
-        self._fail_pending("the local engine was stopped")
+        self._fail_pending("BackendUnavailable", "the local engine was stopped")
 
     async def _spawn(self) -> None:
         proc = _EngineProcess(self.config, self._load_timeout_s)
@@ -324,13 +327,7 @@ class LocalEngine:
 
     def _on_death(self, cause: str) -> float:
         """Record a death; return the seconds to wait before the next restart."""
-        self.num_restarts += 1
-        delay = self._policy.on_death(Death(time.monotonic(), cause))
-        if self._policy.failure is not None:
-            log.error("engine failed: %s (next restart in %.0f s)", self._policy.failure, delay)
-        else:
-            log.error("engine process %s; restarting (restart #%d)", cause, self.num_restarts)
-        return delay
+        return self._policy.record(cause, log, name="engine", process="engine process")
 
     async def _restart(self) -> float | None:
         """One restart attempt: None when the engine is up, else the wait before the next one."""
@@ -395,16 +392,14 @@ class LocalEngine:
             self._up.clear()
             cause = death_cause(proc.process.exitcode, during="serving", hung_s=proc.hung_s)
             self._last_cause = cause
-            for rid, queue in list(self._pending.items()):
-                queue.put_nowait(
-                    Failed(rid, "EngineDied", (f"the local engine process died: {cause}", cause))
-                )
+            self._fail_pending("EngineDied", f"the local engine process died: {cause}", cause)
             if not self._stopping:
                 self._crashed.set()
 
-    def _fail_pending(self, message: str) -> None:
+    def _fail_pending(self, kind: str, *args: str) -> None:
+        """End every request in flight with the core error `kind` (an _ERRORS key) made of `args`."""
         for rid, queue in list(self._pending.items()):
-            queue.put_nowait(Failed(rid, "BackendUnavailable", (message,)))
+            queue.put_nowait(Failed(rid, kind, args))
 
     # ----- requests -----
 

@@ -18,7 +18,9 @@ request cannot take the local model away from everyone. Both sets are bounded (o
 
 from __future__ import annotations
 
+import logging
 import signal
+import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
@@ -80,12 +82,14 @@ class CrashPolicy:
         self.max_backoff_s = max_backoff_s
         self._deaths: deque[Death] = deque()
         self._num_failed_restarts = 0  # restarts tried while failed, since the last good start
+        self.num_deaths = 0  # all deaths since the backend was made (its restarts)
         self.failure: str | None = None  # the cause while failed, else None
         self.last_death: Death | None = None
 
     def on_death(self, death: Death) -> float:
         """Record `death`; return the seconds to wait before restarting."""
         self.last_death = death
+        self.num_deaths += 1
         self._deaths.append(death)
         while self._deaths and death.at - self._deaths[0].at > self.window_s:
             self._deaths.popleft()
@@ -99,6 +103,16 @@ class CrashPolicy:
             self._num_failed_restarts += 1
             return min(delay, self.max_backoff_s)
         return min(self.first_backoff_s * 2.0 ** (recent - 1), self.max_backoff_s)
+
+    def record(self, cause: str, logger: logging.Logger, *, name: str, process: str) -> float:
+        """`on_death` now, logged as both backends log it: "<process> <cause>; restarting (restart
+        #n)", or "<name> failed: <failure> (next restart in N s)" once failed. The wait, in seconds."""
+        delay = self.on_death(Death(time.monotonic(), cause))
+        if self.failure is not None:
+            logger.error("%s failed: %s (next restart in %.0f s)", name, self.failure, delay)
+        else:
+            logger.error("%s %s; restarting (restart #%d)", process, cause, self.num_deaths)
+        return delay
 
     def on_started(self) -> None:
         """A (re)start came up and passed its warm-up."""

@@ -37,7 +37,6 @@ import secrets
 import signal
 import socket
 import sys
-import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
@@ -56,7 +55,7 @@ from hotspare.core.errors import (
     UpstreamError,
 )
 from hotspare.core.types import ApiFormat, ChatRequest, Finish, StreamEvent, TextDelta
-from hotspare.engine.supervision import CrashPolicy, Death, death_cause
+from hotspare.engine.supervision import CrashPolicy, death_cause
 from hotspare.models.entry import ModelEntry
 from hotspare.models.locate import resolve_weights
 from hotspare.models.vllm_launch import API_KEY_ENV, VllmLaunch, VllmOptions, vllm_launch
@@ -114,7 +113,6 @@ class VllmBackend:
         self.launch = launch
         self.model_name = launch.served_model_name
         self.context_tokens = context_tokens
-        self.num_restarts = 0
         self._model_stop = stop
         self._start_timeout_s = start_timeout_s
         self._stop_timeout_s = stop_timeout_s
@@ -232,13 +230,11 @@ class VllmBackend:
 
     def _on_death(self, cause: str) -> float:
         """Record a death (the crash-loop rule both local backends share); the wait before restarting."""
-        self.num_restarts += 1
-        delay = self._policy.on_death(Death(time.monotonic(), cause))
-        if self._policy.failure is not None:
-            log.error("vLLM failed: %s (next restart in %.0f s)", self._policy.failure, delay)
-        else:
-            log.error("vLLM %s; restarting (restart #%d)", cause, self.num_restarts)
-        return delay
+        return self._policy.record(cause, log, name="vLLM", process="vLLM")
+
+    @property
+    def num_restarts(self) -> int:
+        return self._policy.num_deaths
 
     @property
     def failure(self) -> str | None:
