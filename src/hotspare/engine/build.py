@@ -289,16 +289,15 @@ def installed_version() -> str | None:
 
 
 def main() -> int:
-    flags = cpu_flags()
+    cpuinfo = _read("/proc/cpuinfo")
     base = os.environ.get("CMAKE_ARGS", "")
-    cache = BuildCache(default_cache_root(), cache_key(base_cmake_args=base))
-    marker = read_marker()
-    installed = marker.get("flavor") if installed_version() == LLAMA_CPP_PYTHON_VERSION else None
-    if installed_version() == LLAMA_CPP_PYTHON_VERSION and installed is None:
-        installed = "native"  # installed by pip directly: a native build
+    cache = BuildCache(default_cache_root(), cache_key(cpuinfo, base))
+    installed = None
+    if installed_version() == LLAMA_CPP_PYTHON_VERSION:
+        installed = read_marker().get("flavor", "native")  # no marker: pip built it, natively
     steps = real_steps()
     try:
-        flavor = ensure(steps, cache, flags, base, installed)
+        flavor = ensure(steps, cache, cpu_flags(cpuinfo), base, installed)
     except BuildError as exc:
         print(f"hotspare: {exc}", file=sys.stderr)
         return 1
