@@ -90,7 +90,9 @@ async def fit(request: ChatRequest, measure: Measure, max_context_tokens: int) -
     if original <= limit:
         return Fitted(request, original, original)
     best, fixed_size = await _fit_fixed(request, measure, int(limit * FIXED_SHARE))
-    best, size = await _drop_old_turns(best, measure, limit, fixed_size, _chars_per_token(best, fixed_size))
+    size = original if best is request else await measure(best)
+    chars_per_token = _chars_per_token(best, fixed_size)
+    best, size = await _drop_old_turns(best, size, measure, limit, fixed_size, chars_per_token)
     if size > limit:
         best, size = await _cut_long_messages(best, size, measure, limit)
     if size <= limit:
@@ -215,9 +217,8 @@ def checkpoints(messages: tuple[Message, ...], spacing_chars: int) -> list[int]:
 
 
 async def _drop_old_turns(
-    request: ChatRequest, measure: Measure, limit: int, fixed_size: int, chars_per_token: float
+    request: ChatRequest, size: int, measure: Measure, limit: int, fixed_size: int, chars_per_token: float
 ) -> tuple[ChatRequest, int]:
-    size = await measure(request)
     if size <= limit:
         return request, size
     system = _system(request.messages)
