@@ -29,11 +29,14 @@ import os
 import shlex
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from hotspare.engine import llama_patch
 from hotspare.engine.selftest import Verdict, run_child
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
@@ -144,13 +147,14 @@ def cpu_flags(cpuinfo: str | None = None) -> set[str]:
 
 
 def cache_key(cpuinfo: str | None = None, base_cmake_args: str = "") -> str:
-    """Builds are kept per CPU (model name and flags) and per caller's CMAKE_ARGS."""
+    """Builds are kept per CPU (model name and flags), per caller's CMAKE_ARGS and per version of
+    hotspare's change to llama.cpp (engine/llama_patch.py)."""
     text = cpuinfo if cpuinfo is not None else _read("/proc/cpuinfo")
     model = next(
         (ln.partition(":")[2].strip() for ln in text.splitlines() if ln.startswith("model name")), ""
     )
     flags = " ".join(sorted(cpu_flags(text)))
-    digest = hashlib.sha256(f"{model}\n{flags}\n{base_cmake_args}".encode()).hexdigest()
+    digest = hashlib.sha256(f"{model}\n{flags}\n{base_cmake_args}\n{llama_patch.DIGEST}".encode()).hexdigest()
     return digest[:16]
 
 
@@ -244,11 +248,12 @@ def real_steps(python: str = sys.executable, say: Callable[[str], None] | None =
         folder.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "CMAKE_ARGS": flavor.cmake_env(base)}
         env.setdefault("CMAKE_BUILD_PARALLEL_LEVEL", "2")
-        _run(
-            [python, "-m", "pip", "wheel", "--no-deps", "--no-cache-dir", "--no-binary", "llama-cpp-python",
-             "-w", str(folder), f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"],
-            env,
-        )  # fmt: skip
+        with tempfile.TemporaryDirectory(prefix="hotspare-llama-") as tmp:
+            source = patched_source(python, Path(tmp))
+            _run(
+                [python, "-m", "pip", "wheel", "--no-deps", "--no-cache-dir", "-w", str(folder), str(source)],
+                env,
+            )
         wheels = sorted(folder.glob("llama_cpp_python-*.whl"))
         if not wheels:
             raise BuildError(f"pip built no wheel into {folder}")
@@ -259,6 +264,25 @@ def real_steps(python: str = sys.executable, say: Callable[[str], None] | None =
         _run([python, "-m", "pip", "install", "-q", str(wheel), "psutil"])  # its dependencies
 
     return Steps(build, install, lambda: run_child(python=python), out)
+
+
+def patched_source(python: str, where: Path) -> Path:
+    """The llama-cpp-python sdist, unpacked under `where` and patched (engine/llama_patch.py)."""
+    _run(
+        [python, "-m", "pip", "download", "--no-deps", "--no-cache-dir", "--no-binary", ":all:",
+         "-d", str(where), f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"],
+    )  # fmt: skip
+    sdists = sorted(where.glob("llama_cpp_python-*.tar.gz"))
+    if not sdists:
+        raise BuildError(f"pip downloaded no llama-cpp-python sdist into {where}")
+    with tarfile.open(sdists[-1]) as archive:
+        archive.extractall(where, filter="data")
+    source = where / f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}"
+    try:
+        llama_patch.apply(source)
+    except llama_patch.PatchError as exc:
+        raise BuildError(f"hotspare's llama.cpp patch does not apply: {exc}") from exc
+    return source
 
 
 def _run(argv: Sequence[str], env: dict[str, str] | None = None) -> None:
@@ -294,7 +318,9 @@ def main() -> int:
     cache = BuildCache(default_cache_root(), cache_key(cpuinfo, base))
     installed = None
     if installed_version() == LLAMA_CPP_PYTHON_VERSION:
-        installed = read_marker().get("flavor", "native")  # no marker: pip built it, natively
+        marker = read_marker()
+        if marker.get("patch") == llama_patch.DIGEST:  # else: built by pip, or before this patch
+            installed = marker.get("flavor", "native")
     steps = real_steps()
     try:
         flavor = ensure(steps, cache, cpu_flags(cpuinfo), base, installed)
@@ -302,7 +328,14 @@ def main() -> int:
         print(f"hotspare: {exc}", file=sys.stderr)
         return 1
     marker_path().write_text(
-        json.dumps({"flavor": flavor.name, "drops": flavor.drops, "cmake_args": flavor.cmake_env(base)})
+        json.dumps(
+            {
+                "flavor": flavor.name,
+                "drops": flavor.drops,
+                "cmake_args": flavor.cmake_env(base),
+                "patch": llama_patch.DIGEST,
+            }
+        )
     )
     return 0
 

@@ -48,6 +48,7 @@ from hotspare.engine.attention import (
     save_cached,
 )
 from hotspare.engine.backends.llama_cpp import LLAMA_CPP_VERSION, DecodeItem, LlamaCppModel, resolve_threads
+from hotspare.engine.build import read_marker
 from hotspare.engine.config import EngineConfig
 from hotspare.engine.threads import CpuSample
 from hotspare.models.integrity import HashCache
@@ -283,4 +284,5 @@ def calibration_key(weights: Path, num_threads: int) -> CalibrationKey | None:
     except (OSError, ModelError):
         return None
     cpu, flags = host_cpu()
-    return CalibrationKey(cpu, flags, LLAMA_CPP_VERSION, weights_sha256, resolve_threads(num_threads))
+    build = f"{LLAMA_CPP_VERSION}+{read_marker().get('patch', 'stock')}"  # the kernels are what is timed
+    return CalibrationKey(cpu, flags, build, weights_sha256, resolve_threads(num_threads))

@@ -1,0 +1,131 @@
+"""hotspare's change to the llama.cpp that it builds: a CPU flash-attention kernel for short queries.
+
+Contract: `apply(source_root)` edits the llama.cpp tree vendored in the llama-cpp-python sdist in
+place, at anchors that must each occur exactly once (PatchError otherwise: a new llama.cpp is read
+again, never patched blindly), and is a no-op on a tree it patched already. `DIGEST` names the
+change; engine/build.py keys its build cache on it, so a new patch is a new build.
+
+Why (measured, docs/engine.md "Short queries at long context"): llama.cpp's CPU flash attention walks
+every cached cell once per query row and head when a batch has fewer than 64 query rows -- a decode
+step, a tool result, the next turn of a conversation. At 4k cached tokens that cost ~50 ms per row on
+a 2-core host: 19 new tokens took 0.9 s, 7x the non-flash path. The grouped kernel
+(patches/grouped_fa.cpp) computes all query rows that read one KV head together with two small
+GEMMs per 64-cell tile, skips tiles no row may attend (other conversations' idle cells), and splits
+the KV range across threads; it accumulates in f32 where the stock short path rounds Q and the
+running sum to f16. `HOTSPARE_FA_GROUPED=0` in the environment turns it off at run time (A/B).
+
+Standard library only: engine/build.py runs before hotspare's dependencies are installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+PATCH_DIR = Path(__file__).with_name("patches")
+CPU_DIR = Path("vendor/llama.cpp/ggml/src/ggml-cpu")
+DONE_MARK = "hotspare: grouped short-query flash attention"
+
+
+class PatchError(Exception):
+    """The llama.cpp tree is not the one this patch was written against."""
+
+
+@dataclass(frozen=True, slots=True)
+class Edit:
+    """Insert the text of `piece` (a file in patches/) before or after `anchor` in `path`."""
+
+    path: Path
+    anchor: str
+    piece: str
+    after: bool
+
+    def text(self) -> str:
+        return (PATCH_DIR / self.piece).read_text()
+
+
+HOOK = """    if (hs_fa_grouped_applies(params, dst)) {
+        ggml_compute_forward_flash_attn_ext_grouped(params, dst);
+        return;
+    }
+
+"""
+
+FA_DISPATCH = "static void ggml_compute_forward_flash_attn_ext_f16(\n"
+PLAN_LINE = "                        cur += MAX(prefill, decode);\n"
+
+EDITS = (
+    Edit(CPU_DIR / "common.h", "#define GGML_FA_TILE_KV 64\n", "common_sizes.h", after=True),
+    Edit(CPU_DIR / "ops.cpp", FA_DISPATCH, "grouped_fa.cpp", after=False),
+    Edit(
+        CPU_DIR / "ops.cpp",
+        "    const bool kv_is_f32_or_f16 = (k->type == GGML_TYPE_F32 || k->type == GGML_TYPE_F16);\n"
+        "    const bool use_split_kv_path",
+        "",
+        after=False,
+    ),
+    Edit(CPU_DIR / "ggml-cpu.c", PLAN_LINE, "plan_size.c", after=False),
+)
+"""In order. The third edit's text is HOOK (the call into the kernel at the top of the dispatcher);
+the fourth makes room for the kernel's scratch in the work buffer, and the line after it is changed
+by REPLACE."""
+
+REPLACE = (
+    CPU_DIR / "ggml-cpu.c",
+    PLAN_LINE,
+    "                        cur += MAX(MAX(prefill, decode), grouped);\n",
+)
+
+
+def _edit_text(edit: Edit) -> str:
+    return HOOK if not edit.piece else edit.text()
+
+
+def _digest() -> str:
+    h = hashlib.sha256()
+    for edit in EDITS:
+        h.update(f"{edit.path}\0{edit.anchor}\0{edit.after}\0".encode())
+        h.update(_edit_text(edit).encode())
+    h.update("\0".join(str(part) for part in REPLACE).encode())
+    return h.hexdigest()[:12]
+
+
+DIGEST = _digest()
+
+
+def apply(source_root: Path) -> bool:
+    """Patch the llama-cpp-python source tree at `source_root`. True if it changed anything."""
+    ops = source_root / CPU_DIR / "ops.cpp"
+    if not ops.exists():
+        raise PatchError(f"{ops} is missing: not a llama-cpp-python source tree")
+    if DONE_MARK in ops.read_text():
+        return False
+    files: dict[Path, str] = {}
+    for edit in EDITS:
+        path = source_root / edit.path
+        text = files.get(path) or path.read_text()
+        files[path] = _insert(text, edit)
+    path, old, new = source_root / REPLACE[0], REPLACE[1], REPLACE[2]
+    files[path] = _replace_once(files[path], old, new)
+    for path, text in files.items():
+        path.write_text(text)
+    return True
+
+
+def _insert(text: str, edit: Edit) -> str:
+    _check_once(text, edit.anchor, edit.path)
+    piece = _edit_text(edit)
+    return text.replace(edit.anchor, edit.anchor + piece if edit.after else piece + edit.anchor, 1)
+
+
+def _replace_once(text: str, old: str, new: str) -> str:
+    _check_once(text, old, REPLACE[0])
+    return text.replace(old, new, 1)
+
+
+def _check_once(text: str, anchor: str, where: Path) -> None:
+    count = text.count(anchor)
+    if count != 1:
+        first = anchor.strip().splitlines()[0]
+        raise PatchError(f"{where}: expected the line {first!r} once, found it {count} times")
