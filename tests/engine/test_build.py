@@ -201,3 +201,9 @@ def test_the_engine_warm_up_runs_a_multi_token_prefill_and_a_batched_step() -> N
     assert len(steps) == WARM_UP.num_steps
     assert all(step == [(slot, 1) for slot in range(WARM_UP.num_sequences)] for step in steps)
     assert WARM_UP.num_sequences >= 2
+
+
+def test_builds_are_kept_per_version_of_hotspare_s_llama_cpp_patch(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = build.cache_key("model name : X\nflags : avx2\n")
+    monkeypatch.setattr(build.llama_patch, "DIGEST", "000000000000")
+    assert build.cache_key("model name : X\nflags : avx2\n") != before

@@ -222,9 +222,32 @@ def _main() -> int:
         )
         runs.append(exercise(model, FULL))
         model.close()
-    report = {**asdict(runs[0]), "flash_attention_off": asdict(runs[1]), "features": cpu_features()}
+    error = attention_error(min(os.cpu_count() or 1, 8))
+    if error > ATTENTION_TOLERANCE:
+        print(f"flash attention is wrong: {error:.1e} off a float64 reference", file=sys.stderr, flush=True)
+        return 3
+    report = {
+        **asdict(runs[0]),
+        "flash_attention_off": asdict(runs[1]),
+        "attention_error": error,
+        "features": cpu_features(),
+    }
     print(json.dumps(report) if args.json else report, flush=True)
     return 0
+
+
+ATTENTION_TOLERANCE = 1e-4
+"""hotspare's short-query kernel is within ~1e-6 of float64 (engine/fa_check.py); llama.cpp's own
+paths within ~3e-3 (they round to f16). More than this is a wrong build, not rounding."""
+
+ATTENTION_SHAPES = ((1, 700), (19, 2100), (63, 300), (100, 700))  # (query tokens, used cells)
+
+
+def attention_error(threads: int) -> float:
+    """The largest error of the installed flash attention over ATTENTION_SHAPES."""
+    from hotspare.engine.fa_check import Shape, max_error
+
+    return max(max_error(Shape(n, kv, threads=threads), seed=n) for n, kv in ATTENTION_SHAPES)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,123 @@
+"""Check the installed llama.cpp's CPU flash attention against a float64 reference.
+
+Contract: `max_error(shape)` builds one `ggml_flash_attn_ext` node through the ggml C API of the
+installed llama-cpp-python (ctypes on its libggml-base / libggml-cpu), on random queries, an f16
+KV cache and a mask shaped like the engine's (a causal edge, a band of cells that belong to another
+conversation, -inf past the used cells), computes it on `threads` threads and returns the largest
+absolute difference from the same attention computed with numpy in float64.
+
+Why: hotspare builds llama.cpp with a kernel of its own for short queries (engine/llama_patch.py).
+A kernel that is fast and wrong would not crash; it would answer worse. This makes "right" a
+number that tests and the self-test can hold the build to. The grouped kernel is within ~1e-6 of
+the reference; llama.cpp's stock short-query path, which rounds queries and its running sums to
+f16, is ~2e-3 off on the same inputs (HOTSPARE_FA_GROUPED=0).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+GGML_TYPE_F32 = 0
+GGML_TYPE_F16 = 1
+KV_PAD = 256  # llama.cpp pads the attended KV range
+MASK_ROWS_PAD = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    n_tokens: int
+    n_kv: int  # used cells; the padded range after them is masked
+    n_head: int = 9
+    n_head_kv: int = 3
+    head_dim: int = 64
+    threads: int = 2
+
+
+class _InitParams(ctypes.Structure):
+    _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
+
+
+def _libs() -> tuple[ctypes.CDLL, ctypes.CDLL]:
+    import llama_cpp
+
+    lib_dir = Path(llama_cpp.__file__).parent / "lib"
+    base = ctypes.CDLL(str(lib_dir / "libggml-base.so"), mode=ctypes.RTLD_GLOBAL)
+    cpu = ctypes.CDLL(str(lib_dir / "libggml-cpu.so"), mode=ctypes.RTLD_GLOBAL)
+    p, i64, f, i = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
+    _declare(base.ggml_init, [_InitParams], p)
+    _declare(base.ggml_free, [p], None)
+    _declare(base.ggml_new_tensor_4d, [p, i, i64, i64, i64, i64], p)
+    _declare(base.ggml_get_data, [p], p)
+    _declare(base.ggml_flash_attn_ext, [p, p, p, p, p, f, f, f], p)
+    _declare(base.ggml_new_graph, [p], p)
+    _declare(base.ggml_build_forward_expand, [p, p], None)
+    _declare(cpu.ggml_graph_compute_with_ctx, [p, p, i], i)
+    return base, cpu
+
+
+def _declare(function: Any, argtypes: list[Any], restype: Any) -> None:
+    function.argtypes, function.restype = argtypes, restype
+
+
+def _mask(shape: Shape, n_kv_padded: int) -> np.ndarray:
+    """Token t sees cells up to its own position, except, for odd t, a band of 200 cells that
+    stands for another conversation's; nothing past the used cells."""
+    mask = np.full((shape.n_tokens, n_kv_padded), -np.inf, dtype=np.float32)
+    for t in range(shape.n_tokens):
+        mask[t, : shape.n_kv - shape.n_tokens + t + 1] = 0.0
+        if t % 2:
+            start = shape.n_kv // 3
+            mask[t, start : start + 200] = -np.inf
+    return mask
+
+
+def _reference(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray, scale: float) -> np.ndarray:
+    """q [H, N, D], k/v [HKV, NKV, D] -> [N, H, D] in float64."""
+    group = q.shape[0] // k.shape[0]
+    kk = np.repeat(k.astype(np.float64), group, axis=0)
+    vv = np.repeat(v.astype(np.float64), group, axis=0)
+    scores = np.einsum("hnd,hcd->hnc", q.astype(np.float64), kk) * scale + mask[None, :, :]
+    scores -= scores.max(axis=2, keepdims=True)
+    weights = np.exp(scores)
+    weights /= weights.sum(axis=2, keepdims=True)
+    return np.einsum("hnc,hcd->nhd", weights, vv)  # type: ignore[no-any-return]
+
+
+def max_error(shape: Shape, seed: int = 0) -> float:
+    base, cpu = _libs()
+    rng = np.random.default_rng(seed)
+    n_kv_padded = -(-shape.n_kv // KV_PAD) * KV_PAD
+    d, h, hkv, n = shape.head_dim, shape.n_head, shape.n_head_kv, shape.n_tokens
+    q = rng.standard_normal((h, n, d), dtype=np.float32)
+    k = rng.standard_normal((hkv, n_kv_padded, d)).astype(np.float16)
+    v = rng.standard_normal((hkv, n_kv_padded, d)).astype(np.float16)
+    mask = _mask(shape, n_kv_padded)
+    mask_rows = -(-n // MASK_ROWS_PAD) * MASK_ROWS_PAD
+    mask_padded = np.full((mask_rows, n_kv_padded), -np.inf, dtype=np.float32)
+    mask_padded[:n] = mask
+    scale = 1.0 / float(np.sqrt(d))
+    ctx = base.ggml_init(_InitParams(256 * 1024 * 1024, None, False))
+    try:
+        tq = base.ggml_new_tensor_4d(ctx, GGML_TYPE_F32, d, n, h, 1)
+        tk = base.ggml_new_tensor_4d(ctx, GGML_TYPE_F16, d, n_kv_padded, hkv, 1)
+        tv = base.ggml_new_tensor_4d(ctx, GGML_TYPE_F16, d, n_kv_padded, hkv, 1)
+        tm = base.ggml_new_tensor_4d(ctx, GGML_TYPE_F16, n_kv_padded, mask_rows, 1, 1)
+        for tensor, array in ((tq, q), (tk, k), (tv, v), (tm, mask_padded.astype(np.float16))):
+            data = np.ascontiguousarray(array)
+            ctypes.memmove(base.ggml_get_data(tensor), data.ctypes.data, data.nbytes)
+        out = base.ggml_flash_attn_ext(ctx, tq, tk, tv, tm, scale, 0.0, 0.0)
+        graph = base.ggml_new_graph(ctx)
+        base.ggml_build_forward_expand(graph, out)
+        if cpu.ggml_graph_compute_with_ctx(ctx, graph, shape.threads) != 0:
+            raise RuntimeError("ggml_graph_compute_with_ctx failed")
+        pointer = ctypes.cast(base.ggml_get_data(out), ctypes.POINTER(ctypes.c_float))
+        got = np.ctypeslib.as_array(pointer, (n, h, d))
+        want = _reference(q, k, v, mask, scale)
+        return float(np.abs(got.astype(np.float64) - want).max())
+    finally:
+        base.ggml_free(ctx)

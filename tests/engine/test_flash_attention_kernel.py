@@ -1,0 +1,38 @@
+"""The installed llama.cpp's CPU flash attention against a float64 numpy reference
+(engine/fa_check.py): the shapes the engine meets -- one decode token, a short turn, just under and
+over the 64-row tile threshold, GQA and plain multi-head, one and two threads, masks with another
+conversation's cells and a partial last tile. The build hotspare installs carries its grouped
+short-query kernel (engine/llama_patch.py); llama.cpp's stock short path is ~2e-3 off here, so these
+fail on a build without it."""
+
+from __future__ import annotations
+
+import pytest
+
+from hotspare.engine.build import read_marker
+from hotspare.engine.fa_check import Shape, max_error
+from hotspare.engine.llama_patch import DIGEST
+
+TOLERANCE = 1e-4
+
+
+@pytest.mark.parametrize("n_tokens", [1, 2, 19, 63, 64, 100])
+@pytest.mark.parametrize("n_kv", [40, 700, 2100])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_flash_attention_matches_the_reference(n_tokens: int, n_kv: int, threads: int) -> None:
+    if n_tokens > n_kv:
+        pytest.skip("more query tokens than cells")
+    error = max_error(Shape(n_tokens, n_kv, threads=threads), seed=n_tokens * 7 + n_kv)
+    assert error < TOLERANCE
+
+
+@pytest.mark.parametrize(("n_head", "n_head_kv", "head_dim"), [(4, 4, 64), (8, 1, 128), (6, 2, 80)])
+def test_other_head_layouts_match_the_reference(n_head: int, n_head_kv: int, head_dim: int) -> None:
+    for n_tokens in (1, 7, 33):
+        shape = Shape(n_tokens, 900, n_head=n_head, n_head_kv=n_head_kv, head_dim=head_dim)
+        assert max_error(shape, seed=n_tokens) < TOLERANCE
+
+
+def test_the_installed_build_carries_this_patch() -> None:
+    """scripts/install builds llama.cpp through engine/build.py, which records the patch it applied."""
+    assert read_marker().get("patch") == DIGEST
