@@ -38,13 +38,13 @@ from pathlib import Path
 from typing import Any
 
 import bench_servers as servers
-from bench_agent import run_agent, run_failover, run_shared_prefix
+from bench_agent import agent_system_prompt, run_agent, run_failover, run_shared_prefix
 from bench_report import Measured, percentile, report
 
 SERVERS = ("hotspare", "llama-server", "llama-cpp-python", "llama-server-pinned")
 """llama-server-pinned runs the agent workload only: llama-server told which slot each conversation
 uses (`id_slot`), which its own slot choice does not do for conversations sharing a system prompt."""
-WORKLOADS = ("streams", "shared", "agent", "failover")
+WORKLOADS = ("streams", "shared", "agent", "failover", "context", "idle8")
 LEVELS = (1, 4, 8, 16)
 MAX_TOKENS = 64
 CONTEXT_TOKENS = 8192
@@ -147,12 +147,64 @@ async def failover(target: servers.Target, args: argparse.Namespace, nonce: str,
     return await run_failover(engine, target, nonce, args.failover_conversations)
 
 
+CONTEXTS = (2000, 4000, 6000)
+DECODE_TOKENS = 128
+
+
+@dataclass(frozen=True, slots=True)
+class ContextResult:
+    """One stream after a prompt of `prompt_tokens`: its TTFT and its decoding speed (completion
+    tokens after the first over the time from the first to the last)."""
+
+    prompt_tokens: int | None
+    ttft_s: float
+    decode_tokens_per_s: float
+    completion_tokens: int
+
+
+async def long_chat(target: servers.Target, nonce: str, tokens: int, max_tokens: int) -> servers.StreamResult:
+    """A distinct prompt of about `tokens` tokens (an agent's rules and tool list), then a story."""
+    system = agent_system_prompt(nonce, min_tokens=tokens)
+    question = "Now forget the tools and write a long story about a curious otter, at least 600 words."
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
+    return await target.chat(messages, max_tokens)
+
+
+async def context(target: servers.Target, args: argparse.Namespace, nonce: str, _: Any) -> Any:
+    """1-stream decoding at 2k, 4k and 6k tokens of context (issue 15's target: 40 tokens/s at 6k).
+    Each length `--rounds` times with new prompts; the round with the median decode speed is kept."""
+    results: dict[int, ContextResult] = {}
+    for tokens in CONTEXTS:
+        rounds = []
+        for r in range(args.rounds):
+            got = await long_chat(target, f"{nonce}-ctx{tokens}-{r}", tokens, DECODE_TOKENS)
+            decode_s = max(got.total_s - got.ttft_s, 1e-9)
+            speed = max(got.completion_tokens - 1, 0) / decode_s
+            rounds.append(ContextResult(got.prompt_tokens, got.ttft_s, speed, got.completion_tokens))
+        rounds.sort(key=lambda x: x.decode_tokens_per_s)
+        results[tokens] = rounds[len(rounds) // 2]
+    return results
+
+
+async def idle8(target: servers.Target, args: argparse.Namespace, nonce: str, _: Any) -> Any:
+    """8 streams right after a 6k-token conversation (its cells stay cached, idle): issue 15's
+    target is at least llama-server's throughput. `--rounds` bursts, the median kept."""
+    await long_chat(target, f"{nonce}-idle", 6000, 16)
+    await run_level(target, story_prompts(f"{nonce}-idle-warm", 8))
+    rounds = [await run_level(target, story_prompts(f"{nonce}-idle-{r}", 8)) for r in range(args.rounds)]
+    rounds.sort(key=lambda x: x.tokens_per_s)
+    median = rounds[len(rounds) // 2]
+    return dataclasses.replace(median, rounds_tokens_per_s=tuple(x.tokens_per_s for x in rounds))
+
+
 Workload = Callable[[servers.Target, argparse.Namespace, str, Any], Awaitable[Any]]
 _WORKLOADS: dict[str, Workload] = {
     "streams": streams,
     "shared": shared,
     "agent": agent,
     "failover": failover,
+    "context": context,
+    "idle8": idle8,
 }
 
 

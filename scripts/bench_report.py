@@ -69,6 +69,15 @@ def _level(level: int, field: str, scale: float = 1.0) -> Getter:
     return get
 
 
+def _ctx(tokens: int, field: str) -> Any:
+    def get(v: Any) -> float:
+        # JSON round trips turn the int keys into strings
+        got = v.get(tokens, v.get(str(tokens))) if isinstance(v, dict) else None
+        return float(getattr(got, field) if not isinstance(got, dict) else got[field])
+
+    return get
+
+
 def report(results: Results, names: list[str], levels: list[int], hotspare_mode: str) -> str:
     table = _Table(results, names)
     for lv in levels:
@@ -97,6 +106,11 @@ def report(results: Results, names: list[str], levels: list[int], hotspare_mode:
         "{:.0f}",
     )
     table.add("agent", "1 stream after agent: tok/s", lambda v: v["after"].tokens_per_s, "{:.1f}")
+    for tokens in (2000, 4000, 6000):
+        speed = _ctx(tokens, "decode_tokens_per_s")
+        table.add("context", f"1 stream at ~{tokens} ctx: decode tok/s", speed, "{:.1f}")
+        table.add("context", f"1 stream at ~{tokens} ctx: TTFT s", _ctx(tokens, "ttft_s"), "{:.2f}")
+    table.add("idle8", "8 streams after a 6k conversation: tok/s", lambda v: v.tokens_per_s, "{:.1f}")
     lines = [*table.lines, "", *_notes(results, hotspare_mode), "", *_targets(results)]
     return "\n".join(lines)
 
