@@ -9,7 +9,7 @@ import openai
 import pytest
 from starlette.testclient import TestClient
 
-from hotspare.api.responses_routes import store_of
+from hotspare.api.responses.routes import store_of
 from hotspare.core.errors import BackendUnavailable
 from hotspare.core.types import (
     FinishReason,

@@ -1,11 +1,11 @@
 """The Responses API endpoints: `POST /v1/responses`; `GET` and `DELETE /v1/responses/{id}` and
-`GET /v1/responses/{id}/input_items` (answered as api/responses_lookup.py says).
+`GET /v1/responses/{id}/input_items` (answered as api/responses/lookup.py says).
 
 A request is served like the chat endpoints (api/routes.py): by the failover router when upstreams are
 configured -- passed through unchanged to an OpenAI-kind upstream, whose bytes are read on the way
 past to keep the response -- else by the local model, whose events are rendered here.
 
-Conversations: a `previous_response_id` is resolved from the store (api/response_store.py) into the
+Conversations: a `previous_response_id` is resolved from the store (api/responses/store.py) into the
 earlier turns, which the local model (or a cross-format upstream) then sees before this request's own
 input. An upstream is sent the id unchanged when it made that response itself; when another backend
 made it, the upstream cannot know the id, so the earlier turns are inlined into `input` instead.
@@ -34,10 +34,10 @@ from fastapi import APIRouter, FastAPI, Request
 from starlette.responses import JSONResponse, Response
 
 from hotspare.api.errors import request_id_header
-from hotspare.api.response_store import ResponseStore, StoredTurn
-from hotspare.api.responses import Conversion, ResponsesRequest, input_items, to_chat_request
-from hotspare.api.responses_lookup import Lookup
-from hotspare.api.responses_render import EventRenderer, Shell, final_response, new_item_id, stream_events
+from hotspare.api.responses.lookup import Lookup
+from hotspare.api.responses.render import EventRenderer, Shell, final_response, new_item_id, stream_events
+from hotspare.api.responses.request import Conversion, ResponsesRequest, input_items, to_chat_request
+from hotspare.api.responses.store import ResponseStore, StoredTurn
 from hotspare.api.routes import (
     BACKEND_HEADER,
     STATUS_CLIENT_CLOSED,
