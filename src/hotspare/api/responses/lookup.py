@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from hotspare.api.responses.store import ResponseStore, StoredTurn
-from hotspare.api.routes import BACKEND_HEADER
+from hotspare.api.serving import BACKEND_HEADER
 from hotspare.core.errors import BackendUnavailable, InvalidRequest, NotFound, UpstreamError
 from hotspare.core.types import ApiFormat
 from hotspare.router.router import Router
