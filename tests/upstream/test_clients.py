@@ -19,8 +19,7 @@ from hotspare.upstream import base
 from hotspare.upstream.anthropic import AnthropicUpstream
 from hotspare.upstream.base import ClientCall, Upstream
 from hotspare.upstream.openai import OpenAIUpstream
-
-from .factories import CLIENT_KEY, make_call, upstream_config
+from router.factories import CLIENT_KEY, make_call, upstream_config
 
 T = TypeVar("T")
 FORMATS = {"anthropic": ApiFormat.ANTHROPIC_MESSAGES, "openai": ApiFormat.OPENAI_CHAT}
