@@ -23,6 +23,8 @@ import pytest
 
 from serving import RunningServer, start_server, stop_server
 
+pytestmark = pytest.mark.real  # `hotspare serve` as a subprocess (see tests/conftest.py)
+
 CITY_SCHEMA = {
     "type": "object",
     "properties": {"city": {"type": "string", "enum": ["Paris", "London", "Tokyo"]}},

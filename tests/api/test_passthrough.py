@@ -19,6 +19,8 @@ from fakes.upstreams import Behavior, FakeUpstream
 from sdk_clients import anthropic_client, openai_client
 from serving import RunningServer
 
+pytestmark = pytest.mark.real  # `hotspare serve` as a subprocess (see tests/conftest.py)
+
 CONFIG = (
     """
 mode = "upstream-only"

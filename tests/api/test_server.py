@@ -13,6 +13,8 @@ import pytest
 from hotspare.models.catalog import DEFAULT_MODEL
 from serving import RunningServer
 
+pytestmark = pytest.mark.real  # `hotspare serve` as a subprocess (see tests/conftest.py)
+
 PROMPT = "Write a short poem about the sea."
 COUNTING = "Count from 1 to 50, separated by commas."
 TIMEOUT_S = 120.0

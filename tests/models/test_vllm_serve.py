@@ -24,6 +24,8 @@ from .factories import install_gpu_model
 from .hub_server import COMMIT
 from .test_vllm_backend import fake_vllm, is_gone
 
+pytestmark = pytest.mark.real  # `hotspare serve` as a subprocess (see tests/conftest.py)
+
 
 @pytest.fixture
 def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isolated_homes: Path) -> Iterator[RunningServer]:

@@ -149,6 +149,7 @@ def upstream_only(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningS
     stop_server(running)
 
 
+@pytest.mark.real
 @pytest.mark.parametrize(
     "target",
     [b"/v1/responses/%E9", b"/v1/responses/a%20b", b"/v1/mo dels", "/v1/modèls".encode(), b"/v1/models\xff"],

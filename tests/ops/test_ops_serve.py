@@ -28,6 +28,8 @@ from .browser import dump_dom, screenshot
 from .png import hex_rgb, pixel_counts
 from .webhook import WebhookReceiver
 
+pytestmark = pytest.mark.real  # `hotspare serve` as a subprocess (see tests/conftest.py)
+
 CLIENT_KEY = "hs-client-key-0001"
 UPSTREAM_KEY = "sk-upstream-secret-0001"
 PROMPT = "Say hello, zebra-marker-7"  # must never reach the request log

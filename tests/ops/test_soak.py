@@ -14,6 +14,8 @@ from serving import start_server, stop_server
 
 from .soak import SOAK_CONFIG, SoakPlan, run_soak
 
+pytestmark = pytest.mark.real  # `hotspare serve` as a subprocess (see tests/conftest.py)
+
 MAX_RSS_GROWTH_BYTES = 64 * 2**20
 
 

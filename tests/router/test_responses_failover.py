@@ -16,6 +16,8 @@ from fakes.upstreams import Behavior, FakeUpstream, key_hash
 from sdk_clients import openai_client
 from serving import RunningServer
 
+pytestmark = pytest.mark.real  # `hotspare serve` as a subprocess (see tests/conftest.py)
+
 GPT = "gpt-test"
 KEY = "sk-test-client"
 UPSTREAM_TEXT = "Hello from the fake upstream."

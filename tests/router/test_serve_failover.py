@@ -22,6 +22,8 @@ from fakes.upstreams import Behavior, FakeUpstream, key_hash
 from sdk_clients import anthropic_client, openai_client
 from serving import RunningServer
 
+pytestmark = pytest.mark.real  # `hotspare serve` as a subprocess (see tests/conftest.py)
+
 CLAUDE = "claude-test"  # served by the anthropic fake
 GPT = "gpt-test"  # served by the openai fake
 KEY = "sk-test-client"
