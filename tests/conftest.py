@@ -20,10 +20,10 @@ from collections.abc import Iterator
 
 import pytest
 
-import serving
-from fakes.upstreams import Behavior, FakeUpstream
-from sdk_clients import close_all
-from serving import RunningServer, start_server, stop_server
+from tests import serving
+from tests.fakes.upstreams import Behavior, FakeUpstream
+from tests.sdk_clients import close_all
+from tests.serving import RunningServer, start_server, stop_server
 
 REAL_FIXTURES = frozenset({"server", "model_path"})
 """Fixtures that bring up the real hotspare: every test that uses one is marked `real`."""

@@ -40,7 +40,7 @@ def free_port() -> int:
 
 may_start_real_server = True
 """False while a test without the `real` marker runs (tests/conftest.py): starting the server then
-fails, so that the marker stays true. Outside pytest (scripts/soak) it stays True."""
+fails, so that the marker stays true. Outside pytest (scripts/soak.py) it stays True."""
 
 
 def start_server(workdir: Path, *args: str, home: Path | None = None) -> RunningServer:

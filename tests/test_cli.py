@@ -16,7 +16,7 @@ import pytest
 
 from hotspare.cli import main
 from hotspare.models.catalog import DEFAULT_MODEL
-from serving import RunningServer, free_port, start_server, stop_server
+from tests.serving import RunningServer, free_port, start_server, stop_server
 
 
 def test_serve_help_explains_every_flag_and_the_defaults(capsys: pytest.CaptureFixture[str]) -> None:

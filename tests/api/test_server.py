@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from hotspare.models.catalog import DEFAULT_MODEL
-from serving import RunningServer
+from tests.serving import RunningServer
 
 pytestmark = pytest.mark.real  # `hotspare serve` as a subprocess (see tests/conftest.py)
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from hotspare.models.catalog import DEFAULT_MODEL, load_catalog, resolve_weights
-from serving import free_port, start_server, stop_server
+from tests.serving import free_port, start_server, stop_server
 
 from .factories import entry_dict, write_catalog
 

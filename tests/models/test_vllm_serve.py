@@ -18,7 +18,7 @@ import openai
 import psutil
 import pytest
 
-from serving import RunningServer, start_server, stop_server
+from tests.serving import RunningServer, start_server, stop_server
 
 from .factories import install_gpu_model
 from .hub_server import COMMIT

@@ -12,13 +12,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
-from api.fakes import FakeBackend
-from fakes.upstreams import Behavior, FakeUpstream
 from hotspare.app import create_app
 from hotspare.config import ResponsesSettings, Settings
 from hotspare.core.errors import BackendUnavailable
 from hotspare.core.types import ChatRequest, StreamEvent, TextDelta
-from router.factories import upstream_config
+from tests.api.fakes import FakeBackend
+from tests.fakes.upstreams import Behavior, FakeUpstream
+from tests.router.factories import upstream_config
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 BODIES = {
