@@ -24,8 +24,7 @@ from hotspare.core.types import (
     ToolChoice,
     ToolChoiceMode,
 )
-
-from .fakes import MODEL, FakeBackend, answer, finish
+from tests.api.fakes import MODEL, FakeBackend, answer, finish
 
 STREAM_EVENTS = [
     "response.created",
