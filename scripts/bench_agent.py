@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from bench_servers import StreamResult, Target, chat_request, model_path, wait_engine_idle
+from benchmarks.servers import StreamResult, Target, chat_request, model_path, wait_engine_idle
 
 Messages = list[dict[str, str]]
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Claude Code's next turn after its provider fails, end to end with the real client.
 
-    python scripts/bench_agent_outage.py [--runs N] [--variants on,off] [--dump DIR] [--json FILE]
+    python -m scripts.bench_agent_outage [--runs N] [--variants on,off] [--dump DIR] [--json FILE]
 
 One run of the scenario (the agent-outage issue's):
 1. a fake Anthropic provider on 127.0.0.1 streams a short answer; `hotspare serve` has it as its one
@@ -39,11 +39,12 @@ from typing import Any
 
 import httpx
 import uvicorn
-from claude_code_check import claude_binary, free_port, proxy_app
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from scripts.claude_code_check import claude_binary, free_port, proxy_app
 
 ANSWER = "Hello there, friend, welcome!"
 TURN_1 = "Say hello in five words."

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The Codex CLI's next turn after its provider fails, end to end with the real client.
 
-    python scripts/bench_codex_outage.py [--runs N] [--variants on,off] [--json FILE]
+    python -m scripts.bench_codex_outage [--runs N] [--variants on,off] [--json FILE]
 
 One run (the agent-outage issue's Codex scenario):
 1. a fake OpenAI provider on 127.0.0.1 streams a short Responses API answer; `hotspare serve` has it as
@@ -32,12 +32,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_agent_outage import _brief, _serve, _start_hotspare, _wait_idle, report, run_cli
-from claude_code_check import proxy_app
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from scripts.bench_agent_outage import _brief, _serve, _start_hotspare, _wait_idle, report, run_cli
+from scripts.claude_code_check import proxy_app
 
 PREFIX = Path.home() / ".cache" / "hotspare" / "codex"
 ANSWER = "Hello there, friend, welcome!"

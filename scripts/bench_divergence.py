@@ -7,8 +7,8 @@ tokens and then go on differently. The tests check that the distributions agree 
 this script reports how often the *answers* differ, and after how many tokens, for a few batch
 sizes, and whether the same schedule run twice gives the same answers.
 
-    python scripts/bench_divergence.py                 # 8 prompts, 48 tokens, batches of 8 and 16
-    python scripts/bench_divergence.py --tokens 64 --batches 2 4 8 16
+    python -m scripts.bench_divergence                 # 8 prompts, 48 tokens, batches of 8 and 16
+    python -m scripts.bench_divergence --tokens 64 --batches 2 4 8 16
 """
 
 from __future__ import annotations

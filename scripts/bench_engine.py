@@ -18,8 +18,8 @@ other processes disturbed (they took more than --max-disturbed-share of the CPU 
 again, up to --attempts times, and the least disturbed attempt is reported with its share.
 
     scripts/build-llama-server                  # once, ~15 min on two cores
-    python scripts/bench_engine.py --json /tmp/bench.json     # prints Markdown tables with ratios
-    python scripts/bench_engine.py --servers hotspare --workloads streams failover
+    python -m scripts.bench_engine --json /tmp/bench.json     # prints Markdown tables with ratios
+    python -m scripts.bench_engine --servers hotspare --workloads streams failover
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import bench_servers as servers
-from bench_agent import agent_system_prompt, run_agent, run_failover, run_shared_prefix
-from bench_report import Measured, percentile, report
+from benchmarks import servers
+from benchmarks.report import Measured, percentile, report
+from scripts.bench_agent import agent_system_prompt, run_agent, run_failover, run_shared_prefix
 
 SERVERS = ("hotspare", "llama-server", "llama-cpp-python", "llama-server-pinned")
 """llama-server-pinned runs the agent workload only: llama-server told which slot each conversation

@@ -6,7 +6,7 @@ from saved states so every variant starts from the same cell layout; the engine 
 cap asks for (as its idle loop does), and four streams answer short prompts together. Reported: the
 median decode step while all four decode, per variant, variants interleaved round by round.
 
-    python scripts/bench_idle.py --rounds 3 --threads 1
+    python -m scripts.bench_idle --rounds 3 --threads 1
 
 Variants: `empty` (no old conversations), `cap N` (N = 0: no cap, all idle cells stay), and
 `cap N, no repack` (the slots kept stay where they were: attention spans the cache up to its highest

@@ -2,7 +2,7 @@
 """Passthrough overhead: the same fast fake upstream called directly, through `hotspare serve`, and
 through LiteLLM's proxy (if installed), in one run.
 
-    python scripts/bench_passthrough.py [--litellm /tmp/litellm-venv/bin/litellm] [--requests 400]
+    python -m scripts.bench_passthrough [--litellm /tmp/litellm-venv/bin/litellm] [--requests 400]
                                         [--rounds 3]
 
 For each target, OpenAI Chat Completions requests (streaming and not) at concurrency 1 and 64, sent
@@ -38,9 +38,8 @@ from hotspare.upstream.http1 import Http1Pool
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_MAIN = """
-import sys, threading
-sys.path.insert(0, {tests!r})
-from fakes.upstreams import FakeUpstream
+import sys
+from tests.fakes.upstreams import FakeUpstream
 with FakeUpstream("openai") as fake:
     print(fake.port, flush=True)
     sys.stdin.read()
@@ -93,8 +92,9 @@ def wait_http(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> N
 
 
 def start_fake() -> tuple[subprocess.Popen[bytes], int]:
-    code = FAKE_MAIN.format(tests=str(ROOT / "tests"))
-    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    proc = subprocess.Popen(  # `-c` imports from the working directory: the repo root
+        [sys.executable, "-c", FAKE_MAIN], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
     assert proc.stdout is not None
     return proc, int(proc.stdout.readline())
 

@@ -2,11 +2,11 @@
 of a few new tokens after a long cached context costs (flash attention on and off), and what 1 vs 2
 threads do to decode and prefill while the machine is busy. Numbers the engine cannot beat.
 
-    python scripts/bench_raw.py prefill --context 4262 --new 19 1     # failover-turn floor
-    python scripts/bench_raw.py threads --seconds 60                  # run it beside other load
-    python scripts/bench_raw.py attention --runs 3                    # engine/calibrate.py's workloads
-    python scripts/bench_raw.py start                                 # engine start: calibrating, cached
-    python scripts/bench_raw.py kv-quality                            # what q8_0 KV does to the logits
+    python -m scripts.bench_raw prefill --context 4262 --new 19 1     # failover-turn floor
+    python -m scripts.bench_raw threads --seconds 60                  # run it beside other load
+    python -m scripts.bench_raw attention --runs 3                    # engine/calibrate.py's workloads
+    python -m scripts.bench_raw start                                 # engine start: calibrating, cached
+    python -m scripts.bench_raw kv-quality                            # what q8_0 KV does to the logits
 
 Same model as everything else (the embedded SmolLM2-135M-Instruct Q4_1); random token ids (the
 model's speed does not depend on what the tokens say); medians.

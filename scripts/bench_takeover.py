@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Takeover latency: how long a client waits for its next token when the upstream fails.
 
-    python scripts/bench_takeover.py [--runs 5]
+    python -m scripts.bench_takeover [--runs 5]
 
 Runs `hotspare serve` in front of a fake Anthropic upstream (tests/fakes/upstreams.py, in this
 process) with first_token_s = 1 s and idle_s = 1 s, and measures with a raw streaming client:
@@ -29,10 +29,7 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from fakes.upstreams import Behavior, FakeUpstream  # noqa: E402
+from tests.fakes.upstreams import Behavior, FakeUpstream
 
 CONFIG = """
 mode = "auto"

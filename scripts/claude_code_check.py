@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Claude Code on the local model, end to end: `claude -p "Say hello"` against hotspare in local-only mode.
 
-    python scripts/claude_code_check.py [--prompt TEXT] [--record FILE] [--timeout-s N]
+    python -m scripts.claude_code_check [--prompt TEXT] [--record FILE] [--timeout-s N]
 
 1. installs Claude Code (`@anthropic-ai/claude-code`, npm) into ~/.cache/hotspare/claude-code unless
    it is there (or `CLAUDE_BIN` names a `claude` to use);

@@ -6,6 +6,12 @@
 * `anthropic_server` / `openai_server`: the fake providers (fakes/upstreams.py), one of each per test
   module; `anthropic_fake` / `openai_fake` hand them to a test reset and healthy.
 * SDK clients made with sdk_clients.py are closed after each test.
+
+The `real` marker (pyproject.toml) names the tests that run the real hotspare: `hotspare serve` as a
+subprocess, or the engine on the embedded model. A test is marked here when it uses `server` or
+`model_path`, else by its module (`pytestmark`) or itself; one that starts the server unmarked fails
+(`serving.start_server`), so `-m "not real and not slow"` is the in-process suite, and nothing
+recognises a real-server test by its name.
 """
 
 from __future__ import annotations
@@ -14,9 +20,25 @@ from collections.abc import Iterator
 
 import pytest
 
-from fakes.upstreams import Behavior, FakeUpstream
-from sdk_clients import close_all
-from serving import RunningServer, start_server, stop_server
+from tests import serving
+from tests.fakes.upstreams import Behavior, FakeUpstream
+from tests.sdk_clients import close_all
+from tests.serving import RunningServer, start_server, stop_server
+
+REAL_FIXTURES = frozenset({"server", "model_path"})
+"""Fixtures that bring up the real hotspare: every test that uses one is marked `real`."""
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by markers
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if REAL_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.real)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Before the test's fixtures (a module's server starts in the first test that uses it)."""
+    serving.may_start_real_server = item.get_closest_marker("real") is not None
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import anthropic
 import openai
 
-from serving import RunningServer
+from tests.serving import RunningServer
 
 _open: list[anthropic.Anthropic | openai.OpenAI] = []
 

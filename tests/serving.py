@@ -38,9 +38,16 @@ def free_port() -> int:
         return port
 
 
+may_start_real_server = True
+"""False while a test without the `real` marker runs (tests/conftest.py): starting the server then
+fails, so that the marker stays true. Outside pytest (scripts/soak.py) it stays True."""
+
+
 def start_server(workdir: Path, *args: str, home: Path | None = None) -> RunningServer:
     """Start `hotspare serve --port <free> *args` and wait until GET /ready is 200. `home`: its
     HOTSPARE_HOME (hashes recorded at a pull live there); default: a fresh one in `workdir`."""
+    if not may_start_real_server:
+        pytest.fail("this test starts `hotspare serve`: mark it `pytest.mark.real` (see tests/conftest.py)")
     port = free_port()
     home_dir = home or workdir / f"home-{port}"
     log_path = workdir / f"hotspare-{port}.log"

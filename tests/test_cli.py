@@ -16,7 +16,7 @@ import pytest
 
 from hotspare.cli import main
 from hotspare.models.catalog import DEFAULT_MODEL
-from serving import RunningServer, free_port, start_server, stop_server
+from tests.serving import RunningServer, free_port, start_server, stop_server
 
 
 def test_serve_help_explains_every_flag_and_the_defaults(capsys: pytest.CaptureFixture[str]) -> None:
@@ -72,6 +72,7 @@ def test_serve_runs_the_embedded_model_on_weights_re_encoded_for_the_cpu(server:
     assert "Q8_0; Q8_0, re-encoded from Q4_1)" in line
 
 
+@pytest.mark.real
 def test_a_configured_server_restricts_names_and_stops_cleanly(tmp_path: Path) -> None:
     config = tmp_path / "hotspare.toml"
     config.write_text('[local]\ncontext_tokens = 1024\n[api]\nallowed_models = ["gpt-4o"]\n')
@@ -93,6 +94,7 @@ def test_a_configured_server_restricts_names_and_stops_cleanly(tmp_path: Path) -
     assert log.rstrip().endswith("hotspare stopped")  # the lifespan ran to its end: the engine is stopped
 
 
+@pytest.mark.real
 def test_ctrl_c_is_a_quiet_graceful_shutdown(tmp_path: Path) -> None:
     running = start_server(tmp_path)
     body = {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
@@ -107,6 +109,7 @@ def test_ctrl_c_is_a_quiet_graceful_shutdown(tmp_path: Path) -> None:
     assert log.rstrip().endswith("hotspare stopped")
 
 
+@pytest.mark.real
 def test_a_second_ctrl_c_during_the_shutdown_stops_at_once_without_a_traceback(tmp_path: Path) -> None:
     """An impatient second Ctrl-C makes uvicorn give up on the graceful shutdown; what is left of
     its lifespan task is cancelled, which it used to report as an ERROR with a traceback."""
@@ -125,6 +128,7 @@ def test_a_second_ctrl_c_during_the_shutdown_stops_at_once_without_a_traceback(t
     assert not alive, log  # the engine process goes too
 
 
+@pytest.mark.real
 def test_a_signal_to_the_whole_process_group_is_a_clean_shutdown_that_saves_the_prefix_cache(
     tmp_path: Path,
 ) -> None:
@@ -154,6 +158,7 @@ def test_a_signal_to_the_whole_process_group_is_a_clean_shutdown_that_saves_the_
     assert list((home / "kvcache").rglob("prefix-*.kv")), log  # saved at the orderly shutdown
 
 
+@pytest.mark.real
 def test_a_model_that_cannot_load_makes_serve_exit_non_zero(tmp_path: Path) -> None:
     weights = tmp_path / "broken.gguf"
     weights.write_bytes(b"this is not a GGUF file")

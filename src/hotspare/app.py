@@ -32,8 +32,8 @@ from starlette.responses import JSONResponse, Response
 
 from hotspare import __version__
 from hotspare.api.errors import install_error_handlers
-from hotspare.api.responses_routes import close_store
-from hotspare.api.responses_routes import router as responses_router
+from hotspare.api.responses.routes import close_store
+from hotspare.api.responses.routes import router as responses_router
 from hotspare.api.routes import router
 from hotspare.api.unknown_fields import UnknownFieldLog
 from hotspare.config import Settings

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).parents[2] / "scripts" / "claude_code_check.py"
+ROOT = Path(__file__).parents[2]  # scripts run as modules from here (scripts/__init__.py)
 
 
 @pytest.mark.slow
@@ -22,10 +22,11 @@ def test_claude_code_says_hello(tmp_path: Path) -> None:
         pytest.skip("node and npm are needed to install and run Claude Code")
     record = tmp_path / "claude-code.json"
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--record", str(record), "--timeout-s", "1500"],
+        [sys.executable, "-m", "scripts.claude_code_check", "--record", str(record), "--timeout-s", "1500"],
         capture_output=True,
         text=True,
         timeout=1700,
+        cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr[-4000:]
     report = json.loads(record.read_text())
@@ -38,10 +39,11 @@ def test_claude_code_says_hello(tmp_path: Path) -> None:
 def _outage_run(script: str, tmp_path: Path) -> dict[str, object]:
     out = tmp_path / "run.json"
     done = subprocess.run(
-        [sys.executable, str(SCRIPT.parent / script), "--runs", "1", "--variants", "on", "--json", str(out)],
+        [sys.executable, "-m", f"scripts.{script}", "--runs", "1", "--variants", "on", "--json", str(out)],
         capture_output=True,
         text=True,
         timeout=1700,
+        cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr[-4000:]
     run: dict[str, object] = json.loads(out.read_text())["runs"]["True"][0]
@@ -50,7 +52,7 @@ def _outage_run(script: str, tmp_path: Path) -> dict[str, object]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-@pytest.mark.parametrize("script", ["bench_agent_outage.py", "bench_codex_outage.py"])
+@pytest.mark.parametrize("script", ["bench_agent_outage", "bench_codex_outage"])
 def test_the_agent_s_next_turn_after_the_provider_fails_comes_from_the_warm_cache(
     script: str, tmp_path: Path
 ) -> None:

@@ -21,7 +21,9 @@ import jsonschema
 import openai
 import pytest
 
-from serving import RunningServer, start_server, stop_server
+from tests.serving import RunningServer, start_server, stop_server
+
+pytestmark = pytest.mark.real  # `hotspare serve` as a subprocess (see tests/conftest.py)
 
 CITY_SCHEMA = {
     "type": "object",

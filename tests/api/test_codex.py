@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from serving import RunningServer
+from tests.serving import RunningServer
 
 CODEX_TIMEOUT_S = 540  # a ~4,800-token prompt prefilled on a busy 2-core CPU took 218 s
 

@@ -14,10 +14,12 @@ import httpx
 import openai
 import pytest
 
-from fakes.serve_config import serving, upstream_table
-from fakes.upstreams import Behavior, FakeUpstream
-from sdk_clients import anthropic_client, openai_client
-from serving import RunningServer
+from tests.fakes.serve_config import serving, upstream_table
+from tests.fakes.upstreams import Behavior, FakeUpstream
+from tests.sdk_clients import anthropic_client, openai_client
+from tests.serving import RunningServer
+
+pytestmark = pytest.mark.real  # `hotspare serve` as a subprocess (see tests/conftest.py)
 
 CONFIG = (
     """

@@ -11,7 +11,9 @@ import openai
 import pytest
 
 from hotspare.models.catalog import DEFAULT_MODEL
-from serving import RunningServer
+from tests.serving import RunningServer
+
+pytestmark = pytest.mark.real  # `hotspare serve` as a subprocess (see tests/conftest.py)
 
 PROMPT = "Write a short poem about the sea."
 COUNTING = "Count from 1 to 50, separated by commas."

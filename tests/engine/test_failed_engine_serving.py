@@ -11,11 +11,11 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from fakes.upstreams import FakeUpstream
 from hotspare.app import create_app
 from hotspare.config import Settings
 from hotspare.engine import local
 from hotspare.router.config import UpstreamConfig
+from tests.fakes.upstreams import FakeUpstream
 
 from .crashing_worker import crashing_worker
 

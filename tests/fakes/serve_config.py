@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from serving import RunningServer, start_server, stop_server
+from tests.serving import RunningServer, start_server, stop_server
 
 QUICK_TIMEOUTS: dict[str, float] = {"connect_s": 1, "first_token_s": 1.5, "idle_s": 1, "total_s": 30}
 QUICK_BREAKER: dict[str, float] = {

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from hotspare.models.catalog import DEFAULT_MODEL, load_catalog, resolve_weights
-from serving import free_port, start_server, stop_server
+from tests.serving import free_port, start_server, stop_server
 
 from .factories import entry_dict, write_catalog
 
@@ -44,6 +44,7 @@ def serve(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=os.environ.copy())
 
 
+@pytest.mark.real
 def test_without_a_model_serve_runs_the_best_installed_model_that_fits(catalog: Path, tmp_path: Path) -> None:
     running = start_server(tmp_path)
     try:
@@ -59,6 +60,7 @@ def test_without_a_model_serve_runs_the_best_installed_model_that_fits(catalog: 
     assert "(passed over: huge does not fit: needs 12288.5 GiB of RAM with headroom" in log
 
 
+@pytest.mark.real
 @pytest.mark.parametrize("where", ["--model", "[local] model"])
 def test_a_named_model_that_does_not_fit_is_refused_before_loading(
     catalog: Path, tmp_path: Path, where: str
@@ -74,6 +76,7 @@ def test_a_named_model_that_does_not_fit_is_refused_before_loading(
     assert "Traceback" not in done.stderr and "engine ready" not in done.stderr  # nothing was loaded
 
 
+@pytest.mark.real
 def test_check_fit_off_loads_it_anyway(catalog: Path, tmp_path: Path) -> None:
     config = tmp_path / "hotspare.toml"
     config.write_text('[local]\nmodel = "huge"\ncheck_fit = false\n')
@@ -86,6 +89,7 @@ def test_check_fit_off_loads_it_anyway(catalog: Path, tmp_path: Path) -> None:
     assert "model huge: named in the configuration; the fit check is off" in running.log()
 
 
+@pytest.mark.real
 def test_nothing_installed_fits_is_a_clear_refusal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     only_huge = entry_dict(name="huge", memory_bytes=10 * TIB)  # its file does not exist either
     monkeypatch.setenv("HOTSPARE_CATALOG", str(write_catalog(tmp_path / "models.toml", only_huge)))

@@ -37,7 +37,7 @@ from hotspare.core.types import (
 from hotspare.models import vllm_backend as vllm_backend_module
 from hotspare.models.vllm_backend import VllmBackend
 from hotspare.models.vllm_launch import VllmOptions, vllm_launch
-from serving import free_port
+from tests.serving import free_port
 
 from .test_vllm_launch import FAKE_VLLM, gpu_entry
 

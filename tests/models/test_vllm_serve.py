@@ -18,11 +18,13 @@ import openai
 import psutil
 import pytest
 
-from serving import RunningServer, start_server, stop_server
+from tests.serving import RunningServer, start_server, stop_server
 
 from .factories import install_gpu_model
 from .hub_server import COMMIT
 from .test_vllm_backend import fake_vllm, is_gone
+
+pytestmark = pytest.mark.real  # `hotspare serve` as a subprocess (see tests/conftest.py)
 
 
 @pytest.fixture

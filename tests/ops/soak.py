@@ -1,7 +1,7 @@
 """The soak: many mixed requests (both APIs, streaming and not, concurrent) against a real `hotspare
 serve` in front of the fake providers, whose behaviour switches at random between healthy and every
 fault they can inject, while the local engine takes the overflow. Used by tests/ops/test_soak.py (CI
-size) and scripts/soak (the full run). Loopback only; bounded in count and in time.
+size) and scripts/soak.py (the full run). Loopback only; bounded in count and in time.
 
 Every request ends as exactly one of:
   complete      a 200 whose answer ends as its API ends a finished answer (stop reason; for streams
@@ -28,8 +28,8 @@ from typing import Any
 import httpx
 import psutil
 
-from fakes.serve_config import QUICK_TIMEOUTS, upstream_table
-from fakes.upstreams import Behavior, FakeUpstream
+from tests.fakes.serve_config import QUICK_TIMEOUTS, upstream_table
+from tests.fakes.upstreams import Behavior, FakeUpstream
 
 _soak_upstream = partial(
     upstream_table,

@@ -10,12 +10,12 @@ import openai
 import pytest
 from starlette.testclient import TestClient
 
-from api.fakes import FakeBackend
 from hotspare.app import create_app
 from hotspare.cli import main
 from hotspare.config import Settings
 from hotspare.core.errors import ConfigError
 from hotspare.ops.access import KeyRing, RateLimiter, check_exposure, is_loopback, startup_keys
+from tests.api.fakes import FakeBackend
 
 KEY = "hs-test-key-0001"
 OTHER = "hs-test-key-0002"

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from api.fakes import FakeBackend
 from hotspare.app import create_app
 from hotspare.config import Settings
 from hotspare.ops.auth_throttle import MAX_FAILURES, AuthThrottle
-from serving import RunningServer, start_server, stop_server
+from tests.api.fakes import FakeBackend
+from tests.serving import RunningServer, start_server, stop_server
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 KEY = "hs-test-key-0001"
@@ -149,6 +149,7 @@ def upstream_only(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningS
     stop_server(running)
 
 
+@pytest.mark.real
 @pytest.mark.parametrize(
     "target",
     [b"/v1/responses/%E9", b"/v1/responses/a%20b", b"/v1/mo dels", "/v1/modèls".encode(), b"/v1/models\xff"],

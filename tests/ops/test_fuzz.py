@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from api.fakes import FakeBackend
 from hotspare.app import create_app
 from hotspare.config import Settings
+from tests.api.fakes import FakeBackend
 
 SCALARS = st.one_of(
     st.none(),

@@ -17,16 +17,18 @@ import httpx
 import openai
 import pytest
 
-from fakes.serve_config import QUICK_TIMEOUTS, upstream_table
-from fakes.upstreams import Behavior, FakeUpstream
 from hotspare.engine.attention import WORKLOADS
 from hotspare.ops.status_page import GREEN, RED
-from sdk_clients import anthropic_client, openai_client
-from serving import RunningServer, start_server, stop_server
+from tests.fakes.serve_config import QUICK_TIMEOUTS, upstream_table
+from tests.fakes.upstreams import Behavior, FakeUpstream
+from tests.sdk_clients import anthropic_client, openai_client
+from tests.serving import RunningServer, start_server, stop_server
 
 from .browser import dump_dom, screenshot
 from .png import hex_rgb, pixel_counts
 from .webhook import WebhookReceiver
+
+pytestmark = pytest.mark.real  # `hotspare serve` as a subprocess (see tests/conftest.py)
 
 CLIENT_KEY = "hs-client-key-0001"
 UPSTREAM_KEY = "sk-upstream-secret-0001"

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 import pytest
 from starlette.testclient import TestClient
 
-from api.fakes import FakeBackend
 from hotspare.app import create_app
 from hotspare.config import Settings
+from tests.api.fakes import FakeBackend
 
 KEY = "hs-test-key-0001"
 

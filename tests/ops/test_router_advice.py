@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fakes.upstreams import Behavior, FakeUpstream
 from hotspare.core.errors import FailureClass
 from hotspare.core.types import ApiFormat
 from hotspare.router.breaker import Transition
@@ -15,7 +14,8 @@ from hotspare.router.member import build_upstream
 from hotspare.router.observe import Stage
 from hotspare.router.replies import EventReply, RawReply, Reply
 from hotspare.router.router import Router
-from router.factories import FakeLocal, make_call, upstream_config
+from tests.fakes.upstreams import Behavior, FakeUpstream
+from tests.router.factories import FakeLocal, make_call, upstream_config
 
 
 class Recorder:

@@ -1,5 +1,5 @@
 """A CI-sized soak: a few hundred mixed requests under random faults, zero hung, lost or truncated,
-memory stable. scripts/soak runs the same with thousands."""
+memory stable. scripts/soak.py runs the same with thousands."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from fakes.upstreams import FakeUpstream
-from serving import start_server, stop_server
+from tests.fakes.upstreams import FakeUpstream
+from tests.serving import start_server, stop_server
 
 from .soak import SOAK_CONFIG, SoakPlan, run_soak
+
+pytestmark = pytest.mark.real  # `hotspare serve` as a subprocess (see tests/conftest.py)
 
 MAX_RSS_GROWTH_BYTES = 64 * 2**20
 

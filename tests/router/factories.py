@@ -7,7 +7,6 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fakes.upstreams import FakeUpstream
 from hotspare.core.errors import HotspareError
 from hotspare.core.types import (
     ApiFormat,
@@ -23,6 +22,7 @@ from hotspare.core.types import (
 )
 from hotspare.router.config import UpstreamConfig
 from hotspare.upstream.base import ClientCall
+from tests.fakes.upstreams import FakeUpstream
 
 CLIENT_KEY = "sk-client-key-1"
 

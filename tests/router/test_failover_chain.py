@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from fakes.upstreams import Behavior, FakeUpstream
 from hotspare.core.errors import HotspareError, UpstreamError
 from hotspare.core.types import ApiFormat, Finish, FinishReason, StreamEvent
 from hotspare.router.config import RouterConfig
@@ -20,6 +19,7 @@ from hotspare.router.member import build_upstream
 from hotspare.router.replies import EventReply, RawReply, Reply
 from hotspare.router.router import Router
 from hotspare.upstream.base import ClientCall
+from tests.fakes.upstreams import Behavior, FakeUpstream
 
 from .factories import FakeLocal, make_call, upstream_config
 from .test_router import anthropic_text, sse_payloads

@@ -11,10 +11,12 @@ from typing import Any
 import openai
 import pytest
 
-from fakes.serve_config import QUICK_BREAKER, serving, upstream_table
-from fakes.upstreams import Behavior, FakeUpstream, key_hash
-from sdk_clients import openai_client
-from serving import RunningServer
+from tests.fakes.serve_config import QUICK_BREAKER, serving, upstream_table
+from tests.fakes.upstreams import Behavior, FakeUpstream, key_hash
+from tests.sdk_clients import openai_client
+from tests.serving import RunningServer
+
+pytestmark = pytest.mark.real  # `hotspare serve` as a subprocess (see tests/conftest.py)
 
 GPT = "gpt-test"
 KEY = "sk-test-client"

@@ -10,7 +10,6 @@ from typing import Any, TypeVar
 
 import pytest
 
-from fakes.upstreams import Behavior, FakeUpstream
 from hotspare.core.errors import FailureClass, UpstreamError
 from hotspare.core.types import ApiFormat, Finish, Role, StreamEvent, TextDelta
 from hotspare.router.breaker import CircuitState
@@ -19,6 +18,7 @@ from hotspare.router.member import build_upstream
 from hotspare.router.replies import EventReply, RawReply, Reply
 from hotspare.router.router import Router
 from hotspare.upstream.base import ClientCall
+from tests.fakes.upstreams import Behavior, FakeUpstream
 
 from .factories import FakeLocal, make_call, upstream_config
 

@@ -17,10 +17,12 @@ import httpx
 import openai
 import pytest
 
-from fakes.serve_config import serving, upstream_table
-from fakes.upstreams import Behavior, FakeUpstream, key_hash
-from sdk_clients import anthropic_client, openai_client
-from serving import RunningServer
+from tests.fakes.serve_config import serving, upstream_table
+from tests.fakes.upstreams import Behavior, FakeUpstream, key_hash
+from tests.sdk_clients import anthropic_client, openai_client
+from tests.serving import RunningServer
+
+pytestmark = pytest.mark.real  # `hotspare serve` as a subprocess (see tests/conftest.py)
 
 CLAUDE = "claude-test"  # served by the anthropic fake
 GPT = "gpt-test"  # served by the openai fake

@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from fakes.upstreams import Behavior, FakeUpstream
 from hotspare.core.types import ApiFormat, StreamEvent, TextDelta
 from hotspare.router.config import RouterConfig
 from hotspare.router.member import build_upstream
@@ -23,7 +22,8 @@ from hotspare.router.router import Router
 from hotspare.upstream.base import ClientCall
 from hotspare.upstream.sse import SseDecoder
 from hotspare.upstream.transport import MAX_DECODED_PIECE_BYTES, BodyReader, ContentDecoder, ProtocolFailed
-from router.factories import FakeLocal, make_call, upstream_config
+from tests.fakes.upstreams import Behavior, FakeUpstream
+from tests.router.factories import FakeLocal, make_call, upstream_config
 
 ANTHROPIC = ApiFormat.ANTHROPIC_MESSAGES
 OPENAI = ApiFormat.OPENAI_CHAT

@@ -2,7 +2,8 @@
 JSON log line (logger "hotspare.requests") and the request metrics both come from it.
 
 Outcomes: `ok`; `rejected` (4xx); `error` (5xx); `stream_error` (a stream that ended with its API's
-error event: the client was told the answer is incomplete); `client_closed` (the client left first).
+error event: the client was told the answer is incomplete; the reply the route served says so, see
+`Served` in api/serving.py); `client_closed` (the client left first).
 
 `backend` is the `x-hotspare-backend` header: for a stream, the backend that started it. `backends`
 lists every backend that contributed to the answer, in order -- after a mid-stream takeover, the one
@@ -25,9 +26,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hotspare.api.routes import SERVED_SCOPE
+from hotspare.api.serving import SERVED_SCOPE, Served
 from hotspare.ops.access import KEY_SCOPE
-from hotspare.router.replies import backends
 
 log = logging.getLogger("hotspare.requests")
 
@@ -127,7 +127,6 @@ class _Tap:
         self.head = b""
         self.tail = b""
         self.is_complete = False
-        self.saw_error_event = False
         self.has_raised = False
 
     def receive(self, receive: Receive) -> Receive:
@@ -168,8 +167,6 @@ class _Tap:
             if len(self.head) < _TAIL_BYTES:
                 self.head += chunk[: _TAIL_BYTES - len(self.head)]
             self.tail = (self.tail + chunk)[-_TAIL_BYTES:]
-            if self.record.stream and _is_error_event(chunk):
-                self.saw_error_event = True
         if not message.get("more_body", False):
             self.is_complete = True
 
@@ -177,9 +174,9 @@ class _Tap:
         r = self.record
         r.duration_ms = round((time.monotonic() - self.started) * 1000, 1)
         r.key = self.scope.get(KEY_SCOPE)
-        served = self.scope.get(SERVED_SCOPE)
-        r.backends = backends(served) if served is not None else None
-        r.outcome = self._outcome()
+        served: Served | None = self.scope.get(SERVED_SCOPE)
+        r.backends = served.backends if served is not None else None
+        r.outcome = self._outcome(served)
         text = self.head + self.tail
         inputs, outputs = _INPUT.findall(text), _OUTPUT.findall(text)
         r.input_tokens = int(inputs[0]) if inputs else None
@@ -188,7 +185,7 @@ class _Tap:
             r.prompt = bytes(self.body).decode("utf-8", errors="replace")
         return r
 
-    def _outcome(self) -> str:
+    def _outcome(self, served: Served | None) -> str:
         status = self.record.status
         if self.has_raised and not self.is_complete:
             self.record.status = 500
@@ -199,9 +196,5 @@ class _Tap:
             return "error"
         if status >= 400:
             return "rejected"
-        return "stream_error" if self.saw_error_event else "ok"
-
-
-def _is_error_event(chunk: bytes) -> bool:
-    """An SSE error event in either API: `event: error` (Anthropic) or `data: {"error": ...}` (OpenAI)."""
-    return chunk.startswith(b"event: error") or b"\nevent: error" in chunk or b'data: {"error"' in chunk
+        has_failed = self.record.stream and served is not None and served.has_failed
+        return "stream_error" if has_failed else "ok"

@@ -31,8 +31,9 @@ class Relay:
     on_failover: Callable[[Member, str, Stage], None]
     on_answered: Callable[[ClientCall, str], None]
 
-    async def passthrough(self, opened: Opened) -> AsyncIterator[bytes]:
-        """The upstream's own bytes; after a break, the takeover rendered in the same vendor format."""
+    async def passthrough(self, opened: Opened, errors: list[str] | None = None) -> AsyncIterator[bytes]:
+        """The upstream's own bytes; after a break, the takeover rendered in the same vendor format
+        (or its error event, noted in `errors`, see RawReply)."""
         stream = opened.stream
         assert stream is not None
         verdict: bool | None = None
@@ -59,7 +60,7 @@ class Relay:
                 await stream.aclose()
                 request = self.call.request
                 async for chunk in continue_passthrough(
-                    stream.parser, request, self.continuers, exc, self.takeovers
+                    stream.parser, request, self.continuers, exc, self.takeovers, errors
                 ):
                     yield chunk
         finally:

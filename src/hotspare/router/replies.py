@@ -14,13 +14,16 @@ from hotspare.upstream.base import ClientCall
 @dataclass(frozen=True, slots=True)
 class RawReply:
     """`backend` started the answer; `takeovers` names each backend that took it over mid-stream, in
-    order, appended while `body` runs (complete once `body` has ended)."""
+    order, appended while `body` runs (complete once `body` has ended). `errors` gets the message of
+    the error event that ended `body` when no one could finish the answer (an upstream's own error
+    event ends its stream as an UpstreamError: it is never passed through)."""
 
     status: int
     headers: tuple[tuple[str, str], ...]
     body: AsyncIterator[bytes]
     backend: str
     takeovers: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

@@ -328,8 +328,11 @@ class Router:
         continuers = self._continuers(rest, call)
         relay = Relay(member, call, continuers, takeovers, self._failover, self._warm_local)
         if winner.stream is not None:
-            body = relay.passthrough(winner)
-            return RawReply(winner.stream.status, winner.stream.headers, body, upstream.name, takeovers)
+            errors: list[str] = []
+            body = relay.passthrough(winner, errors)
+            return RawReply(
+                winner.stream.status, winner.stream.headers, body, upstream.name, takeovers, errors
+            )
         model = member.config.upstream_model(call.request.model)
         return EventReply(upstream.name, relay.events(winner), model, takeovers)
 

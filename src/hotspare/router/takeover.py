@@ -169,15 +169,17 @@ async def continue_passthrough(
     continuers: Sequence[Continuer],
     error: UpstreamError,
     takeovers: list[str] | None = None,
+    errors: list[str] | None = None,
 ) -> AsyncIterator[bytes]:
     """The rest of a passthrough stream in its own vendor format, rendered by `parser`, ending with
-    the vendor's terminating events -- or with its error event if no one can finish the answer."""
+    the vendor's terminating events -- or with its error event if no one can finish the answer (its
+    message then appended to `errors`)."""
     stated = parser.stated_finish()
     if stated is not None:  # the upstream had said why it stopped: the text is complete, only close it
         yield parser.render_finish(dataclasses.replace(stated, usage=Usage(stated.usage.input_tokens, 0)))
         return
     if not parser.is_continuable:  # a tool call, a thinking block, n > 1 choices: not one text to continue
-        yield parser.render_error(error, NO_CONTINUATION)
+        yield _error_event(parser, error, errors)
         return
     num_delivered = parser.num_text_events
     try:
@@ -189,7 +191,13 @@ async def continue_passthrough(
                 yield parser.render_finish(Finish(event.reason, new, event.model, event.stop_sequence))
     except HotspareError as last:
         log.error("takeover failed: %s", last.message)
-        yield parser.render_error(last if isinstance(last, UpstreamError) else error, NO_CONTINUATION)
+        yield _error_event(parser, last if isinstance(last, UpstreamError) else error, errors)
+
+
+def _error_event(parser: StreamParser, error: UpstreamError, errors: list[str] | None) -> bytes:
+    if errors is not None:
+        errors.append(error.message)
+    return parser.render_error(error, NO_CONTINUATION)
 
 
 async def _aclose(events: AsyncIterator[StreamEvent]) -> None:

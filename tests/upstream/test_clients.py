@@ -11,7 +11,6 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from fakes.upstreams import Behavior, FakeUpstream, key_hash
 from hotspare.core.errors import FailureClass, UpstreamError
 from hotspare.core.types import ApiFormat, Finish, FinishReason, TextDelta, Usage
 from hotspare.router.config import UpstreamConfig
@@ -19,8 +18,8 @@ from hotspare.upstream import base
 from hotspare.upstream.anthropic import AnthropicUpstream
 from hotspare.upstream.base import ClientCall, Upstream
 from hotspare.upstream.openai import OpenAIUpstream
-
-from .factories import CLIENT_KEY, make_call, upstream_config
+from tests.fakes.upstreams import Behavior, FakeUpstream, key_hash
+from tests.router.factories import CLIENT_KEY, make_call, upstream_config
 
 T = TypeVar("T")
 FORMATS = {"anthropic": ApiFormat.ANTHROPIC_MESSAGES, "openai": ApiFormat.OPENAI_CHAT}

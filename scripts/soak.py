@@ -1,10 +1,9 @@
-#!/usr/bin/env python
 """The full soak: thousands of mixed requests (both APIs, streaming and not, concurrent) against a real
 `hotspare serve` in front of fault-injecting fake providers that switch modes at random, with the
 local engine taking the overflow. Loopback only, bounded in count and time; exits 1 if any request
 hung, was lost or was truncated, or the server's memory grew past the limit.
 
-    scripts/soak [--requests 3000] [--concurrency 16] [--max-tokens 8] [--deadline-s 540] [--seed 7]
+    python -m scripts.soak [--requests 3000] [--concurrency 16] [--max-tokens 8] [--deadline-s 540] [--seed 7]
 
 The CI-sized run of the same driver is tests/ops/test_soak.py.
 """
@@ -19,12 +18,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from fakes.upstreams import FakeUpstream  # noqa: E402
-from ops.soak import SOAK_CONFIG, SoakPlan, run_soak  # noqa: E402
-from serving import start_server, stop_server  # noqa: E402
+from tests.fakes.upstreams import FakeUpstream
+from tests.ops.soak import SOAK_CONFIG, SoakPlan, run_soak
+from tests.serving import start_server, stop_server
 
 MAX_RSS_GROWTH_BYTES = 64 * 2**20
 

@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 
 import openai
+import pytest
 
-from sdk_clients import openai_client
-from serving import RunningServer
+from tests.sdk_clients import openai_client
+from tests.serving import RunningServer
+
+pytestmark = pytest.mark.real  # `hotspare serve` as a subprocess (see tests/conftest.py)
 
 
 def client(server: RunningServer) -> openai.OpenAI:

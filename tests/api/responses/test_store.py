@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hotspare.api.response_store import ResponseStore, StoredTurn
+from hotspare.api.responses.store import ResponseStore, StoredTurn
 from hotspare.core.errors import NotFound
 
 

@@ -1,5 +1,5 @@
 """Core tool turns -> each vendor's request JSON (a cross-format upstream's body), exact assertions.
-The round trip through real servers and the official SDKs is in test_cross_format_tools.py."""
+The round trip through real servers and the official SDKs is in tests/router/test_cross_format_tools.py."""
 
 from __future__ import annotations
 

@@ -11,11 +11,11 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 
-from fakes.upstreams import FakeUpstream
 from hotspare.app import create_app
 from hotspare.config import Settings
 from hotspare.router.config import UpstreamConfig
-from router.factories import FakeLocal
+from tests.fakes.upstreams import FakeUpstream
+from tests.router.factories import FakeLocal
 
 
 class WarmingLocal(FakeLocal):

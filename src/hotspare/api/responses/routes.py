@@ -1,11 +1,11 @@
 """The Responses API endpoints: `POST /v1/responses`; `GET` and `DELETE /v1/responses/{id}` and
-`GET /v1/responses/{id}/input_items` (answered as api/responses_lookup.py says).
+`GET /v1/responses/{id}/input_items` (answered as api/responses/lookup.py says).
 
-A request is served like the chat endpoints (api/routes.py): by the failover router when upstreams are
+A request is served like the chat endpoints (api/serving.py): by the failover router when upstreams are
 configured -- passed through unchanged to an OpenAI-kind upstream, whose bytes are read on the way
 past to keep the response -- else by the local model, whose events are rendered here.
 
-Conversations: a `previous_response_id` is resolved from the store (api/response_store.py) into the
+Conversations: a `previous_response_id` is resolved from the store (api/responses/store.py) into the
 earlier turns, which the local model (or a cross-format upstream) then sees before this request's own
 input. An upstream is sent the id unchanged when it made that response itself; when another backend
 made it, the upstream cannot know the id, so the earlier turns are inlined into `input` instead.
@@ -27,6 +27,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,22 +35,19 @@ from fastapi import APIRouter, FastAPI, Request
 from starlette.responses import JSONResponse, Response
 
 from hotspare.api.errors import request_id_header
-from hotspare.api.response_store import ResponseStore, StoredTurn
-from hotspare.api.responses import Conversion, ResponsesRequest, input_items, to_chat_request
-from hotspare.api.responses_lookup import Lookup
-from hotspare.api.responses_render import EventRenderer, Shell, final_response, new_item_id, stream_events
-from hotspare.api.routes import (
+from hotspare.api.responses.lookup import Lookup
+from hotspare.api.responses.render import EventRenderer, Shell, final_response, new_item_id, stream_events
+from hotspare.api.responses.request import Conversion, ResponsesRequest, input_items, to_chat_request
+from hotspare.api.responses.store import ResponseStore, StoredTurn
+from hotspare.api.serving import (
     BACKEND_HEADER,
     STATUS_CLIENT_CLOSED,
     ClientGone,
-    _answering_model,
-    _check_model,
-    _heartbeat_s,
-    _primed,
-    _raw_response,
-    _serving_backend,
-    _until_disconnect,
-    note_served,
+    client_call,
+    heartbeat_s,
+    raw_response,
+    serve,
+    until_disconnect,
 )
 from hotspare.api.sse import EventStreamResponse, closing_stream
 from hotspare.api.wire import parse_body
@@ -57,8 +55,7 @@ from hotspare.config import Settings
 from hotspare.core.errors import HotspareError, InvalidRequest, NotFound
 from hotspare.core.types import ApiFormat, ChatBackend, ChatRequest
 from hotspare.models.home import hotspare_home
-from hotspare.router.replies import EventReply, RawReply, backends
-from hotspare.router.router import Router
+from hotspare.router.replies import RawReply, backends
 from hotspare.upstream.base import ClientCall
 from hotspare.upstream.openai_responses import TAKEOVER_COMMENT
 from hotspare.upstream.sse import SseDecoder
@@ -148,26 +145,27 @@ async def create_response(request: Request) -> Response:
     body = parse_body(raw, ResponsesRequest)
     if (unknown := getattr(request.app.state, "unknown_fields", None)) is not None:
         unknown.note_model(API, body)
-    turn = Turn(request, body, await _earlier_turns(request, body))
+    exchange = Exchange(request, body, await _earlier_turns(request, body))
     headers = {request_id_header(API): request_id}
     try:
-        served = await turn.serve(raw)
+        routed = partial(exchange.client_call, raw)
+        served = await serve(request, exchange.chat, routed, local_error=exchange.local_error())
         if isinstance(served, RawReply):
-            return await _raw_response(dataclasses.replace(served, body=turn.recorded(served)), headers)
+            return await raw_response(dataclasses.replace(served, body=exchange.recorded(served)), headers)
         headers[BACKEND_HEADER] = served.backend
         shell = Shell.new(body, served.model)
         if not body.stream:
-            response = await _until_disconnect(request, final_response(served.events, shell))
+            response = await until_disconnect(request, final_response(served.events, shell))
             headers[BACKEND_HEADER] = backends(served)[-1]  # after a takeover: the one that finished
-            await turn.keep(response, served.backend, is_upstream=False)
+            await exchange.keep(response, served.backend, is_upstream=False)
             return JSONResponse(response, headers=headers)
     except ClientGone:
         return Response(status_code=STATUS_CLIENT_CLOSED)
 
     async def on_done(response: dict[str, Any]) -> None:
-        await turn.keep(response, served.backend, is_upstream=False)
+        await exchange.keep(response, served.backend, is_upstream=False)
 
-    events = stream_events(served.events, EventRenderer(shell), _heartbeat_s(request), on_done)
+    events = stream_events(served.events, EventRenderer(shell), heartbeat_s(request), on_done)
     return EventStreamResponse(events, headers)
 
 
@@ -188,8 +186,9 @@ async def _earlier_turns(request: Request, body: ResponsesRequest) -> list[Store
         return None
 
 
-class Turn:
-    """One request of a conversation: how to serve it, and how to keep what it produced."""
+class Exchange:
+    """One request of a conversation and the response it gets: what to ask for it, and how to keep
+    what it produced. (Not the local engine's `agents.turn.Turn`, a prompt ready to generate.)"""
 
     def __init__(self, request: Request, body: ResponsesRequest, earlier: list[StoredTurn] | None) -> None:
         self.request = request
@@ -206,29 +205,17 @@ class Turn:
     def chat(self) -> ChatRequest:
         return self.conversion.chat
 
-    async def serve(self, raw: bytes) -> RawReply | EventReply:
-        """The answer's start, from the router (passthrough or events) or the local backend."""
-        request = self.request
-        failover: Router | None = request.app.state.router
-        if failover is None:
-            self._check_servable_locally()
-            backend = _serving_backend(request, self.chat.model)
-            events = await _until_disconnect(request, _primed(backend.stream(self.chat)))
-            return note_served(
-                request, EventReply(backend.name, events, _answering_model(backend, self.chat))
-            )
-        _check_model(request, self.chat.model)
-        headers = tuple((name.lower(), value) for name, value in request.headers.items())
-        call = ClientCall(API, self._upstream_body(raw), headers, self.chat, self.local_refusal)
-        return note_served(request, await _until_disconnect(request, failover.route(call)))
+    def client_call(self, raw: bytes) -> ClientCall:
+        """What the router is asked (`raw` is the client's body, see `_upstream_body`)."""
+        return client_call(self.request, API, self._upstream_body(raw), self.chat, self.local_refusal)
 
-    def _check_servable_locally(self) -> None:
+    def local_error(self) -> HotspareError | None:
+        """Why the local model cannot serve this request (None when it can)."""
         if self.earlier is None:
-            raise NotFound(
-                f"Previous response with id {self.body.previous_response_id!r} not found.",
-            )
+            return NotFound(f"Previous response with id {self.body.previous_response_id!r} not found.")
         if self.local_refusal is not None:
-            raise InvalidRequest(f"not supported by the local model: {self.local_refusal}")
+            return InvalidRequest(f"not supported by the local model: {self.local_refusal}")
+        return None
 
     def _upstream_body(self, raw: bytes) -> bytes:
         """The client's body, unless the previous response was made by someone the upstream does not

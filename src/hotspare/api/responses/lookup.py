@@ -2,7 +2,7 @@
 and `DELETE /v1/responses/{id}`.
 
 Who answers is who made the response. One hotspare made itself (the local model, a cross-format
-upstream, a takeover) is answered from the store (api/response_store.py). One an upstream made in the
+upstream, a takeover) is answered from the store (api/responses/store.py). One an upstream made in the
 Responses format is passed to that upstream unchanged -- its answer, whatever it is, goes back with
 `x-hotspare-backend` naming it -- and while that upstream cannot be reached (or answers 5xx/429) a
 GET is answered from the store's copy instead; a DELETE then deletes the copy and fails with 503, as
@@ -29,8 +29,8 @@ from urllib.parse import quote, urlencode
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from hotspare.api.response_store import ResponseStore, StoredTurn
-from hotspare.api.routes import BACKEND_HEADER
+from hotspare.api.responses.store import ResponseStore, StoredTurn
+from hotspare.api.serving import BACKEND_HEADER
 from hotspare.core.errors import BackendUnavailable, InvalidRequest, NotFound, UpstreamError
 from hotspare.core.types import ApiFormat
 from hotspare.router.router import Router

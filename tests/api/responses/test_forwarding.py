@@ -10,11 +10,11 @@ import openai
 import pytest
 from starlette.testclient import TestClient
 
-from fakes.upstreams import FakeUpstream
 from hotspare.app import create_app
 from hotspare.config import ResponsesSettings, Settings
 from hotspare.core.types import ApiFormat
-from router.factories import upstream_config
+from tests.fakes.upstreams import FakeUpstream
+from tests.router.factories import upstream_config
 
 API = ApiFormat.OPENAI_RESPONSES
 

@@ -9,7 +9,7 @@ import openai
 import pytest
 from starlette.testclient import TestClient
 
-from hotspare.api.responses_routes import store_of
+from hotspare.api.responses.routes import store_of
 from hotspare.core.errors import BackendUnavailable
 from hotspare.core.types import (
     FinishReason,
@@ -24,8 +24,7 @@ from hotspare.core.types import (
     ToolChoice,
     ToolChoiceMode,
 )
-
-from .fakes import MODEL, FakeBackend, answer, finish
+from tests.api.fakes import MODEL, FakeBackend, answer, finish
 
 STREAM_EVENTS = [
     "response.created",

@@ -24,7 +24,7 @@ from typing import Any
 
 from hotspare.api.answer import paced_answer
 from hotspare.api.errors import client_error, error_reply
-from hotspare.api.responses import ResponsesRequest
+from hotspare.api.responses.request import ResponsesRequest
 from hotspare.api.sse import Heartbeat, encode_comment, encode_event
 from hotspare.core.errors import BackendUnavailable, HotspareError
 from hotspare.core.types import (

@@ -1,0 +1,1 @@
+"""Tests of the Responses API (src/hotspare/api/responses/)."""
