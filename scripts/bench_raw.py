@@ -241,6 +241,57 @@ def start(args: argparse.Namespace) -> None:
                 print(f"run {run + 1}, {label} start: ready in {elapsed:.2f} s; {describe}")
 
 
+KERNEL_MODES = {
+    "flash on, llama.cpp's kernel": ("1", "0"),
+    "flash on, hotspare's kernel": ("1", "1"),
+    "flash off": ("0", "1"),
+}
+
+
+def kernel(args: argparse.Namespace) -> None:
+    """1 and 19 new tokens after a 4k-token context (copied into a fresh sequence each run), with
+    two idle conversations (4k and 1.5k cells) beside it, in one child process per mode: the kernel
+    switch (HOTSPARE_FA_GROUPED) is read once per process. Medians of `--runs`, ms."""
+    import os
+    import subprocess
+    import sys
+
+    print(
+        f"| ms, median of {args.runs}, {args.threads} threads "
+        "| 1 new token after 4k | 19 new tokens after 4k |"
+    )
+    print("| --- | --- | --- |")
+    for name, (fa, grouped) in KERNEL_MODES.items():
+        env = {**os.environ, "HOTSPARE_FA_GROUPED": grouped}
+        argv = [
+            sys.executable,
+            "-m",
+            "scripts.bench_raw",
+            "kernel-child",
+            fa,
+            str(args.runs),
+            str(args.threads),
+        ]
+        out = subprocess.run(argv, env=env, capture_output=True, text=True, check=True).stdout.split()
+        print(f"| {name} | {out[-2]} | {out[-1]} |")
+
+
+def kernel_child(args: argparse.Namespace) -> None:
+    model = _model(args.fa == "1", args.threads)
+    _feed(model, 0, _tokens(2000))
+    _feed(model, 2, _tokens(1500))
+    _feed(model, 8, _tokens(4000))
+    times: dict[int, list[float]] = {1: [], 19: []}
+    for _ in range(args.runs):
+        for n in times:
+            model.copy_prefix(8, 9, 4000)
+            started = time.perf_counter()
+            model.decode([DecodeItem(9, 4000, _tokens(n), True)])
+            times[n].append(time.perf_counter() - started)
+            model.remove(9)
+    print(" ".join(f"{statistics.median(v) * 1e3:.1f}" for v in times.values()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -260,9 +311,22 @@ def main() -> None:
     s.add_argument("--runs", type=int, default=3)
     q = sub.add_parser("kv-quality")
     q.add_argument("--tokens", type=int, default=2048)
+    k = sub.add_parser("kernel")
+    k.add_argument("--runs", type=int, default=5)
+    k.add_argument("--threads", type=int, default=2)
+    c = sub.add_parser("kernel-child")
+    c.add_argument("fa")
+    c.add_argument("runs", type=int)
+    c.add_argument("threads", type=int)
     args = parser.parse_args()
-    commands = {"prefill": prefill, "threads": threads, "attention": attention, "start": start}
-    {**commands, "kv-quality": kv_quality}[args.what](args)
+    commands = {
+        "prefill": prefill,
+        "threads": threads,
+        "attention": attention,
+        "start": start,
+        "kernel": kernel,
+    }
+    {**commands, "kv-quality": kv_quality, "kernel-child": kernel_child}[args.what](args)
 
 
 if __name__ == "__main__":
