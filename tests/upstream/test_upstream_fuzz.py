@@ -146,7 +146,13 @@ def read_all(kind: str, pieces: list[bytes], decoder: ContentDecoder | None) -> 
 
     async def go() -> list[Any]:
         upstream = build_upstream(config)
-        stream = UpstreamStream(upstream, Scripted(pieces, decoder), upstream.new_parser(None), 0.0)  # type: ignore[arg-type]
+        stream = UpstreamStream(
+            Scripted(pieces, decoder),  # type: ignore[arg-type]
+            upstream.new_parser(None),
+            0.0,
+            config.timeouts,
+            upstream.error,
+        )
         stream.started = asyncio.get_running_loop().time()
         events: list[Any] = []
         try:
