@@ -84,7 +84,7 @@ def create_app(settings: Settings, backend: ChatBackend | None = None) -> FastAP
     app.state.load_error = None
     app.state.on_fatal = None
     app.state.router = None
-    app.state.monitor = monitor = Monitor(settings)
+    app.state.monitor = monitor = Monitor(settings.router_config(), settings.early_warning, settings.alerts)
     app.state.unknown_fields = UnknownFieldLog(monitor.on_unknown_field)
     app.state.response_store = None  # the Responses API's conversation store, opened on first use
     install_error_handlers(app)

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from fakes.upstreams import FakeUpstream
 from hotspare.app import create_app
 from hotspare.config import Settings
-from hotspare.router.config import UpstreamConfig
+from hotspare.upstream.config import UpstreamConfig
 from router.factories import FakeLocal
 
 

@@ -15,7 +15,7 @@ from fakes.upstreams import FakeUpstream
 from hotspare.app import create_app
 from hotspare.config import Settings
 from hotspare.engine import local
-from hotspare.router.config import UpstreamConfig
+from hotspare.upstream.config import UpstreamConfig
 
 from .crashing_worker import crashing_worker
 

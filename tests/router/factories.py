@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fakes.upstreams import FakeUpstream
+from hotspare.config import Settings
 from hotspare.core.errors import HotspareError
 from hotspare.core.types import (
     ApiFormat,
@@ -21,8 +22,9 @@ from hotspare.core.types import (
     TextDelta,
     Usage,
 )
-from hotspare.router.config import UpstreamConfig
+from hotspare.router.config import RouterConfig
 from hotspare.upstream.base import ClientCall
+from hotspare.upstream.config import UpstreamConfig
 
 CLIENT_KEY = "sk-client-key-1"
 
@@ -107,3 +109,8 @@ class FakeLocal:
 
     async def count_tokens(self, request: ChatRequest) -> int:
         return 7
+
+
+def router_config(data: dict[str, Any]) -> RouterConfig:
+    """The router's part of settings written as `data` (the TOML shape, validated as a file is)."""
+    return Settings.model_validate(data).router_config()

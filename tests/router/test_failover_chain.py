@@ -15,13 +15,12 @@ import pytest
 from fakes.upstreams import Behavior, FakeUpstream
 from hotspare.core.errors import HotspareError, UpstreamError
 from hotspare.core.types import ApiFormat, Finish, FinishReason, StreamEvent
-from hotspare.router.config import RouterConfig
 from hotspare.router.member import build_upstream
 from hotspare.router.replies import EventReply, RawReply, Reply
 from hotspare.router.router import Router
 from hotspare.upstream.base import ClientCall
 
-from .factories import FakeLocal, make_call, upstream_config
+from .factories import FakeLocal, make_call, router_config, upstream_config
 from .test_router import anthropic_text, sse_payloads
 
 ANTHROPIC = ApiFormat.ANTHROPIC_MESSAGES
@@ -72,7 +71,7 @@ def chain_router(
         upstream_config(fake, name, **{"breaker": QUICK_BREAKER, **overrides})
         for name, fake, overrides in chain
     ]
-    config = RouterConfig.model_validate(
+    config = router_config(
         {
             "mode": "auto" if local else "upstream-only",
             "upstreams": [c.model_dump() for c in configs],

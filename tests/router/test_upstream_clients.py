@@ -14,10 +14,10 @@ import pytest
 from fakes.upstreams import Behavior, FakeUpstream, key_hash
 from hotspare.core.errors import FailureClass, UpstreamError
 from hotspare.core.types import ApiFormat, Finish, FinishReason, TextDelta, Usage
-from hotspare.router.config import UpstreamConfig
 from hotspare.upstream import keys as keys_module
 from hotspare.upstream.anthropic import AnthropicUpstream
 from hotspare.upstream.base import ClientCall, Upstream
+from hotspare.upstream.config import UpstreamConfig
 from hotspare.upstream.openai import OpenAIUpstream
 
 from .factories import CLIENT_KEY, make_call, upstream_config

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 from hotspare.core.errors import UpstreamError
 from hotspare.core.types import Finish
-from hotspare.router.config import UpstreamConfig
 from hotspare.router.member import build_upstream
+from hotspare.upstream.config import UpstreamConfig
 from hotspare.upstream.stream import UpstreamStream
 from hotspare.upstream.transport import BodyReader, ContentDecoder
 

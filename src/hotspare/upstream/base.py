@@ -39,7 +39,7 @@ import httpx
 
 from hotspare.core.errors import FailureClass, UpstreamError
 from hotspare.core.types import ApiFormat, ChatRequest, StreamEvent
-from hotspare.router.config import UpstreamConfig
+from hotspare.upstream.config import UpstreamConfig
 from hotspare.upstream.headers import AUTH_HEADERS, forwardable_headers, header_value, request_headers
 from hotspare.upstream.keys import GoodKeys, vendor_of
 from hotspare.upstream.session import open_session

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from hotspare.core.errors import FailureClass, UpstreamError
 from hotspare.core.types import Finish, StreamEvent, TextDelta
-from hotspare.router.config import TimeoutsConfig
+from hotspare.upstream.config import TimeoutsConfig
 from hotspare.upstream.headers import forwardable_headers
 from hotspare.upstream.sse import SseDecoder, SseEvent
 from hotspare.upstream.transport import Response, TransportError
