@@ -56,7 +56,7 @@ from hotspare.api.wire import parse_body
 from hotspare.config import ResponsesSettings, Settings
 from hotspare.core.errors import HotspareError, InvalidRequest, NotFound
 from hotspare.core.types import ApiFormat, ChatBackend, ChatRequest
-from hotspare.models.home import hotspare_home
+from hotspare.home import hotspare_home
 from hotspare.router.replies import EventReply, RawReply, backends
 from hotspare.router.router import Router
 from hotspare.upstream.base import ClientCall
