@@ -377,7 +377,7 @@ def test_a_refusal_is_an_answer_and_maps_to_content_filter(
     reply, events, _ = route(router, make_call(OPENAI))
     assert reply.backend == "u" and local.started == 0 and isinstance(events, list)
     assert isinstance(events[-1], Finish) and events[-1].reason is FinishReason.CONTENT_FILTER
-    from hotspare.upstream.openai import FINISH_NAMES
+    from hotspare.formats.openai_chat import FINISH_NAMES
 
     assert FINISH_NAMES[events[-1].reason] == "content_filter"
 
@@ -391,7 +391,7 @@ def test_content_filter_reaches_an_anthropic_client_as_refusal(
     router = chain_router([("u", openai_fake, {"api_key": "env:HS_TEST_OPERATOR_KEY"})], local)
     _, events, _ = route(router, make_call(ANTHROPIC))
     assert isinstance(events, list) and isinstance(events[-1], Finish) and local.started == 0
-    from hotspare.upstream.anthropic import STOP_NAMES
+    from hotspare.formats.anthropic import STOP_NAMES
 
     assert STOP_NAMES[events[-1].reason] == "refusal"
 
