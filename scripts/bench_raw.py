@@ -33,8 +33,8 @@ from hotspare.engine.calibrate import CONTEXT_TOKENS, PIECE_TOKENS, AttentionBen
 from hotspare.engine.config import EngineConfig
 from hotspare.engine.local import LocalEngine
 from hotspare.engine.weights import WEIGHTS_DIR_NAME, prepare_weights
+from hotspare.home import hotspare_home
 from hotspare.models.catalog import DEFAULT_MODEL, load_catalog, resolve_weights
-from hotspare.models.home import hotspare_home
 
 _rng = random.Random(1)
 

@@ -44,9 +44,9 @@ from hotspare.engine.attention import CALIBRATION_DIR_NAME
 from hotspare.engine.config import EngineConfig
 from hotspare.engine.local import LocalEngine
 from hotspare.engine.weights import WEIGHTS_DIR_NAME
+from hotspare.home import hotspare_home
 from hotspare.models.catalog import ModelEntry, load_catalog, resolve_weights
 from hotspare.models.hardware import serving_choice
-from hotspare.models.home import hotspare_home
 from hotspare.models.locate import expected_weights
 from hotspare.models.vllm_backend import VllmBackend, vllm_backend
 from hotspare.ops import routes as ops_routes
@@ -84,7 +84,7 @@ def create_app(settings: Settings, backend: ChatBackend | None = None) -> FastAP
     app.state.load_error = None
     app.state.on_fatal = None
     app.state.router = None
-    app.state.monitor = monitor = Monitor(settings)
+    app.state.monitor = monitor = Monitor(settings.router_config(), settings.early_warning, settings.alerts)
     app.state.unknown_fields = UnknownFieldLog(monitor.on_unknown_field)
     app.state.response_store = None  # the Responses API's conversation store, opened on first use
     install_error_handlers(app)

@@ -22,7 +22,7 @@
 
     mode = "auto"                     # "auto" | "local-only" | "upstream-only" (top level; default:
                                       # auto when [[upstreams]] are configured, else local-only)
-    [[upstreams]]                     # the failover chain, in order; see hotspare/router/config.py
+    [[upstreams]]                     # the failover chain, in order; see hotspare/upstream/config.py
     name = "anthropic"
     kind = "anthropic"                # or "openai" (any OpenAI-compatible provider)
     base_url = "https://api.anthropic.com"
@@ -37,6 +37,7 @@
     [access] [alerts] [early_warning] [log]   # operations: see hotspare/ops/config.py
 
 Every section and key is optional. Unknown keys are refused with the file, the key and the value.
+Every section takes values as TOML typed them (core/config.py): "80" is not a port, 2.0 is not a count.
 """
 
 from __future__ import annotations
@@ -45,31 +46,23 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from hotspare.agents.fit import ContextPolicy
 from hotspare.api.wire import MediaPolicy
+from hotspare.core.config import Section
 from hotspare.core.errors import ConfigError
 from hotspare.engine.attention import FlashAttention
 from hotspare.models.catalog import DEFAULT_MODEL
 from hotspare.ops.config import AccessSettings, AlertSettings, EarlyWarningSettings, LogSettings
-from hotspare.router.config import LocalConfig, Mode, RouterConfig, UpstreamConfig
+from hotspare.router.config import LocalConfig, Mode, RouterConfig, check_chain
+from hotspare.upstream.config import UpstreamConfig
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class _StrictSection(_Section):
-    """Values are taken as TOML typed them: "80" is not a port."""
-
-    model_config = ConfigDict(strict=True)
-
-
-class ServerSettings(_StrictSection):
+class ServerSettings(Section):
     """Where hotspare listens and how it keeps streams alive."""
 
     host: str = Field(default=DEFAULT_HOST, min_length=1, description="address to bind")
@@ -79,7 +72,7 @@ class ServerSettings(_StrictSection):
     )
 
 
-class LocalSettings(_StrictSection):
+class LocalSettings(Section):
     """The local model hotspare keeps warm."""
 
     model: str = Field(
@@ -160,7 +153,7 @@ class LocalSettings(_StrictSection):
     )
 
 
-class ApiSettings(_StrictSection):
+class ApiSettings(Section):
     """What clients may ask for."""
 
     allowed_models: tuple[str, ...] | None = Field(
@@ -179,8 +172,8 @@ class ApiSettings(_StrictSection):
         return self.allowed_models is None or model == local_model or model in self.allowed_models
 
 
-class ResponsesSettings(_StrictSection):
-    """The Responses API's conversation store (api/response_store.py)."""
+class ResponsesSettings(Section):
+    """The Responses API's conversation store (api/responses/store.py)."""
 
     store: bool = Field(default=True, description="keep responses: previous_response_id resolves locally")
     store_path: str = Field(default="", description="SQLite file; empty = $HOTSPARE_HOME/responses.sqlite3")
@@ -191,15 +184,23 @@ class ResponsesSettings(_StrictSection):
     store_max_age_s: float = Field(default=30 * 86400.0, gt=0, description="older turns are deleted")
 
 
-class Settings(_Section):
+class Settings(Section):
     """Everything `hotspare serve` runs with."""
 
     server: ServerSettings = ServerSettings()
     local: LocalSettings = LocalSettings()
     api: ApiSettings = ApiSettings()
     responses: ResponsesSettings = ResponsesSettings()
-    mode: Mode | None = Field(default=None, description="auto | local-only | upstream-only")
-    upstreams: tuple[UpstreamConfig, ...] = Field(default=(), description="the failover chain, in order")
+    mode: Mode | None = Field(
+        default=None,
+        strict=False,
+        description="auto | local-only | upstream-only",  # TOML gives a string
+    )
+    upstreams: tuple[UpstreamConfig, ...] = Field(
+        default=(),
+        strict=False,
+        description="the failover chain, in order",  # TOML gives a list
+    )
     access: AccessSettings = AccessSettings()  # client keys and request limits (hotspare/ops/config.py)
     alerts: AlertSettings = AlertSettings()
     early_warning: EarlyWarningSettings = EarlyWarningSettings()
@@ -207,13 +208,12 @@ class Settings(_Section):
 
     @model_validator(mode="after")
     def _check_router(self) -> Settings:
-        self.router_config()  # duplicate names, upstream-only without upstreams
+        check_chain(self.mode, self.upstreams)  # duplicate names, upstream-only without upstreams
         return self
 
     def router_config(self) -> RouterConfig:
-        local = LocalConfig(
-            model=self.local.model, hedge=self.local.hedge, warm_conversations=self.local.warm_conversations
-        )
+        """The router's part of these settings."""
+        local = LocalConfig(hedge=self.local.hedge, warm_conversations=self.local.warm_conversations)
         return RouterConfig(mode=self.mode, upstreams=self.upstreams, local=local)
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from hotspare.api.errors import api_format_for_path, error_reply, error_response
+from hotspare.api.errors import api_format_for_path, error_response
 from hotspare.core.errors import (
     AuthenticationFailed,
     BackendUnavailable,
@@ -20,6 +20,7 @@ from hotspare.core.errors import (
     UpstreamError,
 )
 from hotspare.core.types import ApiFormat
+from hotspare.formats.errors import error_reply
 
 OPENAI = ApiFormat.OPENAI_CHAT
 ANTHROPIC = ApiFormat.ANTHROPIC_MESSAGES

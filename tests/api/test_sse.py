@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from hotspare.api.sse import Heartbeat, encode_comment, encode_event, with_heartbeats
+from hotspare.api.sse import Heartbeat, with_heartbeats
+from hotspare.formats.sse import encode_comment, encode_event
 
 
 def test_events_are_one_data_line_of_compact_json() -> None:

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from hotspare.app import create_app
 from hotspare.config import Settings
 from hotspare.engine import local
-from hotspare.router.config import UpstreamConfig
+from hotspare.upstream.config import UpstreamConfig
 from tests.fakes.upstreams import FakeUpstream
 
 from .crashing_worker import crashing_worker

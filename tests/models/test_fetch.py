@@ -11,10 +11,10 @@ import pytest
 from huggingface_hub import constants, try_to_load_from_cache
 
 from hotspare.core.errors import ModelError
+from hotspare.home import hf_cache_dir
 from hotspare.models.catalog import resolve_weights
 from hotspare.models.entry import ModelEntry
 from hotspare.models.fetch import pull, remove_cached
-from hotspare.models.home import hf_cache_dir
 from hotspare.models.pins import Pin, PinStore
 
 from .factories import entry_dict

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from hotspare.api.responses.store import ResponseStore, StoredTurn
-from hotspare.models.home import private_dir, replace_durably
+from hotspare.home import private_dir, replace_durably
 from hotspare.models.integrity import HashCache
 from hotspare.models.pins import Pin, PinStore
 

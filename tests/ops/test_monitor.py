@@ -59,7 +59,7 @@ def test_engine_sample_rates_and_ratios() -> None:
 
 def test_metrics_expose_the_engine_and_the_upstreams() -> None:
     upstream = {"name": "up", "kind": "openai", "base_url": "http://127.0.0.1:9", "api_key": "env:K"}
-    monitor = Monitor(Settings.model_validate({"upstreams": [upstream]}))
+    monitor = monitor_for(Settings.model_validate({"upstreams": [upstream]}))
     monitor.engine = sample_from_stats(STATS, at=1.0, previous=None, num_restarts=2)
     monitor.on_attempt("up", "failed", FailureClass.SERVER_ERROR)
     monitor.on_attempt("up", "ok", None)
@@ -176,13 +176,13 @@ def test_api_of_paths() -> None:
 
 def test_engine_absent_in_upstream_only_mode() -> None:
     upstream = {"name": "up", "kind": "openai", "base_url": "http://127.0.0.1:9", "api_key": "env:K"}
-    monitor = Monitor(Settings.model_validate({"mode": "upstream-only", "upstreams": [upstream]}))
+    monitor = monitor_for(Settings.model_validate({"mode": "upstream-only", "upstreams": [upstream]}))
     assert monitor.engine == EngineSample(EngineState.ABSENT)
 
 
 def test_each_takeover_is_counted_between_the_backends_it_joined() -> None:
     upstream = {"name": "up", "kind": "openai", "base_url": "http://127.0.0.1:9", "api_key": "env:K"}
-    monitor = Monitor(Settings.model_validate({"upstreams": [upstream]}))
+    monitor = monitor_for(Settings.model_validate({"upstreams": [upstream]}))
     record = RequestRecord("id", "openai_chat", "POST", "/v1/chat/completions", 200, "up")
     record.backends = ["up", "local"]
     monitor.on_request(record)
@@ -192,3 +192,7 @@ def test_each_takeover_is_counted_between_the_backends_it_joined() -> None:
     assert [name for name in m if name.startswith("hotspare_takeovers_total")] == [
         'hotspare_takeovers_total{api="openai_chat",from_backend="up",to_backend="local"}'
     ]
+
+
+def monitor_for(settings: Settings) -> Monitor:
+    return Monitor(settings.router_config(), settings.early_warning, settings.alerts)

@@ -9,13 +9,12 @@ from typing import Any
 from hotspare.core.errors import FailureClass
 from hotspare.core.types import ApiFormat
 from hotspare.router.breaker import Transition
-from hotspare.router.config import RouterConfig
 from hotspare.router.member import build_upstream
 from hotspare.router.observe import Stage
 from hotspare.router.replies import EventReply, RawReply, Reply
 from hotspare.router.router import Router
 from tests.fakes.upstreams import Behavior, FakeUpstream
-from tests.router.factories import FakeLocal, make_call, upstream_config
+from tests.router.factories import FakeLocal, make_call, router_config, upstream_config
 
 
 class Recorder:
@@ -49,7 +48,7 @@ class Advice:
 
 
 def make_router(fake: FakeUpstream, local: FakeLocal, hedge: bool = False, **overrides: Any) -> Router:
-    config = RouterConfig.model_validate(
+    config = router_config(
         {
             "mode": "auto",
             "upstreams": [upstream_config(fake, **overrides).model_dump()],
@@ -130,7 +129,7 @@ def test_only_a_trickle_is_shed_onto_the_local_model(openai_fake: FakeUpstream) 
 
 
 def test_no_shedding_without_a_backend_after_it(openai_fake: FakeUpstream) -> None:
-    config = RouterConfig.model_validate(
+    config = router_config(
         {"mode": "upstream-only", "upstreams": [upstream_config(openai_fake).model_dump()]}
     )
     router = Router(config, [build_upstream(c) for c in config.upstreams], None)

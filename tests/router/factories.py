@@ -7,6 +7,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+from hotspare.config import Settings
 from hotspare.core.errors import HotspareError
 from hotspare.core.types import (
     ApiFormat,
@@ -20,8 +21,9 @@ from hotspare.core.types import (
     TextDelta,
     Usage,
 )
-from hotspare.router.config import UpstreamConfig
+from hotspare.router.config import RouterConfig
 from hotspare.upstream.base import ClientCall
+from hotspare.upstream.config import UpstreamConfig
 from tests.fakes.upstreams import FakeUpstream
 
 CLIENT_KEY = "sk-client-key-1"
@@ -107,3 +109,8 @@ class FakeLocal:
 
     async def count_tokens(self, request: ChatRequest) -> int:
         return 7
+
+
+def router_config(data: dict[str, Any]) -> RouterConfig:
+    """The router's part of settings written as `data` (the TOML shape, validated as a file is)."""
+    return Settings.model_validate(data).router_config()

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from hotspare.router.breaker import MAX_KEPT_TRANSITIONS, CircuitBreaker, CircuitState
-from hotspare.router.config import BreakerConfig
+from hotspare.upstream.config import BreakerConfig
 
 
 class FakeClock:

@@ -14,14 +14,13 @@ import pytest
 
 from hotspare.core.errors import HotspareError, UpstreamError
 from hotspare.core.types import ApiFormat, Finish, FinishReason, StreamEvent
-from hotspare.router.config import RouterConfig
 from hotspare.router.member import build_upstream
 from hotspare.router.replies import EventReply, RawReply, Reply
 from hotspare.router.router import Router
 from hotspare.upstream.base import ClientCall
 from tests.fakes.upstreams import Behavior, FakeUpstream
 
-from .factories import FakeLocal, make_call, upstream_config
+from .factories import FakeLocal, make_call, router_config, upstream_config
 from .test_router import anthropic_text, sse_payloads
 
 ANTHROPIC = ApiFormat.ANTHROPIC_MESSAGES
@@ -72,7 +71,7 @@ def chain_router(
         upstream_config(fake, name, **{"breaker": QUICK_BREAKER, **overrides})
         for name, fake, overrides in chain
     ]
-    config = RouterConfig.model_validate(
+    config = router_config(
         {
             "mode": "auto" if local else "upstream-only",
             "upstreams": [c.model_dump() for c in configs],
@@ -378,7 +377,7 @@ def test_a_refusal_is_an_answer_and_maps_to_content_filter(
     reply, events, _ = route(router, make_call(OPENAI))
     assert reply.backend == "u" and local.started == 0 and isinstance(events, list)
     assert isinstance(events[-1], Finish) and events[-1].reason is FinishReason.CONTENT_FILTER
-    from hotspare.upstream.openai import FINISH_NAMES
+    from hotspare.formats.openai_chat import FINISH_NAMES
 
     assert FINISH_NAMES[events[-1].reason] == "content_filter"
 
@@ -392,7 +391,7 @@ def test_content_filter_reaches_an_anthropic_client_as_refusal(
     router = chain_router([("u", openai_fake, {"api_key": "env:HS_TEST_OPERATOR_KEY"})], local)
     _, events, _ = route(router, make_call(ANTHROPIC))
     assert isinstance(events, list) and isinstance(events[-1], Finish) and local.started == 0
-    from hotspare.upstream.anthropic import STOP_NAMES
+    from hotspare.formats.anthropic import STOP_NAMES
 
     assert STOP_NAMES[events[-1].reason] == "refusal"
 

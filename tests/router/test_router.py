@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import Coroutine
@@ -13,14 +14,13 @@ import pytest
 from hotspare.core.errors import FailureClass, UpstreamError
 from hotspare.core.types import ApiFormat, Finish, Role, StreamEvent, TextDelta
 from hotspare.router.breaker import CircuitState
-from hotspare.router.config import RouterConfig
 from hotspare.router.member import build_upstream
 from hotspare.router.replies import EventReply, RawReply, Reply
 from hotspare.router.router import Router
 from hotspare.upstream.base import ClientCall
 from tests.fakes.upstreams import Behavior, FakeUpstream
 
-from .factories import FakeLocal, make_call, upstream_config
+from .factories import FakeLocal, make_call, router_config, upstream_config
 
 T = TypeVar("T")
 ANTHROPIC = ApiFormat.ANTHROPIC_MESSAGES
@@ -42,7 +42,7 @@ def make_router(
         **overrides.pop("breaker", {}),
     }
     configs = [upstream_config(f, breaker=breaker, **overrides) for f in fakes]
-    config = RouterConfig.model_validate(
+    config = router_config(
         {
             "mode": "auto" if local else "upstream-only",
             "upstreams": [c.model_dump() for c in configs],
@@ -400,8 +400,8 @@ def test_conversations_answered_upstream_are_handed_to_the_local_warm_up(
 def test_warm_up_can_be_switched_off(anthropic_fake: FakeUpstream) -> None:
     local = WarmingLocal()
     router = make_router([anthropic_fake], local)
-    router.config = router.config.model_copy(
-        update={"local": router.config.local.model_copy(update={"warm_conversations": False})}
+    router.config = dataclasses.replace(
+        router.config, local=dataclasses.replace(router.config.local, warm_conversations=False)
     )
     run(route_once(router, make_call(ANTHROPIC, content=LONG)))
     assert local.warmed == []

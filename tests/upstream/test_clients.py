@@ -13,10 +13,10 @@ import pytest
 
 from hotspare.core.errors import FailureClass, UpstreamError
 from hotspare.core.types import ApiFormat, Finish, FinishReason, TextDelta, Usage
-from hotspare.router.config import UpstreamConfig
-from hotspare.upstream import base
+from hotspare.upstream import keys as keys_module
 from hotspare.upstream.anthropic import AnthropicUpstream
 from hotspare.upstream.base import ClientCall, Upstream
+from hotspare.upstream.config import UpstreamConfig
 from hotspare.upstream.openai import OpenAIUpstream
 from tests.fakes.upstreams import Behavior, FakeUpstream, key_hash
 from tests.router.factories import CLIENT_KEY, make_call, upstream_config
@@ -301,7 +301,7 @@ def test_a_parsed_body_is_shared_never_modified_and_renamed_models_reach_the_ups
 def test_good_keys_are_pruned_by_age_and_count(
     openai_fake: FakeUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(base, "MAX_GOOD_KEYS", 3)
+    monkeypatch.setattr(keys_module, "MAX_GOOD_KEYS", 3)
     keys = [f"sk-client-{n:02d}" for n in range(6)]
 
     async def go() -> tuple[list[str], list[str]]:
@@ -309,14 +309,14 @@ def test_good_keys_are_pruned_by_age_and_count(
         try:
             for key in keys[:5]:
                 await passthrough_bytes(upstream, make_call(ApiFormat.OPENAI_CHAT, key=key))
-            by_count = list(upstream._good_keys)
-            for fingerprint in upstream._good_keys:  # as if they last worked 16 minutes ago
-                upstream._good_keys[fingerprint] -= 16 * 60
+            by_count = list(upstream._good_keys.last_ok)
+            for fingerprint in upstream._good_keys.last_ok:  # as if they last worked 16 minutes ago
+                upstream._good_keys.last_ok[fingerprint] -= 16 * 60
             await passthrough_bytes(upstream, make_call(ApiFormat.OPENAI_CHAT, key=keys[5]))
-            return by_count, list(upstream._good_keys)
+            return by_count, list(upstream._good_keys.last_ok)
         finally:
             await upstream.aclose()
 
     by_count, by_age = run(go())
-    assert by_count == [base.key_fingerprint(k) for k in keys[2:5]]  # the 3 most recently good
-    assert by_age == [base.key_fingerprint(keys[5])]
+    assert by_count == [keys_module.key_fingerprint(k) for k in keys[2:5]]  # the 3 most recently good
+    assert by_age == [keys_module.key_fingerprint(keys[5])]

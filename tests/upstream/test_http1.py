@@ -15,13 +15,8 @@ from pathlib import Path
 import pytest
 
 from hotspare.upstream.http1 import Http1Pool
-from hotspare.upstream.transport import (
-    ConnectFailed,
-    HttpxSession,
-    ProtocolFailed,
-    ReadFailed,
-    open_session,
-)
+from hotspare.upstream.session import HttpxSession, open_session
+from hotspare.upstream.transport import ConnectFailed, ProtocolFailed, ReadFailed
 
 
 @dataclass

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from hotspare.core.types import ChatRequest, Message, Role, ToolCall, ToolChoice, ToolChoiceMode, ToolSpec
-from hotspare.router.config import UpstreamConfig
 from hotspare.upstream.anthropic import AnthropicUpstream
 from hotspare.upstream.base import Upstream
+from hotspare.upstream.config import UpstreamConfig
 from hotspare.upstream.openai import OpenAIUpstream
 
 TOOL = ToolSpec("get_weather", "The weather in a city.", {"type": "object"})

@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 
 from hotspare.core.types import ApiFormat, StreamEvent, TextDelta
-from hotspare.router.config import RouterConfig
 from hotspare.router.member import build_upstream
 from hotspare.router.replies import RawReply, Reply
 from hotspare.router.router import Router
@@ -23,7 +22,7 @@ from hotspare.upstream.base import ClientCall
 from hotspare.upstream.sse import SseDecoder
 from hotspare.upstream.transport import MAX_DECODED_PIECE_BYTES, BodyReader, ContentDecoder, ProtocolFailed
 from tests.fakes.upstreams import Behavior, FakeUpstream
-from tests.router.factories import FakeLocal, make_call, upstream_config
+from tests.router.factories import FakeLocal, make_call, router_config, upstream_config
 
 ANTHROPIC = ApiFormat.ANTHROPIC_MESSAGES
 OPENAI = ApiFormat.OPENAI_CHAT
@@ -32,7 +31,7 @@ UPSTREAM_TEXT = "Hello from the fake upstream."
 
 def router_for(fakes: list[FakeUpstream], local: FakeLocal | None, **overrides: Any) -> Router:
     configs = [upstream_config(f, **overrides) for f in fakes]
-    config = RouterConfig.model_validate(
+    config = router_config(
         {
             "mode": "auto" if local else "upstream-only",
             "upstreams": [c.model_dump() for c in configs],
@@ -155,10 +154,10 @@ def test_two_forward_mode_hosts_of_one_kind_are_refused_at_startup() -> None:
         {"name": "b", "kind": "openai", "base_url": "https://openrouter.ai/api"},
     ]
     with pytest.raises(ValueError, match='both have api_key = "forward"') as info:
-        RouterConfig.model_validate({"upstreams": upstreams})
+        router_config({"upstreams": upstreams})
     assert "env:" in str(info.value)
     upstreams[1]["api_key"] = "env:OPENROUTER_KEY"
-    RouterConfig.model_validate({"upstreams": upstreams})  # unambiguous: accepted
+    router_config({"upstreams": upstreams})  # unambiguous: accepted
 
 
 # --- 17.11: whatever a parser raises is MALFORMED ---------------------------------------------------------

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 from hotspare.core.errors import UpstreamError
 from hotspare.core.types import Finish
-from hotspare.router.config import UpstreamConfig
 from hotspare.router.member import build_upstream
+from hotspare.upstream.config import UpstreamConfig
 from hotspare.upstream.stream import UpstreamStream
 from hotspare.upstream.transport import BodyReader, ContentDecoder
 
@@ -146,7 +146,13 @@ def read_all(kind: str, pieces: list[bytes], decoder: ContentDecoder | None) -> 
 
     async def go() -> list[Any]:
         upstream = build_upstream(config)
-        stream = UpstreamStream(upstream, Scripted(pieces, decoder), upstream.new_parser(None), 0.0)  # type: ignore[arg-type]
+        stream = UpstreamStream(
+            Scripted(pieces, decoder),  # type: ignore[arg-type]
+            upstream.new_parser(None),
+            0.0,
+            config.timeouts,
+            upstream.error,
+        )
         stream.started = asyncio.get_running_loop().time()
         events: list[Any] = []
         try:

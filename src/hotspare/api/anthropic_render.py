@@ -14,22 +14,17 @@ from contextlib import aclosing
 from typing import Any
 
 from hotspare.api.answer import Answer, AnswerEvent, arguments_object, paced_answer
-from hotspare.api.errors import client_error, error_reply
-from hotspare.api.sse import Heartbeat, encode_event
+from hotspare.api.errors import client_error
+from hotspare.api.sse import Heartbeat
 from hotspare.core.types import (
-    ApiFormat,
     Finish,
-    FinishReason,
     StreamEvent,
     ToolCallDelta,
     ToolCallStart,
     Usage,
 )
-from hotspare.upstream.anthropic import STOP_NAMES
-
-
-def stop_reason(reason: FinishReason) -> str:
-    return STOP_NAMES[reason]
+from hotspare.formats.anthropic import error_event, stop_reason
+from hotspare.formats.sse import encode_event
 
 
 def usage_body(usage: Usage) -> dict[str, Any]:
@@ -154,4 +149,4 @@ async def stream_events(
                     for chunk in blocks.event(event):
                         yield chunk
     except Exception as exc:  # the stream has begun: the error goes in-band, in the API's shape
-        yield _event(error_reply(client_error(exc), ApiFormat.ANTHROPIC_MESSAGES).body)
+        yield error_event(client_error(exc))

@@ -10,14 +10,11 @@ from contextlib import aclosing
 from typing import Any
 
 from hotspare.api.answer import Answer, AnswerEvent, paced_answer
-from hotspare.api.errors import client_error, error_reply
-from hotspare.api.sse import Heartbeat, encode_comment, encode_event
-from hotspare.core.types import ApiFormat, Finish, FinishReason, StreamEvent, TextDelta, ToolCallStart, Usage
-from hotspare.upstream.openai import FINISH_NAMES
-
-
-def finish_reason(reason: FinishReason) -> str:
-    return FINISH_NAMES[reason]
+from hotspare.api.errors import client_error
+from hotspare.api.sse import Heartbeat
+from hotspare.core.types import Finish, FinishReason, StreamEvent, TextDelta, ToolCallStart, Usage
+from hotspare.formats.openai_chat import error_event, finish_reason
+from hotspare.formats.sse import encode_comment, encode_event
 
 
 def usage_body(usage: Usage) -> dict[str, Any]:
@@ -138,7 +135,7 @@ async def stream_chunks(
             assert finish is not None  # paced_answer raises if a choice ends without one
             output_tokens += finish.usage.output_tokens
     except Exception as exc:  # the stream has begun: the error goes in-band, in the API's shape
-        yield encode_event(error_reply(client_error(exc), ApiFormat.OPENAI_CHAT).body)
+        yield error_event(client_error(exc))
         return
     assert finish is not None
     for chunk in chunks.close(dataclasses.replace(finish.usage, output_tokens=output_tokens)):

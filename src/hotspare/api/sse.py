@@ -8,7 +8,6 @@ stream they read (with `contextlib.aclosing`), and closing a backend stream canc
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -22,18 +21,6 @@ T = TypeVar("T")
 
 DEFAULT_HEARTBEAT_S = 10.0
 """Longest silence on an open stream before a keep-alive goes out (proxies drop idle connections)."""
-
-
-def encode_event(data: Mapping[str, Any] | str, event: str | None = None) -> bytes:
-    """One SSE event: an optional `event:` line and one `data:` line of compact JSON (or raw text)."""
-    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-    head = f"event: {event}\n" if event else ""
-    return f"{head}data: {payload}\n\n".encode()
-
-
-def encode_comment(text: str) -> bytes:
-    """An SSE comment line: clients ignore it, connections see traffic."""
-    return f": {text}\n\n".encode()
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ from typing import Any
 
 from hotspare.engine.backends.llama_cpp import LlamaCppModel
 from hotspare.engine.scheduler import Scheduler
-from hotspare.models.home import private_dir, private_opener
+from hotspare.home import private_dir, private_opener
 
 log = logging.getLogger(__name__)
 

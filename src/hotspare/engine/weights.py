@@ -34,7 +34,7 @@ from pathlib import Path
 import psutil
 
 from hotspare.core.errors import ModelError
-from hotspare.models.home import PRIVATE_FILE_MODE, private_dir, private_opener, replace_durably
+from hotspare.home import PRIVATE_FILE_MODE, private_dir, private_opener, replace_durably
 from hotspare.models.integrity import HashCache, sha256_file
 
 log = logging.getLogger(__name__)

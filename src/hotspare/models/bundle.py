@@ -13,7 +13,7 @@ on this machine (models/pins.py: a pin is evidence, and a bundle never rewrites 
 hash is taken only where the machine has none, as on a first pull), and list exactly the files the
 archive holds; every file is streamed into a staging
 directory and hashed. Only when every file has been proven are they moved into hotspare's store
-(models/home.py). When it refuses, the store is exactly as it was.
+(hotspare/home.py). When it refuses, the store is exactly as it was.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from typing import IO, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hotspare.core.errors import ModelError
+from hotspare.home import private_dir, private_opener, replace_durably, store_dir
 from hotspare.models.catalog import Catalog
 from hotspare.models.entry import HuggingFaceSource, ModelEntry
-from hotspare.models.home import private_dir, private_opener, replace_durably, store_dir
 from hotspare.models.integrity import HashCache, sha256_file
 from hotspare.models.locate import expected_weights, resolve_weights
 from hotspare.models.pins import Pin, PinStore

@@ -22,6 +22,7 @@ from hotspare.core.errors import HotspareError, ModelError
 from hotspare.engine.build import cpu_flags, installed_version, read_marker
 from hotspare.engine.selftest import run_child
 from hotspare.engine.weights import WEIGHTS_DIR_NAME, copies_of
+from hotspare.home import hf_cache_dir, hotspare_home
 from hotspare.models.bundle import create_bundle, import_bundle
 from hotspare.models.catalog import load_catalog
 from hotspare.models.entry import HuggingFaceSource, LocalSource, ModelEntry, PypiSource
@@ -34,7 +35,6 @@ from hotspare.models.hardware import (
     fit,
     gib,
 )
-from hotspare.models.home import hf_cache_dir, hotspare_home
 from hotspare.models.integrity import HashCache
 from hotspare.models.locate import expected_weights, is_installed, resolve_weights, stored_path
 

@@ -6,7 +6,7 @@ with `extra="forbid"`; they are frozen, so an entry can be shared and used as a 
 Sources (`source.kind`):
   pypi         files inside installed Python distributions, located through importlib.metadata
                without importing the package; several files are chunks, concatenated in order
-               (hotspare assembles them once into its store, see models/home.py).
+               (hotspare assembles them once into its store, see hotspare/home.py).
   huggingface  one file of a Hugging Face repo at a pinned revision, in the huggingface-hub cache.
                For backend "vllm" the file is the weights and `companions` names the other files
                (config, tokenizer) fetched with it; the model directory is the file's parent.

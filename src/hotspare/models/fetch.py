@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from hotspare.core.errors import ModelError
+from hotspare.home import hf_cache_dir, hf_endpoint, is_hf_offline
 from hotspare.models.entry import HuggingFaceSource, ModelEntry
-from hotspare.models.home import hf_cache_dir, hf_endpoint, is_hf_offline
 from hotspare.models.integrity import HashCache, verify_file
 from hotspare.models.locate import find_installed, resolve_weights
 from hotspare.models.pins import Pin, PinStore

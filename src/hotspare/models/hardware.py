@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hotspare.core.errors import ModelError
+from hotspare.home import hotspare_home
 from hotspare.models.catalog import Catalog
 from hotspare.models.entry import ModelEntry
-from hotspare.models.home import hotspare_home
 from hotspare.models.locate import is_installed
 
 RAM_MARGIN = 0.2

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hotspare.core.errors import ModelError
-from hotspare.models.home import hotspare_home, private_dir
+from hotspare.home import hotspare_home, private_dir
 
 _CHUNK_BYTES = 1 << 20
 

@@ -16,8 +16,8 @@ import tempfile
 from pathlib import Path
 
 from hotspare.core.errors import ModelError
+from hotspare.home import hf_cache_dir, private_dir, replace_durably, store_dir
 from hotspare.models.entry import HuggingFaceSource, LocalSource, ModelEntry, PypiFile, PypiSource
-from hotspare.models.home import hf_cache_dir, private_dir, replace_durably, store_dir
 from hotspare.models.integrity import HashCache, verify_file
 from hotspare.models.pins import Pin, PinStore
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hotspare.core.errors import ModelError
-from hotspare.models.home import hotspare_home, private_dir, replace_durably
+from hotspare.home import hotspare_home, private_dir, replace_durably
 
 
 @dataclass(frozen=True, slots=True)

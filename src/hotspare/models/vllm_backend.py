@@ -59,8 +59,8 @@ from hotspare.engine.supervision import CrashPolicy, death_cause
 from hotspare.models.entry import ModelEntry
 from hotspare.models.locate import resolve_weights
 from hotspare.models.vllm_launch import API_KEY_ENV, VllmLaunch, VllmOptions, vllm_launch
-from hotspare.router.config import TimeoutsConfig, UpstreamConfig
 from hotspare.upstream.base import ClientCall
+from hotspare.upstream.config import TimeoutsConfig, UpstreamConfig
 from hotspare.upstream.openai import OpenAIUpstream
 
 log = logging.getLogger(__name__)

@@ -37,17 +37,15 @@ from __future__ import annotations
 
 import os
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from hotspare.core.config import Section
 
 KEYS_ENV = "HOTSPARE_API_KEYS"
 MIN_KEY_CHARS = 16  # a short key is guessable; 16 random characters are not
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-
-class AccessSettings(_Section):
+class AccessSettings(Section):
     """Who may use hotspare, and how much one request may carry."""
 
     api_keys: tuple[str, ...] = Field(
@@ -95,7 +93,7 @@ def _is_key(value: object) -> bool:
     )
 
 
-class AlertSettings(_Section):
+class AlertSettings(Section):
     """Webhook alerts on breaker open/close, failover and failback."""
 
     webhook_url: str | None = Field(default=None, description="POST target; unset = no alerts")
@@ -117,7 +115,7 @@ class AlertSettings(_Section):
         return value
 
 
-class EarlyWarningSettings(_Section):
+class EarlyWarningSettings(Section):
     """When an upstream is degraded before its breaker trips."""
 
     enabled: bool = True
@@ -130,7 +128,7 @@ class EarlyWarningSettings(_Section):
     hedge_scale: float = Field(default=0.5, gt=0, le=1, description="factor on a degraded hedge delay")
 
 
-class LogSettings(_Section):
+class LogSettings(Section):
     """The per-request JSON log."""
 
     requests: bool = Field(default=True, description="one JSON line per request")

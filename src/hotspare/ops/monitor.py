@@ -15,16 +15,16 @@ import logging
 import time
 from typing import Any
 
-from hotspare.config import Settings
 from hotspare.core.errors import FailureClass, HotspareError
 from hotspare.ops.alerts import AlertKind, WebhookAlerter
+from hotspare.ops.config import AlertSettings, EarlyWarningSettings
 from hotspare.ops.early_warning import EarlyWarning, Health, HealthChange
 from hotspare.ops.engine_stats import EngineSample, EngineState, sample_from_stats
 from hotspare.ops.metrics import OpsMetrics
 from hotspare.ops.requestlog import RequestRecord
 from hotspare.ops.status import StatusBoard
 from hotspare.router.breaker import CircuitState, Transition
-from hotspare.router.config import Mode
+from hotspare.router.config import Mode, RouterConfig
 from hotspare.router.observe import Stage
 
 log = logging.getLogger("hotspare.ops")
@@ -35,17 +35,21 @@ FAILOVER_COALESCE_S = 10.0
 
 
 class Monitor:
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.mode = settings.router_config().effective_mode
-        self.upstream_names = tuple(u.name for u in settings.upstreams)
+    """Watches the chain `router` describes; `early_warning` and `alerts` are their sections of the
+    settings."""
+
+    def __init__(
+        self, router: RouterConfig, early_warning: EarlyWarningSettings, alerts: AlertSettings
+    ) -> None:
+        self.mode = router.effective_mode
+        self.upstream_names = tuple(u.name for u in router.upstreams)
         self.board = StatusBoard()
         self.engine = EngineSample(
             EngineState.ABSENT if self.mode is Mode.UPSTREAM_ONLY else EngineState.LOADING
         )
         self.metrics = OpsMetrics(lambda: self.engine)
-        self.warning = EarlyWarning(settings.early_warning)
-        self.alerter = WebhookAlerter(settings.alerts) if settings.alerts.webhook_url else None
+        self.warning = EarlyWarning(early_warning)
+        self.alerter = WebhookAlerter(alerts) if alerts.webhook_url else None
         for name in self.upstream_names:
             self.metrics.add_upstream(name)
             self.board.add_upstream(name)

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from hotspare.router.config import BreakerConfig
+from hotspare.upstream.config import BreakerConfig
 
 log = logging.getLogger("hotspare.router")
 

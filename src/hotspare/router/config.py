@@ -1,52 +1,26 @@
-"""What a user writes to configure failover: the upstream chain, its timeouts and the breaker.
+"""The failover chain as the router runs it, built from the settings (`Settings.router_config()` in
+hotspare/config.py): the mode, the upstreams in order, and how the local model joins the chain.
 
-TOML shape (top level of the `--config` file)::
+TOML shape (top level of the `--config` file; each `[[upstreams]]` entry is upstream/config.py's)::
 
     mode = "auto"                      # "auto" | "local-only" | "upstream-only"; default: auto
                                        # when upstreams are configured, local-only when none are
     [[upstreams]]
-    name = "anthropic"
-    kind = "anthropic"                 # or "openai" (any OpenAI-compatible provider)
-    base_url = "https://api.anthropic.com"
-    api_key = "forward"                # forward the client's own key, or "env:ANTHROPIC_API_KEY"
-    models = ["claude-*"]              # globs of client model names it serves
-    rename = { "claude-fast" = "claude-haiku-4-5" }   # optional: client name -> upstream name
-    hedge_delay_s = 1.5                # optional; default derived from recent time-to-first-token
-    continuation = "restart"           # how it takes over a broken answer: "prefill" | "restart" |
-                                       # "none"; default "prefill" for anthropic, "restart" for openai
-    max_continuation_tokens = 4096     # the most a takeover continuation may add
-    [upstreams.timeouts]
-    connect_s = 2
-    first_token_s = 10
-    idle_s = 15
-    total_s = 600
-    [upstreams.breaker]                # optional, these are the defaults
-    consecutive_failures = 5
-    window_s = 60
-    min_requests = 10
-    max_error_rate = 0.5
-    open_s = 5
-    half_open_requests = 1
+    ...
     [local]
-    model = "smollm2-135m-instruct"
     hedge = true                       # start the next backend beside an upstream slow to answer
+    warm_conversations = true          # prefill conversations answered upstream into the local KV cache
+
+`check_chain` is what the settings validate about the chain as a whole.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import os
-import re
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
-from hotspare.core.errors import ConfigError
-
-_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-_ENV_REF = re.compile(r"env:[A-Za-z_][A-Za-z0-9_]*")
+from hotspare.upstream.config import UpstreamConfig
 
 
 class Mode(StrEnum):
@@ -55,136 +29,37 @@ class Mode(StrEnum):
     UPSTREAM_ONLY = "upstream-only"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+@dataclass(frozen=True, slots=True)
+class LocalConfig:
+    """How the local model joins the chain (from `[local]`)."""
+
+    hedge: bool = True  # start the next backend beside an upstream slow to its first token
+    warm_conversations: bool = True  # prefill conversations answered upstream into the local KV cache
 
 
-class TimeoutsConfig(_Strict):
-    """Deadlines of one upstream attempt, in seconds."""
-
-    connect_s: float = Field(default=2.0, gt=0, description="TCP + TLS connect")
-    first_token_s: float = Field(default=10.0, gt=0, description="request sent -> first answer content")
-    idle_s: float = Field(default=15.0, gt=0, description="longest silence between stream events")
-    total_s: float = Field(default=600.0, gt=0, description="the whole attempt, headers to last byte")
-
-
-class BreakerConfig(_Strict):
-    """When an upstream's circuit opens, and how it closes again."""
-
-    consecutive_failures: int = Field(default=5, ge=1, description="open after this many failures in a row")
-    window_s: float = Field(default=60.0, gt=0, description="sliding window for the error rate")
-    min_requests: int = Field(default=10, ge=1, description="attempts in the window before the rate counts")
-    max_error_rate: float = Field(
-        default=0.5, gt=0, le=1, description="open when failures/attempts reach this"
-    )
-    open_s: float = Field(default=5.0, gt=0, description="wait after opening before the first recovery probe")
-    probe_interval_s: float = Field(default=2.0, gt=0, description="between recovery probes while open")
-    half_open_requests: int = Field(
-        default=1, ge=1, description="real requests let through at once to test it"
-    )
-    close_after_successes: int = Field(default=2, ge=1, description="half-open successes that close it")
-
-
-class UpstreamConfig(_Strict):
-    name: str
-    kind: Literal["anthropic", "openai"]
-    base_url: str
-    api_key: str = Field(default="forward", description='"forward" or "env:VAR"')
-    models: tuple[str, ...] = Field(default=("*",), min_length=1, description="globs of client model names")
-    rename: dict[str, str] = Field(default_factory=dict, description="client model -> upstream model")
-    max_context_tokens: int | None = Field(default=None, gt=0, description="used to route context overflows")
-    hedge_delay_s: float | None = Field(default=None, gt=0)
-    max_retry_after_s: float = Field(default=2.0, ge=0, description="honour a 429's Retry-After up to this")
-    continuation: Literal["prefill", "restart", "none"] | None = Field(
-        default=None,
-        description="how it takes over a broken answer (router/takeover.py); None: prefill for anthropic, "
-        "restart for openai (an OpenAI-compatible server is never assumed to continue a prefill)",
-    )
-    max_continuation_tokens: int = Field(default=4096, ge=1, description="the most a takeover may add")
-    timeouts: TimeoutsConfig = TimeoutsConfig()
-    breaker: BreakerConfig = BreakerConfig()
-
-    @field_validator("name", mode="before")
-    @classmethod
-    def _check_name(cls, value: object) -> object:
-        if not isinstance(value, str) or not _NAME.fullmatch(value):
-            raise ValueError(f"name must be 1-64 letters, digits, '.', '_' or '-', got {value!r}")
-        return value
-
-    @field_validator("kind", mode="before")
-    @classmethod
-    def _check_kind(cls, value: object) -> object:
-        if value not in ("anthropic", "openai"):
-            raise ValueError(f'kind must be "anthropic" or "openai", got {value!r}')
-        return value
-
-    @field_validator("base_url")
-    @classmethod
-    def _check_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must start with http:// or https://, got {value!r}")
-        return value.rstrip("/")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _check_key(cls, data: object) -> object:
-        # A wrong api_key may be a pasted key. pydantic quotes the input of a failing validator, so
-        # the value is blanked in place before raising: the error names the field, never the key.
-        if isinstance(data, dict) and "api_key" in data:
-            value = data["api_key"]
-            is_ref = isinstance(value, str) and (value == "forward" or bool(_ENV_REF.fullmatch(value)))
-            if not is_ref:
-                data["api_key"] = "<hidden>"
-                raise ValueError(
-                    'api_key must be "forward" or "env:VARIABLE_NAME" (a literal key is not accepted)'
-                )
-        return data
+@dataclass(frozen=True, slots=True)
+class RouterConfig:
+    mode: Mode | None = None
+    upstreams: tuple[UpstreamConfig, ...] = ()
+    local: LocalConfig = LocalConfig()
 
     @property
-    def continuation_mode(self) -> str:
-        if self.continuation is not None:
-            return self.continuation
-        return "prefill" if self.kind == "anthropic" else "restart"
-
-    def breaker_models(self) -> tuple[tuple[str, ...], bool]:
-        """The upstream model names that get a circuit breaker of their own -- the literal entries of
-        `models` (renamed) and the targets of `rename`: a bounded set, named by the config, never by
-        what a client sends -- and whether a glob in `models` needs a shared one for the rest."""
-        literal = [self.upstream_model(m) for m in self.models if not _is_glob(m)]
-        named = tuple(dict.fromkeys([*literal, *self.rename.values()]))
-        return named, any(_is_glob(m) for m in self.models)
-
-    def serves(self, model: str) -> bool:
-        return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
-
-    def upstream_model(self, model: str) -> str:
-        return self.rename.get(model, model)
-
-    def resolve_env_key(self) -> str | None:
-        """The key from the environment, or None for "forward"; raises ConfigError naming a missing var."""
-        if self.api_key == "forward":
-            return None
-        var = self.api_key[4:]
-        value = os.environ.get(var)
-        if not value:
-            raise ConfigError(f"upstream {self.name!r}: environment variable {var} (its api_key) is not set")
-        return value
+    def effective_mode(self) -> Mode:
+        if self.mode is not None:
+            return self.mode
+        return Mode.AUTO if self.upstreams else Mode.LOCAL_ONLY
 
 
-class LocalConfig(_Strict):
-    model: str | None = Field(default=None, description="catalogue name of the local model; None = default")
-    hedge: bool = Field(
-        default=True,
-        description="start the next backend of the chain (an upstream, or the local model when it is next) "
-        "beside an upstream slow to its first token",
-    )
-    warm_conversations: bool = Field(
-        default=True, description="prefill conversations answered upstream into the local KV cache when idle"
-    )
-
-
-def _is_glob(pattern: str) -> bool:
-    return any(c in pattern for c in "*?[")
+def check_chain(mode: Mode | None, upstreams: tuple[UpstreamConfig, ...]) -> None:
+    """Raises ValueError for a chain that cannot run: duplicate names, upstream-only without
+    upstreams, a forwarded key that two hosts would be sent."""
+    names = [u.name for u in upstreams]
+    for name in names:
+        if names.count(name) > 1:
+            raise ValueError(f"upstream names must be unique, {name!r} appears {names.count(name)} times")
+    if mode is Mode.UPSTREAM_ONLY and not upstreams:
+        raise ValueError('mode = "upstream-only" needs at least one [[upstreams]] entry')
+    _check_forwarding(upstreams)
 
 
 def _check_forwarding(upstreams: tuple[UpstreamConfig, ...]) -> None:
@@ -202,26 +77,3 @@ def _check_forwarding(upstreams: tuple[UpstreamConfig, ...]) -> None:
                 "two different hosts, and it belongs to only one of them. Give all but one of them an "
                 '"env:VARIABLE" key.'
             )
-
-
-class RouterConfig(_Strict):
-    mode: Mode | None = None
-    upstreams: tuple[UpstreamConfig, ...] = ()
-    local: LocalConfig = LocalConfig()
-
-    @model_validator(mode="after")
-    def _check_chain(self) -> RouterConfig:
-        names = [u.name for u in self.upstreams]
-        for name in names:
-            if names.count(name) > 1:
-                raise ValueError(f"upstream names must be unique, {name!r} appears {names.count(name)} times")
-        if self.mode is Mode.UPSTREAM_ONLY and not self.upstreams:
-            raise ValueError('mode = "upstream-only" needs at least one [[upstreams]] entry')
-        _check_forwarding(self.upstreams)
-        return self
-
-    @property
-    def effective_mode(self) -> Mode:
-        if self.mode is not None:
-            return self.mode
-        return Mode.AUTO if self.upstreams else Mode.LOCAL_ONLY

@@ -14,12 +14,12 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from hotspare.core.errors import FailureClass, HotspareError, UpstreamError
 from hotspare.core.types import ChatRequest, StreamEvent
 from hotspare.router.breaker import CircuitBreaker, Transition
-from hotspare.router.config import UpstreamConfig
 from hotspare.router.hedge import HedgePolicy, TtftTracker
 from hotspare.router.metrics import RouterMetrics
 from hotspare.router.observe import RouterObserver
 from hotspare.upstream.anthropic import AnthropicUpstream
 from hotspare.upstream.base import ClientCall, Upstream
+from hotspare.upstream.config import UpstreamConfig
 from hotspare.upstream.openai import OpenAIUpstream
 
 

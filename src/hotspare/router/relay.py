@@ -1,19 +1,21 @@
 """Relaying an opened upstream answer to the client: passthrough bytes or core events, taken over
 mid-stream by the next backend if it breaks, with the upstream's breaker verdict recorded when the
-answer ends (ok, failed, or cancelled when the client left)."""
+answer ends (ok, failed, or cancelled when the client left). `continuers_after` lists who may take over,
+in chain order."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from hotspare.core.errors import FailureClass, UpstreamError
-from hotspare.core.types import Finish, StreamEvent, TextDelta, ToolCallStart
+from hotspare.core.types import ChatBackend, ChatRequest, Finish, StreamEvent, TextDelta, ToolCallStart
 from hotspare.router.member import Member
+from hotspare.router.metrics import RouterMetrics
 from hotspare.router.observe import Stage
 from hotspare.router.race import Opened
 from hotspare.router.replies import RawReply, single
-from hotspare.router.takeover import Continuer, continue_events, continue_passthrough
+from hotspare.router.takeover import ContinuationMode, Continuer, continue_events, continue_passthrough
 from hotspare.upstream.base import ClientCall
 from hotspare.upstream.stream import UpstreamStream
 
@@ -125,3 +127,34 @@ async def buffered_reply(member: Member, stream: UpstreamStream) -> RawReply:
     headers = tuple((k, v) for k, v in stream.headers if k.lower() not in _STREAM_ONLY_HEADERS)
     body = stream.parser.render_message(stream.parser.text, finish)
     return RawReply(200, (("content-type", "application/json"), *headers), single(body), member.upstream.name)
+
+
+def continuers_after(
+    rest: Sequence[Member], call: ClientCall, local: ChatBackend | None, metrics: RouterMetrics
+) -> list[Continuer]:
+    """Who may take over a broken answer, in chain order: the later upstreams that can continue
+    it (their mode) and may be sent this client's request (its key), then the local model."""
+    if call.local_refusal is not None:  # continuations are converted requests: none can serve it
+        return []
+    out: list[Continuer] = []
+    for m in rest:
+        mode = ContinuationMode(m.config.continuation_mode)
+        if mode is ContinuationMode.NONE or not m.upstream.accepts(call):
+            continue
+        opener = _counted(metrics, m.upstream.name, m.opener(call))
+        out.append(Continuer(m.upstream.name, opener, m.record, mode, m.config.max_continuation_tokens))
+    if local is not None:
+        out.append(Continuer(local.name, _counted(metrics, local.name, local.stream)))
+    return out
+
+
+def _counted(
+    metrics: RouterMetrics, name: str, open_: Callable[[ChatRequest], AsyncIterator[StreamEvent]]
+) -> Callable[[ChatRequest], AsyncIterator[StreamEvent]]:
+    """`open_`, counted as a takeover served by `name` each time it is called."""
+
+    def counted(request: ChatRequest) -> AsyncIterator[StreamEvent]:
+        metrics.served(name, "takeover")
+        return open_(request)
+
+    return counted

@@ -27,7 +27,7 @@ import dataclasses
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from hotspare.core.errors import (
@@ -40,10 +40,8 @@ from hotspare.core.errors import (
 from hotspare.core.types import (
     ApiFormat,
     ChatBackend,
-    ChatRequest,
     Message,
     Role,
-    StreamEvent,
 )
 from hotspare.router.breaker import MAX_KEPT_TRANSITIONS, Transition
 from hotspare.router.classify import Action, classify
@@ -54,9 +52,8 @@ from hotspare.router.metrics import RouterMetrics
 from hotspare.router.observe import Advisor, RouterObserver, Stage
 from hotspare.router.probe import Guarded, Prober
 from hotspare.router.race import LocalHedge, Opened, UpstreamHedge, open_upstream, prepend, race
-from hotspare.router.relay import Relay, buffered_reply
+from hotspare.router.relay import Relay, buffered_reply, continuers_after
 from hotspare.router.replies import EventReply, RawReply, Reply, client_fault, single
-from hotspare.router.takeover import ContinuationMode, Continuer
 from hotspare.router.warmup import WarmupFilter
 from hotspare.upstream.base import ClientCall, Upstream
 
@@ -325,7 +322,7 @@ class Router:
             return await buffered_reply(member, winner.stream)
         self.metrics.served(upstream.name, "passthrough" if passthrough else "events")
         takeovers: list[str] = []
-        continuers = self._continuers(rest, call)
+        continuers = continuers_after(rest, call, self.local, self.metrics)
         relay = Relay(member, call, continuers, takeovers, self._failover, self._warm_local)
         if winner.stream is not None:
             errors: list[str] = []
@@ -363,31 +360,6 @@ class Router:
             log.debug("warm-up not accepted: %s", error)
         elif error is not None:
             log.warning("warm-up failed", exc_info=error)
-
-    def _continuers(self, rest: Sequence[Member], call: ClientCall) -> list[Continuer]:
-        """Who may take over a broken answer, in chain order: the later upstreams that can continue
-        it (their mode) and may be sent this client's request (its key), then the local model."""
-        if call.local_refusal is not None:  # continuations are converted requests: none can serve it
-            return []
-        out: list[Continuer] = []
-        for m in rest:
-            mode = ContinuationMode(m.config.continuation_mode)
-            if mode is ContinuationMode.NONE or not m.upstream.accepts(call):
-                continue
-            opener = self._counted(m.upstream.name, m.opener(call))
-            out.append(Continuer(m.upstream.name, opener, m.record, mode, m.config.max_continuation_tokens))
-        if self.local is not None:
-            out.append(Continuer(self.local.name, self._counted(self.local.name, self.local.stream)))
-        return out
-
-    def _counted(
-        self, name: str, open_: Callable[[ChatRequest], AsyncIterator[StreamEvent]]
-    ) -> Callable[[ChatRequest], AsyncIterator[StreamEvent]]:
-        def counted(request: ChatRequest) -> AsyncIterator[StreamEvent]:
-            self.metrics.served(name, "takeover")
-            return open_(request)
-
-        return counted
 
     async def _local_reply(self, call: ClientCall, gate: HedgeGate | None = None) -> EventReply:
         """The local model's answer; `gate` (entered by the caller) is left when the answer ends."""

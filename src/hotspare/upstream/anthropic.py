@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from hotspare.core.errors import FailureClass, UpstreamError
+from hotspare.core.errors import BackendUnavailable, FailureClass, Overloaded, UpstreamError
 from hotspare.core.types import (
     ApiFormat,
     ChatRequest,
@@ -20,32 +20,13 @@ from hotspare.core.types import (
     ToolChoiceMode,
     Usage,
 )
+from hotspare.formats.anthropic import STOP_NAMES, STOP_REASONS, error_event
 from hotspare.upstream.base import Upstream
 from hotspare.upstream.sse import SseEvent
 from hotspare.upstream.stream import StreamParser
 
 API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096  # Anthropic requires max_tokens; a ChatRequest may leave it open
-
-# Every stop reason Anthropic documents, as the core reason; an unknown one is a failure (the answer
-# may have been cut: it is taken over or ends with an error event, never reported as end_turn).
-_STOP_REASONS = {
-    "end_turn": FinishReason.END_TURN,
-    "max_tokens": FinishReason.LENGTH,
-    "model_context_window_exceeded": FinishReason.LENGTH,
-    "stop_sequence": FinishReason.STOP_SEQUENCE,
-    "tool_use": FinishReason.TOOL_CALLS,
-    "refusal": FinishReason.CONTENT_FILTER,
-    "pause_turn": FinishReason.PAUSED,
-}
-STOP_NAMES = {
-    FinishReason.END_TURN: "end_turn",
-    FinishReason.LENGTH: "max_tokens",
-    FinishReason.STOP_SEQUENCE: "stop_sequence",
-    FinishReason.TOOL_CALLS: "tool_use",
-    FinishReason.CONTENT_FILTER: "refusal",
-    FinishReason.PAUSED: "pause_turn",
-}
 
 
 def _event(name: str, payload: Mapping[str, Any]) -> bytes:
@@ -92,7 +73,7 @@ class AnthropicParser(StreamParser):
             self.open_index = None
         elif kind == "message_delta":
             reason = (data.get("delta") or {}).get("stop_reason")
-            if reason is not None and reason not in _STOP_REASONS:
+            if reason is not None and reason not in STOP_REASONS:
                 raise UpstreamError(
                     FailureClass.STREAM_ERROR,
                     f"unknown stop_reason {str(reason)[:40]!r}",
@@ -142,7 +123,7 @@ class AnthropicParser(StreamParser):
         )
 
     def _finish(self) -> Finish:
-        reason = _STOP_REASONS.get(self.stop_reason or "", FinishReason.END_TURN)
+        reason = STOP_REASONS.get(self.stop_reason or "", FinishReason.END_TURN)
         output = self.output_tokens if self.output_tokens is not None else self.num_text_events
         return Finish(reason, Usage(self.input_tokens, output), self.model, self.stop_sequence)
 
@@ -201,9 +182,10 @@ class AnthropicParser(StreamParser):
         return self._close_block() + _event("message_stop", {"type": "message_stop"})
 
     def render_error(self, error: UpstreamError | None, message: str) -> bytes:
+        # Anthropic streams have an error event for overload: an overloaded upstream's break is
+        # reported as one; any other as no backend available (their rows in formats/errors.py).
         overloaded = error is not None and error.failure is FailureClass.OVERLOADED
-        kind = "overloaded_error" if overloaded else "api_error"
-        return _event("error", {"type": "error", "error": {"type": kind, "message": message}})
+        return error_event(Overloaded(message) if overloaded else BackendUnavailable(message))
 
 
 class AnthropicUpstream(Upstream):

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import json
 import logging
 import time
@@ -40,20 +39,15 @@ import httpx
 
 from hotspare.core.errors import FailureClass, UpstreamError
 from hotspare.core.types import ApiFormat, ChatRequest, StreamEvent
-from hotspare.router.config import UpstreamConfig
+from hotspare.upstream.config import UpstreamConfig
 from hotspare.upstream.headers import AUTH_HEADERS, forwardable_headers, header_value, request_headers
+from hotspare.upstream.keys import GoodKeys, vendor_of
+from hotspare.upstream.session import open_session
 from hotspare.upstream.stream import StreamParser, UpstreamStream
-from hotspare.upstream.transport import (
-    ConnectTimedOut,
-    Response,
-    TransportError,
-    open_session,
-)
+from hotspare.upstream.transport import ConnectTimedOut, Response, TransportError
 
 log = logging.getLogger("hotspare.upstream")
 
-_AUTH_MEMORY_S = 900.0  # a 401 with a key that worked within this long is an auth-plane outage
-MAX_GOOD_KEYS = 10_000  # fingerprints of keys that worked, kept at most (forward mode: clients' keys)
 _NON_TEXT_KEYS = ("tools", "functions", "thinking", "response_format", "tool_choice", "audio", "modalities")
 
 
@@ -92,10 +86,6 @@ class RawResponse:
     body: bytes
 
 
-def key_fingerprint(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
-
-
 def parse_retry_after(value: str | None) -> float | None:
     """Seconds from a Retry-After header (delta-seconds form); None if absent or an HTTP date."""
     if value is None:
@@ -119,7 +109,7 @@ class Upstream(ABC):
         self._env_key = config.resolve_env_key()
         t = config.timeouts
         self._http = open_session(config.base_url, t.connect_s, t.total_s, transport)
-        self._good_keys: dict[str, float] = {}  # key fingerprint -> last 2xx (monotonic)
+        self._good_keys = GoodKeys()
         self._probe_key: str | None = self._env_key  # in memory only: a key that recently worked
 
     # --- vendor specifics -------------------------------------------------------------------------
@@ -219,22 +209,9 @@ class Upstream(ABC):
         if response.status >= 400:
             raise await self._status_error(response, key)
         if key is not None:
-            self._remember_good_key(key_fingerprint(key))
+            self._good_keys.remember(key)
             self._probe_key = key
         return response
-
-    def _remember_good_key(self, fingerprint: str) -> None:
-        """Note a key that just worked; forget keys older than `_AUTH_MEMORY_S` and, past
-        `MAX_GOOD_KEYS` (forward mode sees every client's key), the least recently good."""
-        now = time.monotonic()
-        keys = self._good_keys
-        keys.pop(fingerprint, None)  # re-inserted last: the dict stays ordered by last success
-        keys[fingerprint] = now
-        while keys:
-            oldest, at = next(iter(keys.items()))
-            if now - at < _AUTH_MEMORY_S and len(keys) <= MAX_GOOD_KEYS:
-                break
-            del keys[oldest]
 
     async def _status_error(self, response: Response, key: str | None) -> UpstreamError:
         status = response.status
@@ -272,10 +249,8 @@ class Upstream(ABC):
         if status in (401, 403) and self._env_key is not None:
             log.warning("upstream %r rejected its configured key (HTTP %d): failing over", self.name, status)
             return FailureClass.AUTH_OUTAGE
-        if status in (401, 403) and key is not None:
-            last_ok = self._good_keys.get(key_fingerprint(key))
-            if last_ok is not None and time.monotonic() - last_ok < _AUTH_MEMORY_S:
-                return FailureClass.AUTH_OUTAGE
+        if status in (401, 403) and key is not None and self._good_keys.worked_recently(key):
+            return FailureClass.AUTH_OUTAGE
         if status in (408, 409):  # request timeout / conflict: transient on the provider's side
             return FailureClass.SERVER_ERROR
         return FailureClass.CLIENT_FAULT
@@ -294,7 +269,7 @@ class Upstream(ABC):
         t = self.config.timeouts
         deadline_s = min(t.first_token_s, t.total_s)
         response = await self._send(body, headers, self._key_for(call), deadline_s, path)
-        return UpstreamStream(self, response, parser, started)
+        return UpstreamStream(response, parser, started, t, self.error)
 
     def as_streaming(self, call: ClientCall) -> ClientCall | None:
         """A non-streaming passthrough call rewritten to stream (so first-token and stall deadlines,
@@ -399,11 +374,6 @@ class Upstream(ABC):
 
     async def aclose(self) -> None:
         await self._http.aclose()
-
-
-def vendor_of(api: ApiFormat) -> ApiFormat:
-    """The vendor (as its chat format) whose keys a client of `api` holds."""
-    return ApiFormat.OPENAI_CHAT if api is ApiFormat.OPENAI_RESPONSES else api
 
 
 def _json_object(body: bytes) -> dict[str, Any] | None:

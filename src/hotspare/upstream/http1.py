@@ -4,7 +4,7 @@ parser uvicorn uses), with a keep-alive pool per upstream.
 Why not httpx here: relaying one small request through a bare ASGI app cost 1.1-1.5 ms of CPU with
 httpx and 0.25 ms with this (measured on the 2-core dev VM, docs/benchmarks.md); at 64 concurrent
 requests on two cores that CPU is the added latency. httpx stays the client where this one does not
-go (a proxy from the environment, an injected test transport): see transport.py.
+go (a proxy from the environment, an injected test transport): see session.py.
 
 Contract: `Http1Pool.send` returns an `Http1Response` once the status line and headers arrived. The
 response owns its connection until `aclose()`, which puts the connection back in the pool only when
@@ -25,112 +25,12 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from hotspare.upstream.headers import header_value
-from hotspare.upstream.transport import (
-    BodyReader,
-    ConnectFailed,
-    ConnectTimedOut,
-    ContentDecoder,
-    ProtocolFailed,
-    ReadFailed,
-)
+from hotspare.upstream.http1_response import Http1Response
+from hotspare.upstream.transport import ConnectFailed, ConnectTimedOut, ProtocolFailed, ReadFailed
 
-_PAUSE_BYTES = 1 << 20  # stop reading from the socket while this much body waits for the consumer
 _KEEPALIVE_S = 5.0  # an idle connection older than this is closed rather than reused (httpx's default)
 _MAX_IDLE = 256
 MAX_CONNECTIONS = 1024  # per upstream, as httpx's pool: a client storm does not become a connection storm
-
-
-class Http1Response(BodyReader):
-    """One response. `status` and `headers` (lower-case names, in order) are set when `send` returns."""
-
-    def __init__(self, connection: _Connection) -> None:
-        self.status = 0
-        self.headers: tuple[tuple[str, str], ...] = ()
-        self._connection = connection
-        self._raw_headers: list[tuple[str, str]] = []
-        self._chunks: deque[bytes] = deque()
-        self._num_buffered = 0
-        self._waiter: asyncio.Future[None] | None = None
-        self._head: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._decoder: ContentDecoder | None = None
-        self.is_complete = False
-        self._error: Exception | None = None
-        self._is_closed = False
-
-    def header(self, name: str) -> str | None:
-        return header_value(self.headers, name)
-
-    async def read_chunk(self) -> bytes | None:
-        """All of the body that has arrived and was not read yet (decoded at most
-        MAX_DECODED_PIECE_BYTES at a time), or None at its end. Raises ReadFailed if the connection
-        broke first, ProtocolFailed on a malformed message, zlib.error on a corrupt encoding."""
-        if self._decoder is not None and self._decoder.has_more:
-            return self._decoder.decode(b"")
-        while not self._chunks:
-            if self._error is not None:
-                raise self._error
-            if self.is_complete:
-                return self._flush()
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        # Everything that has arrived, in one piece: a burst of events is relayed in one write.
-        chunk = self._chunks.popleft() if len(self._chunks) == 1 else b"".join(self._chunks)
-        self._chunks.clear()
-        self._num_buffered = 0
-        self._connection.resume()
-        return self._decoder.decode(chunk) if self._decoder is not None else chunk
-
-    async def aclose(self) -> None:
-        if not self._is_closed:
-            self._is_closed = True
-            self._connection.release(self)
-
-    def _flush(self) -> bytes | None:
-        if self._decoder is None:
-            return None
-        rest, self._decoder = self._decoder.flush(), None
-        return rest or None
-
-    # --- fed by the connection --------------------------------------------------------------------
-    def _on_head(self, status: int) -> None:
-        self.status = status
-        self.headers = tuple(self._raw_headers)
-        coding = (self.header("content-encoding") or "identity").lower()
-        if coding in ("gzip", "deflate"):
-            self._decoder = ContentDecoder()
-        elif coding != "identity":
-            self._fail(ProtocolFailed(f"unsupported content-encoding {coding!r}"))
-            return
-        if not self._head.done():
-            self._head.set_result(None)
-
-    def _on_body(self, data: bytes) -> None:
-        self._chunks.append(data)
-        self._num_buffered += len(data)
-        if self._num_buffered > _PAUSE_BYTES:
-            self._connection.pause()
-        self._wake()
-
-    def _on_complete(self) -> None:
-        self.is_complete = True
-        self._wake()
-
-    def _fail(self, error: Exception) -> None:
-        if self.is_complete or self._error is not None:
-            return
-        self._error = error
-        if not self._head.done():
-            self._head.set_exception(error)
-            self._head.exception()  # retrieved here: a cancelled sender never awaits it
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
 
 
 class _Connection(asyncio.Protocol):
@@ -163,7 +63,7 @@ class _Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            response._fail(ProtocolFailed(f"malformed response ({exc})"))
+            response.fail(ProtocolFailed(f"malformed response ({exc})"))
             self.close()
 
     def eof_received(self) -> bool:
@@ -178,10 +78,10 @@ class _Connection(asyncio.Protocol):
         if response is None or response.is_complete:
             return
         if response.status and _is_close_delimited(response):
-            response._on_complete()  # a body without length or chunking ends when the server closes
+            response.message_complete()  # a body without length or chunking ends when the server closes
             return
         what = "before the response" if not response.status else "in the middle of the body"
-        response._fail(ReadFailed(f"connection closed {what}", before_response=not response.status))
+        response.fail(ReadFailed(f"connection closed {what}", before_response=not response.status))
 
     # --- httptools callbacks ----------------------------------------------------------------------
     # A second message after the answer (in the same read) is nobody's: it is ignored and the
@@ -193,7 +93,7 @@ class _Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         assert self._response is not None
         if not self._is_unsolicited:
-            self._response._raw_headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+            self._response.add_header(name.decode("latin-1").lower(), value.decode("latin-1"))
 
     def on_headers_complete(self) -> None:
         assert self._response is not None
@@ -202,14 +102,14 @@ class _Connection(asyncio.Protocol):
         status = self._parser.get_status_code()
         if 100 <= status < 200 and status != 101:  # interim: the real response follows
             self._is_interim = True
-            self._response._raw_headers.clear()
+            self._response.clear_headers()
             return
-        self._response._on_head(status)
+        self._response.head_received(status)
 
     def on_body(self, body: bytes) -> None:
         assert self._response is not None
         if not self._is_unsolicited:
-            self._response._on_body(body)
+            self._response.body_received(body)
 
     def on_message_complete(self) -> None:
         assert self._response is not None
@@ -220,7 +120,7 @@ class _Connection(asyncio.Protocol):
             return
         # Asked here: once the message is done the parser has reset and always says no.
         self._can_keep_alive = self._parser.should_keep_alive()
-        self._response._on_complete()
+        self._response.message_complete()
 
     # --- used by the pool and the response --------------------------------------------------------
     def start(self, response: Http1Response, request: bytes) -> None:
@@ -233,7 +133,7 @@ class _Connection(asyncio.Protocol):
         """`response` is done with this connection: reuse it if that is safe, else close it."""
         if self._response is not response:
             return
-        reusable = response.is_complete and response._error is None and self._can_keep_alive
+        reusable = response.is_complete and response.error is None and self._can_keep_alive
         reusable = reusable and not self._is_unsolicited
         self._response, self._can_keep_alive = None, False
         if self._is_paused:
@@ -306,7 +206,7 @@ class Http1Pool:
         response = Http1Response(connection)
         connection.start(response, request)
         try:
-            await response._head
+            await response.head_received_or_failed()
         except BaseException:
             connection.close()
             raise

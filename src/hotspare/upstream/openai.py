@@ -7,7 +7,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from hotspare.core.errors import FailureClass, UpstreamError
+from hotspare.core.errors import BackendUnavailable, FailureClass, UpstreamError
 from hotspare.core.types import (
     ApiFormat,
     ChatRequest,
@@ -21,28 +21,11 @@ from hotspare.core.types import (
     ToolChoiceMode,
     Usage,
 )
+from hotspare.formats.openai_chat import FINISH_NAMES, FINISH_REASONS, error_event
 from hotspare.upstream.base import ClientCall, Upstream
 from hotspare.upstream.openai_responses import RESPONSES_PATH, ResponsesParser
 from hotspare.upstream.sse import SseEvent
 from hotspare.upstream.stream import StreamParser
-
-# Every finish reason OpenAI documents, as the core reason. Any other (vLLM's "abort", a server's
-# own) is a failure: the answer may be cut, so it is taken over or ends with an error event.
-_FINISH_REASONS = {
-    "stop": FinishReason.END_TURN,
-    "length": FinishReason.LENGTH,
-    "tool_calls": FinishReason.TOOL_CALLS,
-    "function_call": FinishReason.TOOL_CALLS,
-    "content_filter": FinishReason.CONTENT_FILTER,
-}
-FINISH_NAMES = {
-    FinishReason.END_TURN: "stop",
-    FinishReason.STOP_SEQUENCE: "stop",
-    FinishReason.LENGTH: "length",
-    FinishReason.TOOL_CALLS: "tool_calls",
-    FinishReason.CONTENT_FILTER: "content_filter",
-    FinishReason.PAUSED: "length",  # Anthropic's pause_turn: the turn is unfinished, as a cut-off one
-}
 
 
 def _data(payload: Mapping[str, Any] | str) -> bytes:
@@ -106,7 +89,7 @@ class OpenAIParser(StreamParser):
     def _on_finish_reason(self, reason: object) -> None:
         if reason is None:
             return
-        if reason not in _FINISH_REASONS:
+        if reason not in FINISH_REASONS:
             raise UpstreamError(
                 FailureClass.STREAM_ERROR,
                 f"unknown finish_reason {str(reason)[:40]!r}",
@@ -134,7 +117,7 @@ class OpenAIParser(StreamParser):
         return out
 
     def _finish(self) -> Finish:
-        reason = _FINISH_REASONS.get(self.finish_reason or "", FinishReason.END_TURN)
+        reason = FINISH_REASONS.get(self.finish_reason or "", FinishReason.END_TURN)
         usage = self.usage or Usage(0, self.num_text_events)
         return Finish(reason, usage, self.model)
 
@@ -207,8 +190,7 @@ class OpenAIParser(StreamParser):
         return _data("[DONE]")
 
     def render_error(self, error: UpstreamError | None, message: str) -> bytes:
-        # The openai SDK raises APIError on a chunk carrying "error"; no [DONE] follows.
-        return _data({"error": {"message": message, "type": "server_error", "param": None, "code": None}})
+        return error_event(BackendUnavailable(message))
 
 
 class OpenAIUpstream(Upstream):

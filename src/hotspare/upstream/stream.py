@@ -22,18 +22,20 @@ import time
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from hotspare.core.errors import FailureClass, UpstreamError
 from hotspare.core.types import Finish, StreamEvent, TextDelta
+from hotspare.upstream.config import TimeoutsConfig
 from hotspare.upstream.headers import forwardable_headers
 from hotspare.upstream.sse import SseDecoder, SseEvent
 from hotspare.upstream.transport import Response, TransportError
 
-if TYPE_CHECKING:
-    from hotspare.upstream.base import Upstream
-
 T = TypeVar("T")
+
+ErrorClassifier = Callable[[FailureClass, str], UpstreamError]
+"""Makes one upstream's typed failure from its class and a message (`Upstream.error`): how the
+stream names its upstream in errors without knowing the `Upstream` itself."""
 
 
 class StreamParser(ABC):
@@ -126,11 +128,19 @@ class UpstreamStream:
     `next_event` returns the next SSE block (raw bytes kept) with what the parser made of it, or
     None after the terminator (or after a clean end that followed a stated finish). Deadlines: until
     the first content, `first_token_s` from the start; after it, `idle_s` since the last content
-    (keep-alives do not count); always `total_s`. Failures raise `UpstreamError`.
+    (keep-alives do not count); always `total_s`. Failures raise `UpstreamError`s made by `error`.
     """
 
-    def __init__(self, upstream: Upstream, response: Response, parser: StreamParser, started: float) -> None:
-        self.upstream = upstream
+    def __init__(
+        self,
+        response: Response,
+        parser: StreamParser,
+        started: float,
+        timeouts: TimeoutsConfig,
+        error: ErrorClassifier,
+    ) -> None:
+        self.timeouts = timeouts
+        self._error = error
         self.status = response.status
         self.headers = forwardable_headers(response.headers)
         self.parser = parser
@@ -171,7 +181,7 @@ class UpstreamStream:
             return None
         ended = self._guard(self.parser.end_without_terminator)
         if ended is None:
-            raise self.upstream.error(FailureClass.STREAM_CUT, "stream ended without its terminator")
+            raise self._error(FailureClass.STREAM_CUT, "stream ended without its terminator")
         raw, finish = ended
         return SseEvent("", "", raw), [finish]
 
@@ -185,12 +195,10 @@ class UpstreamStream:
         except UpstreamError:
             raise
         except Exception as exc:  # the one boundary where vendor data errors become typed
-            raise self.upstream.error(
-                FailureClass.MALFORMED, f"malformed stream ({type(exc).__name__})"
-            ) from exc
+            raise self._error(FailureClass.MALFORMED, f"malformed stream ({type(exc).__name__})") from exc
 
     async def _read(self) -> None:
-        timeouts = self.upstream.config.timeouts
+        timeouts = self.timeouts
         now = time.monotonic()
         total_left = self.started + timeouts.total_s - now
         if self.last_content_at is None:
@@ -203,13 +211,11 @@ class UpstreamStream:
             async with asyncio.timeout(max(wait, 0.0)):
                 chunk = await self._response.read_chunk()
         except TimeoutError:
-            raise self.upstream.error(failure, f"no stream data within {wait:.1f} s") from None
+            raise self._error(failure, f"no stream data within {wait:.1f} s") from None
         except TransportError as exc:
-            raise self.upstream.error(FailureClass.STREAM_CUT, f"stream broke ({exc})") from exc
+            raise self._error(FailureClass.STREAM_CUT, f"stream broke ({exc})") from exc
         except Exception as exc:  # a decoder error (zlib.error, ...): the data is bad
-            raise self.upstream.error(
-                FailureClass.MALFORMED, f"undecodable body ({type(exc).__name__})"
-            ) from exc
+            raise self._error(FailureClass.MALFORMED, f"undecodable body ({type(exc).__name__})") from exc
         if chunk is None:
             self._eof = True
             last = self._guard(self._decoder.flush)
@@ -225,7 +231,7 @@ class UpstreamStream:
             return
         self._eof = True
         try:
-            async with asyncio.timeout(min(self.upstream.config.timeouts.idle_s, 1.0)):
+            async with asyncio.timeout(min(self.timeouts.idle_s, 1.0)):
                 while await self._response.read_chunk() is not None:
                     pass
         except (TimeoutError, TransportError):

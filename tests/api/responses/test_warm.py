@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from hotspare.app import create_app
 from hotspare.config import Settings
-from hotspare.router.config import UpstreamConfig
+from hotspare.upstream.config import UpstreamConfig
 from tests.fakes.upstreams import FakeUpstream
 from tests.router.factories import FakeLocal
 

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hotspare.api.answer import paced_answer
-from hotspare.api.errors import client_error, error_reply
+from hotspare.api.errors import client_error
 from hotspare.api.responses.request import ResponsesRequest
-from hotspare.api.sse import Heartbeat, encode_comment, encode_event
+from hotspare.api.sse import Heartbeat
 from hotspare.core.errors import BackendUnavailable, HotspareError
 from hotspare.core.types import (
     ApiFormat,
@@ -37,6 +37,8 @@ from hotspare.core.types import (
     ToolCallStart,
     Usage,
 )
+from hotspare.formats.errors import error_reply
+from hotspare.formats.sse import encode_comment, encode_event
 
 
 def new_response_id() -> str:

@@ -51,10 +51,10 @@ from hotspare.api.serving import (
 )
 from hotspare.api.sse import EventStreamResponse, closing_stream
 from hotspare.api.wire import parse_body
-from hotspare.config import Settings
+from hotspare.config import ResponsesSettings, Settings
 from hotspare.core.errors import HotspareError, InvalidRequest, NotFound
 from hotspare.core.types import ApiFormat, ChatBackend, ChatRequest
-from hotspare.models.home import hotspare_home
+from hotspare.home import hotspare_home
 from hotspare.router.replies import RawReply, backends
 from hotspare.upstream.base import ClientCall
 from hotspare.upstream.openai_responses import TAKEOVER_COMMENT
@@ -71,9 +71,8 @@ _FINAL_EVENTS = frozenset({"response.completed", "response.incomplete"})
 # --- the store -----------------------------------------------------------------------------------
 
 
-def open_store(settings: Settings) -> ResponseStore | None:
-    """The store `settings` ask for (None when it is off)."""
-    config = settings.responses
+def open_store(config: ResponsesSettings) -> ResponseStore | None:
+    """The store the `[responses]` settings ask for (None when it is off)."""
     if not config.store:
         return None
     path: Path | str = config.store_path or hotspare_home() / "responses.sqlite3"
@@ -100,7 +99,7 @@ def owner_of(request: Request, store: ResponseStore) -> str:
 def store_of(app: FastAPI) -> ResponseStore | None:
     """The app's store, opened on first use (`app.state.response_store`; closed by the app)."""
     if getattr(app.state, "response_store", None) is None:
-        app.state.response_store = open_store(app.state.settings)
+        app.state.response_store = open_store(app.state.settings.responses)
     store: ResponseStore | None = app.state.response_store
     return store
 

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from hotspare.core.errors import NotFound
-from hotspare.models.home import PRIVATE_FILE_MODE, private_dir
+from hotspare.home import PRIVATE_FILE_MODE, private_dir
 
 MAX_CHAIN_TURNS = 10_000
 """A guard against a cycle of ids in a damaged database: no real conversation is this long."""
