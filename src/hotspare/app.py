@@ -43,12 +43,12 @@ from hotspare.core.types import ChatBackend
 from hotspare.engine.attention import CALIBRATION_DIR_NAME
 from hotspare.engine.config import EngineConfig
 from hotspare.engine.local import LocalEngine
+from hotspare.engine.vllm import VllmBackend, vllm_backend
 from hotspare.engine.weights import WEIGHTS_DIR_NAME
 from hotspare.models.catalog import ModelEntry, load_catalog, resolve_weights
 from hotspare.models.hardware import serving_choice
 from hotspare.models.home import hotspare_home
 from hotspare.models.locate import expected_weights
-from hotspare.models.vllm_backend import VllmBackend, vllm_backend
 from hotspare.ops import routes as ops_routes
 from hotspare.ops.access import AccessGuard, startup_keys
 from hotspare.ops.engine_stats import EngineState

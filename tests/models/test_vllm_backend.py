@@ -34,9 +34,9 @@ from hotspare.core.types import (
     ToolSpec,
     Usage,
 )
-from hotspare.models import vllm_backend as vllm_backend_module
-from hotspare.models.vllm_backend import VllmBackend
-from hotspare.models.vllm_launch import VllmOptions, vllm_launch
+from hotspare.engine import vllm as vllm_backend_module
+from hotspare.engine.vllm import VllmBackend
+from hotspare.engine.vllm_launch import VllmOptions, vllm_launch
 from serving import free_port
 
 from .test_vllm_launch import FAKE_VLLM, gpu_entry

@@ -1,7 +1,7 @@
 """vLLM as the local backend: a supervised child process, spoken to over its OpenAI API on 127.0.0.1.
 
 vLLM schedules and caches by itself (continuous batching, prefix caching), so hotspare does not
-schedule under it. `VllmBackend` runs `vllm serve` (the command from models/vllm_launch.py), waits
+schedule under it. `VllmBackend` runs `vllm serve` (the command from engine/vllm_launch.py), waits
 for its /health, and answers each `ChatRequest` with a streamed chat completion sent through the
 OpenAI upstream client (upstream/openai.py). Its `name` is "local", like the llama.cpp engine's, so
 the router and the API treat the two alike.
@@ -56,9 +56,9 @@ from hotspare.core.errors import (
 )
 from hotspare.core.types import ApiFormat, ChatRequest, Finish, StreamEvent, TextDelta
 from hotspare.engine.supervision import CrashPolicy, death_cause
+from hotspare.engine.vllm_launch import API_KEY_ENV, VllmLaunch, VllmOptions, vllm_launch
 from hotspare.models.entry import ModelEntry
 from hotspare.models.locate import resolve_weights
-from hotspare.models.vllm_launch import API_KEY_ENV, VllmLaunch, VllmOptions, vllm_launch
 from hotspare.router.config import TimeoutsConfig, UpstreamConfig
 from hotspare.upstream.base import ClientCall
 from hotspare.upstream.openai import OpenAIUpstream
