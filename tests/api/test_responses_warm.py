@@ -15,10 +15,10 @@ from fakes.upstreams import FakeUpstream
 from hotspare.app import create_app
 from hotspare.config import Settings
 from hotspare.router.config import UpstreamConfig
-from router.factories import FakeLocal
+from router.factories import FakeLocalBackend
 
 
-class WarmingLocal(FakeLocal):
+class WarmingLocal(FakeLocalBackend):
     def __init__(self) -> None:
         super().__init__()
         self.warmed: list[list[tuple[str, str]]] = []

@@ -14,9 +14,18 @@ import signal
 from multiprocessing.connection import Connection
 
 from hotspare.core.types import FinishReason
-from hotspare.engine.backends.llama_cpp import ModelInfo
 from hotspare.engine.config import EngineConfig
-from hotspare.engine.protocol import Delta, Done, GetStats, Ready, Reply, Shutdown, Submit, Tokenize
+from hotspare.engine.protocol import (
+    Delta,
+    Done,
+    GetStats,
+    ModelInfo,
+    Ready,
+    Reply,
+    Shutdown,
+    Submit,
+    Tokenize,
+)
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

@@ -21,6 +21,7 @@ from hotspare.core.types import (
     TextDelta,
     Usage,
 )
+from hotspare.engine.attention import AttentionChoice
 from hotspare.router.config import UpstreamConfig
 from hotspare.upstream.base import ClientCall
 
@@ -107,3 +108,32 @@ class FakeLocal:
 
     async def count_tokens(self, request: ChatRequest) -> int:
         return 7
+
+
+class FakeLocalBackend(FakeLocal):
+    """`FakeLocal` as a whole `LocalBackend` (engine/protocol.py): ready, never died, no counters;
+    its `warm` does nothing (subclasses record what it is handed)."""
+
+    can_warm = True
+    is_ready = True
+    failure: str | None = None
+    num_restarts = 0
+    num_poison_requests = 0
+    attention: AttentionChoice | None = None
+    weights_note = ""
+
+    @property
+    def model_name(self) -> str:
+        return self.model
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def warm(self, request: ChatRequest) -> None:
+        pass
+
+    async def stats(self) -> dict[str, Any] | None:
+        return None

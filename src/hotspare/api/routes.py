@@ -35,6 +35,7 @@ from hotspare.api.wire import (
 from hotspare.config import Settings
 from hotspare.core.errors import BackendUnavailable, HotspareError, NotFound
 from hotspare.core.types import ApiFormat, ChatBackend, ChatRequest, ContextFitted, StreamEvent
+from hotspare.engine.protocol import LocalBackend
 from hotspare.router.replies import EventReply, RawReply, backends
 from hotspare.router.router import Router
 from hotspare.upstream.base import ClientCall
@@ -298,8 +299,7 @@ def _serving_backend(request: Request, model: str) -> ChatBackend:
 
 def _answering_model(backend: ChatBackend, chat: ChatRequest) -> str:
     """The model named in a stream before its `Finish` says which model answered."""
-    name = getattr(backend, "model_name", None)
-    return name if isinstance(name, str) else chat.model
+    return backend.model_name if isinstance(backend, LocalBackend) else chat.model
 
 
 def _more_choices(

@@ -205,9 +205,10 @@ class _Gate:
 
 
 class LocalEngine:
-    """See the module docstring. Implements `ChatBackend`; `name` is "local"."""
+    """See the module docstring. Implements `LocalBackend` (engine/protocol.py); `name` is "local"."""
 
     name = "local"
+    can_warm = True
 
     def __init__(
         self,

@@ -55,6 +55,7 @@ from hotspare.core.errors import (
     UpstreamError,
 )
 from hotspare.core.types import ApiFormat, ChatRequest, Finish, StreamEvent, TextDelta
+from hotspare.engine.attention import AttentionChoice
 from hotspare.engine.supervision import CrashPolicy, death_cause
 from hotspare.engine.vllm_launch import API_KEY_ENV, VllmLaunch, VllmOptions, vllm_launch
 from hotspare.models.entry import ModelEntry
@@ -95,9 +96,15 @@ class _VllmClient(OpenAIUpstream):
 
 
 class VllmBackend:
-    """See the module docstring. Implements `ChatBackend`; `start()` before use, `stop()` after."""
+    """See the module docstring. Implements `LocalBackend` (engine/protocol.py); `start()` before
+    use, `stop()` after. vLLM keeps its own counters and prefix cache: `stats()` is None, `warm` a
+    no-op (`can_warm` False), and no prompt is refused as poison."""
 
     name = "local"
+    attention: AttentionChoice | None = None  # vLLM chooses its attention backend itself
+    weights_note = ""
+    num_poison_requests = 0
+    can_warm = False
 
     def __init__(
         self,
@@ -263,7 +270,13 @@ class VllmBackend:
             return False
         return response.status_code == 200
 
+    async def stats(self) -> dict[str, Any] | None:
+        return None
+
     # ----- requests -----
+
+    async def warm(self, request: ChatRequest) -> None:
+        """A no-op: vLLM's prefix cache fills from the requests it serves."""
 
     def _check_ready(self) -> None:
         if not self.is_ready:
