@@ -52,6 +52,7 @@ from hotspare.core.errors import (
 )
 from hotspare.core.types import ChatRequest, Finish, Message, Role, StreamEvent, Usage
 from hotspare.engine.attention import AttentionChoice
+from hotspare.engine.backends.gbnf import GrammarBuilder
 from hotspare.engine.chat_template import ChatTemplate
 from hotspare.engine.config import EngineConfig
 from hotspare.engine.protocol import (
@@ -430,7 +431,7 @@ class LocalEngine:
         async def count(prompt: str) -> int:
             return int(await self._call(lambda r: Tokenize(r, prompt)))
 
-        return Renderer(render, count, template_knows_tools(template.source))
+        return Renderer(render, count, template_knows_tools(template.source), GrammarBuilder)
 
     def render(self, request: ChatRequest) -> str:
         return self._renderer().prompt(request)
