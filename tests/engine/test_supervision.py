@@ -13,7 +13,7 @@ import pytest
 
 from hotspare.core.errors import EngineDied, PoisonRequest
 from hotspare.core.types import ChatRequest, Finish, Message, Role, SamplingParams, TextDelta
-from hotspare.engine import local
+from hotspare.engine import process
 from hotspare.engine.config import EngineConfig
 from hotspare.engine.local import LocalEngine
 from hotspare.engine.protocol import LocalBackend
@@ -103,7 +103,7 @@ async def answer(engine: LocalEngine, text: str) -> str:
 
 @pytest.fixture
 def stand_in(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(local, "worker_main", crashing_worker)
+    monkeypatch.setattr(process, "engine_main", crashing_worker)
 
 
 async def started(name: str) -> LocalEngine:

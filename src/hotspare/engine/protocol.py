@@ -17,6 +17,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from hotspare.core.errors import (
+    BackendUnavailable,
+    ContextOverflow,
+    EngineDied,
+    HotspareError,
+    InvalidRequest,
+    Overloaded,
+)
 from hotspare.core.types import ChatBackend, ChatRequest, FinishReason, SamplingParams
 from hotspare.engine.attention import AttentionChoice
 
@@ -166,11 +174,15 @@ class Done:
 @dataclass(frozen=True, slots=True)
 class Failed:
     """The request ended in error. `kind` names a core error class: "ContextOverflow",
-    "Overloaded", "InvalidRequest" or "BackendUnavailable"; `args` rebuild it."""
+    "Overloaded", "InvalidRequest", "BackendUnavailable" or "EngineDied"; `args` rebuild it (`error()`)."""
 
     request_id: int
     kind: str
     args: tuple[Any, ...]
+
+    def error(self) -> HotspareError:
+        """The core error this failure stands for."""
+        return _ERRORS[self.kind](*self.args)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +192,14 @@ class Reply:
     request_id: int
     value: Any
 
+
+_ERRORS: dict[str, type[HotspareError]] = {
+    "ContextOverflow": ContextOverflow,
+    "Overloaded": Overloaded,
+    "InvalidRequest": InvalidRequest,
+    "BackendUnavailable": BackendUnavailable,
+    "EngineDied": EngineDied,
+}
 
 EngineCommand = Submit | Cancel | Tokenize | GetStats | Shutdown
 EngineEvent = Delta | Done | Failed | Reply

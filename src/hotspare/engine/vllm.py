@@ -57,6 +57,7 @@ from hotspare.core.errors import (
 from hotspare.core.types import ApiFormat, ChatRequest, Finish, StreamEvent, TextDelta
 from hotspare.engine.attention import AttentionChoice
 from hotspare.engine.supervision import CrashPolicy, death_cause
+from hotspare.engine.supervisor import Supervisor
 from hotspare.engine.vllm_launch import API_KEY_ENV, VllmLaunch, VllmOptions, vllm_launch
 from hotspare.models.entry import ModelEntry
 from hotspare.models.locate import resolve_weights
@@ -131,6 +132,7 @@ class VllmBackend:
         self._policy = CrashPolicy(
             failed_backoff_s=_MAX_BACKOFF_S, max_backoff_s=_MAX_BACKOFF_S, hint="vLLM's own log says why"
         )
+        self._restarts = Supervisor(self._policy, log, name="vLLM", process="vLLM")
         root = launch.base_url.removesuffix("/v1")
         config = UpstreamConfig(name="vllm", kind="openai", base_url=root, timeouts=_TIMEOUTS)
         self._client = _VllmClient(config)
@@ -155,7 +157,8 @@ class VllmBackend:
         """Start vLLM; return once its /health answers 200. Raises ModelError if it exits first or is
         not healthy within `start_timeout_s`."""
         await self._spawn()
-        self._supervisor = asyncio.create_task(self._supervise(), name="hotspare-vllm-supervisor")
+        supervise = self._restarts.run(self._spawn, self._wait_death, None, lambda: False)
+        self._supervisor = asyncio.create_task(supervise, name="hotspare-vllm-supervisor")
 
     async def stop(self) -> None:
         """Stop the supervisor and the vLLM process group; idempotent."""
@@ -216,28 +219,15 @@ class VllmBackend:
         _signal_group(process.pid, signal.SIGKILL)
         await process.wait()
 
-    async def _supervise(self) -> None:
-        """Wait for the process to exit (or kill it when it hangs); restart it with backoff until it
-        is healthy again."""
-        while True:
-            process = self._process
-            assert process is not None
-            code = await self._watch(process)
-            self._is_healthy = False
-            await self._terminate(process)  # the rest of its process group
-            delay = self._on_death(death_cause(code, during="serving", engine="vLLM"))
-            while True:
-                await asyncio.sleep(delay)
-                try:
-                    await self._spawn()
-                    self._policy.on_started()
-                    break
-                except ModelError as exc:
-                    delay = self._on_death(f"could not restart: {exc.message}")
-
-    def _on_death(self, cause: str) -> float:
-        """Record a death (the crash-loop rule both local backends share); the wait before restarting."""
-        return self._policy.record(cause, log, name="vLLM", process="vLLM")
+    async def _wait_death(self) -> str:
+        """Wait for the process to exit (or kill it when it hangs, `_watch`), and what is left of its
+        process group; how it died. The restarts are engine/supervisor.py's."""
+        process = self._process
+        assert process is not None
+        code = await self._watch(process)
+        self._is_healthy = False
+        await self._terminate(process)  # the rest of its process group
+        return death_cause(code, during="serving", engine="vLLM")
 
     @property
     def num_restarts(self) -> int:
