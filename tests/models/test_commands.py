@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from hotspare.models.commands import register
+from hotspare.cli_models import register
 from hotspare.models.home import hotspare_home
 from hotspare.models.locate import find_installed
 
