@@ -19,8 +19,9 @@ import itertools
 from hotspare.core.types import Message, Role, SamplingParams
 from hotspare.engine.chat_template import ChatTemplate
 from hotspare.engine.config import EngineConfig
+from hotspare.engine.core import EngineCore
 from hotspare.engine.protocol import Delta, Failed, Submit
-from hotspare.engine.worker import EngineCore, load
+from hotspare.engine.worker import load
 from hotspare.models.catalog import DEFAULT_MODEL, load_catalog, resolve_weights
 
 TOPICS = [

@@ -22,10 +22,11 @@ import statistics
 import time
 
 from hotspare.core.types import SamplingParams
-from hotspare.engine.backends.llama_cpp import DecodeItem, LlamaCppModel
+from hotspare.engine.backends.llama_cpp import LlamaCppModel
 from hotspare.engine.config import EngineConfig
+from hotspare.engine.core import EngineCore, num_slots
+from hotspare.engine.model import DecodeItem
 from hotspare.engine.protocol import Done, Submit
-from hotspare.engine.worker import EngineCore, num_slots
 from hotspare.models.catalog import DEFAULT_MODEL, load_catalog, resolve_weights
 
 ANIMALS = ["an owl", "a fox", "a whale", "a heron"]

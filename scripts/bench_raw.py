@@ -28,10 +28,11 @@ import numpy as np
 from hotspare.app import engine_config
 from hotspare.config import Settings
 from hotspare.engine.attention import WORKLOADS, FlashAttention, Measurement, choose
-from hotspare.engine.backends.llama_cpp import DecodeItem, LlamaCppModel
+from hotspare.engine.backends.llama_cpp import LlamaCppModel
 from hotspare.engine.calibrate import CONTEXT_TOKENS, PIECE_TOKENS, AttentionBench
 from hotspare.engine.config import EngineConfig
 from hotspare.engine.local import LocalEngine
+from hotspare.engine.model import DecodeItem
 from hotspare.engine.weights import WEIGHTS_DIR_NAME, prepare_weights
 from hotspare.home import hotspare_home
 from hotspare.models.catalog import DEFAULT_MODEL, load_catalog, resolve_weights

@@ -43,12 +43,13 @@ from hotspare.core.types import ChatBackend
 from hotspare.engine.attention import CALIBRATION_DIR_NAME
 from hotspare.engine.config import EngineConfig
 from hotspare.engine.local import LocalEngine
+from hotspare.engine.protocol import LocalBackend
+from hotspare.engine.vllm import vllm_backend
 from hotspare.engine.weights import WEIGHTS_DIR_NAME
 from hotspare.home import hotspare_home
 from hotspare.models.catalog import ModelEntry, load_catalog, resolve_weights
 from hotspare.models.hardware import serving_choice
 from hotspare.models.locate import expected_weights
-from hotspare.models.vllm_backend import VllmBackend, vllm_backend
 from hotspare.ops import routes as ops_routes
 from hotspare.ops.access import AccessGuard, startup_keys
 from hotspare.ops.engine_stats import EngineState
@@ -58,8 +59,6 @@ from hotspare.router.config import Mode
 from hotspare.router.router import Router
 
 logger = logging.getLogger("hotspare")
-
-LocalBackend = LocalEngine | VllmBackend  # what the lifespan starts and stops
 
 
 def create_app(settings: Settings, backend: ChatBackend | None = None) -> FastAPI:
@@ -127,9 +126,10 @@ async def ready(request: Request) -> Response:
     backend = state.backend
     if state.router is not None and state.router.mode is Mode.UPSTREAM_ONLY:
         return JSONResponse({"status": "ready", "model": None})
-    if backend is not None and bool(getattr(backend, "is_ready", True)):
+    local = backend if isinstance(backend, LocalBackend) else None
+    if backend is not None and (local is None or local.is_ready):
         return JSONResponse({"status": "ready", "model": state.settings.local.model})
-    failure = getattr(backend, "failure", None)
+    failure = local.failure if local is not None else None
     if failure is not None and state.router is not None:
         # The gateway still works (passthrough serves): load balancers keep it; /status says why not local.
         return JSONResponse({"status": "ready", "model": None, "local": "failed", "error": failure})
@@ -224,7 +224,7 @@ async def _start_local(app: FastAPI, engine_box: list[LocalBackend]) -> None:
     if app.state.router is not None:
         app.state.router.attach_local(engine)
     server = settings.server
-    failure = getattr(engine, "failure", None)
+    failure = engine.failure
     if failure is not None:
         logger.error(
             "hotspare listening on http://%s:%d without its local model: %s",

@@ -11,11 +11,11 @@ from pathlib import Path
 import uvicorn
 
 from hotspare import __version__
+from hotspare import cli_models as model_commands
 from hotspare.app import create_app
 from hotspare.config import DEFAULT_HOST, DEFAULT_PORT, Settings, load_settings
 from hotspare.core.errors import HotspareError, ModelError
 from hotspare.core.logs import LOG_FORMAT
-from hotspare.models import commands as model_commands
 from hotspare.models.catalog import DEFAULT_MODEL, load_catalog
 from hotspare.models.hardware import Choice, serving_choice
 from hotspare.ops.access import startup_keys

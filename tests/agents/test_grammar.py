@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hotspare.agents.grammar import constraint_for
+from hotspare.agents.grammar import Constraint
+from hotspare.agents.grammar import constraint_for as constraint_with
 from hotspare.core.errors import InvalidRequest
 from hotspare.core.types import (
     ChatRequest,
@@ -15,9 +16,14 @@ from hotspare.core.types import (
     ToolChoiceMode,
     ToolSpec,
 )
+from hotspare.engine.backends.gbnf import GrammarBuilder
 
 WEATHER = ToolSpec("get_weather", "", {"type": "object", "properties": {"city": {"type": "string"}}})
 ODD = ToolSpec("odd", "", {"type": "object", "properties": {"x": {"$ref": "https://example.com/remote"}}})
+
+
+def constraint_for(request: ChatRequest) -> Constraint | None:
+    return constraint_with(request, GrammarBuilder)
 
 
 def request(**kw: object) -> ChatRequest:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from hotspare.core.errors import HotspareError
 from hotspare.core.types import ChatRequest, Finish, FinishReason, StreamEvent, TextDelta, Usage
+from hotspare.engine.attention import AttentionChoice
 
 MODEL = "fake-model"
 
@@ -43,6 +45,13 @@ class FakeBackend:
     name: str = "fake"
     model_name: str = MODEL
     is_ready: bool = True
+    # The rest of `LocalBackend` (engine/protocol.py): a backend that never died and keeps no counters.
+    failure: str | None = None
+    num_restarts: int = 0
+    num_poison_requests: int = 0
+    attention: AttentionChoice | None = None
+    weights_note: str = ""
+    can_warm: bool = False
     requests: list[ChatRequest] = field(default_factory=list)
     num_closed: int = 0
     num_cancelled: int = 0
@@ -75,3 +84,15 @@ class FakeBackend:
         if self.error is not None:
             raise self.error
         return self.num_prompt_tokens
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def warm(self, request: ChatRequest) -> None:
+        pass
+
+    async def stats(self) -> dict[str, Any] | None:
+        return None

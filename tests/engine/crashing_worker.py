@@ -5,7 +5,7 @@ and dies by SIGSEGV on demand, as llama.cpp does when a kernel cannot run on the
 dies before it is ready; anything else
 answers every prompt with "ok", except prompts that contain "POISON", which kill it, and "HOLD",
 which get one delta and then no end. Spawned by
-LocalEngine in place of the real worker (the tests patch `hotspare.engine.local.worker_main`)."""
+LocalEngine in place of the real worker (the tests patch `hotspare.engine.process.engine_main`)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,18 @@ import signal
 from multiprocessing.connection import Connection
 
 from hotspare.core.types import FinishReason
-from hotspare.engine.backends.llama_cpp import ModelInfo
 from hotspare.engine.config import EngineConfig
-from hotspare.engine.protocol import Delta, Done, GetStats, Ready, Reply, Shutdown, Submit, Tokenize
+from hotspare.engine.protocol import (
+    Delta,
+    Done,
+    GetStats,
+    ModelInfo,
+    Ready,
+    Reply,
+    Shutdown,
+    Submit,
+    Tokenize,
+)
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

@@ -19,8 +19,9 @@ import pytest
 from hotspare.core.types import Message, Role, SamplingParams
 from hotspare.engine.chat_template import ChatTemplate
 from hotspare.engine.config import EngineConfig
+from hotspare.engine.core import EngineCore
 from hotspare.engine.protocol import Delta, Done, Failed, Submit
-from hotspare.engine.worker import EngineCore, load
+from hotspare.engine.worker import load
 
 MAX_KL = 0.04
 MAX_LOGIT_DIFF = 2.5

@@ -22,10 +22,11 @@ from hotspare.engine.attention import (
     load_cached,
     save_cached,
 )
-from hotspare.engine.backends.llama_cpp import DecodeItem, LlamaCppModel
+from hotspare.engine.backends.llama_cpp import LlamaCppModel
 from hotspare.engine.calibrate import calibration_key, resolve
 from hotspare.engine.config import EngineConfig
 from hotspare.engine.local import LocalEngine
+from hotspare.engine.model import DecodeItem
 
 # Off faster everywhere, the batched step too: a cached result that turns flash attention off.
 OFF_WINS = tuple(Measurement(w, 50.0, 20.0) for w in WORKLOADS)

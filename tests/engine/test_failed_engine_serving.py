@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from hotspare.app import create_app
 from hotspare.config import Settings
-from hotspare.engine import local
+from hotspare.engine import process
 from hotspare.upstream.config import UpstreamConfig
 from tests.fakes.upstreams import FakeUpstream
 
@@ -22,7 +22,7 @@ from .crashing_worker import crashing_worker
 
 @pytest.fixture(autouse=True)
 def crashing_engine(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(local, "worker_main", crashing_worker)
+    monkeypatch.setattr(process, "engine_main", crashing_worker)
     monkeypatch.setenv("STAND_IN_CRASH", "start")
 
 

@@ -1,18 +1,25 @@
 """The host-RAM tier of the prefix cache: entry bookkeeping, the scheduler's Save/Restore plans, and a
-randomized run of the scheduler against a brute-force model of llama.cpp's cells that checks, after
-every step, that each slot holds exactly the tokens the scheduler believes it holds."""
+randomized run of the engine core (its scheduler, KV operations and decode) on a fake model that
+keeps llama.cpp's cells by brute force (tests/engine/fake_model.py) and checks, after every step,
+that each slot holds exactly the tokens the scheduler believes it holds."""
 
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 
-from hotspare.core.types import FinishReason
+from hotspare.core.types import FinishReason, SamplingParams
+from hotspare.engine.config import EngineConfig
+from hotspare.engine.core import EngineCore
 from hotspare.engine.host_cache import HostCache
-from hotspare.engine.kv_ops import Copy, Remove, Restore, Save
+from hotspare.engine.kv_ops import Remove, Restore, Save
+from hotspare.engine.protocol import Submit
 from hotspare.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from hotspare.engine.sequence import Sequence
+
+from .fake_model import FakeModel
 
 
 def seq(rid: int, tokens: list[int], max_new: int = 2) -> Sequence:
@@ -95,17 +102,16 @@ def sched(**overrides: int) -> Scheduler:
     return Scheduler(SchedulerConfig(**cfg))
 
 
-def serve(s: Scheduler, sq: Sequence, kv: FakeKV | None = None) -> SchedulerOutput:
+def serve(s: Scheduler, sq: Sequence) -> SchedulerOutput:
     """Admit `sq`, run steps until it finishes; returns the admission step's output."""
     s.add(sq)
     first = None
     while not sq.is_finished:
-        out = kv.step(s) if kv else s.schedule()
-        if kv is None:
-            for q in s.update_from_output(out):
-                q.tokens.append(5)
-                if q.num_output_tokens >= q.max_new_tokens:
-                    s.finish(q, FinishReason.LENGTH)
+        out = s.schedule()
+        for q in s.update_from_output(out):
+            q.tokens.append(5)
+            if q.num_output_tokens >= q.max_new_tokens:
+                s.finish(q, FinishReason.LENGTH)
         first = first or out
     assert first is not None
     return first
@@ -167,75 +173,12 @@ def test_a_failed_restore_sends_the_request_back_to_be_computed_from_the_kv_cach
 # ----- against a brute-force model of the cells -----
 
 
-class FakeKV:
-    """llama.cpp's unified cache as a list of cells (position, token, set of slots), with the worker's
-    way of applying a SchedulerOutput. `check` compares every slot with the scheduler's picture."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.cells: list[tuple[int, int, set[int]]] = []
-        self.saved: dict[int, list[tuple[int, int]]] = {}
-        self.num_shared_restores = 0
-
-    def of(self, slot: int) -> list[tuple[int, int]]:
-        return sorted((p, t) for p, t, slots in self.cells if slot in slots)
-
-    def _gc(self) -> None:
-        self.cells = [c for c in self.cells if c[2]]
-        assert len(self.cells) <= self.capacity, f"{len(self.cells)} cells > {self.capacity}"
-
-    def _add(self, slot: int, items: list[tuple[int, int]]) -> None:
-        self.cells.extend((p, t, {slot}) for p, t in items)
-        self._gc()
-
-    def trim(self, slot: int, start: int, end: int) -> None:
-        for p, _, slots in self.cells:
-            if p >= start and (end < 0 or p < end):
-                slots.discard(slot)
-        self._gc()
-
-    def step(self, s: Scheduler) -> SchedulerOutput:
-        out = s.schedule()
-        for op in out.kv_ops:
-            if isinstance(op, Copy):
-                for p, _, slots in self.cells:
-                    if op.src in slots and p < op.num_tokens:
-                        slots.add(op.dst)
-            elif isinstance(op, Remove):
-                self.trim(op.slot, 0, -1)
-            elif isinstance(op, Save):
-                assert s.host is not None
-                self.saved[op.entry_id] = self.of(op.slot)
-                s.host.fill(op.entry_id, op.entry_id, 10 * len(self.saved[op.entry_id]))
-            else:
-                assert self.of(op.slot) == [] and s.host is not None
-                s.host.unpin(op.entry_id)
-                self._add(op.slot, self.saved[op.entry_id])
-                self.trim(op.slot, op.num_tokens, -1)
-                if op.num_shared:
-                    self.num_shared_restores += 1
-                    self.trim(op.slot, 0, op.num_shared)
-                    for p, _, slots in self.cells:
-                        if op.shared_src in slots and p < op.num_shared:
-                            slots.add(op.slot)
-        for item in out.items:
-            self._add(item.seq.slot, list(enumerate(item.seq.tokens))[item.start : item.start + item.count])
-        for q in s.update_from_output(out):
-            q.tokens.append(5)
-            if q.num_output_tokens >= q.max_new_tokens:
-                s.finish(q, FinishReason.LENGTH)
-        self.check(s)
-        return out
-
-    def check(self, s: Scheduler) -> None:
-        s.cache.check()
-        assert len(self.cells) == s.cache.num_used_tokens
-        running = {q.slot for q in s.running}
-        assert sum(1 for _, _, slots in self.cells if not slots & running) == s.cache.num_idle_tokens
-        for q in s.running:
-            assert self.of(q.slot) == list(enumerate(q.tokens[: q.num_computed])), f"request {q.request_id}"
-        for slot in s.cache.idle_slots:
-            assert self.of(slot) == list(enumerate(s.cache.tokens(slot))), f"idle slot {slot}"
+def core_on(s: Scheduler, model: FakeModel) -> EngineCore:
+    """The engine core on `model`, running the scheduler `s` (its small config is the test's)."""
+    config = EngineConfig(Path("fake.gguf"), "fake", adapt_threads=False, host_cache_mib=0)
+    core = EngineCore(model, config, context_tokens=s.config.capacity_tokens)
+    core.scheduler = s
+    return core
 
 
 @pytest.mark.parametrize(("seed", "max_idle"), [(0, 0), (1, 0), (2, 0), (3, 0), (4, 40), (5, 40), (6, 70)])
@@ -246,7 +189,8 @@ def test_random_conversations_keep_every_slot_exact_through_saves_and_restores(
     s = sched(
         capacity_tokens=160, max_running=3, host_cache_bytes=2500, step_tokens=24, max_idle_tokens=max_idle
     )
-    kv = FakeKV(160)
+    model = FakeModel(capacity_tokens=160, batch_tokens=24, answer="\x05" * 8)
+    core = core_on(s, model)
     system = [rng.randrange(1000, 1100) for _ in range(12)]
     histories: list[list[int]] = [list(system) for _ in range(6)]
     rid = 0
@@ -260,16 +204,18 @@ def test_random_conversations_keep_every_slot_exact_through_saves_and_restores(
                 histories[c] = list(system)
             histories[c] += [rng.randrange(100, 200) for _ in range(rng.randint(3, 12))]
             rid += 1
-            s.add(seq(rid, histories[c], max_new=rng.randint(1, 4)))
+            prompt = "".join(map(chr, histories[c]))
+            assert core.submit(Submit(rid, prompt, SamplingParams(max_tokens=rng.randint(1, 4)))) == []
         while s.has_work or s.has_cache_work:  # as the worker does: demotions and repacks when idle too
-            kv.step(s)
+            core.step()
+            model.check(s)
         # Within the cap, or over it only by the most recent conversation (never demoted).
         older = s.cache.idle_slots[:-1]
         within = s.cache.num_idle_tokens <= max_idle or all(s.cache.unique_tokens(x) == 0 for x in older)
         assert max_idle == 0 or within
     assert s.host is not None
     assert s.host.stats.num_saved > 10 and s.host.stats.num_restored > 5, s.host.stats
-    assert kv.num_shared_restores > 0
+    assert model.num_shared_restores > 0
     assert s.host.num_bytes <= s.host.budget_bytes
     assert (s.stats.num_demotions > 10) == (max_idle > 0), s.stats
     assert (s.stats.num_repacks > 5) == (max_idle > 0), s.stats

@@ -13,9 +13,10 @@ import pytest
 
 from hotspare.core.errors import EngineDied, PoisonRequest
 from hotspare.core.types import ChatRequest, Finish, Message, Role, SamplingParams, TextDelta
-from hotspare.engine import local
+from hotspare.engine import process
 from hotspare.engine.config import EngineConfig
 from hotspare.engine.local import LocalEngine
+from hotspare.engine.protocol import LocalBackend
 from hotspare.engine.supervision import CrashPolicy, Death, Suspects, death_cause
 
 from .crashing_worker import crashing_worker
@@ -102,7 +103,7 @@ async def answer(engine: LocalEngine, text: str) -> str:
 
 @pytest.fixture
 def stand_in(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(local, "worker_main", crashing_worker)
+    monkeypatch.setattr(process, "engine_main", crashing_worker)
 
 
 async def started(name: str) -> LocalEngine:
@@ -117,6 +118,12 @@ async def engine(stand_in: None) -> AsyncIterator[LocalEngine]:
     eng = await started("stand-in")
     yield eng
     await eng.stop()
+
+
+async def test_the_engine_is_a_local_backend(engine: LocalEngine) -> None:
+    assert isinstance(engine, LocalBackend)
+    assert (engine.is_ready, engine.failure, engine.num_restarts, engine.can_warm) == (True, None, 0, True)
+    assert await engine.stats() == {}
 
 
 async def test_an_engine_that_dies_on_start_ends_failed_with_the_cause(stand_in: None) -> None:

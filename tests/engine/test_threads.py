@@ -15,9 +15,10 @@ import pytest
 
 from hotspare.core.types import SamplingParams
 from hotspare.engine.config import EngineConfig
+from hotspare.engine.core import EngineCore
 from hotspare.engine.protocol import Submit
 from hotspare.engine.threads import CpuSample, GovernorConfig, ThreadGovernor
-from hotspare.engine.worker import EngineCore, load
+from hotspare.engine.worker import load
 
 
 def _run(governor: ThreadGovernor, others_cores: list[float], *, own_cores: float = 1.0) -> list[int | None]:

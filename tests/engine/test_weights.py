@@ -13,7 +13,8 @@ import pytest
 
 from hotspare.app import engine_config
 from hotspare.config import LocalSettings, Settings
-from hotspare.engine.backends.llama_cpp import DecodeItem, LlamaCppModel
+from hotspare.engine.backends.llama_cpp import LlamaCppModel
+from hotspare.engine.model import DecodeItem
 from hotspare.engine.weights import Weights, prepare_weights
 from hotspare.models.catalog import DEFAULT_MODEL, load_catalog
 from hotspare.models.integrity import HashCache, sha256_file

@@ -11,8 +11,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from hotspare.cli_models import register
 from hotspare.home import hotspare_home
-from hotspare.models.commands import register
 from hotspare.models.locate import find_installed
 
 from .factories import entry_dict, write_catalog

@@ -21,6 +21,7 @@ from hotspare.core.types import (
     TextDelta,
     Usage,
 )
+from hotspare.engine.backends.gbnf import GrammarBuilder
 from hotspare.engine.local import LocalEngine
 from hotspare.models.catalog import load_catalog
 
@@ -39,7 +40,7 @@ def _render(prompt: PromptInput) -> str:
     return "\n".join(m.content for m in prompt.messages)
 
 
-RENDERER = Renderer(_render, _count, native_tools=False)
+RENDERER = Renderer(_render, _count, native_tools=False, new_grammar=GrammarBuilder)
 
 
 async def test_the_models_stop_strings_follow_the_requests_own() -> None:

@@ -34,9 +34,10 @@ from hotspare.core.types import (
     ToolSpec,
     Usage,
 )
-from hotspare.models import vllm_backend as vllm_backend_module
-from hotspare.models.vllm_backend import VllmBackend
-from hotspare.models.vllm_launch import VllmOptions, vllm_launch
+from hotspare.engine import vllm as vllm_backend_module
+from hotspare.engine.protocol import LocalBackend
+from hotspare.engine.vllm import VllmBackend
+from hotspare.engine.vllm_launch import VllmOptions, vllm_launch
 from tests.serving import free_port
 
 from .test_vllm_launch import FAKE_VLLM, gpu_entry
@@ -126,6 +127,14 @@ async def test_chats_reach_the_engine_started_as_hotspare_built_it(
     }
     assert events[-1] == Finish(FinishReason.END_TURN, Usage(7, len(events) - 1), "gpu-model")
     assert await backend.count_tokens(chat("one two three")) == 3
+
+
+async def test_it_is_a_local_backend_without_counters_or_warm_ups(backend: VllmBackend) -> None:
+    assert isinstance(backend, LocalBackend)
+    state = (backend.is_ready, backend.failure, backend.num_restarts, backend.can_warm)
+    assert state == (True, None, 0, False)
+    assert await backend.stats() is None
+    await backend.warm(chat("Hello"))  # a no-op
 
 
 async def test_tool_calls_are_read_out_of_the_answer(backend: VllmBackend) -> None:

@@ -15,9 +15,9 @@ import openai
 import pytest
 
 from hotspare.core.errors import ModelError
+from hotspare.engine.vllm_launch import VllmOptions, main, vllm_launch
 from hotspare.models.catalog import load_catalog
 from hotspare.models.entry import ModelEntry
-from hotspare.models.vllm_launch import VllmOptions, main, vllm_launch
 
 from .factories import entry_dict, install_gpu_model
 

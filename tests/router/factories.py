@@ -21,6 +21,7 @@ from hotspare.core.types import (
     TextDelta,
     Usage,
 )
+from hotspare.engine.attention import AttentionChoice
 from hotspare.router.config import RouterConfig
 from hotspare.upstream.base import ClientCall
 from hotspare.upstream.config import UpstreamConfig
@@ -114,3 +115,32 @@ class FakeLocal:
 def router_config(data: dict[str, Any]) -> RouterConfig:
     """The router's part of settings written as `data` (the TOML shape, validated as a file is)."""
     return Settings.model_validate(data).router_config()
+
+
+class FakeLocalBackend(FakeLocal):
+    """`FakeLocal` as a whole `LocalBackend` (engine/protocol.py): ready, never died, no counters;
+    its `warm` does nothing (subclasses record what it is handed)."""
+
+    can_warm = True
+    is_ready = True
+    failure: str | None = None
+    num_restarts = 0
+    num_poison_requests = 0
+    attention: AttentionChoice | None = None
+    weights_note = ""
+
+    @property
+    def model_name(self) -> str:
+        return self.model
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def warm(self, request: ChatRequest) -> None:
+        pass
+
+    async def stats(self) -> dict[str, Any] | None:
+        return None

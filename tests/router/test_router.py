@@ -20,7 +20,7 @@ from hotspare.router.router import Router
 from hotspare.upstream.base import ClientCall
 from tests.fakes.upstreams import Behavior, FakeUpstream
 
-from .factories import FakeLocal, make_call, router_config, upstream_config
+from .factories import FakeLocal, FakeLocalBackend, make_call, router_config, upstream_config
 
 T = TypeVar("T")
 ANTHROPIC = ApiFormat.ANTHROPIC_MESSAGES
@@ -363,7 +363,7 @@ def test_non_streaming_with_tools_goes_up_unchanged(anthropic_fake: FakeUpstream
     assert anthropic_fake.attempts()[-1].body == body
 
 
-class WarmingLocal(FakeLocal):
+class WarmingLocal(FakeLocalBackend):
     """A local backend that also records the conversations handed to its warm-up."""
 
     def __init__(self) -> None:

@@ -13,20 +13,23 @@ and JSON answers that satisfy the requested schema.
 call is exactly one: a small model offered "another call or stop" after a forced call tends to call
 again and again. Once the grammar is complete only an end-of-generation token can follow, so the
 model stops right after.
+
+The grammar text is GBNF, llama.cpp's grammar format. The rules for JSON schemas come from a
+`GrammarBuilder` the engine hands in (engine/backends/gbnf.py): this package imports no engine.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from hotspare.agents.fit import schema_without_notes
 from hotspare.agents.prompt import offered_tools
 from hotspare.agents.syntax import CALL_CLOSE, CALL_OPEN
 from hotspare.core.errors import InvalidRequest
 from hotspare.core.types import ChatRequest, ToolChoiceMode, ToolSpec
-from hotspare.engine.backends.gbnf import GrammarBuilder, literal
 
 MAX_PARALLEL_CALLS = 4
 """A small model asked for parallel calls may never stop calling: the grammar ends it here."""
@@ -36,6 +39,49 @@ MAX_GRAMMAR_BOUND = 256
 writes a bound of n as n nested optionals, and llama.cpp's grammar parser overflows its stack on
 a few thousand (Claude Code's Workflow tool has maxLength 200000)."""
 _BOUNDS = ("maxLength", "minLength", "maxItems", "minItems", "maxProperties", "minProperties")
+
+
+class GrammarBuilder(Protocol):
+    """Collects the rules of one grammar (engine/backends/gbnf.py). Rule names are lowercase
+    letters, digits and '-'. `json_rule` never fails: a schema it cannot convert degrades to "any
+    JSON object" and `num_degraded` counts it."""
+
+    num_degraded: int
+
+    def json_rule(self, schema: dict[str, Any] | None, name: str) -> str:
+        """The name of a rule matching one JSON value that satisfies `schema` (None: any object)."""
+        ...
+
+    def add_rule(self, name: str, body: str) -> str:
+        """Add `name ::= body`; returns `name`."""
+        ...
+
+    def render(self, root: str) -> str:
+        """The whole grammar, with `root ::= <root>`."""
+        ...
+
+
+NewGrammar = Callable[[], GrammarBuilder]
+"""Makes an empty `GrammarBuilder`; the engine that runs the grammar provides it."""
+
+
+def literal(text: str) -> str:
+    """`text` as a GBNF string literal."""
+    out = []
+    for ch in text:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif " " <= ch <= "~":
+            out.append(ch)
+        else:
+            code = ord(ch)
+            out.append(f"\\u{code:04X}" if code <= 0xFFFF else f"\\U{code:08X}")
+    return '"' + "".join(out) + '"'
+
 
 _WS = "[ \\t\\n]{0,4}"
 _NAME_KEY = literal('"name"')
@@ -51,16 +97,17 @@ class Constraint:
     num_degraded_schemas: int = 0
 
 
-def constraint_for(request: ChatRequest) -> Constraint | None:
-    """The grammar for `request` (see the module table), or None. Raises InvalidRequest when a named
-    tool_choice names no tool of the request, or a call is forced without tools."""
+def constraint_for(request: ChatRequest, new_grammar: NewGrammar) -> Constraint | None:
+    """The grammar for `request` (see the module table) built with `new_grammar()`, or None. Raises
+    InvalidRequest when a named tool_choice names no tool of the request, or a call is forced
+    without tools."""
     tools = offered_tools(request)
     mode = request.tool_choice.mode
     if mode in (ToolChoiceMode.REQUIRED, ToolChoiceMode.NAMED) and not tools:
         raise InvalidRequest(
             "tool_choice: a tool call is required but the request has no tools", "tool_choice"
         )
-    builder = GrammarBuilder()
+    builder = new_grammar()
     if mode is ToolChoiceMode.NAMED:
         tools = tuple(t for t in tools if t.name == request.tool_choice.name)
         if not tools:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from hotspare.agents.calls import ToolCallParser
 from hotspare.agents.fit import ContextPolicy, fit
-from hotspare.agents.grammar import constraint_for
+from hotspare.agents.grammar import NewGrammar, constraint_for
 from hotspare.agents.prompt import PromptInput, offered_tools, one_system_message, prompt_input
 from hotspare.core.types import (
     ChatRequest,
@@ -30,11 +30,13 @@ from hotspare.core.types import (
 @dataclass(frozen=True, slots=True)
 class Renderer:
     """How the engine turns a prompt input into text and counts its tokens; `native_tools` says
-    whether its chat template renders tools itself."""
+    whether its chat template renders tools itself; `new_grammar` makes the builder of the grammars
+    it constrains answers with (agents/grammar.py)."""
 
     render: Callable[[PromptInput], str]
     count_tokens: Callable[[str], Awaitable[int]]
     native_tools: bool
+    new_grammar: NewGrammar
 
     def prompt(self, request: ChatRequest) -> str:
         return self.render(prompt_input(request, self.native_tools))
@@ -76,7 +78,9 @@ async def prepare_turn(
     """Raises InvalidRequest (a tool_choice naming no tool) or, with `fit`, ContextOverflow when
     even the shortest form does not fit. With `reject` an overlong prompt is the engine's to refuse.
     `model_stop`: the model's own stop strings, added to the request's (see `with_model_stop`)."""
-    constraint = constraint_for(request)  # from the full tool schemas, whatever the prompt shows
+    constraint = constraint_for(
+        request, renderer.new_grammar
+    )  # from the full tool schemas, whatever the prompt shows
     sampling, added = with_model_stop(request.sampling, model_stop)
     if constraint is not None:
         sampling = dataclasses.replace(

@@ -27,6 +27,7 @@ from hotspare.api.sse import EventStreamResponse, close_stream, closing_stream
 from hotspare.config import Settings
 from hotspare.core.errors import BackendUnavailable, HotspareError, NotFound
 from hotspare.core.types import ApiFormat, ChatBackend, ChatRequest, ContextFitted, Finish, StreamEvent
+from hotspare.engine.protocol import LocalBackend
 from hotspare.router.replies import EventReply, RawReply, backends
 from hotspare.router.router import Router
 from hotspare.upstream.base import ClientCall
@@ -201,8 +202,7 @@ def serving_backend(request: Request, model: str) -> ChatBackend:
 
 def answering_model(backend: ChatBackend, chat: ChatRequest) -> str:
     """The model named in a stream before its `Finish` says which model answered."""
-    name = getattr(backend, "model_name", None)
-    return name if isinstance(name, str) else chat.model
+    return backend.model_name if isinstance(backend, LocalBackend) else chat.model
 
 
 # --- waiting -------------------------------------------------------------------------------------

@@ -47,9 +47,10 @@ from hotspare.engine.attention import (
     load_cached,
     save_cached,
 )
-from hotspare.engine.backends.llama_cpp import LLAMA_CPP_VERSION, DecodeItem, LlamaCppModel, resolve_threads
+from hotspare.engine.backends.llama_cpp import LLAMA_CPP_VERSION, LlamaCppModel, resolve_threads
 from hotspare.engine.build import read_marker
 from hotspare.engine.config import EngineConfig
+from hotspare.engine.model import DecodeItem
 from hotspare.engine.threads import CpuSample
 from hotspare.models.integrity import HashCache
 

@@ -1,23 +1,17 @@
-"""The local model as a `ChatBackend`, with the engine in a child process the API process supervises.
+"""The llama.cpp engine as a `LocalBackend`, in a child process the API process supervises.
 
 The engine process can crash (a segfault in native code) or hang; neither may take the API down.
-`LocalEngine` talks to it over a Pipe: a reader thread receives each step's events and hands them to
-the asyncio loop; requests in flight when the process dies end with `BackendUnavailable`, the engine
-is reported unavailable, and a new process is started (with backoff). A process that has work but sends
-nothing for `hang_timeout_s`, or that takes no command for as long, is killed and treated the same way.
-
-Commands never touch the pipe on the event loop: `send` queues them for a writer thread. The pipe's
-buffer is about 208 KB, so a command bigger than its free space (a long prompt, a warm-up of a whole
-conversation, a token count) blocked `Connection.send` until the engine read it; written from the
-loop, that stalled every stream, passthrough included, and /health, and forever with a hung engine,
-whose watchdog runs on the same loop. The engine drains its end on a thread of its own too
-(engine/inbox.py).
+`LocalEngine` talks to it over a Pipe (engine/process.py: a writer and a reader thread, so no
+command or event touches the pipe on the event loop); requests in flight when the process dies end
+with `BackendUnavailable`, the engine is reported unavailable, and a new process is started (with
+backoff, engine/supervisor.py). A process that has work but sends nothing for `hang_timeout_s`, or
+that takes no command for as long, is killed and treated the same way.
 
 Deaths that repeat are not restarted blindly (engine/supervision.py, the rule both local backends
 share): three within a minute put the engine in state *failed* with the cause (`failure`), restarts
 back off, and the router leaves the local model out of the chain meanwhile. Requests in flight at a
 death are suspects: one that has delivered nothing yet is retried once, alone; one that crashes the
-engine alone is poison, refused by its prompt's hash (PoisonRequest) from then on.
+engine alone is poison, refused by its prompt's hash (PoisonRequest) from then on (engine/gate.py).
 """
 
 from __future__ import annotations
@@ -26,59 +20,39 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
-import itertools
 import logging
-import multiprocessing
-import threading
 import time
 from collections.abc import AsyncIterator
-from multiprocessing.process import BaseProcess
-from queue import SimpleQueue
 from typing import Any
 
 from hotspare.agents.fit import ContextPolicy
 from hotspare.agents.prompt import PromptInput, template_knows_tools
 from hotspare.agents.turn import AnswerReader, Renderer, Turn, prepare_turn
-from hotspare.core.environment import scrubbed_environ
 from hotspare.core.errors import (
     BackendUnavailable,
-    ContextOverflow,
     EngineDied,
-    HotspareError,
-    InvalidRequest,
-    ModelError,
-    Overloaded,
-    PoisonRequest,
 )
 from hotspare.core.types import ChatRequest, Finish, Message, Role, StreamEvent, Usage
 from hotspare.engine.attention import AttentionChoice
+from hotspare.engine.backends.gbnf import GrammarBuilder
 from hotspare.engine.chat_template import ChatTemplate
 from hotspare.engine.config import EngineConfig
+from hotspare.engine.gate import AdmissionGate, poison_error
+from hotspare.engine.process import EngineProcess, PendingRequests
 from hotspare.engine.protocol import (
     Cancel,
     Delta,
     Done,
-    EngineCommand,
     Failed,
     GetStats,
-    LoadFailed,
-    Ready,
     Shutdown,
     Submit,
     Tokenize,
 )
 from hotspare.engine.supervision import CrashPolicy, Suspects, death_cause
-from hotspare.engine.worker import worker_main
+from hotspare.engine.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
-
-_ERRORS: dict[str, type[HotspareError]] = {
-    "ContextOverflow": ContextOverflow,
-    "Overloaded": Overloaded,
-    "InvalidRequest": InvalidRequest,
-    "BackendUnavailable": BackendUnavailable,
-    "EngineDied": EngineDied,
-}
 
 _NEXT_TURN = "\x00hotspare-next-turn\x00"
 """Stands for the next user message in a warm-up's rendering; the warmed prompt ends where it starts."""
@@ -87,127 +61,11 @@ RETRY_WAIT_S = 60.0
 """How long a suspect's retry waits for the engine to come back after the crash."""
 
 
-class _EngineProcess:
-    """One engine child process and the thread that writes its commands (`LocalEngine` runs the
-    thread that reads its events)."""
-
-    def __init__(self, config: EngineConfig, load_timeout_s: float) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self.conn, child_conn = ctx.Pipe()
-        self.process: BaseProcess = ctx.Process(
-            target=worker_main,
-            args=(child_conn, config, logging.getLogger().getEffectiveLevel()),
-            name="hotspare-engine",
-            daemon=True,
-        )
-        with scrubbed_environ():  # the engine needs no key: it inherits none (core/environment.py)
-            self.process.start()
-        child_conn.close()
-        self._load_timeout_s = load_timeout_s
-        self.last_heard = time.monotonic()
-        self.hung_s: float | None = None  # set when the supervisor killed it for silence
-        self.sending_since: float | None = None  # when the command being written began (None: idle)
-        self._outbox: SimpleQueue[EngineCommand | None] = SimpleQueue()
-        threading.Thread(target=self._write, name="hotspare-engine-writer", daemon=True).start()
-
-    def wait_ready(self) -> Ready:
-        """Block until the model is loaded and warm. Raises ModelError if it cannot be."""
-        if not self.conn.poll(self._load_timeout_s):
-            self.kill()
-            raise ModelError(f"the engine did not load the model within {self._load_timeout_s:.0f} s")
-        try:
-            msg = self.conn.recv()
-        except EOFError:
-            self.process.join(timeout=5)
-            code = self.process.exitcode
-            if code is None or code >= 0:  # a Python-level failure: no restart would fix it
-                raise ModelError(f"the engine process exited while loading (code {code})") from None
-            cause = death_cause(code, during="start-up (loading the model, warm-up)")
-            raise EngineDied(f"the engine process died while starting: {cause}", cause) from None
-        if isinstance(msg, LoadFailed):
-            raise ModelError(f"the engine could not load the model: {msg.message}")
-        assert isinstance(msg, Ready)
-        return msg
-
-    def send(self, cmd: EngineCommand) -> None:
-        """Queue `cmd` for the writer thread, in order; never blocks."""
-        self._outbox.put(cmd)
-
-    def is_hung(self, has_work: bool, timeout_s: float) -> bool:
-        """Silent for `timeout_s` with work in flight, or stuck that long taking a command."""
-        now = time.monotonic()
-        sending_since = self.sending_since
-        is_silent = has_work and now - self.last_heard > timeout_s
-        return is_silent or (sending_since is not None and now - sending_since > timeout_s)
-
-    def _write(self) -> None:
-        """Writer thread: send each queued command until `kill` (a None) or a broken pipe."""
-        while (cmd := self._outbox.get()) is not None:
-            self.sending_since = time.monotonic()
-            try:
-                self.conn.send(cmd)
-            except (OSError, ValueError):  # the process is gone: the reader thread reports it
-                return
-            finally:
-                self.sending_since = None
-
-    def kill(self) -> None:
-        if self.process.is_alive():
-            self.process.kill()
-        self.process.join(timeout=5)
-        self._outbox.put(None)
-
-
-def _poison(digest: str, cause: str) -> PoisonRequest:
-    return PoisonRequest(
-        "the local model refuses this request: it crashed the local engine twice, the second time "
-        f"running alone ({cause}; prompt sha256 {digest[:16]}). It is refused so that one request "
-        "cannot take the local model away from every other."
-    )
-
-
-class _Gate:
-    """Admission to the engine: any number of requests together, or one suspect alone (after a crash,
-    engine/supervision.py). A waiting suspect holds back new requests until it has run."""
-
-    def __init__(self) -> None:
-        self._cond = asyncio.Condition()
-        self._num_shared = 0
-        self._num_waiting_alone = 0
-        self._is_alone = False
-
-    @property
-    def is_exclusive(self) -> bool:
-        return self._is_alone or self._num_waiting_alone > 0
-
-    @contextlib.asynccontextmanager
-    async def hold(self, *, alone: bool) -> AsyncIterator[None]:
-        async with self._cond:
-            if alone:
-                self._num_waiting_alone += 1
-                try:
-                    await self._cond.wait_for(lambda: not self._is_alone and self._num_shared == 0)
-                finally:
-                    self._num_waiting_alone -= 1
-                self._is_alone = True
-            else:
-                await self._cond.wait_for(lambda: not self.is_exclusive)
-                self._num_shared += 1
-        try:
-            yield
-        finally:
-            async with self._cond:
-                if alone:
-                    self._is_alone = False
-                else:
-                    self._num_shared -= 1
-                self._cond.notify_all()
-
-
 class LocalEngine:
-    """See the module docstring. Implements `ChatBackend`; `name` is "local"."""
+    """See the module docstring. Implements `LocalBackend` (engine/protocol.py); `name` is "local"."""
 
     name = "local"
+    can_warm = True
 
     def __init__(
         self,
@@ -228,10 +86,9 @@ class LocalEngine:
         self.num_warmups_skipped = 0  # warm-ups not sent: the engine had a backlog
         self._load_timeout_s = load_timeout_s
         self._hang_timeout_s = hang_timeout_s
-        self._proc: _EngineProcess | None = None
+        self._proc: EngineProcess | None = None
         self._template: ChatTemplate | None = None
-        self._pending: dict[int, asyncio.Queue[Any]] = {}
-        self._ids = itertools.count(1)
+        self._pending = PendingRequests()
         self._last_cause = ""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._supervisor: asyncio.Task[None] | None = None
@@ -239,8 +96,9 @@ class LocalEngine:
         self._crashed = asyncio.Event()
         self._up = asyncio.Event()  # set while an engine process is serving
         self._policy = CrashPolicy()
+        self._restarts = Supervisor(self._policy, log, name="engine", process="engine process")
         self._suspects = Suspects()
-        self._gate = _Gate()
+        self._gate = AdmissionGate()
 
     # ----- lifecycle -----
 
@@ -270,11 +128,12 @@ class LocalEngine:
         try:
             await self._spawn()
         except EngineDied as exc:
-            delay = self._on_death(exc.cause)
+            delay = self._restarts.on_death(exc.cause)
             while delay is not None and self._policy.failure is None and not self._stopping:
                 await asyncio.sleep(delay)
-                delay = await self._restart()
-        self._supervisor = asyncio.create_task(self._supervise(delay), name="hotspare-engine-supervisor")
+                delay = await self._restarts.restart(self._spawn)
+        supervise = self._restarts.run(self._spawn, self._watch, delay, lambda: self._stopping)
+        self._supervisor = asyncio.create_task(supervise, name="hotspare-engine-supervisor")
 
     async def stop(self) -> None:
         self._stopping = True
@@ -289,10 +148,10 @@ class LocalEngine:
                 proc.send(Shutdown())
             await asyncio.to_thread(proc.process.join, 5)
             proc.kill()
-        self._fail_pending("BackendUnavailable", "the local engine was stopped")
+        self._pending.fail_all("BackendUnavailable", "the local engine was stopped")
 
     async def _spawn(self) -> None:
-        proc = _EngineProcess(self.config, self._load_timeout_s)
+        proc = EngineProcess(self.config, self._load_timeout_s)
         try:
             ready = await asyncio.to_thread(proc.wait_ready)
         except BaseException:
@@ -311,9 +170,9 @@ class LocalEngine:
         )
         self._crashed.clear()
         self._proc = proc
-        self._policy.on_started()
         self._up.set()
-        threading.Thread(target=self._read, args=(proc,), name="hotspare-engine-reader", daemon=True).start()
+        assert self._loop is not None
+        proc.start_reading(self._loop, self._pending.dispatch, self._on_exit)
         log.info(
             "engine ready: %s (%s), context %d tokens, loaded in %.2f s, %d cached prefix tokens restored; "
             "%s",
@@ -325,37 +184,12 @@ class LocalEngine:
             ready.attention.describe() if ready.attention else "flash attention on",
         )
 
-    def _on_death(self, cause: str) -> float:
-        """Record a death; return the seconds to wait before the next restart."""
-        return self._policy.record(cause, log, name="engine", process="engine process")
-
-    async def _restart(self) -> float | None:
-        """One restart attempt: None when the engine is up, else the wait before the next one."""
-        try:
-            await self._spawn()
-            return None
-        except EngineDied as exc:
-            return self._on_death(exc.cause)
-        except ModelError as exc:
-            return self._on_death(f"could not restart: {exc.message}")
-
-    async def _supervise(self, delay: float | None) -> None:
-        """Watch the running engine; restart it after a death, backed off by the crash policy.
-        `delay` is set when the engine is down now (the wait before the next restart)."""
-        while not self._stopping:
-            if delay is None:
-                delay = await self._watch()
-            await asyncio.sleep(delay)
-            if not self._stopping:
-                delay = await self._restart()
-
-    async def _watch(self) -> float:
-        """Until the running engine dies (or hangs with work in flight, and is killed): the wait
-        before restarting it."""
+    async def _watch(self) -> str:
+        """Until the running engine dies (or hangs with work in flight, and is killed): how it died."""
         while True:
             try:
                 await asyncio.wait_for(self._crashed.wait(), timeout=1.0)
-                return self._on_death(self._last_cause)
+                return self._last_cause
             except TimeoutError:
                 proc = self._proc
                 if proc and proc.is_hung(bool(self._pending), self._hang_timeout_s):
@@ -366,40 +200,15 @@ class LocalEngine:
                     proc.hung_s = self._hang_timeout_s
                     await asyncio.to_thread(proc.kill)
 
-    def _read(self, proc: _EngineProcess) -> None:
-        """Reader thread: forward each message to the loop until the process goes away."""
-        assert self._loop is not None
-        while True:
-            try:
-                msg = proc.conn.recv()
-            except (EOFError, OSError):
-                break
-            proc.last_heard = time.monotonic()
-            self._loop.call_soon_threadsafe(self._dispatch, msg)
-        proc.kill()
-        with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._on_exit, proc)
-
-    def _dispatch(self, events: list[Any]) -> None:
-        for event in events:
-            queue = self._pending.get(event.request_id)
-            if queue is not None:
-                queue.put_nowait(event)
-
-    def _on_exit(self, proc: _EngineProcess) -> None:
+    def _on_exit(self, proc: EngineProcess) -> None:
         if self._proc is proc:
             self._proc = None
             self._up.clear()
             cause = death_cause(proc.process.exitcode, during="serving", hung_s=proc.hung_s)
             self._last_cause = cause
-            self._fail_pending("EngineDied", f"the local engine process died: {cause}", cause)
+            self._pending.fail_all("EngineDied", f"the local engine process died: {cause}", cause)
             if not self._stopping:
                 self._crashed.set()
-
-    def _fail_pending(self, kind: str, *args: str) -> None:
-        """End every request in flight with the core error `kind` (an _ERRORS key) made of `args`."""
-        for rid, queue in list(self._pending.items()):
-            queue.put_nowait(Failed(rid, kind, args))
 
     # ----- requests -----
 
@@ -407,13 +216,11 @@ class LocalEngine:
         proc = self._proc
         if proc is None:
             raise BackendUnavailable("the local model is not loaded (starting or restarting)")
-        rid = next(self._ids)
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        self._pending[rid] = queue
+        rid, queue = self._pending.open()
         try:
             proc.send(cmd_for(rid))
         except OSError:
-            del self._pending[rid]
+            self._pending.close(rid)
             raise BackendUnavailable("the local engine process is not reachable") from None
         return rid, queue
 
@@ -429,7 +236,7 @@ class LocalEngine:
         async def count(prompt: str) -> int:
             return int(await self._call(lambda r: Tokenize(r, prompt)))
 
-        return Renderer(render, count, template_knows_tools(template.source))
+        return Renderer(render, count, template_knows_tools(template.source), GrammarBuilder)
 
     def render(self, request: ChatRequest) -> str:
         return self._renderer().prompt(request)
@@ -457,7 +264,7 @@ class LocalEngine:
         turn = await self.prepare(request)
         digest = hashlib.sha256(turn.prompt.encode()).hexdigest()
         if (cause := self._suspects.is_poison(digest)) is not None:
-            raise _poison(digest, cause)
+            raise poison_error(digest, cause)
         for attempt in range(2):
             alone = self._suspects.is_suspect(digest)
             async with self._gate.hold(alone=alone):
@@ -476,7 +283,7 @@ class LocalEngine:
                         log.error(
                             "request with prompt sha256 %s crashed the engine alone: refused", digest[:16]
                         )
-                        raise _poison(digest, exc.cause) from None
+                        raise poison_error(digest, exc.cause) from None
                     if delivered or attempt:
                         raise
                     log.warning("retrying alone a request in flight when the engine died")
@@ -502,9 +309,9 @@ class LocalEngine:
                     return
                 elif isinstance(event, Failed):
                     done = True
-                    raise _ERRORS[event.kind](*event.args)
+                    raise event.error()
         finally:
-            self._pending.pop(rid, None)
+            self._pending.close(rid)
             if not done and self._proc is not None:
                 with contextlib.suppress(OSError):
                     self._proc.send(Cancel(rid))
@@ -539,7 +346,7 @@ class LocalEngine:
         prompt = await self.warm_prompt(request)
         if prompt and self._proc is not None:
             with contextlib.suppress(OSError):
-                self._proc.send(Submit(next(self._ids), prompt, request.sampling, warmup=True))
+                self._proc.send(Submit(self._pending.new_id(), prompt, request.sampling, warmup=True))
 
     async def warm_prompt(self, request: ChatRequest) -> str:
         """The prompt text every next turn of `request`'s conversation starts with ("" if none)."""
@@ -553,9 +360,9 @@ class LocalEngine:
         try:
             event = await queue.get()
         finally:
-            self._pending.pop(rid, None)
+            self._pending.close(rid)
         if isinstance(event, Failed):
-            raise _ERRORS[event.kind](*event.args)
+            raise event.error()
         return event.value
 
     async def tokens(self, prompt: str) -> list[int]:

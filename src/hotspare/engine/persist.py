@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from hotspare.engine.backends.llama_cpp import LlamaCppModel
+from hotspare.engine.model import EngineModel
 from hotspare.engine.scheduler import Scheduler
 from hotspare.home import private_dir, private_opener
 
@@ -37,7 +37,7 @@ def cache_dir(persist_dir: Path, model_path: Path) -> Path:
     return persist_dir / f"{model_path.name}-{model_path.stat().st_size}"
 
 
-def save(model: LlamaCppModel, scheduler: Scheduler, directory: Path, max_files: int, max_bytes: int) -> int:
+def save(model: EngineModel, scheduler: Scheduler, directory: Path, max_files: int, max_bytes: int) -> int:
     """Save the most recently used prefixes, at most `max_files` files of `max_bytes` together (one
     too large for what is left is skipped for a colder one that fits); returns how many files now
     hold state."""
@@ -73,7 +73,7 @@ def save(model: LlamaCppModel, scheduler: Scheduler, directory: Path, max_files:
     return len(kept)
 
 
-def restore(model: LlamaCppModel, scheduler: Scheduler, directory: Path, max_tokens: int) -> int:
+def restore(model: EngineModel, scheduler: Scheduler, directory: Path, max_tokens: int) -> int:
     """Load saved prefixes as cache (host RAM if there is one, else idle KV slots); returns tokens."""
     restored = 0
     for path in sorted(directory.glob("prefix-*.kv"), key=lambda p: p.stat().st_mtime, reverse=True):

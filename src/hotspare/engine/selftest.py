@@ -74,7 +74,7 @@ def exercise(model: LlamaCppModel, work: Workload) -> Timings:
     """Run `work` on `model` (its cache is cleared before and after). Needs `model.batch_tokens` >=
     `work.prompt_tokens` and at least `work.num_sequences` sequence slots. Raises what decode raises;
     a broken kernel does not raise: the process dies."""
-    from hotspare.engine.backends.llama_cpp import DecodeItem
+    from hotspare.engine.model import DecodeItem
 
     prompt_tokens = min(work.prompt_tokens, model.batch_tokens)
     tokens = _tokens(model, prompt_tokens)

@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from hotspare.core.errors import FailureClass, HotspareError
+from hotspare.engine.protocol import LocalBackend
 from hotspare.ops.alerts import AlertKind, WebhookAlerter
 from hotspare.ops.config import AlertSettings, EarlyWarningSettings
 from hotspare.ops.early_warning import EarlyWarning, Health, HealthChange
@@ -167,22 +168,23 @@ class Monitor:
 
     async def _sample(self, state: Any) -> EngineSample:
         backend = getattr(state, "backend", None)
-        restarts = int(getattr(backend, "num_restarts", 0) or 0)
         if backend is None:
             if getattr(state, "load_error", None) is not None:
                 return EngineSample(EngineState.FAILED)
             return EngineSample(
                 EngineState.ABSENT if self.mode is Mode.UPSTREAM_ONLY else EngineState.LOADING
             )
-        if getattr(backend, "failure", None) is not None:
-            return EngineSample(EngineState.FAILED, num_restarts=restarts)
-        if not bool(getattr(backend, "is_ready", True)):
-            return EngineSample(EngineState.RESTARTING, num_restarts=restarts)
-        stats = getattr(backend, "stats", None)
-        if stats is None:  # a backend without engine counters
+        if not isinstance(backend, LocalBackend):  # a backend without engine state (tests)
             return EngineSample(EngineState.READY)
+        restarts = backend.num_restarts
+        if backend.failure is not None:
+            return EngineSample(EngineState.FAILED, num_restarts=restarts)
+        if not backend.is_ready:
+            return EngineSample(EngineState.RESTARTING, num_restarts=restarts)
         try:
-            raw = await asyncio.wait_for(stats(), STATS_TIMEOUT_S)
+            raw = await asyncio.wait_for(backend.stats(), STATS_TIMEOUT_S)
         except (HotspareError, TimeoutError):
             return EngineSample(EngineState.RESTARTING, num_restarts=restarts)
+        if raw is None:  # a backend without engine counters (vLLM)
+            return EngineSample(EngineState.READY)
         return sample_from_stats(raw, time.monotonic(), self.engine, restarts)

@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
+from hotspare.engine.protocol import LocalBackend
 from hotspare.ops.monitor import Monitor
 from hotspare.ops.status import BUCKET_S
 from hotspare.ops.status_page import render_page
@@ -93,20 +94,21 @@ def _serving_now(monitor: Monitor, upstreams: dict[str, Any]) -> str:
     return "local" if monitor.engine.state.value == "ready" else "none"
 
 
-def _attention(backend: Any) -> dict[str, Any] | None:
-    attention = getattr(backend, "attention", None)
+def _attention(backend: LocalBackend | None) -> dict[str, Any] | None:
+    attention = backend.attention if backend is not None else None
     return attention.as_status() if attention is not None else None
 
 
 def _local(state: Any, monitor: Monitor) -> dict[str, Any]:
     s = monitor.engine
+    local = state.backend if isinstance(state.backend, LocalBackend) else None
     return {
         "model": state.settings.local.model,
         # How the loaded weights differ from the catalogue's file ("" = they are that file).
-        "weights": str(getattr(state.backend, "weights_note", "") or ""),
+        "weights": local.weights_note if local is not None else "",
         # Flash attention on or off, why, and the timings it was chosen by (engine/attention.py).
-        "attention": _attention(state.backend),
-        "ready": state.backend is not None and bool(getattr(state.backend, "is_ready", True)),
+        "attention": _attention(local),
+        "ready": state.backend is not None and (local is None or local.is_ready),
         "state": str(s.state),
         "queue_depth": s.queue_depth,
         "running": s.running,
@@ -117,6 +119,6 @@ def _local(state: Any, monitor: Monitor) -> dict[str, Any]:
         "prefix_hit_ratio": round(s.prefix_hit_ratio, 4),
         "restarts": s.num_restarts,
         # Why the engine is failed (it died repeatedly; engine/supervision.py), else null.
-        "failure": getattr(state.backend, "failure", None),
-        "poison_requests": int(getattr(state.backend, "num_poison_requests", 0) or 0),
+        "failure": local.failure if local is not None else None,
+        "poison_requests": local.num_poison_requests if local is not None else 0,
     }

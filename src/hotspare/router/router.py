@@ -43,6 +43,7 @@ from hotspare.core.types import (
     Message,
     Role,
 )
+from hotspare.engine.protocol import LocalBackend
 from hotspare.router.breaker import MAX_KEPT_TRANSITIONS, Transition
 from hotspare.router.classify import Action, classify
 from hotspare.router.config import Mode, RouterConfig
@@ -334,22 +335,23 @@ class Router:
         return EventReply(upstream.name, relay.events(winner), model, takeovers)
 
     def _local_model(self, call: ClientCall) -> str:
-        name = getattr(self.local, "model_name", None)
-        return name if isinstance(name, str) else call.request.model
+        return self.local.model_name if isinstance(self.local, LocalBackend) else call.request.model
 
     def _warm_local(self, call: ClientCall, answer: str) -> None:
         """Hand a conversation an upstream just answered to the local engine's warm-up, so that if the
         upstream fails on a later turn the local model already holds this conversation's KV. In the
         background: the client's answer does not wait for it (see warmup.py for what is skipped)."""
-        warm = getattr(self.local, "warm", None)
-        if warm is None or not self.config.local.warm_conversations or call.local_refusal is not None:
+        local = self.local
+        if not isinstance(local, LocalBackend) or not local.can_warm:
+            return
+        if not self.config.local.warm_conversations or call.local_refusal is not None:
             return
         if call.api_format is ApiFormat.OPENAI_RESPONSES:
             return  # the Responses route warms from its conversation store, previous turns included
         answered = (*call.request.messages, Message(Role.ASSISTANT, answer))
         if not self.warmups.admit(answered):
             return
-        task = asyncio.ensure_future(warm(dataclasses.replace(call.request, messages=answered)))
+        task = asyncio.ensure_future(local.warm(dataclasses.replace(call.request, messages=answered)))
         self._background.add(task)
         task.add_done_callback(self._warmed)
 

@@ -15,10 +15,10 @@ from hotspare.app import create_app
 from hotspare.config import Settings
 from hotspare.upstream.config import UpstreamConfig
 from tests.fakes.upstreams import FakeUpstream
-from tests.router.factories import FakeLocal
+from tests.router.factories import FakeLocalBackend
 
 
-class WarmingLocal(FakeLocal):
+class WarmingLocal(FakeLocalBackend):
     def __init__(self) -> None:
         super().__init__()
         self.warmed: list[list[tuple[str, str]]] = []

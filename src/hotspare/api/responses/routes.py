@@ -54,6 +54,7 @@ from hotspare.api.wire import parse_body
 from hotspare.config import ResponsesSettings, Settings
 from hotspare.core.errors import HotspareError, InvalidRequest, NotFound
 from hotspare.core.types import ApiFormat, ChatBackend, ChatRequest
+from hotspare.engine.protocol import LocalBackend
 from hotspare.home import hotspare_home
 from hotspare.router.replies import RawReply, backends
 from hotspare.upstream.base import ClientCall
@@ -255,12 +256,13 @@ class Exchange:
     async def _warm(self, turn: StoredTurn) -> None:
         settings: Settings = self.request.app.state.settings
         backend: ChatBackend | None = self.request.app.state.backend
-        warm = getattr(backend, "warm", None)
-        if not settings.local.warm_conversations or warm is None:
+        if not isinstance(backend, LocalBackend) or not backend.can_warm:
+            return
+        if not settings.local.warm_conversations:
             return
         body = self.body.model_copy(update={"input": [*turn.input, *turn.output]})
         with contextlib.suppress(HotspareError):
-            await warm(to_chat_request(body, self.history).chat)
+            await backend.warm(to_chat_request(body, self.history).chat)
 
     async def recorded(self, reply: RawReply) -> AsyncIterator[bytes]:
         """`reply.body` unchanged, keeping the response it carries (an SSE stream's final response,

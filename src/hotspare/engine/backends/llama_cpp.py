@@ -13,7 +13,6 @@ import logging
 import os
 import re
 from collections.abc import Sequence as Seq
-from dataclasses import dataclass
 from pathlib import Path
 
 import llama_cpp as llama
@@ -23,6 +22,8 @@ import psutil
 
 from hotspare.core.errors import ModelError
 from hotspare.core.types import SamplingParams
+from hotspare.engine.model import DecodeItem
+from hotspare.engine.protocol import ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -63,29 +64,6 @@ def resolve_threads(num_threads: int) -> int:
     """The threads llama.cpp gets for the setting `num_threads`: 0 = the physical cores (llama.cpp's
     spinning threads gain nothing from SMT siblings)."""
     return num_threads or psutil.cpu_count(logical=False) or os.cpu_count() or 1
-
-
-@dataclass(frozen=True, slots=True)
-class ModelInfo:
-    """What the API side needs to know about the loaded model."""
-
-    chat_template: str | None
-    bos_token: str
-    eos_token: str
-    context_train_tokens: int
-    kv_capacity_tokens: int
-    num_vocab: int
-    description: str
-
-
-@dataclass(frozen=True, slots=True)
-class DecodeItem:
-    """Feed `tokens` into `slot` at positions `start`...; `wants_logits` marks the last one for sampling."""
-
-    slot: int
-    start: int
-    tokens: Seq[int]
-    wants_logits: bool
 
 
 class LlamaCppModel:

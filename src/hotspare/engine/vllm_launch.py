@@ -13,7 +13,7 @@ With `api_key`, vLLM requires it (as `Authorization: Bearer`) on its OpenAI API:
 environment (`VLLM_API_KEY`), never on the command line, where `ps` would show it. hotspare's own
 vLLM backend gives it a random key per start, so no other local process can use the port.
 
-`python -m hotspare.models.vllm_launch NAME [--port P] [--print]` verifies the model's files and
+`python -m hotspare.engine.vllm_launch NAME [--port P] [--print]` verifies the model's files and
 then runs (or prints) the command, without a key; scripts/gpu-smoke uses it.
 """
 
@@ -140,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from hotspare.models.catalog import load_catalog, resolve_weights
 
     parser = argparse.ArgumentParser(
-        prog="python -m hotspare.models.vllm_launch", description="Serve a catalogue model with vLLM."
+        prog="python -m hotspare.engine.vllm_launch", description="Serve a catalogue model with vLLM."
     )
     parser.add_argument("name", help="a catalogue model with backend vllm")
     parser.add_argument("--host", default="127.0.0.1")

@@ -1,7 +1,7 @@
 """vLLM as the local backend: a supervised child process, spoken to over its OpenAI API on 127.0.0.1.
 
 vLLM schedules and caches by itself (continuous batching, prefix caching), so hotspare does not
-schedule under it. `VllmBackend` runs `vllm serve` (the command from models/vllm_launch.py), waits
+schedule under it. `VllmBackend` runs `vllm serve` (the command from engine/vllm_launch.py), waits
 for its /health, and answers each `ChatRequest` with a streamed chat completion sent through the
 OpenAI upstream client (upstream/openai.py). Its `name` is "local", like the llama.cpp engine's, so
 the router and the API treat the two alike.
@@ -55,10 +55,12 @@ from hotspare.core.errors import (
     UpstreamError,
 )
 from hotspare.core.types import ApiFormat, ChatRequest, Finish, StreamEvent, TextDelta
+from hotspare.engine.attention import AttentionChoice
 from hotspare.engine.supervision import CrashPolicy, death_cause
+from hotspare.engine.supervisor import Supervisor
+from hotspare.engine.vllm_launch import API_KEY_ENV, VllmLaunch, VllmOptions, vllm_launch
 from hotspare.models.entry import ModelEntry
 from hotspare.models.locate import resolve_weights
-from hotspare.models.vllm_launch import API_KEY_ENV, VllmLaunch, VllmOptions, vllm_launch
 from hotspare.upstream.base import ClientCall
 from hotspare.upstream.config import TimeoutsConfig, UpstreamConfig
 from hotspare.upstream.openai import OpenAIUpstream
@@ -95,9 +97,15 @@ class _VllmClient(OpenAIUpstream):
 
 
 class VllmBackend:
-    """See the module docstring. Implements `ChatBackend`; `start()` before use, `stop()` after."""
+    """See the module docstring. Implements `LocalBackend` (engine/protocol.py); `start()` before
+    use, `stop()` after. vLLM keeps its own counters and prefix cache: `stats()` is None, `warm` a
+    no-op (`can_warm` False), and no prompt is refused as poison."""
 
     name = "local"
+    attention: AttentionChoice | None = None  # vLLM chooses its attention backend itself
+    weights_note = ""
+    num_poison_requests = 0
+    can_warm = False
 
     def __init__(
         self,
@@ -124,6 +132,7 @@ class VllmBackend:
         self._policy = CrashPolicy(
             failed_backoff_s=_MAX_BACKOFF_S, max_backoff_s=_MAX_BACKOFF_S, hint="vLLM's own log says why"
         )
+        self._restarts = Supervisor(self._policy, log, name="vLLM", process="vLLM")
         root = launch.base_url.removesuffix("/v1")
         config = UpstreamConfig(name="vllm", kind="openai", base_url=root, timeouts=_TIMEOUTS)
         self._client = _VllmClient(config)
@@ -148,7 +157,8 @@ class VllmBackend:
         """Start vLLM; return once its /health answers 200. Raises ModelError if it exits first or is
         not healthy within `start_timeout_s`."""
         await self._spawn()
-        self._supervisor = asyncio.create_task(self._supervise(), name="hotspare-vllm-supervisor")
+        supervise = self._restarts.run(self._spawn, self._wait_death, None, lambda: False)
+        self._supervisor = asyncio.create_task(supervise, name="hotspare-vllm-supervisor")
 
     async def stop(self) -> None:
         """Stop the supervisor and the vLLM process group; idempotent."""
@@ -209,28 +219,15 @@ class VllmBackend:
         _signal_group(process.pid, signal.SIGKILL)
         await process.wait()
 
-    async def _supervise(self) -> None:
-        """Wait for the process to exit (or kill it when it hangs); restart it with backoff until it
-        is healthy again."""
-        while True:
-            process = self._process
-            assert process is not None
-            code = await self._watch(process)
-            self._is_healthy = False
-            await self._terminate(process)  # the rest of its process group
-            delay = self._on_death(death_cause(code, during="serving", engine="vLLM"))
-            while True:
-                await asyncio.sleep(delay)
-                try:
-                    await self._spawn()
-                    self._policy.on_started()
-                    break
-                except ModelError as exc:
-                    delay = self._on_death(f"could not restart: {exc.message}")
-
-    def _on_death(self, cause: str) -> float:
-        """Record a death (the crash-loop rule both local backends share); the wait before restarting."""
-        return self._policy.record(cause, log, name="vLLM", process="vLLM")
+    async def _wait_death(self) -> str:
+        """Wait for the process to exit (or kill it when it hangs, `_watch`), and what is left of its
+        process group; how it died. The restarts are engine/supervisor.py's."""
+        process = self._process
+        assert process is not None
+        code = await self._watch(process)
+        self._is_healthy = False
+        await self._terminate(process)  # the rest of its process group
+        return death_cause(code, during="serving", engine="vLLM")
 
     @property
     def num_restarts(self) -> int:
@@ -263,7 +260,13 @@ class VllmBackend:
             return False
         return response.status_code == 200
 
+    async def stats(self) -> dict[str, Any] | None:
+        return None
+
     # ----- requests -----
+
+    async def warm(self, request: ChatRequest) -> None:
+        """A no-op: vLLM's prefix cache fills from the requests it serves."""
 
     def _check_ready(self) -> None:
         if not self.is_ready:

@@ -1,0 +1,114 @@
+"""`EngineCore` on a fake model (tests/engine/fake_model.py): a step's KV operations, decode and
+post-processing (text, stops, finish reasons, errors), with the model's cells checked against the
+scheduler's picture after every step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hotspare.core.types import FinishReason, SamplingParams
+from hotspare.engine.config import EngineConfig
+from hotspare.engine.core import EngineCore
+from hotspare.engine.protocol import Delta, Done, EngineEvent, Failed, Submit
+
+from .fake_model import BAD_GRAMMAR, FakeModel
+
+
+def core_on(model: FakeModel, context_tokens: int = 100) -> EngineCore:
+    config = EngineConfig(
+        model_path=Path("fake.gguf"), model_name="fake", adapt_threads=False, host_cache_mib=0
+    )
+    return EngineCore(model, config, context_tokens)
+
+
+def run(core: EngineCore, model: FakeModel) -> list[EngineEvent]:
+    """Steps until nothing is left to run, checking the model's cells after each."""
+    events: list[EngineEvent] = []
+    while core.scheduler.has_work:
+        events.extend(core.step())
+        model.check(core.scheduler)
+    return events
+
+
+def text_of(events: list[EngineEvent]) -> str:
+    return "".join(e.text for e in events if isinstance(e, Delta))
+
+
+def submit(core: EngineCore, rid: int, prompt: str, **sampling: object) -> list[EngineEvent]:
+    return core.submit(Submit(rid, prompt, SamplingParams(**sampling)))  # type: ignore[arg-type]
+
+
+def test_an_answer_streams_and_ends_at_the_end_of_generation_token() -> None:
+    model = FakeModel(answer="Hello")
+    core = core_on(model)
+    assert submit(core, 1, "Say hi") == []
+    events = run(core, model)
+    assert text_of(events) == "Hello"
+    assert events[-1] == Done(1, FinishReason.END_TURN, 6, 6, 0, None)
+    assert model.num_live_samplers == 0 and core.live == {}
+
+
+def test_a_stop_string_ends_the_answer_before_it() -> None:
+    model = FakeModel(answer="one, two; three")
+    core = core_on(model)
+    submit(core, 1, "Count", stop=(";",))
+    events = run(core, model)
+    assert text_of(events) == "one, two"
+    assert events[-1] == Done(1, FinishReason.STOP_SEQUENCE, 5, 9, 0, ";")
+
+
+def test_max_tokens_ends_the_answer_with_length() -> None:
+    model = FakeModel(answer="Hello")
+    core = core_on(model)
+    submit(core, 1, "Say hi", max_tokens=3)
+    events = run(core, model)
+    assert text_of(events) == "Hel"
+    assert events[-1] == Done(1, FinishReason.LENGTH, 6, 3, 0, None)
+
+
+def test_a_sampler_the_model_refuses_fails_the_request_and_schedules_nothing() -> None:
+    model = FakeModel()
+    core = core_on(model)
+    assert submit(core, 1, "Hi", grammar=BAD_GRAMMAR) == [
+        Failed(1, "InvalidRequest", ("the grammar could not be parsed",))
+    ]
+    assert not core.scheduler.has_work and model.num_live_samplers == 0
+
+
+def test_a_prompt_that_fills_the_context_overflows() -> None:
+    core = core_on(FakeModel(), context_tokens=10)
+    assert submit(core, 1, "x" * 10) == [Failed(1, "ContextOverflow", (10, 10))]
+    assert not core.scheduler.has_work
+
+
+def test_the_next_turn_decodes_only_what_the_cache_does_not_hold() -> None:
+    model = FakeModel(answer="Fine.")
+    core = core_on(model)
+    submit(core, 1, "How are you?")
+    run(core, model)
+    model.decoded.clear()
+    submit(core, 2, "How are you?Fine.And you?")
+    events = run(core, model)
+    first = model.decoded[0]
+    assert [(i.start, len(i.tokens)) for i in first] == [(17, 8)]  # 12 + 5 tokens came from the cache
+    assert events[-1] == Done(2, FinishReason.END_TURN, 25, 6, 17, None)
+
+
+def test_a_cancelled_request_frees_its_sampler_and_says_nothing_more() -> None:
+    model = FakeModel(answer="a long answer")
+    core = core_on(model)
+    submit(core, 1, "Go")
+    assert text_of(core.step()) == "a"
+    core.cancel(1)
+    assert model.num_live_samplers == 0 and run(core, model) == []
+
+
+def test_a_decode_without_room_is_retried_next_step() -> None:
+    model = FakeModel(answer="ok")
+    core = core_on(model)
+    submit(core, 1, "Hi")
+    model.fail_next_decode = True
+    assert core.step() == []
+    model.check(core.scheduler)
+    events = run(core, model)
+    assert text_of(events) == "ok" and events[-1] == Done(1, FinishReason.END_TURN, 2, 3, 0, None)
