@@ -65,7 +65,7 @@ def create_app(settings: Settings, backend: ChatBackend | None = None) -> FastAP
     """The app serving `settings`. With `backend` given, it answers chats and nothing is loaded (tests,
     or a caller that manages its own backend); without, the lifespan starts the local engine.
     Raises ConfigError if it would listen beyond loopback without client keys."""
-    keys = startup_keys(settings)
+    keys = startup_keys(settings.access, settings.server.host, settings.forwarding_upstreams())
     for upstream in settings.upstreams:  # children never inherit these (core/environment.py)
         if upstream.api_key.startswith("env:"):
             mark_secret(upstream.api_key.removeprefix("env:"))

@@ -93,7 +93,8 @@ def serve_command(args: argparse.Namespace) -> int:
         settings = _settings(args)
         # Before binding: an unknown name, or a model that would not fit, is refused now.
         settings, choice = _with_model(settings)
-        startup_keys(settings)  # beyond loopback without client keys: refused before binding
+        # beyond loopback without client keys: refused before binding
+        startup_keys(settings.access, settings.server.host, settings.forwarding_upstreams())
     except ModelError as exc:
         print(f"hotspare: {exc.message}", file=sys.stderr)
         return EXIT_FAILED

@@ -211,6 +211,10 @@ class Settings(Section):
         check_chain(self.mode, self.upstreams)  # duplicate names, upstream-only without upstreams
         return self
 
+    def forwarding_upstreams(self) -> tuple[str, ...]:
+        """Names of the upstreams that forward the client's own key (`api_key = "forward"`)."""
+        return tuple(u.name for u in self.upstreams if u.api_key == "forward")
+
     def router_config(self) -> RouterConfig:
         """The router's part of these settings."""
         local = LocalConfig(hedge=self.local.hedge, warm_conversations=self.local.warm_conversations)

@@ -134,10 +134,10 @@ def test_listening_beyond_loopback_needs_keys(monkeypatch: pytest.MonkeyPatch) -
     with pytest.raises(ConfigError, match=r"refusing to listen on 0\.0\.0\.0 without client keys"):
         check_exposure("0.0.0.0", ())
     monkeypatch.setenv("HOTSPARE_API_KEYS", f" {KEY} ,{OTHER}")
-    assert startup_keys(Settings.model_validate({"server": {"host": "0.0.0.0"}})) == (KEY, OTHER)
+    assert _keys(Settings.model_validate({"server": {"host": "0.0.0.0"}})) == (KEY, OTHER)
     monkeypatch.setenv("HOTSPARE_API_KEYS", "short")
     with pytest.raises(ConfigError) as info:
-        startup_keys(Settings())
+        _keys(Settings())
     assert "short" not in info.value.message
 
 
@@ -154,10 +154,14 @@ def test_keys_with_a_forwarding_upstream_are_refused(monkeypatch: pytest.MonkeyP
     upstream = {"name": "u", "kind": "openai", "base_url": "http://127.0.0.1:9", "api_key": "forward"}
     settings = Settings.model_validate({"access": {"api_keys": [KEY]}, "upstreams": [upstream]})
     with pytest.raises(ConfigError, match="forwards the client's key"):
-        startup_keys(settings)
+        _keys(settings)
 
 
 def test_a_literal_key_in_the_config_error_is_hidden() -> None:
     with pytest.raises(ValueError) as info:
         Settings.model_validate({"access": {"api_keys": ["a key with spaces"]}})
     assert "a key with spaces" not in str(info.value)
+
+
+def _keys(settings: Settings) -> tuple[str, ...]:
+    return startup_keys(settings.access, settings.server.host, settings.forwarding_upstreams())

@@ -23,9 +23,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -44,9 +43,6 @@ from hotspare.ops.auth_throttle import AuthThrottle
 from hotspare.ops.browser_guard import BrowserGuard, NotJson, is_loopback
 from hotspare.ops.config import KEYS_ENV, AccessSettings
 
-if TYPE_CHECKING:
-    from hotspare.config import Settings
-
 OPEN_PATHS = frozenset({"/health", "/ready"})
 OPS_PATHS = frozenset({"/", "/status", "/status.json", "/metrics"})
 KEY_SCOPE = "hotspare.key_id"  # where the middleware leaves the caller's key id in the ASGI scope
@@ -54,16 +50,17 @@ KEY_SCOPE = "hotspare.key_id"  # where the middleware leaves the caller's key id
 Denied = Callable[[str], None]  # told the reason of every refusal (for metrics)
 
 
-def startup_keys(settings: Settings) -> tuple[str, ...]:
-    """The client keys to check (config file and environment). Raises ConfigError -- never quoting a
-    key -- if the environment's are unusable, if hotspare would listen beyond loopback without keys,
-    or if keys are set while an upstream forwards the client's key (it would get hotspare's key)."""
+def startup_keys(access: AccessSettings, host: str, forwarding: Sequence[str] = ()) -> tuple[str, ...]:
+    """The client keys to check (config file and environment), for a server listening on `host`
+    whose upstreams named in `forwarding` forward the client's key. Raises ConfigError -- never
+    quoting a key -- if the environment's are unusable, if hotspare would listen beyond loopback
+    without keys, or if keys are set while an upstream forwards the client's key (it would get
+    hotspare's key)."""
     try:
-        keys = settings.access.keys()
+        keys = access.keys()
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    check_exposure(settings.server.host, keys)
-    forwarding = [u.name for u in settings.upstreams if u.api_key == "forward"]
+    check_exposure(host, keys)
     if keys and forwarding:
         raise ConfigError(
             f"upstream {forwarding[0]!r} forwards the client's key, but clients send hotspare's own key "
