@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from hotspare.core.errors import HotspareError, ModelError
+from hotspare.engine import llama_patch
 from hotspare.engine.build import cpu_flags, installed_version, read_marker
 from hotspare.engine.selftest import run_child
 from hotspare.engine.weights import WEIGHTS_DIR_NAME, copies_of
@@ -216,7 +217,14 @@ def print_engine_check() -> bool:
     print(f"cpu flags:   {' '.join(f for f in wanted if f in flags) or 'none of ' + ', '.join(wanted)}")
     marker = read_marker()
     build = marker.get("flavor", "unknown (not installed by scripts/install)")
-    print(f"llama.cpp:   llama-cpp-python {installed_version() or 'not installed'}, {build} build")
+    patch = marker.get("patch")
+    kernel = (
+        f"hotspare's flash-attention patch {patch}"
+        + ("" if patch == llama_patch.DIGEST else " (stale: rerun scripts/install)")
+        if patch
+        else "without hotspare's flash-attention patch"
+    )
+    print(f"llama.cpp:   llama-cpp-python {installed_version() or 'not installed'}, {build} build, {kernel}")
     verdict = run_child()
     if verdict.features:
         print(f"ggml cpu:    {verdict.features.removeprefix('CPU :').strip(' |')}")

@@ -12,6 +12,7 @@ import psutil
 import pytest
 
 from hotspare.cli_models import register
+from hotspare.engine import llama_patch
 from hotspare.home import hotspare_home
 from hotspare.models.locate import find_installed
 
@@ -179,6 +180,8 @@ def test_doctor_on_this_machine(capsys: pytest.CaptureFixture[str]) -> None:
     assert lines[3].startswith("gpu:  ")
     assert "  smollm2-135m-instruct          installed      fits: needs 1.1 GiB of RAM" in out
     assert lines[-1].startswith("serve would choose: smollm2-135m-instruct, the most capable installed model")
+    llama = next(line for line in lines if line.startswith("llama.cpp:"))
+    assert llama.endswith(f"build, hotspare's flash-attention patch {llama_patch.DIGEST}")
 
 
 def test_doctor_with_nothing_installed_fails_and_says_so(
