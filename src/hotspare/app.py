@@ -78,6 +78,7 @@ def create_app(settings: Settings, backend: ChatBackend | None = None) -> FastAP
         openapi_url=None,
     )
     app.state.settings = settings
+    app.state.serving = settings.serving()  # what api/ reads (api/config.py)
     app.state.backend = backend
     app.state.started_at = time.time()
     app.state.load_error = None

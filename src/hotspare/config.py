@@ -49,7 +49,7 @@ from typing import Any
 from pydantic import Field, ValidationError, model_validator
 
 from hotspare.agents.fit import ContextPolicy
-from hotspare.api.wire import MediaPolicy
+from hotspare.api.config import ApiSettings, ResponsesSettings, Serving
 from hotspare.core.config import Section
 from hotspare.core.errors import ConfigError
 from hotspare.engine.attention import FlashAttention
@@ -153,37 +153,6 @@ class LocalSettings(Section):
     )
 
 
-class ApiSettings(Section):
-    """What clients may ask for."""
-
-    allowed_models: tuple[str, ...] | None = Field(
-        default=None,
-        strict=False,  # TOML gives a list; the names in it must still be strings
-        description="model names clients may ask for (the local model's own name is always allowed); "
-        "unset = any name is served by the local model",
-    )
-    media: MediaPolicy = Field(
-        default=MediaPolicy.REJECT,
-        strict=False,  # TOML gives a string
-        description="images, audio, documents: 'reject' with a 400, or 'placeholder' text (docs/agents.md)",
-    )
-
-    def allows(self, model: str, local_model: str) -> bool:
-        return self.allowed_models is None or model == local_model or model in self.allowed_models
-
-
-class ResponsesSettings(Section):
-    """The Responses API's conversation store (api/responses/store.py)."""
-
-    store: bool = Field(default=True, description="keep responses: previous_response_id resolves locally")
-    store_path: str = Field(default="", description="SQLite file; empty = $HOTSPARE_HOME/responses.sqlite3")
-    store_max_mb: int = Field(default=256, ge=1, description="stored JSON past this evicts the oldest turns")
-    store_max_mb_per_key: int | None = Field(
-        default=None, ge=1, description="one client key's share; past it, its own oldest go (default 1/8)"
-    )
-    store_max_age_s: float = Field(default=30 * 86400.0, gt=0, description="older turns are deleted")
-
-
 class Settings(Section):
     """Everything `hotspare serve` runs with."""
 
@@ -210,6 +179,17 @@ class Settings(Section):
     def _check_router(self) -> Settings:
         check_chain(self.mode, self.upstreams)  # duplicate names, upstream-only without upstreams
         return self
+
+    def serving(self) -> Serving:
+        """What the API's routes read (api/config.py)."""
+        return Serving(
+            api=self.api,
+            responses=self.responses,
+            heartbeat_s=self.server.heartbeat_s,
+            local_model=self.local.model,
+            max_running=self.local.max_running,
+            warm_conversations=self.local.warm_conversations,
+        )
 
     def forwarding_upstreams(self) -> tuple[str, ...]:
         """Names of the upstreams that forward the client's own key (`api_key = "forward"`)."""

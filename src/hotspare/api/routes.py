@@ -79,9 +79,7 @@ async def chat_completions(request: Request) -> Response:
         more = _more_choices(request, served, chat, body.n or 1)
         if not chat.stream:
             openers = [lambda: served.events, *more]
-            answers = await until_disconnect(
-                request, collect_all(openers, settings_of(request).local.max_running)
-            )
+            answers = await until_disconnect(request, collect_all(openers, settings_of(request).max_running))
             headers[BACKEND_HEADER] = backends(served)[-1]  # after a takeover: the one that finished
             headers |= _notice_headers(answers[0])
             return JSONResponse(openai_render.completion_body(answers, request_id, created), headers=headers)

@@ -23,8 +23,8 @@ from typing import Any, TypeVar
 from fastapi import Request
 from starlette.responses import Response
 
+from hotspare.api.config import Serving
 from hotspare.api.sse import EventStreamResponse, close_stream, closing_stream
-from hotspare.config import Settings
 from hotspare.core.errors import BackendUnavailable, HotspareError, NotFound
 from hotspare.core.types import ApiFormat, ChatBackend, ChatRequest, ContextFitted, Finish, StreamEvent
 from hotspare.engine.protocol import LocalBackend
@@ -167,26 +167,27 @@ async def raw_response(reply: RawReply, headers: dict[str, str]) -> Response:
 # --- what the app serves -------------------------------------------------------------------------
 
 
-def settings_of(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+def settings_of(request: Request) -> Serving:
+    """What the routes read from the settings (api/config.py), as app.py handed it down."""
+    serving: Serving = request.app.state.serving
+    return serving
 
 
 def heartbeat_s(request: Request) -> float:
-    return settings_of(request).server.heartbeat_s
+    return settings_of(request).heartbeat_s
 
 
 def model_names(request: Request) -> list[str]:
     """The names served here: the local model's first, then the configured others."""
     settings = settings_of(request)
-    names = [settings.local.model]
-    names.extend(name for name in settings.api.allowed_models or () if name != settings.local.model)
+    names = [settings.local_model]
+    names.extend(name for name in settings.api.allowed_models or () if name != settings.local_model)
     return names
 
 
 def check_model(request: Request, model: str) -> None:
     settings = settings_of(request)
-    if not settings.api.allows(model, settings.local.model):
+    if not settings.api.allows(model, settings.local_model):
         allowed = ", ".join(model_names(request))
         raise NotFound(f"model {model!r} is not served here; models served: {allowed}")
 

@@ -34,6 +34,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 from starlette.responses import JSONResponse, Response
 
+from hotspare.api.config import ResponsesSettings, Serving
 from hotspare.api.errors import request_id_header
 from hotspare.api.responses.lookup import Lookup
 from hotspare.api.responses.render import EventRenderer, Shell, final_response, new_item_id, stream_events
@@ -51,7 +52,6 @@ from hotspare.api.serving import (
 )
 from hotspare.api.sse import EventStreamResponse, closing_stream
 from hotspare.api.wire import parse_body
-from hotspare.config import ResponsesSettings, Settings
 from hotspare.core.errors import HotspareError, InvalidRequest, NotFound
 from hotspare.core.types import ApiFormat, ChatBackend, ChatRequest
 from hotspare.engine.protocol import LocalBackend
@@ -100,7 +100,7 @@ def owner_of(request: Request, store: ResponseStore) -> str:
 def store_of(app: FastAPI) -> ResponseStore | None:
     """The app's store, opened on first use (`app.state.response_store`; closed by the app)."""
     if getattr(app.state, "response_store", None) is None:
-        app.state.response_store = open_store(app.state.settings.responses)
+        app.state.response_store = open_store(app.state.serving.responses)
     store: ResponseStore | None = app.state.response_store
     return store
 
@@ -254,11 +254,11 @@ class Exchange:
             await self._warm(turn)
 
     async def _warm(self, turn: StoredTurn) -> None:
-        settings: Settings = self.request.app.state.settings
+        serving: Serving = self.request.app.state.serving
         backend: ChatBackend | None = self.request.app.state.backend
         if not isinstance(backend, LocalBackend) or not backend.can_warm:
             return
-        if not settings.local.warm_conversations:
+        if not serving.warm_conversations:
             return
         body = self.body.model_copy(update={"input": [*turn.input, *turn.output]})
         with contextlib.suppress(HotspareError):
