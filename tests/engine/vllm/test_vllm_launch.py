@@ -18,10 +18,9 @@ from hotspare.core.errors import ModelError
 from hotspare.engine.vllm_launch import VllmOptions, main, vllm_launch
 from hotspare.models.catalog import load_catalog
 from hotspare.models.entry import ModelEntry
+from tests.models.factories import entry_dict, install_gpu_model
 
-from .factories import entry_dict, install_gpu_model
-
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 FAKE_VLLM = Path(__file__).with_name("fake_vllm.py")
 
 

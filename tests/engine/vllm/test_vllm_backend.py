@@ -1,5 +1,5 @@
 """The vLLM backend against a real OpenAI-compatible engine process standing in for vLLM
-(tests/models/fake_vllm.py, started from the exact command hotspare builds): health wait, chats,
+(tests/engine/vllm/fake_vllm.py, started from the exact command hotspare builds): health wait, chats,
 the catalogue's stop strings, tool calls, errors, kill -9 and restart, and clean shutdown."""
 
 from __future__ import annotations

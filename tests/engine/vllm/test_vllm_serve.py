@@ -1,5 +1,5 @@
 """`hotspare serve` on a catalogue model with backend "vllm": a real `hotspare serve` process runs
-the engine process ($HOTSPARE_VLLM_EXECUTABLE names the stand-in, tests/models/fake_vllm.py) on the
+the engine process ($HOTSPARE_VLLM_EXECUTABLE names the stand-in, tests/engine/vllm/fake_vllm.py) on the
 model pulled into the Hugging Face cache, and the official openai SDK talks to hotspare."""
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import openai
 import psutil
 import pytest
 
+from tests.models.factories import install_gpu_model
+from tests.models.hub_server import COMMIT
 from tests.serving import RunningServer, start_server, stop_server
 
-from .factories import install_gpu_model
-from .hub_server import COMMIT
 from .test_vllm_backend import fake_vllm, is_gone
 
 pytestmark = pytest.mark.real  # `hotspare serve` as a subprocess (see tests/conftest.py)
