@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from hotspare.core.errors import BackendUnavailable, FailureClass, Overloaded, UpstreamError
 from hotspare.formats import anthropic, openai_chat
+from hotspare.formats.sse import encode_event
 from hotspare.router.takeover import NO_CONTINUATION
 from hotspare.upstream.anthropic import AnthropicParser
 from hotspare.upstream.openai import OpenAIParser
+from hotspare.upstream.openai_responses import ResponsesParser
 
 CUT = UpstreamError(FailureClass.STREAM_CUT, "stream broke", upstream="u")
 BUSY = UpstreamError(FailureClass.OVERLOADED, "error event (overloaded_error)", upstream="u")
@@ -42,3 +44,24 @@ def test_openai_chat_error_chunk() -> None:
     assert parser.render_error(None, NO_CONTINUATION) == openai_chat.error_event(
         BackendUnavailable(NO_CONTINUATION)
     )
+
+
+def test_a_takeover_tail_is_framed_as_the_api_frames_its_events() -> None:
+    """Text that continues a broken answer goes out as the api's renderers send text: compact JSON,
+    non-ASCII as UTF-8 (formats/sse.py), not as \\u escapes."""
+    text = "h\u00e9llo \u2713"
+    anthropic_tail = AnthropicParser("u").render_delta(text)
+    assert text.encode() in anthropic_tail
+    assert b"\\u" not in anthropic_tail
+    assert anthropic_tail.endswith(
+        encode_event(
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}},
+            "content_block_delta",
+        )
+    )
+    openai_tail = OpenAIParser("u", include_usage=False).render_delta(text)
+    assert text.encode() in openai_tail
+    assert b"\\u" not in openai_tail
+    responses_tail = ResponsesParser("u").render_delta(text)
+    assert text.encode() in responses_tail
+    assert b"\\u" not in responses_tail

@@ -21,6 +21,7 @@ from hotspare.core.types import (
     Usage,
 )
 from hotspare.formats.anthropic import STOP_NAMES, STOP_REASONS, error_event
+from hotspare.formats.sse import encode_event
 from hotspare.upstream.base import Upstream
 from hotspare.upstream.sse import SseEvent
 from hotspare.upstream.stream import StreamParser
@@ -30,7 +31,7 @@ DEFAULT_MAX_TOKENS = 4096  # Anthropic requires max_tokens; a ChatRequest may le
 
 
 def _event(name: str, payload: Mapping[str, Any]) -> bytes:
-    return f"event: {name}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
+    return encode_event(payload, name)  # the framing the api renderers use (formats/sse.py)
 
 
 class AnthropicParser(StreamParser):

@@ -22,6 +22,7 @@ from hotspare.core.types import (
     Usage,
 )
 from hotspare.formats.openai_chat import FINISH_NAMES, FINISH_REASONS, error_event
+from hotspare.formats.sse import encode_event
 from hotspare.upstream.base import ClientCall, Upstream
 from hotspare.upstream.openai_responses import RESPONSES_PATH, ResponsesParser
 from hotspare.upstream.sse import SseEvent
@@ -29,8 +30,7 @@ from hotspare.upstream.stream import StreamParser
 
 
 def _data(payload: Mapping[str, Any] | str) -> bytes:
-    text = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
-    return f"data: {text}\n\n".encode()
+    return encode_event(payload)  # the framing the api renderers use (formats/sse.py)
 
 
 class OpenAIParser(StreamParser):

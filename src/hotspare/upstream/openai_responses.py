@@ -13,6 +13,7 @@ from typing import Any
 
 from hotspare.core.errors import FailureClass, UpstreamError
 from hotspare.core.types import Finish, FinishReason, StreamEvent, Usage
+from hotspare.formats.sse import encode_event
 from hotspare.upstream.sse import SseEvent
 from hotspare.upstream.stream import StreamParser
 
@@ -27,7 +28,7 @@ _TEXT_ITEMS = frozenset({"message", "reasoning"})
 
 
 def _event(payload: dict[str, Any]) -> bytes:
-    return f"event: {payload['type']}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
+    return encode_event(payload, payload["type"])  # the framing the api renderers use (formats/sse.py)
 
 
 class ResponsesParser(StreamParser):
