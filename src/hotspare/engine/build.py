@@ -249,7 +249,7 @@ def real_steps(python: str = sys.executable, say: Callable[[str], None] | None =
         env = {**os.environ, "CMAKE_ARGS": flavor.cmake_env(base)}
         env.setdefault("CMAKE_BUILD_PARALLEL_LEVEL", "2")
         with tempfile.TemporaryDirectory(prefix="hotspare-llama-") as tmp:
-            source = patched_source(python, Path(tmp))
+            source = patched_source(python, folder.parent / "sdist", Path(tmp))  # shared by the flavors
             _run(
                 [python, "-m", "pip", "wheel", "--no-deps", "--no-cache-dir", "-w", str(folder), str(source)],
                 env,
@@ -266,15 +266,18 @@ def real_steps(python: str = sys.executable, say: Callable[[str], None] | None =
     return Steps(build, install, lambda: run_child(python=python), out)
 
 
-def patched_source(python: str, where: Path) -> Path:
-    """The llama-cpp-python sdist, unpacked under `where` and patched (engine/llama_patch.py)."""
-    _run(
-        [python, "-m", "pip", "download", "--no-deps", "--no-cache-dir", "--no-binary", ":all:",
-         "-d", str(where), f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"],
-    )  # fmt: skip
-    sdists = sorted(where.glob("llama_cpp_python-*.tar.gz"))
+def patched_source(python: str, sdist_dir: Path, where: Path) -> Path:
+    """The llama-cpp-python sdist, unpacked under `where` and patched (engine/llama_patch.py). The
+    sdist is downloaded into `sdist_dir` once and reused by the ladder's later builds."""
+    sdists = sorted(sdist_dir.glob("llama_cpp_python-*.tar.gz"))
     if not sdists:
-        raise BuildError(f"pip downloaded no llama-cpp-python sdist into {where}")
+        _run(
+            [python, "-m", "pip", "download", "--no-deps", "--no-cache-dir", "--no-binary", ":all:",
+             "-d", str(sdist_dir), f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"],
+        )  # fmt: skip
+        sdists = sorted(sdist_dir.glob("llama_cpp_python-*.tar.gz"))
+    if not sdists:
+        raise BuildError(f"pip downloaded no llama-cpp-python sdist into {sdist_dir}")
     with tarfile.open(sdists[-1]) as archive:
         archive.extractall(where, filter="data")
     source = where / f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}"
