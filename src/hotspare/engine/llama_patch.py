@@ -45,13 +45,6 @@ class Edit:
         return (PATCH_DIR / self.piece).read_text()
 
 
-HOOK = """    if (hs_fa_grouped_applies(params, dst)) {
-        ggml_compute_forward_flash_attn_ext_grouped(params, dst);
-        return;
-    }
-
-"""
-
 FA_DISPATCH = "static void ggml_compute_forward_flash_attn_ext_f16(\n"
 PLAN_LINE = "                        cur += MAX(prefill, decode);\n"
 
@@ -62,14 +55,13 @@ EDITS = (
         CPU_DIR / "ops.cpp",
         "    const bool kv_is_f32_or_f16 = (k->type == GGML_TYPE_F32 || k->type == GGML_TYPE_F16);\n"
         "    const bool use_split_kv_path",
-        "",
+        "dispatch_hook.cpp",
         after=False,
     ),
     Edit(CPU_DIR / "ggml-cpu.c", PLAN_LINE, "plan_size.c", after=False),
 )
-"""In order. The third edit's text is HOOK (the call into the kernel at the top of the dispatcher);
-the fourth makes room for the kernel's scratch in the work buffer, and the line after it is changed
-by REPLACE."""
+"""In order. The third edit calls the kernel at the top of the dispatcher; the fourth makes room for
+the kernel's scratch in the work buffer, and the line after it is changed by REPLACE."""
 
 REPLACE = (
     CPU_DIR / "ggml-cpu.c",
@@ -78,15 +70,11 @@ REPLACE = (
 )
 
 
-def _edit_text(edit: Edit) -> str:
-    return HOOK if not edit.piece else edit.text()
-
-
 def _digest() -> str:
     h = hashlib.sha256()
     for edit in EDITS:
         h.update(f"{edit.path}\0{edit.anchor}\0{edit.after}\0".encode())
-        h.update(_edit_text(edit).encode())
+        h.update(edit.text().encode())
     h.update("\0".join(str(part) for part in REPLACE).encode())
     return h.hexdigest()[:12]
 
@@ -115,7 +103,7 @@ def apply(source_root: Path) -> bool:
 
 def _insert(text: str, edit: Edit) -> str:
     _check_once(text, edit.anchor, edit.path)
-    piece = _edit_text(edit)
+    piece = edit.text()
     return text.replace(edit.anchor, edit.anchor + piece if edit.after else piece + edit.anchor, 1)
 
 
