@@ -16,6 +16,7 @@ f16, is ~2e-3 off on the same inputs (HOTSPARE_FA_GROUPED=0).
 from __future__ import annotations
 
 import ctypes
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,9 @@ class _InitParams(ctypes.Structure):
     _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
 
 
+@functools.cache
 def _libs() -> tuple[ctypes.CDLL, ctypes.CDLL]:
+    """The installed ggml libraries, their calls declared once per process."""
     import llama_cpp
 
     lib_dir = Path(llama_cpp.__file__).parent / "lib"
