@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from hotspare.core.errors import HotspareError
 from hotspare.core.types import ChatRequest, Finish, FinishReason, StreamEvent, TextDelta, Usage
 from hotspare.engine.attention import AttentionChoice
+from tests.fakes.local_backend import QuietLifecycle
 
 MODEL = "fake-model"
 
@@ -29,7 +29,7 @@ def answer(*texts: str, end: Finish | None = None) -> list[StreamEvent]:
 
 
 @dataclass
-class FakeBackend:
+class FakeBackend(QuietLifecycle):
     """Answers every request with `events` (or raises `error` before the first event).
 
     `stall_after` > 0: after that many events, wait until cancelled (a long generation gap).
@@ -84,15 +84,3 @@ class FakeBackend:
         if self.error is not None:
             raise self.error
         return self.num_prompt_tokens
-
-    async def start(self) -> None:
-        pass
-
-    async def stop(self) -> None:
-        pass
-
-    async def warm(self, request: ChatRequest) -> None:
-        pass
-
-    async def stats(self) -> dict[str, Any] | None:
-        return None

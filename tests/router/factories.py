@@ -25,6 +25,7 @@ from hotspare.engine.attention import AttentionChoice
 from hotspare.router.config import RouterConfig
 from hotspare.upstream.base import ClientCall
 from hotspare.upstream.config import UpstreamConfig
+from tests.fakes.local_backend import QuietLifecycle
 from tests.fakes.upstreams import FakeUpstream
 
 CLIENT_KEY = "sk-client-key-1"
@@ -117,7 +118,7 @@ def router_config(data: dict[str, Any]) -> RouterConfig:
     return Settings.model_validate(data).router_config()
 
 
-class FakeLocalBackend(FakeLocal):
+class FakeLocalBackend(QuietLifecycle, FakeLocal):
     """`FakeLocal` as a whole `LocalBackend` (engine/protocol.py): ready, never died, no counters;
     its `warm` does nothing (subclasses record what it is handed)."""
 
@@ -132,15 +133,3 @@ class FakeLocalBackend(FakeLocal):
     @property
     def model_name(self) -> str:
         return self.model
-
-    async def start(self) -> None:
-        pass
-
-    async def stop(self) -> None:
-        pass
-
-    async def warm(self, request: ChatRequest) -> None:
-        pass
-
-    async def stats(self) -> dict[str, Any] | None:
-        return None
