@@ -274,8 +274,20 @@ def test_a_whole_answer_taken_over_names_the_backend_that_finished_it(
     assert raw.headers["x-hotspare-backend"] == "local"
     text = raw.parse().choices[0].message.content
     assert text is not None and text.startswith("Hello from the") and len(text) > len("Hello from the")
-    records = [json.loads(line) for line in hotspare.log().splitlines() if line.startswith("{")]
-    assert records[-1]["backend"] == "local" and records[-1]["backends"] == ["anth", "local"]
+    record = _request_record(hotspare, raw.headers["x-request-id"])
+    assert record["backend"] == "local" and record["backends"] == ["anth", "local"]
+
+
+def _request_record(hotspare: RunningServer, request_id: str, timeout_s: float = 10.0) -> dict[str, Any]:
+    """The request log's record of `request_id`. It is written once the response has been sent, so
+    a client that has read the whole answer may look before it is there: wait for it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for line in hotspare.log().splitlines():
+            if line.startswith("{") and (record := json.loads(line)).get("id") == request_id:
+                return record  # type: ignore[no-any-return]
+        assert time.monotonic() < deadline, f"no request-log record of {request_id}"
+        time.sleep(0.05)
 
 
 # --- client faults, Retry-After ---------------------------------------------------------------------
