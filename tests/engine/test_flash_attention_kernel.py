@@ -33,6 +33,25 @@ def test_other_head_layouts_match_the_reference(n_head: int, n_head_kv: int, hea
         assert max_error(shape, seed=n_tokens) < TOLERANCE
 
 
+@pytest.mark.parametrize("n_tokens", [1, 3, 8, 16])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_batch_of_streams_matches_the_reference(n_tokens: int, threads: int) -> None:
+    """A batched decode step: every query token belongs to its own conversation, so each KV tile
+    has one token's rows active (hotspare's few-rows path) whatever the batch size; K/V laid out
+    as the KV cache holds them."""
+    shape = Shape(n_tokens, 3000, threads=threads, streams=True, cell_major=True)
+    assert max_error(shape, seed=n_tokens) < TOLERANCE
+
+
+@pytest.mark.parametrize("n_tokens", [1, 4, 19, 40])
+def test_the_kv_cache_layout_matches_the_reference(n_tokens: int) -> None:
+    """K and V as llama.cpp's KV cache stores them (one cell's heads side by side), as in the engine."""
+    for head_layout in ((9, 3, 64), (8, 1, 128), (6, 2, 80)):
+        n_head, n_head_kv, head_dim = head_layout
+        shape = Shape(n_tokens, 1500, n_head=n_head, n_head_kv=n_head_kv, head_dim=head_dim, cell_major=True)
+        assert max_error(shape, seed=n_tokens) < TOLERANCE
+
+
 def test_the_installed_build_carries_this_patch() -> None:
     """scripts/install builds llama.cpp through engine/build.py, which records the patch it applied."""
     assert read_marker().get("patch") == DIGEST

@@ -3,7 +3,9 @@
 Contract: `max_error(shape)` builds one `ggml_flash_attn_ext` node through the ggml C API of the
 installed llama-cpp-python (ctypes on its libggml-base / libggml-cpu), on random queries, an f16
 KV cache and a mask shaped like the engine's (a causal edge, a band of cells that belong to another
-conversation, -inf past the used cells), computes it on `threads` threads and returns the largest
+conversation, -inf past the used cells; or, with `streams`, each query token its own conversation, as
+in a batched decode step), with K and V laid out as llama.cpp's KV cache holds them (`cell_major`:
+one cell's heads side by side) or head by head, computes it on `threads` threads and returns the largest
 absolute difference from the same attention computed with numpy in float64.
 
 Why: hotspare builds llama.cpp with a kernel of its own for short queries (engine/llama_patch.py).
@@ -37,6 +39,8 @@ class Shape:
     n_head_kv: int = 3
     head_dim: int = 64
     threads: int = 2
+    streams: bool = False  # token t is the next token of its own conversation: sees only its cells
+    cell_major: bool = False  # K/V as the KV cache stores them: [cell][KV head][dim]
 
 
 class _InitParams(ctypes.Structure):
@@ -56,6 +60,7 @@ def _libs() -> tuple[ctypes.CDLL, ctypes.CDLL]:
     _declare(base.ggml_free, [p], None)
     _declare(base.ggml_new_tensor_4d, [p, i, i64, i64, i64, i64], p)
     _declare(base.ggml_get_data, [p], p)
+    _declare(base.ggml_permute, [p, p, i, i, i, i], p)
     _declare(base.ggml_flash_attn_ext, [p, p, p, p, p, f, f, f], p)
     _declare(base.ggml_new_graph, [p], p)
     _declare(base.ggml_build_forward_expand, [p, p], None)
@@ -69,8 +74,14 @@ def _declare(function: Any, argtypes: list[Any], restype: Any) -> None:
 
 def _mask(shape: Shape, n_kv_padded: int) -> np.ndarray:
     """Token t sees cells up to its own position, except, for odd t, a band of 200 cells that
-    stands for another conversation's; nothing past the used cells."""
+    stands for another conversation's; nothing past the used cells. With `streams`, token t sees
+    only the t-th of n_tokens equal runs of the used cells."""
     mask = np.full((shape.n_tokens, n_kv_padded), -np.inf, dtype=np.float32)
+    if shape.streams:
+        run = shape.n_kv // shape.n_tokens
+        for t in range(shape.n_tokens):
+            mask[t, t * run : (t + 1) * run] = 0.0
+        return mask
     for t in range(shape.n_tokens):
         mask[t, : shape.n_kv - shape.n_tokens + t + 1] = 0.0
         if t % 2:
@@ -91,6 +102,22 @@ def _reference(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray, sc
     return np.einsum("hnc,hcd->nhd", weights, vv)  # type: ignore[no-any-return]
 
 
+def _kv_tensor(base: ctypes.CDLL, ctx: int, kv: np.ndarray, cell_major: bool) -> tuple[int, int]:
+    """The K or V operand [dim, cells, KV heads] and the tensor that holds its data: itself, or
+    for `cell_major` a [dim, KV heads, cells] tensor seen through a permuted view."""
+    hkv, cells, d = kv.shape
+    if not cell_major:
+        tensor = base.ggml_new_tensor_4d(ctx, GGML_TYPE_F16, d, cells, hkv, 1)
+        return tensor, tensor
+    data = base.ggml_new_tensor_4d(ctx, GGML_TYPE_F16, d, hkv, cells, 1)
+    return base.ggml_permute(ctx, data, 0, 2, 1, 3), data
+
+
+def _kv_layout(kv: np.ndarray, shape: Shape) -> np.ndarray:
+    """[KV heads, cells, dim] in the memory order of `_kv_tensor`'s data tensor."""
+    return kv.transpose(1, 0, 2) if shape.cell_major else kv
+
+
 def max_error(shape: Shape, seed: int = 0) -> float:
     base, cpu = _libs()
     rng = np.random.default_rng(seed)
@@ -107,12 +134,14 @@ def max_error(shape: Shape, seed: int = 0) -> float:
     ctx = base.ggml_init(_InitParams(256 * 1024 * 1024, None, False))
     try:
         tq = base.ggml_new_tensor_4d(ctx, GGML_TYPE_F32, d, n, h, 1)
-        tk = base.ggml_new_tensor_4d(ctx, GGML_TYPE_F16, d, n_kv_padded, hkv, 1)
-        tv = base.ggml_new_tensor_4d(ctx, GGML_TYPE_F16, d, n_kv_padded, hkv, 1)
+        tk, k_data = _kv_tensor(base, ctx, k, shape.cell_major)
+        tv, v_data = _kv_tensor(base, ctx, v, shape.cell_major)
         tm = base.ggml_new_tensor_4d(ctx, GGML_TYPE_F16, n_kv_padded, mask_rows, 1, 1)
-        for tensor, array in ((tq, q), (tk, k), (tv, v), (tm, mask_padded.astype(np.float16))):
+        for tensor, array in ((tq, q), (k_data, _kv_layout(k, shape)), (v_data, _kv_layout(v, shape))):
             data = np.ascontiguousarray(array)
             ctypes.memmove(base.ggml_get_data(tensor), data.ctypes.data, data.nbytes)
+        data = np.ascontiguousarray(mask_padded.astype(np.float16))
+        ctypes.memmove(base.ggml_get_data(tm), data.ctypes.data, data.nbytes)
         out = base.ggml_flash_attn_ext(ctx, tq, tk, tv, tm, scale, 0.0, 0.0)
         graph = base.ggml_new_graph(ctx)
         base.ggml_build_forward_expand(graph, out)

@@ -9,10 +9,12 @@ Why (measured, docs/engine.md "Short queries at long context"): llama.cpp's CPU 
 every cached cell once per query row and head when a batch has fewer than 64 query rows -- a decode
 step, a tool result, the next turn of a conversation. At 4k cached tokens that cost ~50 ms per row on
 a 2-core host: 19 new tokens took 0.9 s, 7x the non-flash path. The grouped kernel
-(patches/grouped_fa.cpp) computes all query rows that read one KV head together with two small
-GEMMs per 64-cell tile, skips tiles no row may attend (other conversations' idle cells), and splits
-the KV range across threads; it accumulates in f32 where the stock short path rounds Q and the
-running sum to f16. `HOTSPARE_FA_GROUPED=0` in the environment turns it off at run time (A/B).
+(patches/grouped_fa.cpp) splits the KV range into chunks and computes, per chunk, all query rows of
+every KV head together: a tile with few active rows (a decode step, one stream's tile in a batch)
+takes dot products straight from the f16 KV cache, reading each cell's K row once; a tile with many
+(a turn of several tokens) takes two small GEMMs. Tiles no row may attend (other conversations'
+idle cells) are skipped. It accumulates in f32 where the stock short path rounds Q and the running
+sum to f16. `HOTSPARE_FA_GROUPED=0` in the environment turns it off at run time (A/B).
 
 Standard library only: engine/build.py runs before hotspare's dependencies are installed.
 """

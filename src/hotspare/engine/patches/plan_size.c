@@ -3,9 +3,8 @@
                         const int64_t n_tokens = node->src[0]->ne[1];
                         const int64_t n_kv_heads = node->src[1]->ne[2];
                         if (n_tokens < GGML_FA_TILE_Q && n_kv_heads > 0 && neq2 % n_kv_heads == 0) {
-                            const int64_t rows = n_tokens*(neq2/n_kv_heads);
-                            const int64_t nch  = hs_fa_grouped_nchunks(n_tasks, n_kv_heads, node->src[1]->ne[1]);
-                            grouped = sizeof(float)*(hs_fa_grouped_scratch(rows, DK, DV)*n_tasks +
+                            const int64_t nch = hs_fa_grouped_nchunks(n_tasks, node->src[1]->ne[1]);
+                            grouped = sizeof(float)*(hs_fa_grouped_scratch(n_tokens, neq2, n_kv_heads, DK, DV)*n_tasks +
                                                      hs_fa_grouped_partials(neq2, n_tokens, nch, DV));
                         }
 
