@@ -244,16 +244,22 @@ static void hs_fa_softmax_row(const hs_fa_shape & s, const ggml_tensor * mask, i
 }
 
 #if HS_FA_DOT
-// scores of KV head ik2's active rows against the f16 K rows of cells [ic, ic + n), all heads of a
-// cell read together; S + (h*R + a)*HS_FA_KV is active row a of head h
+// scores of every KV head's active rows against the f16 K rows of cells [ic, ic + n), all heads of
+// a cell read together; S + (h*R + a)*HS_FA_KV is active row a of head h. The V rows the next pass
+// reads are prefetched meanwhile (measured: a decode step's attention at 6k cells took 23-26 ms
+// on one thread without, 18 with).
 template <int NK>
-static void hs_fa_dot_scores(const hs_fa_shape & s, const ggml_tensor * k, int64_t ic, int64_t n,
-                             const float * Qall, const int32_t * act, const int32_t * na, float * S) {
+static void hs_fa_dot_scores(const hs_fa_shape & s, const ggml_tensor * k, const ggml_tensor * v, int64_t ic,
+                             int64_t n, const float * Qall, const int32_t * act, const int32_t * na, float * S) {
     for (int64_t j = 0; j < n; ++j) {
         const char * cell = (const char *) k->data + (ic + j)*k->nb[1];
+        const char * vcell = (const char *) v->data + (ic + j)*v->nb[1];
         for (int64_t h = 0; h < s.HK; ++h) {
             if (na[h] == 0) {
                 continue;
+            }
+            for (int64_t o = 0; o < s.DV*(int64_t) sizeof(ggml_fp16_t); o += 64) {
+                _mm_prefetch(vcell + h*v->nb[2] + o, _MM_HINT_T0);
             }
             const ggml_fp16_t * kr = (const ggml_fp16_t *) (cell + h*k->nb[2]);
             hs_vec kv[NK];
@@ -332,14 +338,14 @@ static void hs_fa_dot_tile(const hs_fa_shape & s, const ggml_tensor * dst, int64
     const ggml_tensor * v = dst->src[2];
     const ggml_tensor * mask = dst->src[3];
     switch (s.DK/HS_FA_EPR) {
-        case 1: hs_fa_dot_scores<1>(s, k, ic, n, Qall, act, na, S); break;
-        case 2: hs_fa_dot_scores<2>(s, k, ic, n, Qall, act, na, S); break;
-        case 3: hs_fa_dot_scores<3>(s, k, ic, n, Qall, act, na, S); break;
-        case 4: hs_fa_dot_scores<4>(s, k, ic, n, Qall, act, na, S); break;
-        case 5: hs_fa_dot_scores<5>(s, k, ic, n, Qall, act, na, S); break;
-        case 6: hs_fa_dot_scores<6>(s, k, ic, n, Qall, act, na, S); break;
-        case 7: hs_fa_dot_scores<7>(s, k, ic, n, Qall, act, na, S); break;
-        default: hs_fa_dot_scores<8>(s, k, ic, n, Qall, act, na, S); break;
+        case 1: hs_fa_dot_scores<1>(s, k, v, ic, n, Qall, act, na, S); break;
+        case 2: hs_fa_dot_scores<2>(s, k, v, ic, n, Qall, act, na, S); break;
+        case 3: hs_fa_dot_scores<3>(s, k, v, ic, n, Qall, act, na, S); break;
+        case 4: hs_fa_dot_scores<4>(s, k, v, ic, n, Qall, act, na, S); break;
+        case 5: hs_fa_dot_scores<5>(s, k, v, ic, n, Qall, act, na, S); break;
+        case 6: hs_fa_dot_scores<6>(s, k, v, ic, n, Qall, act, na, S); break;
+        case 7: hs_fa_dot_scores<7>(s, k, v, ic, n, Qall, act, na, S); break;
+        default: hs_fa_dot_scores<8>(s, k, v, ic, n, Qall, act, na, S); break;
     }
     for (int64_t h = 0; h < s.HK; ++h) {
         const int32_t * ah = act + h*s.R;
