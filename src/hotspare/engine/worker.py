@@ -123,6 +123,28 @@ def _should_flush(events: list[EngineEvent], core: EngineCore, last_flush: float
     return any(not isinstance(e, Delta) for e in events)
 
 
+def coalesce(events: list[EngineEvent]) -> list[EngineEvent]:
+    """The events of one message, each request's text deltas since its last other event joined into
+    one. Every delta becomes a chunk the API process renders and writes, and the client reads: with
+    two 1-token steps per message (decoding after a 2k prompt takes ~16 ms a step) the API process and
+    the client did twice the work for the same text. Order within a request is kept; between
+    requests it does not matter (each has its own queue in the API process)."""
+    out: list[EngineEvent] = []
+    growing: dict[int, tuple[int, Delta]] = {}  # request id -> its delta in `out` that may still grow
+    for event in events:
+        if not isinstance(event, Delta):
+            growing.pop(event.request_id, None)
+        elif (last := growing.get(event.request_id)) is not None:
+            at, delta = last
+            out[at] = merged = Delta(event.request_id, delta.text + event.text)
+            growing[event.request_id] = (at, merged)
+            continue
+        else:
+            growing[event.request_id] = (len(out), event)
+        out.append(event)
+    return out
+
+
 def worker_main(conn: Connection, config: EngineConfig, log_level: int = logging.WARNING) -> None:
     """Entry point of the engine process (spawned: it logs to stderr at the API process's level)."""
     logging.basicConfig(level=log_level, format=LOG_FORMAT)
@@ -166,7 +188,7 @@ def worker_main(conn: Connection, config: EngineConfig, log_level: int = logging
         is_alive_due = core.scheduler.has_work and time.monotonic() - last_flush >= ALIVE_INTERVAL_S
         if (events and _should_flush(events, core, last_flush)) or is_alive_due:
             with contextlib.suppress(BrokenPipeError, OSError):
-                conn.send(events)  # possibly empty: a sign of life
+                conn.send(coalesce(events))  # possibly empty: a sign of life
             events = []
             last_flush = time.monotonic()
 

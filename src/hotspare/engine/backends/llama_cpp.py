@@ -23,6 +23,7 @@ import psutil
 from hotspare.core.errors import ModelError
 from hotspare.core.types import SamplingParams
 from hotspare.engine.model import DecodeItem
+from hotspare.engine.prompt_tokens import PromptTokenizer, SpecialToken, cut_texts
 from hotspare.engine.protocol import ModelInfo
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,7 @@ class LlamaCppModel:
         self._piece_buf = ctypes.create_string_buffer(256)
         self.add_bos = bool(llama.llama_vocab_get_add_bos(self._vocab))
         self.info = self._read_info()
+        self._prompt_tokens = self._prompt_tokenizer()
 
     @property
     def threads(self) -> int:
@@ -152,6 +154,15 @@ class LlamaCppModel:
         return self._piece_buf.raw[: max(n, 0)].decode("utf-8", "replace")
 
     def tokenize(self, text: str, *, add_bos: bool) -> list[int]:
+        """`text`'s tokens, special tokens' texts parsed as them; `add_bos`: with the BOS token first
+        if the model adds one. Piece by piece when the vocabulary allows it (engine/prompt_tokens.py):
+        the same tokens, only the pieces not seen before tokenized."""
+        if self._prompt_tokens is None:
+            return self._tokenize_whole(text, add_bos)
+        tokens = self._prompt_tokens.tokenize(text)
+        return [llama.llama_vocab_bos(self._vocab), *tokens] if add_bos and self.add_bos else tokens
+
+    def _tokenize_whole(self, text: str, add_bos: bool) -> list[int]:
         data = text.encode("utf-8")
         capacity = len(data) + 8
         buf = (llama.llama_token * capacity)()
@@ -160,6 +171,45 @@ class LlamaCppModel:
             buf = (llama.llama_token * -n)()
             n = llama.llama_tokenize(self._vocab, data, len(data), buf, -n, add_bos, True)
         return list(buf[:n])
+
+    def _prompt_tokenizer(self) -> PromptTokenizer | None:
+        """Piecewise tokenization where it gives llama.cpp's own tokens: SPM and BPE vocabularies
+        that add no end token, with control tokens to cut at; checked once here on a sample."""
+        vocab_type = llama.llama_vocab_type(self._vocab)
+        if vocab_type not in (llama.LLAMA_VOCAB_TYPE_SPM, llama.LLAMA_VOCAB_TYPE_BPE):
+            return None
+        if llama.llama_vocab_get_add_eos(self._vocab):
+            return None
+        cuts = cut_texts(self._special_tokens())
+        if not cuts:
+            return None
+        tokenizer = PromptTokenizer(lambda piece: self._tokenize_whole(piece, False), cuts, 0)
+        sample = "".join(f"a{c}b {c}\n\n{c}  \u00e9{c}x\t" for c in cuts) + " end"
+        if tokenizer.tokenize(sample) != self._tokenize_whole(sample, False):
+            log.warning("piecewise tokenization differs from llama.cpp's on this model: off")
+            return None
+        return PromptTokenizer(lambda piece: self._tokenize_whole(piece, False), cuts)
+
+    def _special_tokens(self) -> list[SpecialToken]:
+        """The tokens llama.cpp carves out of a text before tokenizing it (14 ms for SmolLM2's 49k)."""
+        carved = (
+            llama.LLAMA_TOKEN_ATTR_CONTROL
+            | llama.LLAMA_TOKEN_ATTR_USER_DEFINED
+            | llama.LLAMA_TOKEN_ATTR_UNKNOWN
+        )
+        get_attr, get_text, vocab = llama.llama_vocab_get_attr, llama.llama_vocab_get_text, self._vocab
+        specials = []
+        for token in range(self.num_vocab):
+            attr = get_attr(vocab, token)
+            if attr & carved:
+                specials.append(
+                    SpecialToken(
+                        get_text(vocab, token).decode("utf-8", "replace"),
+                        is_control=bool(attr & llama.LLAMA_TOKEN_ATTR_CONTROL),
+                        strips_left=bool(attr & llama.LLAMA_TOKEN_ATTR_LSTRIP),
+                    )
+                )
+        return specials
 
     def piece(self, token: int) -> bytes:
         """The bytes a sampled token stands for (special tokens render as nothing)."""
