@@ -110,12 +110,22 @@ class ModelInfo:
 @dataclass(frozen=True, slots=True)
 class Submit:
     """Generate for `prompt` (already rendered with the chat template). `max_tokens` None: as many
-    as fit. `warmup`: only compute the prompt's KV at low priority, sample nothing."""
+    as fit. `warmup`: only compute the prompt's KV at low priority, sample nothing.
+
+    `sibling_ids`: further choices of the same prompt (OpenAI `n`), each a sequence of its own with
+    its own events under its id, started from the first's cells: the prompt crosses the pipe and is
+    tokenized once, however many choices it has. They fail together when the prompt is refused."""
 
     request_id: int
     prompt: str
     sampling: SamplingParams
     warmup: bool = False
+    sibling_ids: tuple[int, ...] = ()
+
+    @property
+    def request_ids(self) -> tuple[int, ...]:
+        """Every choice's id, the first's first."""
+        return (self.request_id, *self.sibling_ids)
 
 
 @dataclass(frozen=True, slots=True)
