@@ -14,6 +14,7 @@ This module imports no model library: the API process imports it, and never llam
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -25,7 +26,7 @@ from hotspare.core.errors import (
     InvalidRequest,
     Overloaded,
 )
-from hotspare.core.types import ChatBackend, ChatRequest, FinishReason, SamplingParams
+from hotspare.core.types import ChatBackend, ChatRequest, FinishReason, SamplingParams, StreamEvent
 from hotspare.engine.attention import AttentionChoice
 
 
@@ -87,6 +88,13 @@ class LocalBackend(ChatBackend, Protocol):
 
     async def warm(self, request: ChatRequest) -> None:
         """Compute, at low priority, the KV of `request`'s conversation for its next turn."""
+        ...
+
+    def more_choices(self, request: ChatRequest) -> list[AsyncIterator[StreamEvent]]:
+        """Choices 1..n-1 of a request with `num_choices` n > 1, each a stream as `stream` yields one
+        (choice 0 is `stream(request)`'s). The llama.cpp engine prepares and sends the prompt once for
+        all n when `stream` was called with this same request object; vLLM batches on its own and
+        streams each. The caller closes every one of them, started or not."""
         ...
 
     async def stats(self) -> dict[str, Any] | None:
