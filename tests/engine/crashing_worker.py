@@ -49,10 +49,10 @@ def crashing_worker(conn: Connection, config: EngineConfig, log_level: int = 0) 
             if "POISON" in cmd.prompt:
                 os.kill(os.getpid(), signal.SIGSEGV)
             if "HOLD" in cmd.prompt:  # text, then nothing: the test kills the process mid-answer
-                conn.send([Delta(cmd.request_id, "partial")])
+                conn.send([Delta(rid, "partial") for rid in cmd.request_ids])
             elif not cmd.warmup:
-                done = Done(cmd.request_id, FinishReason.END_TURN, 3, 1, 0, None)
-                conn.send([Delta(cmd.request_id, "ok"), done])
+                for rid in cmd.request_ids:
+                    conn.send([Delta(rid, "ok"), Done(rid, FinishReason.END_TURN, 3, 1, 0, None)])
         elif isinstance(cmd, Tokenize):
             conn.send([Reply(cmd.request_id, len(cmd.prompt) // 4)])
         elif isinstance(cmd, GetStats):

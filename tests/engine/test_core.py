@@ -112,3 +112,43 @@ def test_a_decode_without_room_is_retried_next_step() -> None:
     model.check(core.scheduler)
     events = run(core, model)
     assert text_of(events) == "ok" and events[-1] == Done(1, FinishReason.END_TURN, 2, 3, 0, None)
+
+
+def test_n_choices_are_tokenized_once_and_each_answers_under_its_own_id() -> None:
+    """Before: a Submit had one request id; n choices were n Submits, each tokenized."""
+    model = FakeModel(answer="Hi")
+    core = core_on(model)
+    tokenized = 0
+    tokenize = model.tokenize
+
+    def counting(text: str, *, add_bos: bool) -> list[int]:
+        nonlocal tokenized
+        tokenized += 1
+        return tokenize(text, add_bos=add_bos)
+
+    model.tokenize = counting  # type: ignore[method-assign]
+    assert core.submit(Submit(1, "Say hi", SamplingParams(), sibling_ids=(2, 3))) == []
+    events = run(core, model)
+    assert tokenized == 1 and core.stats()["num_prompts"] == 1
+    for rid in (1, 2, 3):
+        assert "".join(e.text for e in events if isinstance(e, Delta) and e.request_id == rid) == "Hi"
+    done = {e.request_id: e for e in events if isinstance(e, Done)}
+    assert done[1] == Done(1, FinishReason.END_TURN, 6, 3, 0, None)
+    assert done[2] == Done(2, FinishReason.END_TURN, 6, 3, 5, None)  # the leader's cells, shared
+    assert model.num_live_samplers == 0 and core.live == {}
+
+
+def test_a_refused_prompt_fails_every_choice() -> None:
+    model = FakeModel()
+    core = core_on(model, context_tokens=4)
+    events = core.submit(Submit(1, "too long", SamplingParams(), sibling_ids=(2,)))
+    assert [(e.request_id, e.kind) for e in events if isinstance(e, Failed)] == [
+        (1, "ContextOverflow"),
+        (2, "ContextOverflow"),
+    ]
+    events = core_on(model).submit(Submit(3, "x", SamplingParams(grammar=BAD_GRAMMAR), sibling_ids=(4,)))
+    assert [(e.request_id, e.kind) for e in events if isinstance(e, Failed)] == [
+        (3, "InvalidRequest"),
+        (4, "InvalidRequest"),
+    ]
+    assert model.num_live_samplers == 0

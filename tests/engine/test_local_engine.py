@@ -28,6 +28,7 @@ from hotspare.core.types import (
     Message,
     Role,
     SamplingParams,
+    StreamEvent,
     TextDelta,
     ToolSpec,
 )
@@ -653,3 +654,61 @@ async def test_a_failed_load_leaves_no_writer_thread_behind(tmp_path: Path) -> N
     for thread in writers:
         thread.join(timeout=5)
     assert not any(t.is_alive() for t in writers)
+
+
+# ----- the n choices of one request (issue 17 point 1) -----
+
+
+async def read_all(events: AsyncIterator[StreamEvent]) -> tuple[str, Finish]:
+    text = ""
+    async for event in events:
+        if isinstance(event, TextDelta):
+            text += event.text
+        elif isinstance(event, Finish):
+            return text, event
+    raise AssertionError("stream ended without Finish")
+
+
+async def test_n_choices_are_prepared_sent_and_tokenized_once_and_share_the_prompt_s_cells(
+    engine: LocalEngine,
+) -> None:
+    """Before: each of the 4 choices was prepared, sent and tokenized on its own (4 of each), and
+    choices admitted in one step each computed the prompt."""
+    before = await engine.stats()
+    request = dataclasses.replace(chat("Name a colour.", max_tokens=6), num_choices=4)
+    choices = [engine.stream(request), *engine.more_choices(request)]
+    try:
+        results = await asyncio.wait_for(asyncio.gather(*(read_all(c) for c in choices)), timeout=120)
+    finally:
+        for c in choices:
+            await c.aclose()  # type: ignore[attr-defined]
+    after = await engine.stats()
+    assert [after[k] - before[k] for k in ("num_prompts_prepared", "num_prompts_sent", "num_prompts")] == [
+        1,
+        1,
+        1,
+    ]
+    finishes = [finish for _text, finish in results]
+    assert all(text for text, _finish in results)
+    prompt = finishes[0].usage.input_tokens
+    assert [f.usage.input_tokens for f in finishes] == [prompt] * 4
+    assert [f.usage.cached_tokens for f in finishes[1:]] == [prompt - 1] * 3  # the first choice's cells
+    assert after["num_running"] == 0 and after["num_waiting"] == 0
+
+
+async def test_closing_n_choices_cancels_them_all_on_the_engine(engine: LocalEngine) -> None:
+    request = dataclasses.replace(
+        chat("Write a very long story about a lighthouse.", max_tokens=500), num_choices=4
+    )
+    choices = [engine.stream(request), *engine.more_choices(request)]
+    assert isinstance(await anext(choices[0]), TextDelta)
+    assert isinstance(await anext(choices[1]), TextDelta)  # 2 and 3 are never read
+    for c in choices:
+        await c.aclose()  # type: ignore[attr-defined]
+    for _ in range(100):
+        stats = await engine.stats()
+        if stats["num_running"] == 0 and stats["num_waiting"] == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert stats["num_running"] == 0 and stats["num_waiting"] == 0
+    assert stats["num_generated_tokens"] < 4 * 400  # they stopped long before max_tokens

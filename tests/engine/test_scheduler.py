@@ -395,3 +395,54 @@ def test_a_warmup_that_finds_the_queue_full_is_dropped_and_reported() -> None:
     warm = seq(10, [7, 8, 9], max_new=0, warmup=True)
     s.add(warm)
     assert list(s.warmups) == [] and warm in run_step(s).finished
+
+
+# ----- the n choices of one request (issue 17 point 1) -----
+
+
+def test_sibling_choices_wait_for_the_leader_s_prompt_then_share_its_cells() -> None:
+    """Before: n choices came as n requests, admitted together, and each prefilled the prompt."""
+    s = sched(step_tokens=32)
+    prompt = list(range(1, 11))
+    s.add(seq(1, prompt), [seq(2, prompt), seq(3, prompt)])
+    out = run_step(s)
+    assert fed(out) == [(1, 0, 10, True)]  # the siblings are held: they would compute it again
+    assert (len(s.waiting), s.num_held) == (0, 2)
+    out = run_step(s)
+    assert out.copies == [(0, 1, 9), (0, 2, 9)]  # all but the last prompt token, shared
+    assert fed(out) == [(1, 10, 1, True), (2, 9, 1, True), (3, 9, 1, True)]
+    assert [q.num_cached_tokens for q in s.running] == [0, 9, 9]
+    assert s.siblings == []
+
+
+def test_a_group_takes_one_queue_place_and_runs_at_most_max_running_choices() -> None:
+    s = sched(max_running=2, max_queued=0)
+    prompt = [5, 6, 7]
+    s.add(seq(1, prompt, max_new=2), [seq(i, prompt, max_new=2) for i in (2, 3, 4)])
+    s.add(seq(9, [1]))  # a second request still fits: the group took one place
+    with pytest.raises(Overloaded):
+        s.add(seq(10, [1]))
+    s.cancel(9)
+    run_step(s)
+    out = run_step(s)
+    assert [q.request_id for q in s.running] == [1, 2]
+    assert fed(out) == [(1, 3, 1, True), (2, 2, 1, True)]
+    seen = set()
+    while s.has_work:
+        out = run_step(s)
+        assert len(s.running) <= 2
+        seen |= {i.seq.request_id for i in out.items}
+        for q in list(s.running):
+            if q.num_output_tokens >= q.max_new_tokens:
+                s.finish(q, FinishReason.LENGTH)
+    assert seen == {1, 2, 3, 4}
+
+
+def test_a_held_sibling_can_be_cancelled() -> None:
+    s = sched()
+    s.add(seq(1, [1, 2, 3]), [seq(2, [1, 2, 3])])
+    cancelled = s.cancel(2)
+    assert cancelled is not None and cancelled.status is SequenceStatus.FINISHED
+    run_step(s)
+    run_step(s)
+    assert [q.request_id for q in s.running] == [1] and s.siblings == []

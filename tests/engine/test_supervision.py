@@ -4,6 +4,7 @@ process that dies by SIGSEGV on start or on a given prompt (tests/engine/crashin
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from hotspare.core.errors import EngineDied, PoisonRequest
-from hotspare.core.types import ChatRequest, Finish, Message, Role, SamplingParams, TextDelta
+from hotspare.core.types import ChatRequest, Finish, Message, Role, SamplingParams, StreamEvent, TextDelta
 from hotspare.engine import process
 from hotspare.engine.config import EngineConfig
 from hotspare.engine.local import LocalEngine
@@ -123,7 +124,7 @@ async def engine(stand_in: None) -> AsyncIterator[LocalEngine]:
 async def test_the_engine_is_a_local_backend(engine: LocalEngine) -> None:
     assert isinstance(engine, LocalBackend)
     assert (engine.is_ready, engine.failure, engine.num_restarts, engine.can_warm) == (True, None, 0, True)
-    assert await engine.stats() == {}
+    assert await engine.stats() == {"num_prompts_prepared": 0, "num_prompts_sent": 0}
 
 
 async def test_an_engine_that_dies_on_start_ends_failed_with_the_cause(stand_in: None) -> None:
@@ -180,3 +181,90 @@ async def _until_ready(engine: LocalEngine) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError("the engine did not come back")
+
+
+# ----- the n choices of one request (issue 17 point 1) -----
+
+
+async def answers(engine: LocalEngine, text: str, n: int) -> list[str]:
+    """The n choices of one request, read side by side; every choice closed at the end."""
+    request = dataclasses.replace(chat(text), num_choices=n)
+    choices = [engine.stream(request)]
+    choices += engine.more_choices(request)
+
+    async def read(events: AsyncIterator[StreamEvent]) -> str:
+        out = ""
+        async for event in events:
+            if isinstance(event, TextDelta):
+                out += event.text
+        return out
+
+    reads = [asyncio.ensure_future(read(c)) for c in choices]
+    try:
+        return list(await asyncio.gather(*reads))
+    finally:
+        for task in reads:
+            task.cancel()
+        await asyncio.gather(*reads, return_exceptions=True)
+        for c in choices:
+            await c.aclose()  # type: ignore[attr-defined]
+
+
+async def test_n_choices_are_prepared_and_sent_once(engine: LocalEngine) -> None:
+    """Before: each choice prepared the prompt and sent its own Submit."""
+    assert await answers(engine, "hello", 3) == ["ok", "ok", "ok"]
+    assert (engine.num_prompts_prepared, engine.num_prompts_sent) == (1, 1)
+
+
+async def test_a_poison_group_is_retried_alone_once_then_refused_for_every_choice(
+    engine: LocalEngine,
+) -> None:
+    """The group is the unit: one retry alone (not one per choice), then every choice is refused."""
+    with pytest.raises(PoisonRequest):
+        await answers(engine, "POISON", 3)
+    await _until_ready(engine)
+    assert engine.num_restarts == 2 and engine.num_poison_requests == 1
+    assert engine.num_prompts_sent == 2  # the first run and the retry alone, each one Submit
+    assert await answers(engine, "hello", 2) == ["ok", "ok"]
+
+
+async def test_a_group_that_delivered_text_is_not_retried(engine: LocalEngine) -> None:
+    request = dataclasses.replace(chat("HOLD"), num_choices=2)
+    first = engine.stream(request)
+    second, *_ = engine.more_choices(request)
+    try:
+        assert await anext(first) == TextDelta("partial")
+        assert engine.pid is not None
+        os.kill(engine.pid, signal.SIGSEGV)
+        with pytest.raises(EngineDied):
+            await anext(first)
+        with pytest.raises(EngineDied):  # the same verdict for the sibling (it had text too)
+            async for _ in second:
+                pass
+    finally:
+        await first.aclose()  # type: ignore[attr-defined]
+        await second.aclose()  # type: ignore[attr-defined]
+    await _until_ready(engine)
+    assert engine.num_prompts_sent == 1
+
+
+async def test_choices_nobody_took_are_cancelled_with_the_first(engine: LocalEngine) -> None:
+    request = dataclasses.replace(chat("HOLD"), num_choices=3)
+    first = engine.stream(request)
+    assert await anext(first) == TextDelta("partial")
+    assert len(engine._pending) == 3
+    await first.aclose()  # type: ignore[attr-defined]
+    assert len(engine._pending) == 0 and not engine.gate.is_exclusive
+    assert await answer(engine, "hello") == "ok"
+
+
+async def test_closing_choices_that_never_started_frees_them(engine: LocalEngine) -> None:
+    request = dataclasses.replace(chat("HOLD"), num_choices=3)
+    first = engine.stream(request)
+    assert await anext(first) == TextDelta("partial")
+    rest = engine.more_choices(request)
+    await first.aclose()  # type: ignore[attr-defined]
+    assert len(engine._pending) == 2  # taken: they are theirs to close
+    for choice in rest:
+        await choice.aclose()  # type: ignore[attr-defined]
+    assert len(engine._pending) == 0

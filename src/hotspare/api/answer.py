@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
-from hotspare.api.sse import Heartbeat, closing_stream, with_heartbeats
+from hotspare.api.sse import Heartbeat, close_stream, closing_stream, with_heartbeats
 from hotspare.core.errors import BackendUnavailable
 from hotspare.core.types import (
     ContextFitted,
@@ -81,33 +81,34 @@ async def collect(events: AsyncIterator[StreamEvent]) -> Answer:
     raise BackendUnavailable("the answer ended without finishing")
 
 
-async def collect_all(
-    openers: Sequence[Callable[[], AsyncIterator[StreamEvent]]], max_at_once: int
-) -> list[Answer]:
+async def collect_all(choices: Sequence[AsyncIterator[StreamEvent]], max_at_once: int) -> list[Answer]:
     """Whole answers of several streams (an OpenAI request's n choices), in order: at most
-    `max_at_once` generated side by side (the engine decodes max_running sequences in one step; more
-    would only queue there, each holding its prompt), and the first failure cancels the others (an
-    `Overloaded` must not leave the rest generating to max_tokens for nobody) and is raised."""
+    `max_at_once` read side by side (a backend that starts each choice when it is first read generates
+    no more at once; the llama.cpp engine started them all and runs max_running), and the first
+    failure cancels the others (an `Overloaded` must not leave the rest generating to max_tokens for
+    nobody) and is raised. Every stream is closed when this returns, read or not."""
     gate = asyncio.Semaphore(max_at_once)
     failed = asyncio.Event()  # set by the first failure: choices still waiting for the gate never start
 
-    async def one(open_: Callable[[], AsyncIterator[StreamEvent]]) -> Answer | None:
+    async def one(events: AsyncIterator[StreamEvent]) -> Answer | None:
         async with gate:
             if failed.is_set():
                 return None
             try:
-                return await collect(open_())
+                return await collect(events)
             except BaseException:
                 failed.set()
                 raise
 
-    tasks = [asyncio.ensure_future(one(open_)) for open_ in openers]
+    tasks = [asyncio.ensure_future(one(events)) for events in choices]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
     finally:
         for task in tasks:
             task.cancel()  # a no-op for those done
         await asyncio.gather(*tasks, return_exceptions=True)
+        for events in choices:
+            await close_stream(events)  # idempotent; those never read are closed here
     for task in tasks:
         error = None if task.cancelled() else task.exception()
         if error is not None:

@@ -201,6 +201,7 @@ def to_chat_request(
         tool_choice=_tool_choice(body.tool_choice),
         parallel_tool_calls=body.parallel_tool_calls is not False,
         json_output=_json_output(body.response_format),
+        num_choices=body.n or 1,
     )
 
 

@@ -4,14 +4,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Callable, Sequence
+import time
+from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
 from typing import Any
 
 from hotspare.api.answer import Answer, AnswerEvent, paced_answer
 from hotspare.api.errors import client_error
-from hotspare.api.sse import Heartbeat
+from hotspare.api.sse import Heartbeat, close_stream
 from hotspare.core.types import Finish, FinishReason, StreamEvent, TextDelta, ToolCallStart, Usage
 from hotspare.formats.openai_chat import error_event, finish_reason
 from hotspare.formats.sse import encode_comment, encode_event
@@ -118,28 +120,66 @@ async def stream_chunks(
     events: AsyncIterator[StreamEvent],
     chunks: ChunkStream,
     heartbeat_s: float,
-    more_choices: Sequence[Callable[[], AsyncIterator[StreamEvent]]] = (),
+    more_choices: Sequence[AsyncIterator[StreamEvent]] = (),
 ) -> AsyncIterator[bytes]:
-    """The SSE body of a streamed answer: choice 0 from `events`, then (n > 1) one more choice from
-    each of `more_choices`, opened in turn. An error after the stream began becomes an in-band
-    `{"error": ...}` event (what the OpenAI SDKs raise from). Closing this closes what is open."""
-    output_tokens, finish = 0, None
+    """The SSE body of a streamed answer: choice 0 from `events` and (n > 1) choice i from
+    `more_choices[i - 1]`, their chunks interleaved as they come, each with its `index` (as OpenAI
+    streams n choices; the engine generates them side by side). The usage chunk counts the prompt
+    once (choice 0's) and the output of every choice. An error after the stream began becomes an
+    in-band `{"error": ...}` event (what the OpenAI SDKs raise from). Closing this closes them all."""
+    choices = [events, *more_choices]
+    finishes: dict[int, Finish] = {}
     try:
-        for choice, opened in enumerate([lambda: events, *more_choices]):
-            finish = None
-            async for chunk in _choice_chunks(opened(), chunks, heartbeat_s, choice):
-                if isinstance(chunk, Finish):
-                    finish = chunk
-                else:
-                    yield chunk
-            assert finish is not None  # paced_answer raises if a choice ends without one
-            output_tokens += finish.usage.output_tokens
+        streams = [_choice_chunks(c, chunks, heartbeat_s, i) for i, c in enumerate(choices)]
+        async for choice, chunk in _interleaved(streams, heartbeat_s):
+            if isinstance(chunk, Finish):
+                finishes[choice] = chunk
+            else:
+                yield chunk
     except Exception as exc:  # the stream has begun: the error goes in-band, in the API's shape
         yield error_event(client_error(exc))
         return
-    assert finish is not None
-    for chunk in chunks.close(dataclasses.replace(finish.usage, output_tokens=output_tokens)):
+    finally:
+        for stream in choices:
+            await close_stream(stream)  # idempotent: those read to the end are closed already
+    assert len(finishes) == len(choices)  # paced_answer raises if a choice ends without its Finish
+    output_tokens = sum(finish.usage.output_tokens for finish in finishes.values())
+    for chunk in chunks.close(dataclasses.replace(finishes[0].usage, output_tokens=output_tokens)):
         yield chunk
+
+
+async def _interleaved(
+    streams: list[AsyncIterator[bytes | Finish]], heartbeat_s: float
+) -> AsyncIterator[tuple[int, bytes | Finish]]:
+    """Every item of `streams` with its stream's index, as they come (in index order when several
+    are ready). Each stream sends its own keep-alives; only one is passed on per `heartbeat_s`.
+    Closes every stream however it ends."""
+    reads = {asyncio.ensure_future(anext(stream)): i for i, stream in enumerate(streams)}
+    last_sent = -heartbeat_s
+    try:
+        while reads:
+            done, _ = await asyncio.wait(reads, return_when=asyncio.FIRST_COMPLETED)
+            for read in sorted(done, key=reads.__getitem__):
+                index = reads.pop(read)
+                try:
+                    item = read.result()
+                except StopAsyncIteration:
+                    continue
+                reads[asyncio.ensure_future(anext(streams[index]))] = index
+                now = time.monotonic()
+                if item == KEEP_ALIVE and now - last_sent < heartbeat_s:
+                    continue
+                last_sent = now
+                yield index, item
+    finally:
+        for read in reads:
+            read.cancel()
+        await asyncio.gather(*reads, return_exceptions=True)
+        for stream in streams:
+            await close_stream(stream)
+
+
+KEEP_ALIVE = encode_comment("keep-alive")
 
 
 async def _choice_chunks(
@@ -150,7 +190,7 @@ async def _choice_chunks(
     async with aclosing(paced_answer(events, heartbeat_s)) as paced:
         async for event in paced:
             if isinstance(event, Heartbeat):
-                yield encode_comment("keep-alive")
+                yield KEEP_ALIVE
             elif isinstance(event, Finish):
                 for chunk in chunks.finish_choice(event, choice):
                     yield chunk

@@ -45,6 +45,7 @@ from hotspare.api.unknown_fields import UnknownFieldLog
 from hotspare.api.wire import MediaPolicy, media_header, parse_body, scope_object
 from hotspare.core.errors import HotspareError
 from hotspare.core.types import ApiFormat, ChatBackend, ChatRequest, StreamEvent
+from hotspare.engine.protocol import LocalBackend
 from hotspare.router.replies import EventReply, RawReply, backends
 from hotspare.router.router import Router
 from hotspare.upstream.base import ClientCall
@@ -76,10 +77,10 @@ async def chat_completions(request: Request) -> Response:
             return await raw_response(served, headers)
         assert body is not None  # only a passthrough (a RawReply) serves a request the local path refused
         headers[BACKEND_HEADER] = served.backend
-        more = _more_choices(request, served, chat, body.n or 1)
+        more = _more_choices(request, served, chat)
         if not chat.stream:
-            openers = [lambda: served.events, *more]
-            answers = await until_disconnect(request, collect_all(openers, settings_of(request).max_running))
+            choices = [served.events, *more]
+            answers = await until_disconnect(request, collect_all(choices, settings_of(request).max_running))
             headers[BACKEND_HEADER] = backends(served)[-1]  # after a takeover: the one that finished
             headers |= _notice_headers(answers[0])
             return JSONResponse(openai_render.completion_body(answers, request_id, created), headers=headers)
@@ -232,14 +233,20 @@ def _begin(request: Request, api: ApiFormat) -> str:
 
 
 def _more_choices(
-    request: Request, served: EventReply, chat: ChatRequest, n: int
-) -> list[Callable[[], AsyncIterator[StreamEvent]]]:
-    """Openers of choices 1..n-1 of an OpenAI request with n > 1, from the local backend when it
-    served choice 0 (an upstream's converted answer has one choice)."""
+    request: Request, served: EventReply, chat: ChatRequest
+) -> list[AsyncIterator[StreamEvent]]:
+    """Choices 1..n-1 of an OpenAI request with n > 1, from the local backend when it served choice 0
+    (an upstream's converted answer has one choice). The llama.cpp engine started them with choice 0:
+    one prompt prepared and sent for all n (engine/choices.py). Each is closed by whoever reads the
+    choices (`collect_all`, `stream_chunks`), started or not."""
     backend: ChatBackend | None = request.app.state.backend
-    if n <= 1 or backend is None or served.backend != backend.name:
+    if chat.num_choices <= 1 or backend is None or served.backend != backend.name:
         return []
-    return [lambda: watched(request, backend.stream(chat)) for _ in range(n - 1)]
+    if isinstance(backend, LocalBackend):
+        more = backend.more_choices(chat)
+    else:
+        more = [backend.stream(chat) for _ in range(chat.num_choices - 1)]
+    return [watched(request, events) for events in more]
 
 
 def _notice_headers(answer: Answer) -> dict[str, str]:

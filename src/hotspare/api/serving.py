@@ -96,9 +96,30 @@ def served_of(request: Request) -> Served | None:
 
 def watched(request: Request, events: AsyncIterator[StreamEvent]) -> AsyncIterator[StreamEvent]:
     """`events`, watched as part of the request's answer (see `Served`): for a stream the route opens
-    beside the one `serve` started (the further choices of an OpenAI request with n > 1)."""
+    beside the one `serve` started (the further choices of an OpenAI request with n > 1). Closing the
+    result closes `events`, even if it was never read (a choice waiting its turn holds its place on
+    the engine until closed)."""
     served = served_of(request)
-    return served.watched(events) if served is not None else events
+    return _Watched(served.watched(events), events) if served is not None else events
+
+
+class _Watched:
+    """`outer` (a wrapper of `inner`) as an iterator whose `aclose` also closes `inner`: closing an
+    async generator that never started does not run its body, so `outer` alone would leave `inner`."""
+
+    def __init__(self, outer: AsyncIterator[StreamEvent], inner: AsyncIterator[StreamEvent]) -> None:
+        self._outer = outer
+        self._inner = inner
+
+    def __aiter__(self) -> AsyncIterator[StreamEvent]:
+        return self
+
+    async def __anext__(self) -> StreamEvent:
+        return await anext(self._outer)
+
+    async def aclose(self) -> None:
+        await close_stream(self._outer)
+        await close_stream(self._inner)
 
 
 def note_served(request: Request, reply: RawReply | EventReply) -> RawReply | EventReply:

@@ -117,6 +117,9 @@ class ChatRequest:
     tool_choice: ToolChoice = field(default_factory=ToolChoice)
     parallel_tool_calls: bool = True
     json_output: JsonOutput | None = None
+    num_choices: int = 1
+    """Answers wanted to this one prompt (OpenAI `n`). A backend's `stream` yields the first; the local
+    backends hand out the others (`LocalBackend.more_choices`)."""
 
 
 class FinishReason(StrEnum):

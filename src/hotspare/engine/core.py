@@ -62,6 +62,7 @@ class EngineCore:
         )
         self.live: dict[int, _Live] = {}
         self.num_steps = 0
+        self.num_prompts = 0  # Submits (answers, warm-ups), each tokenized once whatever its choices
         self.num_generated_tokens = 0
         self.num_repetition_stops = 0  # answers ended because they looped (engine/repetition.py)
         # Steps by how many sequences they decoded: steps_by_batch_size[i] counts steps whose batch
@@ -76,35 +77,51 @@ class EngineCore:
         self.is_cache_dirty = False
 
     def submit(self, cmd: Submit) -> list[EngineEvent]:
+        """Queue `cmd`'s sequences: one per request id (`Submit.request_ids`), all of one prompt,
+        tokenized once; the siblings start from the first's cells (engine/scheduler.py)."""
         tokens = self.tokenize_prompt(cmd.prompt)
+        self.num_prompts += 1
         if not cmd.warmup and len(tokens) >= self.context_tokens:
-            return [Failed(cmd.request_id, "ContextOverflow", (len(tokens), self.context_tokens))]
+            error = (len(tokens), self.context_tokens)
+            return [Failed(rid, "ContextOverflow", error) for rid in cmd.request_ids]
         if cmd.warmup:
             tokens = tokens[: self.context_tokens - 1]
+        seqs = [self._sequence(cmd, rid, tokens) for rid in cmd.request_ids]
+        try:
+            self.scheduler.add(seqs[0], seqs[1:])
+        except Overloaded as exc:
+            return [Failed(rid, "Overloaded", (exc.message, exc.retry_after_s)) for rid in cmd.request_ids]
+        if cmd.warmup:
+            self.live[cmd.request_id] = _Live(seqs[0], None, TextOutput(stop=cmd.sampling.stop))
+            return []
+        try:
+            for index, seq in enumerate(seqs):
+                self.live[seq.request_id] = _Live(
+                    seq, self._sampler(cmd, index), TextOutput(cmd.sampling.stop)
+                )
+        except ValueError as exc:
+            for rid in cmd.request_ids:
+                self.cancel(rid)
+            return [Failed(rid, "InvalidRequest", (str(exc),)) for rid in cmd.request_ids]
+        return []
+
+    def _sequence(self, cmd: Submit, request_id: int, tokens: list[int]) -> Sequence:
         room = self.context_tokens - len(tokens)
         wanted = cmd.sampling.max_tokens
-        seq = Sequence(
-            request_id=cmd.request_id,
-            tokens=tokens,
+        return Sequence(
+            request_id=request_id,
+            tokens=list(tokens),
             num_prompt_tokens=len(tokens),
             max_new_tokens=0 if cmd.warmup else min(room, wanted if wanted is not None else room),
             sampling=cmd.sampling,
             is_warmup=cmd.warmup,
         )
-        try:
-            self.scheduler.add(seq)
-        except Overloaded as exc:
-            return [Failed(cmd.request_id, "Overloaded", (exc.message, exc.retry_after_s))]
-        sampler = None
-        if not cmd.warmup:
-            seed = cmd.sampling.seed if cmd.sampling.seed is not None else self.config.seed + cmd.request_id
-            try:
-                sampler = self.model.new_sampler(cmd.sampling, seed)
-            except ValueError as exc:
-                self.scheduler.cancel(cmd.request_id)
-                return [Failed(cmd.request_id, "InvalidRequest", (str(exc),))]
-        self.live[cmd.request_id] = _Live(seq, sampler, TextOutput(stop=cmd.sampling.stop))
-        return []
+
+    def _sampler(self, cmd: Submit, index: int) -> Sampler:
+        """The sampler of choice `index` of `cmd`. A request's seed seeds choice 0; choice i gets seed
+        + i, so that n choices with a seed are n different answers, and reproducible."""
+        seed = cmd.sampling.seed if cmd.sampling.seed is not None else self.config.seed + cmd.request_id
+        return self.model.new_sampler(cmd.sampling, seed + index)
 
     def tokenize_prompt(self, prompt: str) -> list[int]:
         """Tokens of a rendered prompt; BOS is added only if the model wants one and the template did
@@ -274,7 +291,8 @@ class EngineCore:
         s = self.scheduler
         return {
             "num_running": len(s.running),
-            "num_waiting": len(s.waiting),
+            "num_waiting": len(s.waiting) + s.num_held,
+            "num_prompts": self.num_prompts,
             "num_warmups_waiting": len(s.warmups),
             "kv_used_tokens": s.cache.num_used_tokens,
             "kv_capacity_tokens": s.config.capacity_tokens,

@@ -12,6 +12,10 @@ share): three within a minute put the engine in state *failed* with the cause (`
 back off, and the router leaves the local model out of the chain meanwhile. Requests in flight at a
 death are suspects: one that has delivered nothing yet is retried once, alone; one that crashes the
 engine alone is poison, refused by its prompt's hash (PoisonRequest) from then on (engine/gate.py).
+
+A request is prepared (rendered, budgeted, fitted) and sent once however many choices it asks for
+(OpenAI `n`): `stream` runs it as a `ChoiceGroup` (engine/choices.py, where "alone" for n choices is
+defined) and `more_choices` hands out choices 1..n-1 of that same group.
 """
 
 from __future__ import annotations
@@ -19,30 +23,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
 import logging
 import time
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
 from hotspare.agents.fit import ContextPolicy
 from hotspare.agents.prompt import PromptInput, template_knows_tools
-from hotspare.agents.turn import AnswerReader, Renderer, Turn, prepare_turn
+from hotspare.agents.turn import Renderer, Turn, prepare_turn
 from hotspare.core.errors import (
     BackendUnavailable,
     EngineDied,
 )
-from hotspare.core.types import ChatRequest, Finish, Message, Role, StreamEvent, Usage
+from hotspare.core.types import ChatRequest, Message, Role, StreamEvent
 from hotspare.engine.attention import AttentionChoice
 from hotspare.engine.backends.gbnf import GrammarBuilder
 from hotspare.engine.chat_template import ChatTemplate
+from hotspare.engine.choices import ChoiceGroup
 from hotspare.engine.config import EngineConfig
-from hotspare.engine.gate import AdmissionGate, poison_error
+from hotspare.engine.gate import AdmissionGate
 from hotspare.engine.process import EngineProcess, PendingRequests
 from hotspare.engine.protocol import (
     Cancel,
-    Delta,
-    Done,
     Failed,
     GetStats,
     Shutdown,
@@ -84,6 +87,9 @@ class LocalEngine:
         self.weights_note = ""
         self.attention: AttentionChoice | None = None
         self.num_warmups_skipped = 0  # warm-ups not sent: the engine had a backlog
+        self.num_prompts_prepared = 0  # requests prepared (rendered, fitted), answers and warm-ups
+        self.num_prompts_sent = 0  # prompts sent for answers: one per request, whatever its choices
+        self._groups: weakref.WeakValueDictionary[int, ChoiceGroup] = weakref.WeakValueDictionary()
         self._load_timeout_s = load_timeout_s
         self._hang_timeout_s = hang_timeout_s
         self._proc: EngineProcess | None = None
@@ -252,6 +258,7 @@ class LocalEngine:
     async def prepare(self, request: ChatRequest) -> Turn:
         """`request` as the engine runs it: budgeted, fitted, rendered with its tools. The one path of
         both answers and warm-ups, so that a warm-up computes exactly the prefix a failover sends."""
+        self.num_prompts_prepared += 1
         return await prepare_turn(
             self._budgeted(request),
             self._renderer(),
@@ -260,61 +267,60 @@ class LocalEngine:
             self.config.stop,
         )
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
-        turn = await self.prepare(request)
-        digest = hashlib.sha256(turn.prompt.encode()).hexdigest()
-        if (cause := self._suspects.is_poison(digest)) is not None:
-            raise poison_error(digest, cause)
-        for attempt in range(2):
-            alone = self._suspects.is_suspect(digest)
-            async with self._gate.hold(alone=alone):
-                if attempt:
-                    await self._wait_up()
-                delivered = False
-                try:
-                    async for out in self._generate(turn):
-                        delivered = True
-                        yield out
-                    self._suspects.on_success(digest)
-                    return
-                except EngineDied as exc:
-                    self._suspects.on_crash(digest, was_alone=alone, cause=exc.cause)
-                    if alone:
-                        log.error(
-                            "request with prompt sha256 %s crashed the engine alone: refused", digest[:16]
-                        )
-                        raise poison_error(digest, exc.cause) from None
-                    if delivered or attempt:
-                        raise
-                    log.warning("retrying alone a request in flight when the engine died")
+    def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+        """Choice 0 of `request`. With `request.num_choices` > 1 the prompt is prepared and sent for
+        every choice at once (engine/choices.py); `more_choices(request)` hands out the others."""
+        group = ChoiceGroup(self, request, max(1, request.num_choices))
+        if group.num_choices > 1:
+            self._groups[id(request)] = group
+        return group.choice(0)
 
-    async def _generate(self, turn: Turn) -> AsyncIterator[StreamEvent]:
-        """One run of a prepared turn on the engine process."""
-        answer = AnswerReader(turn)
-        rid, queue = self._submit(lambda r: Submit(r, turn.prompt, turn.sampling))
-        done = False
+    def more_choices(self, request: ChatRequest) -> list[AsyncIterator[StreamEvent]]:
+        """Choices 1..n-1 of `request` (n = `request.num_choices`): those of the group `stream(request)`
+        started for this very request object, else a group of their own (one more prompt). The caller
+        closes each of them, started or not."""
+        group = self._groups.pop(id(request), None)
+        if group is not None and group.request is request and not group.is_claimed:
+            group.is_claimed = True
+            return [group.choice(i) for i in range(1, group.num_choices)]
+        rest = ChoiceGroup(self, request, request.num_choices - 1)
+        return [rest.choice(i) for i in range(rest.num_choices)]
+
+    # ----- what a ChoiceGroup asks (engine/choices.py) -----
+
+    @property
+    def gate(self) -> AdmissionGate:
+        return self._gate
+
+    @property
+    def suspects(self) -> Suspects:
+        return self._suspects
+
+    def submit_choices(self, turn: Turn, num_choices: int) -> list[tuple[int, asyncio.Queue[Any]]]:
+        """Send `turn` to the engine once, for `num_choices` choices (one `Submit`). Raises
+        BackendUnavailable when the engine process is not there."""
+        proc = self._proc
+        if proc is None:
+            raise BackendUnavailable("the local model is not loaded (starting or restarting)")
+        opened = [self._pending.open() for _ in range(num_choices)]
+        ids = tuple(rid for rid, _queue in opened)
         try:
-            while True:
-                event = await queue.get()
-                if isinstance(event, Delta):
-                    for out in answer.text(event.text):
-                        yield out
-                elif isinstance(event, Done):
-                    done = True
-                    usage = Usage(event.num_prompt_tokens, event.num_output_tokens, event.num_cached_tokens)
-                    for out in answer.finish(
-                        Finish(event.reason, usage, self.model_name, event.stop_sequence)
-                    ):
-                        yield out
-                    return
-                elif isinstance(event, Failed):
-                    done = True
-                    raise event.error()
-        finally:
-            self._pending.close(rid)
-            if not done and self._proc is not None:
-                with contextlib.suppress(OSError):
-                    self._proc.send(Cancel(rid))
+            proc.send(Submit(ids[0], turn.prompt, turn.sampling, sibling_ids=ids[1:]))
+        except OSError:
+            for rid in ids:
+                self._pending.close(rid)
+            raise BackendUnavailable("the local engine process is not reachable") from None
+        self.num_prompts_sent += 1
+        return opened
+
+    def end_request(self, request_id: int, *, cancel: bool) -> None:
+        self._pending.close(request_id)
+        if cancel and self._proc is not None:
+            with contextlib.suppress(OSError):
+                self._proc.send(Cancel(request_id))
+
+    async def wait_up(self) -> None:
+        await self._wait_up()
 
     async def _wait_up(self) -> None:
         """Wait for the engine to serve again after a death; BackendUnavailable if it is failed or
@@ -374,8 +380,14 @@ class LocalEngine:
         return int(await self._call(lambda r: Tokenize(r, prompt)))
 
     async def stats(self) -> dict[str, Any]:
-        """Engine counters (queue, running, KV use, prefix-cache hits); see EngineCore.stats."""
-        return dict(await self._call(lambda r: GetStats(r)))
+        """Engine counters (queue, running, KV use, prefix-cache hits; see EngineCore.stats), and this
+        side's: `num_prompts_prepared`, `num_prompts_sent` (this process's life, not the engine's)."""
+        stats = dict(await self._call(lambda r: GetStats(r)))
+        return {
+            **stats,
+            "num_prompts_prepared": self.num_prompts_prepared,
+            "num_prompts_sent": self.num_prompts_sent,
+        }
 
     @property
     def pid(self) -> int | None:

@@ -14,6 +14,7 @@ This module imports no model library: the API process imports it, and never llam
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -25,7 +26,7 @@ from hotspare.core.errors import (
     InvalidRequest,
     Overloaded,
 )
-from hotspare.core.types import ChatBackend, ChatRequest, FinishReason, SamplingParams
+from hotspare.core.types import ChatBackend, ChatRequest, FinishReason, SamplingParams, StreamEvent
 from hotspare.engine.attention import AttentionChoice
 
 
@@ -89,6 +90,13 @@ class LocalBackend(ChatBackend, Protocol):
         """Compute, at low priority, the KV of `request`'s conversation for its next turn."""
         ...
 
+    def more_choices(self, request: ChatRequest) -> list[AsyncIterator[StreamEvent]]:
+        """Choices 1..n-1 of a request with `num_choices` n > 1, each a stream as `stream` yields one
+        (choice 0 is `stream(request)`'s). The llama.cpp engine prepares and sends the prompt once for
+        all n when `stream` was called with this same request object; vLLM batches on its own and
+        streams each. The caller closes every one of them, started or not."""
+        ...
+
     async def stats(self) -> dict[str, Any] | None:
         """Engine counters (queue, running, KV use, prefix-cache hits), or None: it keeps none."""
         ...
@@ -110,12 +118,22 @@ class ModelInfo:
 @dataclass(frozen=True, slots=True)
 class Submit:
     """Generate for `prompt` (already rendered with the chat template). `max_tokens` None: as many
-    as fit. `warmup`: only compute the prompt's KV at low priority, sample nothing."""
+    as fit. `warmup`: only compute the prompt's KV at low priority, sample nothing.
+
+    `sibling_ids`: further choices of the same prompt (OpenAI `n`), each a sequence of its own with
+    its own events under its id, started from the first's cells: the prompt crosses the pipe and is
+    tokenized once, however many choices it has. They fail together when the prompt is refused."""
 
     request_id: int
     prompt: str
     sampling: SamplingParams
     warmup: bool = False
+    sibling_ids: tuple[int, ...] = ()
+
+    @property
+    def request_ids(self) -> tuple[int, ...]:
+        """Every choice's id, the first's first."""
+        return (self.request_id, *self.sibling_ids)
 
 
 @dataclass(frozen=True, slots=True)

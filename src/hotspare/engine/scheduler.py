@@ -7,6 +7,13 @@ cancelled ones leave at once and their slot's cells become prefix cache (idle sl
 recently used first when cells or slot ids run out. When even that is not enough, the youngest running
 sequence is preempted: its cells stay cached and it goes back to the head of the queue.
 
+The n choices of one request (OpenAI `n`) come as one leader and n-1 siblings of the same prompt. The
+leader queues like any request; the siblings are held back until its prompt is computed (or it has
+ended), so that each is admitted onto the leader's cells (a `Copy` of all but the last prompt token)
+instead of computing the same prompt again; n admitted in one step would each prefill it. Then they
+join the waiting queue's tail at most `max_running` of the group at a time, as that many separate
+requests would; held siblings take no queue place (the group was accepted as one request).
+
 Where cells live is `kv_slots.py`'s concern (slot ids, the prefix cache, the host-RAM tier, eviction);
 the scheduler decides when. With `max_idle_tokens`, idle cells beyond it are demoted between steps,
 one slot a step, and only while no request runs or waits (a save takes tens of milliseconds; warm-ups
@@ -20,6 +27,7 @@ model (its KV operations in order, then one decode) and reports back with `updat
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from hotspare.core.errors import Overloaded
@@ -53,6 +61,26 @@ class SchedulerConfig:
     host_min_tokens: int = 128
     max_idle_tokens: int = 0
     max_warmups: int = 16
+
+
+@dataclass(slots=True)
+class _Siblings:
+    """Choices of one request held back until their `leader`'s prompt is computed (module docstring)."""
+
+    leader: Sequence
+    held: deque[Sequence]
+    released: list[Sequence] = field(default_factory=list)
+
+    @property
+    def num_in_engine(self) -> int:
+        """The group's sequences running or waiting (not held, not finished)."""
+        return sum(not s.is_finished for s in (self.leader, *self.released))
+
+    @property
+    def is_leader_computed(self) -> bool:
+        """The cells of all but the last prompt token exist (or the leader ended: they are cached)."""
+        leader = self.leader
+        return leader.is_finished or leader.num_computed >= leader.num_prompt_tokens - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +125,7 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.warmups: deque[Sequence] = deque()
         self.running: list[Sequence] = []
+        self.siblings: list[_Siblings] = []
         self.stats = CacheStats()
         self.kv = KvSlots(
             capacity_tokens=config.capacity_tokens,
@@ -118,10 +147,12 @@ class Scheduler:
 
     # ----- requests in and out -----
 
-    def add(self, seq: Sequence) -> None:
-        """Queue a request. Raises Overloaded when the queue is full. Warm-ups are best effort: one
-        that finds the queue full is dropped, and past `max_warmups` the oldest waiting one is; a
-        dropped warm-up is reported with the next step's `finished` (its owner forgets it there)."""
+    def add(self, seq: Sequence, siblings: Iterable[Sequence] = ()) -> None:
+        """Queue a request, and `siblings`: further choices of the same prompt, held until `seq`'s
+        prompt is computed (module docstring). Raises Overloaded when the queue is full (the group
+        takes one place). Warm-ups are best effort: one that finds the queue full is dropped, and past
+        `max_warmups` the oldest waiting one is; a dropped warm-up is reported with the next step's
+        `finished` (its owner forgets it there)."""
         queue = self.warmups if seq.is_warmup else self.waiting
         if len(self.waiting) + len(self.running) >= self.config.max_queued + self.config.max_running:
             if seq.is_warmup:
@@ -131,6 +162,9 @@ class Scheduler:
         if seq.is_warmup and len(self.warmups) >= self.config.max_warmups:
             self._drop(self.warmups.popleft())  # the newest conversations are likelier to come back
         queue.append(seq)
+        held = deque(siblings)
+        if held and not seq.is_warmup:
+            self.siblings.append(_Siblings(seq, held))
 
     def _drop(self, seq: Sequence) -> None:
         seq.status = SequenceStatus.FINISHED
@@ -138,7 +172,7 @@ class Scheduler:
 
     def cancel(self, request_id: int) -> Sequence | None:
         """Stop a request now; its computed cells stay cached. Returns it, or None if unknown."""
-        for queue in (self.waiting, self.warmups):
+        for queue in (self.waiting, self.warmups, *(group.held for group in self.siblings)):
             for seq in queue:
                 if seq.request_id == request_id:
                     queue.remove(seq)
@@ -160,7 +194,12 @@ class Scheduler:
 
     @property
     def has_work(self) -> bool:
-        return bool(self.running or self.waiting or self.warmups)
+        return bool(self.running or self.waiting or self.warmups or self.siblings)
+
+    @property
+    def num_held(self) -> int:
+        """Sibling choices held back (module docstring): waiting, but not yet in the queue."""
+        return sum(len(group.held) for group in self.siblings)
 
     @property
     def needs_demotion(self) -> bool:
@@ -189,6 +228,7 @@ class Scheduler:
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput(finished=self._finished)
         self._finished = []
+        self._release_siblings()
         self._pause_warmups_if_busy(out)
         self._admit(self.waiting, out)
         if not self.waiting and not self._has_real_running:
@@ -236,6 +276,20 @@ class Scheduler:
             self._preempt_youngest(out)
 
     # ----- admission -----
+
+    def _release_siblings(self) -> None:
+        """Move held siblings whose leader's prompt is computed to the waiting queue's tail, keeping
+        at most max_running of each group in the engine."""
+        for group in self.siblings:
+            if not group.is_leader_computed:
+                continue
+            room = self.config.max_running - group.num_in_engine
+            while group.held and room > 0:
+                seq = group.held.popleft()
+                group.released.append(seq)
+                self.waiting.append(seq)
+                room -= 1
+        self.siblings = [group for group in self.siblings if group.held]
 
     def _admit(self, queue: deque[Sequence], out: SchedulerOutput) -> None:
         while queue and len(self.running) < self.config.max_running:

@@ -295,6 +295,11 @@ class VllmBackend:
         except UpstreamError as exc:
             raise self._translate(exc) from None
 
+    def more_choices(self, request: ChatRequest) -> list[AsyncIterator[StreamEvent]]:
+        """Choices 1..n-1 as requests of their own: vLLM batches them itself, and its prefix cache
+        serves their common prompt (a request with `n` would give one stream of interleaved choices)."""
+        return [self.stream(request) for _ in range(request.num_choices - 1)]
+
     async def count_tokens(self, request: ChatRequest) -> int:
         """The prompt's size in the model's tokens, from vLLM's /tokenize."""
         self._check_ready()

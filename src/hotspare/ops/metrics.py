@@ -213,6 +213,20 @@ _RAW_STATS: tuple[tuple[Callable[[str, str, float], Metric], str, str, str], ...
         "Idle conversations moved out of the KV cache (to host RAM if on) for max_idle_kv_tokens.",
         "kv_demotions",
     ),
+    (
+        _counter,
+        "hotspare_engine_prompts_prepared",
+        "Requests rendered (budgeted, fitted, templated) for the engine: answers and warm-ups; one per "
+        "request, whatever its number of choices.",
+        "num_prompts_prepared",
+    ),
+    (
+        _counter,
+        "hotspare_engine_prompts",
+        "Prompts the engine took (answers and warm-ups, since it started), each tokenized once, whatever "
+        "its number of choices.",
+        "num_prompts",
+    ),
 )
 
 
