@@ -320,9 +320,6 @@ class LocalEngine:
                 self._proc.send(Cancel(request_id))
 
     async def wait_up(self) -> None:
-        await self._wait_up()
-
-    async def _wait_up(self) -> None:
         """Wait for the engine to serve again after a death; BackendUnavailable if it is failed or
         does not come back within RETRY_WAIT_S."""
         deadline = time.monotonic() + RETRY_WAIT_S
