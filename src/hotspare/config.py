@@ -53,6 +53,7 @@ from hotspare.api.config import ApiSettings, ResponsesSettings, Serving
 from hotspare.core.config import Section
 from hotspare.core.errors import ConfigError
 from hotspare.engine.attention import FlashAttention
+from hotspare.engine.repetition import NOISE_NATS
 from hotspare.models.catalog import DEFAULT_MODEL
 from hotspare.ops.config import AccessSettings, AlertSettings, EarlyWarningSettings, LogSettings
 from hotspare.router.config import LocalConfig, Mode, RouterConfig, check_chain
@@ -99,6 +100,12 @@ class LocalSettings(Section):
         ge=16,
         description="the most tokens one local answer (or a takeover's continuation) generates, whatever "
         "the client's max_tokens; an answer it ends reports length / max_tokens",
+    )
+    noise_stop_nats: float = Field(
+        default=NOISE_NATS,
+        ge=0,
+        description="cut a local answer (reported as length) once the model's next-token entropy averages "
+        "more than this many nats over 64 tokens: runaway noise (engine/repetition.py); 0 = never",
     )
     context_policy: ContextPolicy = Field(
         default=ContextPolicy.REJECT,

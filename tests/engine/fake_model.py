@@ -36,6 +36,7 @@ class FakeModel:
         self.answer = [ord(c) for c in answer]
         self.cells: list[tuple[int, int, set[int]]] = []
         self.num_live_samplers = 0
+        self.entropy_nats = 1.0  # what `entropy` reports for every row (engine/repetition.py NoiseMeter)
         self.num_shared_restores = 0  # restores whose shared prefix came from another slot
         self.fail_next_decode = False  # the next decode raises MemoryError (the KV cache is full)
         self.decoded: list[list[DecodeItem]] = []
@@ -62,6 +63,9 @@ class FakeModel:
 
     def sample(self, sampler: Iterator[int], row: int) -> int:
         return next(sampler, EOS)
+
+    def entropy(self, row: int) -> float:
+        return self.entropy_nats
 
     def free_sampler(self, sampler: Iterator[int]) -> None:
         self.num_live_samplers -= 1

@@ -4,12 +4,15 @@ scheduler's picture after every step."""
 
 from __future__ import annotations
 
+import random
+import string
 from pathlib import Path
 
 from hotspare.core.types import FinishReason, SamplingParams
 from hotspare.engine.config import EngineConfig
 from hotspare.engine.core import EngineCore
 from hotspare.engine.protocol import Delta, Done, EngineEvent, Failed, Submit
+from hotspare.engine.repetition import NOISE_NATS
 
 from .fake_model import BAD_GRAMMAR, FakeModel
 
@@ -152,3 +155,58 @@ def test_a_refused_prompt_fails_every_choice() -> None:
         (4, "InvalidRequest"),
     ]
     assert model.num_live_samplers == 0
+
+
+_rng = random.Random(3)
+LOST = "".join(_rng.choice(string.ascii_letters + string.digits) for _ in range(200))
+"""An answer with no loop in it (200 varied characters): only the model's entropy can call it noise."""
+
+
+def lost_core(entropy_nats: float, noise_stop_nats: float = NOISE_NATS) -> tuple[EngineCore, FakeModel]:
+    model = FakeModel(capacity_tokens=400, answer=LOST)
+    model.entropy_nats = entropy_nats
+    config = EngineConfig(
+        model_path=Path("fake.gguf"),
+        model_name="fake",
+        adapt_threads=False,
+        host_cache_mib=0,
+        noise_stop_nats=noise_stop_nats,
+    )
+    return EngineCore(model, config, 400), model
+
+
+def test_an_answer_the_model_is_lost_in_is_cut_as_noise_and_reported_as_length() -> None:
+    core, model = lost_core(entropy_nats=NOISE_NATS + 0.5)
+    submit(core, 1, "Go")
+    events = run(core, model)
+    # the first check with a full window: 64 tokens
+    assert text_of(events) == LOST[:64]
+    assert events[-1] == Done(1, FinishReason.LENGTH, 2, 64, 0, None)
+    assert (core.num_noise_stops, core.num_repetition_stops) == (1, 0)
+    assert core.stats()["num_noise_stops"] == 1
+
+
+def test_a_confident_answer_or_a_stop_turned_off_is_not_cut() -> None:
+    for entropy, limit in ((NOISE_NATS - 0.5, NOISE_NATS), (NOISE_NATS + 0.5, 0.0)):
+        core, model = lost_core(entropy_nats=entropy, noise_stop_nats=limit)
+        submit(core, 1, "Go")
+        events = run(core, model)
+        assert text_of(events) == LOST and events[-1].reason is FinishReason.END_TURN  # type: ignore[union-attr]
+        assert core.num_noise_stops == 0
+
+
+def test_an_answer_under_a_grammar_is_not_measured() -> None:
+    core, model = lost_core(entropy_nats=NOISE_NATS + 0.5)
+    submit(core, 1, "Go", grammar='root ::= "x"')
+    assert text_of(run(core, model)) == LOST and core.num_noise_stops == 0
+
+
+def test_a_lazy_grammar_s_trigger_ends_the_measurement() -> None:
+    core, model = lost_core(entropy_nats=NOISE_NATS + 0.5)
+    trigger = LOST[20:30]  # switched on before the first check: the rest is the grammar's
+    submit(core, 1, "Go", grammar='root ::= "x"', grammar_triggers=(trigger,))
+    assert text_of(run(core, model)) == LOST and core.num_noise_stops == 0
+    # a trigger that never comes: measured as any free answer
+    core, model = lost_core(entropy_nats=NOISE_NATS + 0.5)
+    submit(core, 1, "Go", grammar='root ::= "x"', grammar_triggers=("<tool_call>",))
+    assert text_of(run(core, model)) == LOST[:64] and core.num_noise_stops == 1

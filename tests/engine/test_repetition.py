@@ -45,3 +45,37 @@ def test_checks_start_at_the_minimum_span_and_run_every_few_tokens() -> None:
     assert not should_check(repetition.MIN_SPAN - repetition.CHECK_EVERY)
     assert should_check(repetition.MIN_SPAN)
     assert not should_check(repetition.MIN_SPAN + 1)
+
+
+def test_noise_is_a_full_window_whose_mean_entropy_passes_the_limit() -> None:
+    meter = repetition.NoiseMeter(4.5)
+    readings = repetition.NOISE_WINDOW // repetition.NOISE_EVERY
+    for _ in range(readings - 1):
+        meter.add(6.0)
+    assert not meter.is_noise  # not a full window yet
+    meter.add(6.0)
+    assert meter.is_noise
+
+
+def test_the_window_slides_past_a_noisy_span() -> None:
+    meter = repetition.NoiseMeter(4.5)
+    readings = repetition.NOISE_WINDOW // repetition.NOISE_EVERY
+    for _ in range(readings):
+        meter.add(6.0)
+    for i in range(readings // 2 + 1):
+        meter.add(2.0)
+        # mean of the window: 6 - 4 * (i + 1) / readings; passes 4.5 until more than 3/8 is clean
+        assert meter.is_noise == (6.0 - 4.0 * (i + 1) / readings > 4.5)
+    assert not meter.is_noise
+
+
+def test_an_answer_at_the_limit_is_not_noise() -> None:
+    meter = repetition.NoiseMeter(4.5)
+    for _ in range(repetition.NOISE_WINDOW):
+        meter.add(4.5)
+    assert not meter.is_noise
+
+
+def test_the_entropy_is_read_every_few_tokens() -> None:
+    wanted = [n for n in range(10) if repetition.NoiseMeter.wants(n)]
+    assert wanted == list(range(0, 10, repetition.NOISE_EVERY))

@@ -201,6 +201,8 @@ def test_metrics_and_request_log_cover_requests_upstreams_and_engine(
         "host_cache_restored_tokens_total",
         "kv_idle_tokens",
         "kv_demotions_total",
+        "repetition_stops_total",
+        "noise_stops_total",
     ):
         assert f"hotspare_engine_{gauge}" in m
     assert m["hotspare_engine_threads"] >= 1

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hotspare.engine.attention import FlashAttention
+from hotspare.engine.repetition import NOISE_NATS
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,8 @@ class EngineConfig:
         catalogue's file as it is.
     max_answer_tokens: the most tokens one local answer may generate, whatever the client asks (agents ask
         for 32k-64k, and an OpenAI request may set no limit); an answer it ends reports `length`. 0 = none.
+    noise_stop_nats: an answer whose model's next-token entropy averages more than this over 64 tokens
+        has turned to noise and is cut, reported as `length` (engine/repetition.py); 0 = never.
     max_idle_kv_tokens: idle (cached, not running) KV cells beyond which the least recently used idle
         conversations are demoted to host RAM (dropped without a host cache) between steps, those kept
         packed at the bottom of the cache when nothing runs; idle cells slow every decode step. 0 = only
@@ -71,5 +74,6 @@ class EngineConfig:
     quantization: str | None = None
     weights_dir: Path | None = None
     max_answer_tokens: int = 0
+    noise_stop_nats: float = NOISE_NATS
     flash_attention: FlashAttention = FlashAttention.ON
     calibration_dir: Path | None = None

@@ -39,6 +39,7 @@ class _Live:
     seq: Sequence
     sampler: Sampler | None
     text: TextOutput = field(default_factory=TextOutput)
+    noise: repetition.NoiseMeter | None = None  # None: not measured (off, or under a grammar)
 
 
 class EngineCore:
@@ -65,6 +66,7 @@ class EngineCore:
         self.num_prompts = 0  # Submits (answers, warm-ups), each tokenized once whatever its choices
         self.num_generated_tokens = 0
         self.num_repetition_stops = 0  # answers ended because they looped (engine/repetition.py)
+        self.num_noise_stops = 0  # answers ended because they turned to noise (engine/repetition.py)
         # Steps by how many sequences they decoded: steps_by_batch_size[i] counts steps whose batch
         # size was at most BATCH_SIZE_BOUNDS[i] (and above the bound before it); the last is the rest.
         self.steps_by_batch_size = [0] * (len(BATCH_SIZE_BOUNDS) + 1)
@@ -97,7 +99,7 @@ class EngineCore:
         try:
             for index, seq in enumerate(seqs):
                 self.live[seq.request_id] = _Live(
-                    seq, self._sampler(cmd, index), TextOutput(cmd.sampling.stop)
+                    seq, self._sampler(cmd, index), TextOutput(cmd.sampling.stop), self._noise_meter(cmd)
                 )
         except ValueError as exc:
             for rid in cmd.request_ids:
@@ -122,6 +124,14 @@ class EngineCore:
         + i, so that n choices with a seed are n different answers, and reproducible."""
         seed = cmd.sampling.seed if cmd.sampling.seed is not None else self.config.seed + cmd.request_id
         return self.model.new_sampler(cmd.sampling, seed + index)
+
+    def _noise_meter(self, cmd: Submit) -> repetition.NoiseMeter | None:
+        """A meter for an answer the model chooses freely: none when the noise stop is off or a
+        grammar constrains the whole answer (a lazy grammar's meter ends at its trigger)."""
+        sampling = cmd.sampling
+        if self.config.noise_stop_nats <= 0 or (sampling.grammar and not sampling.grammar_triggers):
+            return None
+        return repetition.NoiseMeter(self.config.noise_stop_nats)
 
     def tokenize_prompt(self, prompt: str) -> list[int]:
         """Tokens of a rendered prompt; BOS is added only if the model wants one and the template did
@@ -213,6 +223,8 @@ class EngineCore:
             live = self.live[seq.request_id]
             assert live.sampler is not None
             token = self.model.sample(live.sampler, row)
+            if live.noise is not None and live.noise.wants(seq.num_output_tokens):
+                live.noise.add(self.model.entropy(row))
             seq.tokens.append(token)
             self.num_generated_tokens += 1
             reason = None
@@ -223,7 +235,7 @@ class EngineCore:
                 text = live.text.push(self.model.piece(token))
                 if live.text.matched_stop is not None:
                     reason = FinishReason.STOP_SEQUENCE
-                elif seq.num_output_tokens >= seq.max_new_tokens or self._is_looping(seq):
+                elif seq.num_output_tokens >= seq.max_new_tokens or self._is_degenerate(live):
                     reason = FinishReason.LENGTH  # a loop is cut, not finished: never end_turn
                     text += live.text.flush()
             if text:
@@ -234,14 +246,28 @@ class EngineCore:
                 events.append(self._finish(live, reason))
         return events
 
-    def _is_looping(self, seq: Sequence) -> bool:
-        """The answer has fallen into a loop (engine/repetition.py); counted."""
+    def _is_degenerate(self, live: _Live) -> bool:
+        """The answer has fallen into a loop or into noise (engine/repetition.py); counted."""
+        seq = live.seq
         if not repetition.should_check(seq.num_output_tokens):
             return False
-        if not repetition.is_degenerate(seq.tokens[seq.num_prompt_tokens :]):
+        if repetition.is_degenerate(seq.tokens[seq.num_prompt_tokens :]):
+            self.num_repetition_stops += 1
+            return True
+        if self._is_noise(live):
+            self.num_noise_stops += 1
+            return True
+        return False
+
+    @staticmethod
+    def _is_noise(live: _Live) -> bool:
+        meter = live.noise
+        if meter is None:
             return False
-        self.num_repetition_stops += 1
-        return True
+        if any(trigger in live.text.text for trigger in live.seq.sampling.grammar_triggers):
+            live.noise = None  # a lazy grammar constrains from its trigger on: not the model's choice
+            return False
+        return meter.is_noise
 
     def _finish(self, live: _Live, reason: FinishReason) -> Done:
         seq = live.seq
@@ -307,6 +333,7 @@ class EngineCore:
             "num_steps": self.num_steps,
             "num_generated_tokens": self.num_generated_tokens,
             "num_repetition_stops": self.num_repetition_stops,
+            "num_noise_stops": self.num_noise_stops,
             "batch_size_bounds": list(BATCH_SIZE_BOUNDS),
             "steps_by_batch_size": list(self.steps_by_batch_size),
             "num_batched_sequences": self.num_batched_sequences,

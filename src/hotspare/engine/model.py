@@ -59,6 +59,11 @@ class EngineModel(Protocol):
 
     def sample(self, sampler: Sampler, row: int) -> int: ...
 
+    def entropy(self, row: int) -> float:
+        """The entropy, in nats, of softmax(logits of `row`): the model's own uncertainty, before any
+        sampler (engine/repetition.py NoiseMeter)."""
+        ...
+
     def free_sampler(self, sampler: Sampler) -> None: ...
 
     def copy_prefix(self, src: int, dst: int, num_tokens: int) -> None:

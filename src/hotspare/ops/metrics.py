@@ -30,7 +30,7 @@ The local engine, from the latest sample (see ops/engine_stats.py):
     hotspare_engine_prefix_cache_hit_ratio           cached prompt tokens / prompt tokens
     hotspare_engine_tokens_per_second
     hotspare_engine_generated_tokens_total, hotspare_engine_steps_total, hotspare_engine_restarts_total,
-    hotspare_engine_repetition_stops_total
+    hotspare_engine_repetition_stops_total, hotspare_engine_noise_stops_total
     hotspare_engine_batch_size                       histogram of sequences per decode step
     hotspare_engine_threads                          llama.cpp threads in use (engine/threads.py)
     hotspare_engine_host_cache_bytes                 host RAM holding evicted conversations' KV
@@ -177,6 +177,12 @@ def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
 
 # Engine counters read straight from the engine's stats (EngineSample.raw): (kind, name, help, key).
 _RAW_STATS: tuple[tuple[Callable[[str, str, float], Metric], str, str, str], ...] = (
+    (
+        _counter,
+        "hotspare_engine_noise_stops",
+        "Local answers ended (reported as length) because they turned to noise (engine/repetition.py).",
+        "num_noise_stops",
+    ),
     (
         _gauge,
         "hotspare_engine_threads",

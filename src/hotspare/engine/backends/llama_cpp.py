@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import math
 import os
 import re
 from collections.abc import Sequence as Seq
@@ -345,6 +346,14 @@ class LlamaCppModel:
     def sample(self, sampler: ctypes.c_void_p, row: int) -> int:
         """Sample from batch row `row` of the last decode (also records the token in the chain)."""
         return int(llama.llama_sampler_sample(sampler, self._ctx, row))
+
+    def entropy(self, row: int) -> float:
+        """See EngineModel.entropy. ~57 us for 49k logits (float32 numpy)."""
+        logits = np.ctypeslib.as_array(llama.llama_get_logits_ith(self._ctx, row), shape=(self.num_vocab,))
+        shifted = logits - logits.max()  # a new array: llama.cpp's logits stay as they are
+        weights = np.exp(shifted)
+        total = float(weights.sum())
+        return math.log(total) - float(weights @ shifted) / total
 
     def free_sampler(self, sampler: ctypes.c_void_p) -> None:
         llama.llama_sampler_free(sampler)
