@@ -24,8 +24,6 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +36,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from scripts.bench_agent_outage import _brief, _serve, _start_hotspare, _wait_idle, report, run_cli
-from scripts.claude_code_check import proxy_app
+from scripts.claude_code_check import npm_cli, proxy_app
 
 PREFIX = Path.home() / ".cache" / "hotspare" / "codex"
 ANSWER = "Hello there, friend, welcome!"
@@ -47,16 +45,10 @@ TURN_2 = "Now say goodbye in five words."
 
 
 def codex_binary() -> Path | None:
+    """The `codex` to run: $HOTSPARE_CODEX, else the npm package's latest release."""
     if os.environ.get("HOTSPARE_CODEX"):
         return Path(os.environ["HOTSPARE_CODEX"])
-    binary = PREFIX / "node_modules" / ".bin" / "codex"
-    if binary.exists():
-        return binary
-    if shutil.which("npm") is None:
-        return None
-    PREFIX.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["npm", "install", "--prefix", str(PREFIX), "@openai/codex"], check=True)
-    return binary
+    return npm_cli("@openai/codex", "codex", PREFIX)
 
 
 class FakeOpenAI:

@@ -42,16 +42,28 @@ SECRET_HEADERS = ("x-api-key", "authorization")
 
 
 def claude_binary() -> Path | None:
-    """The `claude` to run: $CLAUDE_BIN, else the cached npm install (installed now if missing)."""
+    """The `claude` to run: $CLAUDE_BIN, else the npm package's latest release (see `npm_cli`)."""
     if os.environ.get("CLAUDE_BIN"):
         return Path(os.environ["CLAUDE_BIN"])
-    binary = PREFIX / "node_modules" / ".bin" / "claude"
-    if binary.exists():
-        return binary
-    if shutil.which("npm") is None or shutil.which("node") is None:
-        return None
-    PREFIX.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["npm", "install", "--prefix", str(PREFIX), "@anthropic-ai/claude-code"], check=True)
+    return npm_cli("@anthropic-ai/claude-code", "claude", PREFIX)
+
+
+def npm_cli(package: str, command: str, prefix: Path) -> Path | None:
+    """`command` from npm `package`'s latest release, installed under `prefix` (kept; replaced when
+    the registry has a newer release). `@latest` by name: a bare `npm install` picks the newest release
+    whose `engines` admit this machine's Node, and Claude Code 2.1.198+ asks for Node 22 (a native
+    binary that Node does not run): on Node 20 npm silently installed 2.1.197, whose `--continue`
+    turn changes its own system prompt. None without npm."""
+    binary = prefix / "node_modules" / ".bin" / command
+    if shutil.which("npm") is None:
+        return binary if binary.exists() else None
+    latest = subprocess.run(["npm", "view", f"{package}@latest", "version"], capture_output=True, text=True)
+    manifest = prefix / "node_modules" / package / "package.json"
+    installed = json.loads(manifest.read_text()).get("version") if manifest.exists() else None
+    if binary.exists() and (latest.returncode != 0 or latest.stdout.strip() == installed):
+        return binary  # current, or the registry cannot say
+    prefix.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["npm", "install", "--prefix", str(prefix), f"{package}@latest"], check=True)
     return binary
 
 
