@@ -94,14 +94,14 @@ class Answer:
 
 
 def sample_answers(
-    model: LlamaCppModel, name: str, prompt: list[int], seeds: list[int], max_tokens: int
+    model: LlamaCppModel, name: str, prompt: list[int], seeds: list[int], max_tokens: int, min_p: float
 ) -> list[Answer]:
-    """Len(seeds) answers at temperature 1, decoded side by side after one shared prefill."""
+    """Len(seeds) answers at temperature 1 (and `min_p`), decoded side by side after one shared prefill."""
     for i in range(0, len(prompt) - 1, model.batch_tokens):
         chunk = prompt[i : min(i + model.batch_tokens, len(prompt) - 1)]
         model.decode([DecodeItem(0, i, chunk, False)])
     answers = [Answer(name, seed) for seed in seeds]
-    samplers = [model.new_sampler(SamplingParams(temperature=1.0), seed) for seed in seeds]
+    samplers = [model.new_sampler(SamplingParams(temperature=1.0, min_p=min_p), seed) for seed in seeds]
     for slot in range(1, len(seeds) + 1):
         model.copy_prefix(0, slot, len(prompt) - 1)
     last = {slot: prompt[-1] for slot in range(1, len(seeds) + 1)}
@@ -156,6 +156,7 @@ def main() -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help="a catalogue name")
     parser.add_argument("--first-seed", type=int, default=1)
     parser.add_argument("--max-tokens", type=int, default=512)
+    parser.add_argument("--min-p", type=float, default=0.0, help="sample with this min_p (0: none)")
     parser.add_argument("--prompts", default=",".join(["claude_code", *QUESTIONS]))
     parser.add_argument("--out", type=Path, help="write every answer's tokens, text and surprisals here")
     args = parser.parse_args()
@@ -171,7 +172,7 @@ def main() -> None:
     answers: list[Answer] = []
     for name in args.prompts.split(","):
         seeds = list(range(args.first_seed, args.first_seed + args.answers))
-        batch = sample_answers(model, name, prompts[name], seeds, args.max_tokens)
+        batch = sample_answers(model, name, prompts[name], seeds, args.max_tokens, args.min_p)
         report(model, batch)
         answers += batch
     if args.out:

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from hotspare.app import engine_config
 from hotspare.config import ApiSettings, Settings, load_settings
 from hotspare.core.errors import ConfigError
 from hotspare.engine.attention import FlashAttention
+from hotspare.models.catalog import DEFAULT_MODEL, load_catalog
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -122,3 +124,14 @@ def test_a_missing_file(tmp_path: Path) -> None:
 )
 def test_allowlist(allowed: tuple[str, ...] | None, name: str, allows: bool) -> None:
     assert ApiSettings(allowed_models=allowed).allows(name, local_model="local") is allows
+
+
+def test_the_local_sampling_settings_reach_the_engine_and_zero_turns_them_off(tmp_path: Path) -> None:
+    entry = load_catalog().get(DEFAULT_MODEL)
+    served = engine_config(load_settings(None), entry)
+    assert (served.default_min_p, served.noise_stop_nats, served.max_answer_tokens) == (0.05, 4.5, 512)
+    path = write(tmp_path, "[local]\ndefault_min_p = 0\nnoise_stop_nats = 0\n")
+    off = engine_config(load_settings(path), entry)
+    assert (off.default_min_p, off.noise_stop_nats) == (0.0, 0.0)
+    with pytest.raises(ConfigError, match="default_min_p"):
+        load_settings(write(tmp_path, "[local]\ndefault_min_p = 1.5\n"))

@@ -289,6 +289,7 @@ def engine_config(settings: Settings, entry: ModelEntry) -> EngineConfig:
         weights_dir=hotspare_home() / WEIGHTS_DIR_NAME if local.fast_weights else None,
         max_answer_tokens=local.max_answer_tokens,
         noise_stop_nats=local.noise_stop_nats,
+        default_min_p=local.default_min_p,
         flash_attention=local.flash_attention,
         calibration_dir=hotspare_home() / CALIBRATION_DIR_NAME,
     )

@@ -101,6 +101,14 @@ class LocalSettings(Section):
         description="the most tokens one local answer (or a takeover's continuation) generates, whatever "
         "the client's max_tokens; an answer it ends reports length / max_tokens",
     )
+    default_min_p: float = Field(
+        default=0.05,
+        ge=0,
+        lt=1,
+        description="the local model's min_p for a request that asks for no truncation (no top_p < 1, "
+        "top_k or min_p; not greedy): small models sampled from their whole distribution turn to noise "
+        "(docs/engine.md); 0 = sample what the request asks",
+    )
     noise_stop_nats: float = Field(
         default=NOISE_NATS,
         ge=0,

@@ -478,6 +478,38 @@ async def test_the_answer_budget_caps_a_huge_or_absent_max_tokens(model_path: Pa
         await eng.stop()
 
 
+async def test_a_request_that_asks_for_no_truncation_samples_with_the_default_min_p(model_path: Path) -> None:
+    """Sampled from its whole distribution at temperature 1 the embedded model turns to word salad in
+    most long answers; with min_p 0.05 none did (docs/engine.md). Only requests that set no truncation
+    of their own get it, and greedy ones need none."""
+    config = EngineConfig(
+        model_path=model_path, model_name="smollm2-135m-instruct", max_answer_tokens=64, default_min_p=0.05
+    )
+    eng = LocalEngine(config)
+    await eng.start()
+    try:
+        cases = [
+            (SamplingParams(temperature=1.0), 0.05),
+            (SamplingParams(temperature=0.7, max_tokens=100000), 0.05),
+            (SamplingParams(temperature=1.0, top_p=0.9), 0.0),
+            (SamplingParams(temperature=1.0, top_k=40), 0.0),
+            (SamplingParams(temperature=1.0, min_p=0.2), 0.2),
+            (SamplingParams(temperature=0), 0.0),
+        ]
+        for sampling, min_p in cases:
+            request = ChatRequest("m", (Message(Role.USER, "Hi"),), sampling)
+            turn = await eng.prepare(request)
+            assert turn.sampling.min_p == min_p, sampling
+            assert turn.sampling.max_tokens == 64  # the answer budget still applies
+            assert dataclasses.replace(turn.sampling, min_p=0, max_tokens=None) == dataclasses.replace(
+                sampling, min_p=0, max_tokens=None
+            )
+        _, finish = await collect(eng, ChatRequest("m", (Message(Role.USER, "Hi"),), SamplingParams()))
+        assert finish.usage.output_tokens <= 64
+    finally:
+        await eng.stop()
+
+
 CLAUDE_CODE_TURN_2 = Path(__file__).parents[1] / "agents" / "data" / "claude_code_turn2.json"
 """Claude Code 2.1.332's second `-p` turn (`--continue`) as it reached hotspare: [user, system,
 assistant, user], 12 tools, recorded by scripts/bench_agent_outage.py --dump."""

@@ -39,6 +39,8 @@ class EngineConfig:
         catalogue's file as it is.
     max_answer_tokens: the most tokens one local answer may generate, whatever the client asks (agents ask
         for 32k-64k, and an OpenAI request may set no limit); an answer it ends reports `length`. 0 = none.
+    default_min_p: the min_p of a request that asks for no truncation (engine/local.py); 0 = none. An
+        engine made directly samples what it is asked; `hotspare serve` passes the setting, 0.05.
     noise_stop_nats: an answer whose model's next-token entropy averages more than this over 64 tokens
         has turned to noise and is cut, reported as `length` (engine/repetition.py); 0 = never.
     max_idle_kv_tokens: idle (cached, not running) KV cells beyond which the least recently used idle
@@ -75,5 +77,6 @@ class EngineConfig:
     weights_dir: Path | None = None
     max_answer_tokens: int = 0
     noise_stop_nats: float = NOISE_NATS
+    default_min_p: float = 0.0
     flash_attention: FlashAttention = FlashAttention.ON
     calibration_dir: Path | None = None

@@ -36,7 +36,7 @@ from hotspare.core.errors import (
     BackendUnavailable,
     EngineDied,
 )
-from hotspare.core.types import ChatRequest, Message, Role, StreamEvent
+from hotspare.core.types import ChatRequest, Message, Role, SamplingParams, StreamEvent
 from hotspare.engine.attention import AttentionChoice
 from hotspare.engine.backends.gbnf import GrammarBuilder
 from hotspare.engine.chat_template import ChatTemplate
@@ -62,6 +62,11 @@ _NEXT_TURN = "\x00hotspare-next-turn\x00"
 
 RETRY_WAIT_S = 60.0
 """How long a suspect's retry waits for the engine to come back after the crash."""
+
+
+def is_untruncated(sampling: SamplingParams) -> bool:
+    """Sampled from the whole distribution: not greedy, and no top_p < 1, top_k or min_p."""
+    return sampling.temperature > 0 and sampling.top_p >= 1.0 and not sampling.top_k and not sampling.min_p
 
 
 class LocalEngine:
@@ -248,12 +253,17 @@ class LocalEngine:
         return self._renderer().prompt(request)
 
     def _budgeted(self, request: ChatRequest) -> ChatRequest:
-        """`request` with max_tokens at most the answer budget (`[local] max_answer_tokens`)."""
+        """`request` as the local model samples it: max_tokens at most the answer budget (`[local]
+        max_answer_tokens`), and min_p `[local] default_min_p` when it asks for no truncation at all
+        (no top_p < 1, top_k or min_p) and is not greedy (docs/engine.md "Answers that end")."""
+        sampling = request.sampling
         budget = self.config.max_answer_tokens
-        wanted = request.sampling.max_tokens
-        if not budget or (wanted is not None and wanted <= budget):
-            return request
-        return dataclasses.replace(request, sampling=dataclasses.replace(request.sampling, max_tokens=budget))
+        if budget and (sampling.max_tokens is None or sampling.max_tokens > budget):
+            sampling = dataclasses.replace(sampling, max_tokens=budget)
+        min_p = self.config.default_min_p
+        if min_p and is_untruncated(sampling):
+            sampling = dataclasses.replace(sampling, min_p=min_p)
+        return request if sampling is request.sampling else dataclasses.replace(request, sampling=sampling)
 
     async def prepare(self, request: ChatRequest) -> Turn:
         """`request` as the engine runs it: budgeted, fitted, rendered with its tools. The one path of
