@@ -36,13 +36,14 @@ from hotspare.core.errors import (
     BackendUnavailable,
     EngineDied,
 )
-from hotspare.core.types import ChatRequest, Message, Role, SamplingParams, StreamEvent
+from hotspare.core.types import ChatRequest, Message, Role, StreamEvent
 from hotspare.engine.attention import AttentionChoice
 from hotspare.engine.backends.gbnf import GrammarBuilder
 from hotspare.engine.chat_template import ChatTemplate
 from hotspare.engine.choices import ChoiceGroup
 from hotspare.engine.config import EngineConfig
 from hotspare.engine.gate import AdmissionGate
+from hotspare.engine.local_sampling import local_sampling
 from hotspare.engine.process import EngineProcess, PendingRequests
 from hotspare.engine.protocol import (
     Cancel,
@@ -62,11 +63,6 @@ _NEXT_TURN = "\x00hotspare-next-turn\x00"
 
 RETRY_WAIT_S = 60.0
 """How long a suspect's retry waits for the engine to come back after the crash."""
-
-
-def is_untruncated(sampling: SamplingParams) -> bool:
-    """Sampled from the whole distribution: not greedy, and no top_p < 1, top_k or min_p."""
-    return sampling.temperature > 0 and sampling.top_p >= 1.0 and not sampling.top_k and not sampling.min_p
 
 
 class LocalEngine:
@@ -253,16 +249,9 @@ class LocalEngine:
         return self._renderer().prompt(request)
 
     def _budgeted(self, request: ChatRequest) -> ChatRequest:
-        """`request` as the local model samples it: max_tokens at most the answer budget (`[local]
-        max_answer_tokens`), and min_p `[local] default_min_p` when it asks for no truncation at all
-        (no top_p < 1, top_k or min_p) and is not greedy (docs/engine.md "Answers that end")."""
-        sampling = request.sampling
-        budget = self.config.max_answer_tokens
-        if budget and (sampling.max_tokens is None or sampling.max_tokens > budget):
-            sampling = dataclasses.replace(sampling, max_tokens=budget)
-        min_p = self.config.default_min_p
-        if min_p and is_untruncated(sampling):
-            sampling = dataclasses.replace(sampling, min_p=min_p)
+        """`request` as the local model samples it (engine/local_sampling.py)."""
+        config = self.config
+        sampling = local_sampling(request.sampling, config.max_answer_tokens, config.default_min_p)
         return request if sampling is request.sampling else dataclasses.replace(request, sampling=sampling)
 
     async def prepare(self, request: ChatRequest) -> Turn:
