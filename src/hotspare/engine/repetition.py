@@ -19,11 +19,11 @@ small model loses the thread and emits word salad, fragments and stray letters, 
 until the budget ends it. What marks it is the model's own uncertainty: the entropy of its (unscaled)
 next-token distribution, which `NoiseMeter` averages over the last NOISE_WINDOW tokens, reading it
 every NOISE_EVERY-th token (the read costs ~57 us for SmolLM2's 49k-token vocabulary). Measured on
-SmolLM2-135M and Gemma 3 270M with scripts/measure_noise.py (docs/engine.md): coherent answers -- prose,
-code, lists, Claude Code's turn 2 -- never average above 3.7 nats over any 64-token window; word salad
-reaches 4.5-5.3. NOISE_NATS sits above the first and catches the worst of the second (`[local]
-noise_stop_nats`; 0 turns it off). Under a grammar the sampled tokens are the grammar's, not the
-model's choice, so the meter stops once a constrained span begins (see engine/core.py).
+SmolLM2-135M and Gemma 3 270M with scripts/measure_noise.py (docs/engine.md): coherent answers (prose,
+code, lists) stayed under 3.7 nats in every 64-token window, weak or incoherent text reached 3.7-4.5
+(Gemma's rambling 4.4), word salad 4.5-5.2. NOISE_NATS sits above all readable text and catches the
+salad (`[local] noise_stop_nats`; 0 turns it off). Under a grammar the sampled tokens are the
+grammar's, not the model's choice, so the meter stops once a constrained span begins (engine/core.py).
 """
 
 from __future__ import annotations
