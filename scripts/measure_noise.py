@@ -28,16 +28,15 @@ from pathlib import Path
 import numpy as np
 
 from hotspare.agents.fit import ContextPolicy
-from hotspare.core.types import ChatRequest, Message, Role, SamplingParams, ToolSpec
+from hotspare.core.types import ChatRequest, Message, Role, SamplingParams
 from hotspare.engine.backends.llama_cpp import LlamaCppModel
 from hotspare.engine.config import EngineConfig
 from hotspare.engine.local import LocalEngine
 from hotspare.engine.model import DecodeItem
 from hotspare.engine.repetition import NOISE_WINDOW
 from hotspare.models.catalog import DEFAULT_MODEL, load_catalog, resolve_weights
+from tests.agents.recorded import claude_code_turns
 
-ROOT = Path(__file__).parents[1]
-CLAUDE_CODE_TURN_2 = ROOT / "tests" / "agents" / "data" / "claude_code_turn2.json"
 QUESTIONS = {
     "explain": "Explain how a hash map works.",
     "code": "Write a Python function that parses a CSV file and returns its rows as dictionaries.",
@@ -48,25 +47,14 @@ QUESTIONS = {
 }
 
 
-def claude_code_turn_2() -> ChatRequest:
-    body = json.loads(CLAUDE_CODE_TURN_2.read_text())
-
-    def text(content: object) -> str:
-        return content if isinstance(content, str) else "".join(b.get("text", "") for b in content)  # type: ignore[attr-defined]
-
-    messages = [Message(Role.SYSTEM, "\n".join(b["text"] for b in body["system"]))]
-    messages += [Message(Role(m["role"]), text(m["content"])) for m in body["messages"]]
-    tools = tuple(ToolSpec(t["name"], t.get("description", ""), t["input_schema"]) for t in body["tools"])
-    return ChatRequest(body["model"], tuple(messages), SamplingParams(max_tokens=512), tools=tools)
-
-
 async def rendered_prompts(path: Path, model_name: str) -> dict[str, list[int]]:
     """Each prompt as the engine serves it: rendered, fitted to 8k, tokenized."""
     config = EngineConfig(model_path=path, model_name=model_name, context_tokens=8192)
     engine = LocalEngine(config, context_policy=ContextPolicy.FIT)
     await engine.start()
     try:
-        requests = {"claude_code": claude_code_turn_2()}
+        _, turn2 = claude_code_turns()
+        requests = {"claude_code": dataclasses.replace(turn2, sampling=SamplingParams(max_tokens=512))}
         for name, question in QUESTIONS.items():
             requests[name] = ChatRequest(DEFAULT_MODEL, (Message(Role.USER, question),), SamplingParams())
         return {name: await engine.tokens((await engine.prepare(r)).prompt) for name, r in requests.items()}
@@ -74,13 +62,10 @@ async def rendered_prompts(path: Path, model_name: str) -> dict[str, list[int]]:
         await engine.stop()
 
 
-def surprisal_and_entropy(logits: np.ndarray, token: int) -> tuple[float, float]:
-    """-log p(token) and the distribution's entropy, in nats, of softmax(logits) (temperature 1)."""
-    shifted = logits - logits.max()
-    weights = np.exp(shifted)
-    total = float(weights.sum())
-    log_total = math.log(total)
-    return log_total - float(shifted[token]), log_total - float(weights @ shifted) / total
+def surprisal(logits: np.ndarray, token: int) -> float:
+    """-log p(token) under softmax(logits) (temperature 1), in nats."""
+    top = float(logits.max())
+    return top + math.log(float(np.exp(logits - top).sum())) - float(logits[token])
 
 
 @dataclasses.dataclass
@@ -114,9 +99,8 @@ def sample_answers(
             answer = answers[slot - 1]
             token = model.sample(samplers[slot - 1], row)
             answer.tokens.append(token)
-            s, h = surprisal_and_entropy(model.logits(row), token)
-            answer.surprisals.append(s)
-            answer.entropies.append(h)
+            answer.surprisals.append(surprisal(model.logits(row), token))
+            answer.entropies.append(model.entropy(row))  # what the engine's noise stop reads
             last[slot] = token
             if model.is_end_of_generation(token):
                 answer.end = "eog"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import os
 import signal
 import subprocess
@@ -30,10 +29,10 @@ from hotspare.core.types import (
     SamplingParams,
     StreamEvent,
     TextDelta,
-    ToolSpec,
 )
 from hotspare.engine.config import EngineConfig
 from hotspare.engine.local import LocalEngine
+from tests.agents.recorded import claude_code_turns
 
 
 def chat(text: str, max_tokens: int = 8, **kw: object) -> ChatRequest:
@@ -510,27 +509,6 @@ async def test_a_request_that_asks_for_no_truncation_samples_with_the_default_mi
         await eng.stop()
 
 
-CLAUDE_CODE_TURN_2 = Path(__file__).parents[1] / "agents" / "data" / "claude_code_turn2.json"
-"""Claude Code 2.1.332's second `-p` turn (`--continue`) as it reached hotspare: [user, system,
-assistant, user], 12 tools, recorded by scripts/bench_agent_outage.py --dump."""
-
-
-def _claude_code_turns() -> tuple[ChatRequest, ChatRequest]:
-    """(turn 1 with the upstream's answer, as the router hands it to the warm-up; turn 2)."""
-    body = json.loads(CLAUDE_CODE_TURN_2.read_text())
-
-    def text(content: object) -> str:
-        return content if isinstance(content, str) else "".join(b.get("text", "") for b in content)  # type: ignore[attr-defined]
-
-    messages = [Message(Role.SYSTEM, "\n".join(b["text"] for b in body["system"]))]
-    messages += [Message(Role(m["role"]), text(m["content"])) for m in body["messages"]]
-    tools = tuple(ToolSpec(t["name"], t.get("description", ""), t["input_schema"]) for t in body["tools"])
-    turn2 = ChatRequest(
-        body["model"], tuple(messages), SamplingParams(max_tokens=body["max_tokens"]), tools=tools
-    )
-    return dataclasses.replace(turn2, messages=turn2.messages[:-1]), turn2
-
-
 @pytest.fixture
 async def fitting_engine(model_path: Path) -> AsyncIterator[LocalEngine]:
     config = EngineConfig(model_path=model_path, model_name="smollm2-135m-instruct", context_tokens=8192)
@@ -545,7 +523,7 @@ async def _tokens(engine: LocalEngine, prompt: str) -> list[int]:
 
 
 async def test_claude_code_s_warm_up_is_the_prefix_of_its_next_turn(fitting_engine: LocalEngine) -> None:
-    answered, turn2 = _claude_code_turns()
+    answered, turn2 = claude_code_turns()
     warm = await fitting_engine.warm_prompt(answered)
     prompt = (await fitting_engine.prepare(turn2)).prompt
     assert warm and prompt.startswith(warm)
@@ -559,7 +537,7 @@ async def test_a_growing_claude_code_session_misses_the_cache_only_at_rare_drops
 ) -> None:
     """Turns k and k+1 of one conversation, fitted to the 8k context: the warm-up of turn k is the
     prefix of turn k+1 on every turn but the few where old turns are dropped."""
-    _, conversation = _claude_code_turns()
+    _, conversation = claude_code_turns()
     num_misses = 0
     for k in range(16):
         answered = dataclasses.replace(
