@@ -1,9 +1,10 @@
 """The installed llama.cpp's CPU flash attention against a float64 numpy reference
 (engine/fa_check.py): the shapes the engine meets -- one decode token, a short turn, just under and
-over the 64-row tile threshold, GQA and plain multi-head, one and two threads, masks with another
-conversation's cells and a partial last tile. The build hotspare installs carries its grouped
-short-query kernel (engine/llama_patch.py); llama.cpp's stock short path is ~2e-3 off here, so these
-fail on a build without it."""
+over the 64-row tile threshold, prefill chunks of 300 and 512 tokens after a cached context (the
+grouped kernel) and at a prompt's start (llama.cpp's tiled kernel), GQA and plain multi-head, one and
+two threads, masks with another conversation's cells and a partial last tile. The build hotspare
+installs carries its grouped kernel (engine/llama_patch.py); llama.cpp's stock short path is ~2e-3
+off here, so these fail on a build without it."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from hotspare.engine.llama_patch import DIGEST
 TOLERANCE = 1e-4
 
 
-@pytest.mark.parametrize("n_tokens", [1, 2, 19, 63, 64, 100])
+@pytest.mark.parametrize("n_tokens", [1, 2, 19, 63, 64, 100, 300, 512])
 @pytest.mark.parametrize("n_kv", [40, 700, 2100])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_flash_attention_matches_the_reference(n_tokens: int, n_kv: int, threads: int) -> None:
@@ -28,7 +29,7 @@ def test_flash_attention_matches_the_reference(n_tokens: int, n_kv: int, threads
 
 @pytest.mark.parametrize(("n_head", "n_head_kv", "head_dim"), [(4, 4, 64), (8, 1, 128), (6, 2, 80)])
 def test_other_head_layouts_match_the_reference(n_head: int, n_head_kv: int, head_dim: int) -> None:
-    for n_tokens in (1, 7, 33):
+    for n_tokens in (1, 7, 33, 200):
         shape = Shape(n_tokens, 900, n_head=n_head, n_head_kv=n_head_kv, head_dim=head_dim)
         assert max_error(shape, seed=n_tokens) < TOLERANCE
 
@@ -43,7 +44,7 @@ def test_a_batch_of_streams_matches_the_reference(n_tokens: int, threads: int) -
     assert max_error(shape, seed=n_tokens) < TOLERANCE
 
 
-@pytest.mark.parametrize("n_tokens", [1, 4, 19, 40])
+@pytest.mark.parametrize("n_tokens", [1, 4, 19, 40, 130])
 def test_the_kv_cache_layout_matches_the_reference(n_tokens: int) -> None:
     """K and V as llama.cpp's KV cache stores them (one cell's heads side by side), as in the engine."""
     for head_layout in ((9, 3, 64), (8, 1, 128), (6, 2, 80)):

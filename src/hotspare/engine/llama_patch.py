@@ -1,4 +1,5 @@
-"""hotspare's change to the llama.cpp that it builds: a CPU flash-attention kernel for short queries.
+"""hotspare's change to the llama.cpp that it builds: a CPU flash-attention kernel for the batches the
+engine runs after a cached context.
 
 Contract: `apply(source_root)` edits the llama.cpp tree vendored in the llama-cpp-python sdist in
 place, at anchors that must each occur exactly once (PatchError otherwise: a new llama.cpp is read
@@ -8,13 +9,16 @@ change; engine/build.py keys its build cache on it, so a new patch is a new buil
 Why (measured, docs/engine.md "Short queries at long context"): llama.cpp's CPU flash attention walks
 every cached cell once per query row and head when a batch has fewer than 64 query rows -- a decode
 step, a tool result, the next turn of a conversation. At 4k cached tokens that cost ~50 ms per row on
-a 2-core host: 19 new tokens took 0.9 s, 7x the non-flash path. The grouped kernel
-(patches/grouped_fa.cpp) splits the KV range into chunks and computes, per chunk, all query rows of
-every KV head together: a tile with few active rows (a decode step, one stream's tile in a batch)
-takes dot products straight from the f16 KV cache, reading each cell's K row once; a tile with many
-(a turn of several tokens) takes two small GEMMs. Tiles no row may attend (other conversations'
-idle cells) are skipped. It accumulates in f32 where the stock short path rounds Q and the running
-sum to f16. `HOTSPARE_FA_GROUPED=0` in the environment turns it off at run time (A/B).
+a 2-core host: 19 new tokens took 0.9 s, 7x the non-flash path. Its tiled kernel for larger batches
+converts each K/V tile once per query head: 64 tokens after 2.2k cells took twice what this kernel
+takes. The grouped kernel (patches/grouped_fa.cpp) splits the KV range into chunks and computes, per
+chunk, all query rows of every KV head together: a tile with few active rows (a decode step, one
+stream's tile in a batch) takes dot products straight from the f16 KV cache, reading each cell's K
+row once; a tile with many (a turn of several tokens, a prefill chunk) takes two small GEMMs. Tiles
+no row may attend (other conversations' idle cells) are skipped. It takes every batch under 64
+tokens and larger ones over at least twice as many cells (patches/common_sizes.h); a prompt's first
+chunk keeps the tiled kernel. It accumulates in f32 where the stock short path rounds Q and the
+running sum to f16. `HOTSPARE_FA_GROUPED=0` in the environment turns it off at run time (A/B).
 
 Standard library only: engine/build.py runs before hotspare's dependencies are installed.
 """
@@ -27,7 +31,7 @@ from pathlib import Path
 
 PATCH_DIR = Path(__file__).with_name("patches")
 CPU_DIR = Path("vendor/llama.cpp/ggml/src/ggml-cpu")
-DONE_MARK = "hotspare: grouped short-query flash attention"
+DONE_MARK = "hotspare: grouped flash attention"
 
 
 class PatchError(Exception):

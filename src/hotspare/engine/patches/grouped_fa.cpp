@@ -1,15 +1,19 @@
-// ---- hotspare: grouped short-query flash attention -------------------------------------------
+// ---- hotspare: grouped flash attention ------------------------------------------------------
 //
 // The stock CPU path for fewer than GGML_FA_TILE_Q query rows walks every KV cell once per query
 // row and head (a 64-wide dot product, an expf and a 64-wide f16 multiply-add per cell, one call
 // each). At a few thousand cached tokens that costs ~50 ms per query row on a 2-core host, so a
-// 19-token turn after a 4k context took ~1 s while the non-flash path took ~0.12 s.
+// 19-token turn after a 4k context took ~1 s while the non-flash path took ~0.12 s. Its tiled path
+// for larger batches converts every K/V tile once per query head (not once per KV head) and pads
+// each head's rows to 64: 64 tokens after 2.2k cells took twice as long as this kernel.
 //
-// This kernel splits the KV range into chunks (several per thread, taken dynamically) and computes,
-// for one chunk, every KV head and all query rows that read it -- every query token times the query
-// heads that share the KV head (GQA) -- tile by tile (HS_FA_KV cells). Per tile and KV head it finds
-// the rows the mask lets see the tile (other sequences' cells, idle cells and padding are left out;
-// a tile no row attends is skipped before anything is read), then takes one of two paths:
+// This kernel takes every batch of fewer than 64 tokens, and larger ones (up to HS_FA_MAX_Q) over at
+// least twice as many cells (hs_fa_grouped_takes). It splits the KV range into chunks (several per
+// thread, taken dynamically) and computes, for one chunk, every KV head and all query rows that read
+// it -- every query token times the query heads that share the KV head (GQA) -- tile by tile
+// (HS_FA_KV cells). Per tile and KV head it finds the rows the mask lets see the tile (other
+// sequences' cells, idle cells and padding are left out; a tile no row attends is skipped before
+// anything is read), then takes one of two paths:
 // - few rows (a decode step: one token times GQA rows; a batch of streams, where each tile belongs
 //   to one stream): the scores are dot products straight from the f16 K rows, converted in
 //   registers, and the values are accumulated from the f16 V rows the same way. No tile is copied or
@@ -17,9 +21,9 @@
 //   slice in a separate pass ran at half the memory bandwidth here (measured: 13.1 vs 6.8 ms for the
 //   same bytes on one thread). At 6k cached tokens one decode step's attention took 33 ms on one
 //   thread with the GEMM path and 15 ms with this one.
-// - many rows (a turn of several tokens): K and V tiles are converted to f32 once, the scores of all
-//   active rows come from one small GEMM, whose query columns are padded for full register
-//   blocking, and the values from a second GEMM.
+// - many rows (a turn of several tokens, a prefill chunk): the K tile is converted to f32 and
+//   transposed, the V tile converted, the scores of all active rows come from one GEMM and the
+//   values from a second, both 64 columns wide (llama.cpp's simd_gemm's full register block).
 // Each (chunk, KV head) keeps a running (max, sum, accumulator) per row, merged at the end like the
 // stock decode path does. Accumulation is f32 throughout.
 //
@@ -41,7 +45,7 @@ static bool hs_fa_grouped_applies(const ggml_compute_params * params, const ggml
     return !params->use_ref && hs_fa_grouped_enabled() &&
            q->type == GGML_TYPE_F32 && k->type == v->type &&
            (k->type == GGML_TYPE_F16 || k->type == GGML_TYPE_F32) &&
-           q->ne[1] < (int64_t) GGML_FA_TILE_Q && q->ne[3] == 1 && k->ne[3] == 1 && v->ne[3] == 1 &&
+           hs_fa_grouped_takes(q->ne[1], k->ne[1]) && q->ne[3] == 1 && k->ne[3] == 1 && v->ne[3] == 1 &&
            k->ne[2] > 0 && k->ne[2] == v->ne[2] && q->ne[2] % k->ne[2] == 0 &&
            (mask == nullptr || (mask->type == GGML_TYPE_F16 && mask->ne[0] >= k->ne[1] && mask->ne[1] >= q->ne[1]));
 }
@@ -108,7 +112,6 @@ static inline float  hs_hmax(hs_vec x) {
 
 struct hs_fa_shape {
     int64_t DK, DV, N, G, R, HK;  // key/value width, query tokens, heads per KV head, rows per KV head, KV heads
-    int64_t cols;                 // query columns of the score GEMM (R padded)
     int64_t nek1, nch, cs;        // KV cells, KV chunks, cells per chunk
     float scale, softcap, max_bias, m0, m1;
     uint32_t n_head_log2;
@@ -376,41 +379,49 @@ static void hs_fa_dot_tile(const hs_fa_shape & s, const ggml_tensor * dst, int64
 }
 #endif // HS_FA_DOT
 
-// the GEMM path over one tile and one KV head: K/V converted to f32, scores and values by GEMM
+// the GEMM path over one tile and one KV head: the active rows' queries (gathered when some rows
+// are not active) times the K tile, transposed into f32, give the row-major scores in one GEMM; the
+// weights times the V tile in f32 give the values in a second. Both GEMMs have the tile's 64 cells
+// or the 64-wide value rows as their columns, llama.cpp's simd_gemm's full register block, so no
+// query or score is transposed.
 static void hs_fa_gemm_tile(const hs_fa_shape & s, const ggml_tensor * dst, int64_t ik2, int64_t ic, int64_t n,
-                            const float * Qh, float * Qt, int32_t * qt_full, const int32_t * ah, int64_t na,
+                            const float * Qh, float * Qa, const int32_t * ah, int64_t na,
                             const int32_t * kind, const float * mf, float * tmp,
-                            float * K32, float * V32, float * KQt, float * KQ, float * T, float * P) {
+                            float * KT, float * V32, float * KQ, float * T, float * P) {
     const ggml_tensor * k = dst->src[1];
     const ggml_tensor * v = dst->src[2];
     const ggml_tensor * mask = dst->src[3];
     const int64_t KVT = HS_FA_KV, DK = s.DK, DV = s.DV;
-    const int64_t cols = na == s.R ? s.cols : std::min(s.cols, hs_fa_grouped_cols(na));
     for (int64_t j = 0; j < n; ++j) {
-        hs_fa_row_f32((const char *) k->data + (ic + j)*k->nb[1] + ik2*k->nb[2], k->type, K32 + j*DK, DK);
+        const char * kr = (const char *) k->data + (ic + j)*k->nb[1] + ik2*k->nb[2];
+        if (k->type == GGML_TYPE_F16) {
+            for (int64_t d = 0; d < DK; ++d) {
+                KT[d*KVT + j] = GGML_CPU_FP16_TO_FP32(((const ggml_fp16_t *) kr)[d]);
+            }
+        } else {
+            for (int64_t d = 0; d < DK; ++d) {
+                KT[d*KVT + j] = ((const float *) kr)[d];
+            }
+        }
         hs_fa_row_f32((const char *) v->data + (ic + j)*v->nb[1] + ik2*v->nb[2], v->type, V32 + j*DV, DV);
     }
     if (n < KVT) {
-        memset(K32 + n*DK, 0, (KVT - n)*DK*sizeof(float));
+        for (int64_t d = 0; d < DK; ++d) {
+            memset(KT + d*KVT + n, 0, (KVT - n)*sizeof(float));
+        }
         memset(V32 + n*DV, 0, (KVT - n)*DV*sizeof(float));
     }
-    if (!(na == s.R && *qt_full)) { // Qt holds all rows of this head from an earlier tile otherwise
-        memset(Qt, 0, DK*cols*sizeof(float));
+    const float * A = Qh;
+    if (na < s.R) {
         for (int64_t a = 0; a < na; ++a) {
-            for (int64_t d = 0; d < DK; ++d) {
-                Qt[d*cols + a] = Qh[ah[a]*DK + d];
-            }
+            memcpy(Qa + a*DK, Qh + ah[a]*DK, DK*sizeof(float));
         }
-        *qt_full = na == s.R;
+        A = Qa;
     }
-    memset(KQt, 0, KVT*cols*sizeof(float));
-    simd_gemm(KQt, K32, Qt, (int) KVT, (int) DK, (int) cols);
+    memset(KQ, 0, na*KVT*sizeof(float));
+    simd_gemm(KQ, A, KT, (int) na, (int) DK, (int) KVT);
     for (int64_t a = 0; a < na; ++a) {
-        float * row = KQ + a*KVT;
-        for (int64_t j = 0; j < n; ++j) {
-            row[j] = KQt[j*cols + a];
-        }
-        hs_fa_softmax_row(s, mask, ik2, ah[a], ic, n, KVT, kind, mf, tmp, row, P + ah[a]*(2 + DV));
+        hs_fa_softmax_row(s, mask, ik2, ah[a], ic, n, KVT, kind, mf, tmp, KQ + a*KVT, P + ah[a]*(2 + DV));
     }
     memset(T, 0, na*DV*sizeof(float));
     simd_gemm(T, KQ, V32, (int) na, (int) KVT, (int) DV);
@@ -428,21 +439,18 @@ static void hs_fa_grouped_item(const hs_fa_shape & s, const ggml_tensor * dst, i
     const int64_t KVT = HS_FA_KV, R = s.R, DK = s.DK, DV = s.DV, HK = s.HK, all = R*HK;
 
     float   * Qall = scratch;                 // all x DK, scaled; row h*R + r
-    float   * Qt   = Qall + all*DK;           // per KV head: DK x cols, the active rows transposed
-    float   * K32  = Qt + HK*s.cols*DK;       // KVT x DK
-    float   * V32  = K32 + KVT*DK;            // KVT x DV
-    float   * KQt  = V32 + KVT*DV;            // KVT x cols
-    float   * S    = KQt + KVT*s.cols;        // all x KVT
-    float   * T    = S + all*KVT;             // cols x DV
-    float   * mf   = T + s.cols*DV;           // N x KVT: mixed mask rows of the tile in f32
+    float   * Qa   = Qall + all*DK;           // R x DK: one head's active rows (when not all are)
+    float   * KT   = Qa + R*DK;               // DK x KVT: a K tile transposed
+    float   * V32  = KT + DK*KVT;             // KVT x DV
+    float   * S    = V32 + KVT*DV;            // all x KVT
+    float   * T    = S + all*KVT;             // R x DV
+    float   * mf   = T + R*DV;                // N x KVT: mixed mask rows of the tile in f32
     float   * tmp  = mf + s.N*KVT;            // KVT: one head's mask row (per-head masks)
     int32_t * act  = (int32_t *) (tmp + KVT); // all
     int32_t * tok  = act + all;               // N: HS_FA_* of each token's mask over the tile
-    int32_t * qtf  = tok + s.N;               // HK: Qt of head h holds all its rows
-    int32_t * na   = qtf + HK;                // HK: active rows of head h in this tile
+    int32_t * na   = tok + s.N;               // HK: active rows of head h in this tile
 
     for (int64_t h = 0; h < HK; ++h) {
-        qtf[h] = 0;
         for (int64_t r = 0; r < R; ++r) {
             float * pr = hs_fa_partial(s, partials, h, c) + r*(2 + DV);
             pr[0] = -INFINITY;
@@ -472,8 +480,8 @@ static void hs_fa_grouped_item(const hs_fa_shape & s, const ggml_tensor * dst, i
 #endif
         for (int64_t h = 0; h < HK; ++h) {
             if (na[h] > 0) {
-                hs_fa_gemm_tile(s, dst, h, ic, n, Qall + h*R*DK, Qt + h*s.cols*DK, qtf + h, act + h*R, na[h],
-                                tok, mf, tmp, K32, V32, KQt, S, T, hs_fa_partial(s, partials, h, c));
+                hs_fa_gemm_tile(s, dst, h, ic, n, Qall + h*R*DK, Qa, act + h*R, na[h], tok, mf, tmp,
+                                KT, V32, S, T, hs_fa_partial(s, partials, h, c));
             }
         }
     }
@@ -529,7 +537,6 @@ static void ggml_compute_forward_flash_attn_ext_grouped(const ggml_compute_param
     s.HK = k->ne[2];
     s.G  = q->ne[2]/s.HK;
     s.R  = s.N*s.G;
-    s.cols = hs_fa_grouped_cols(s.R);
     s.nek1 = k->ne[1];
     s.nch  = hs_fa_grouped_nchunks(params->nth, s.nek1);
     s.cs   = ((s.nek1 + s.nch - 1)/s.nch + HS_FA_KV - 1)/HS_FA_KV*HS_FA_KV;
