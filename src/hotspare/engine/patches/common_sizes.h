@@ -35,7 +35,7 @@ static inline int64_t hs_fa_grouped_scratch(int64_t n_tokens, int64_t n_head, in
     const int64_t R = n_tokens*(n_head/n_kv_heads), all = R*n_kv_heads;
     return all*DK                   // scaled queries, every KV head
          + R*DK                     // one head's active rows gathered (GEMM path)
-         + HS_FA_KV*(DK + DV)       // a K tile transposed and a V tile, in f32 (GEMM path)
+         + HS_FA_KV*(2*DK + DV)     // a K tile, the same transposed, a V tile, in f32 (GEMM path)
          + all*HS_FA_KV             // scores, row-major, every KV head
          + R*DV                     // values of one head's rows (GEMM path)
          + (n_tokens + 1)*HS_FA_KV  // the tile's mask rows in f32, one head's

@@ -76,6 +76,36 @@ static inline hs_vec hs_madd(hs_vec a, hs_vec b, hs_vec c) { return _mm512_fmadd
 static inline float  hs_hsum(hs_vec x) { return _mm512_reduce_add_ps(x); }
 static inline hs_vec hs_max(hs_vec a, hs_vec b) { return _mm512_max_ps(a, b); }
 static inline float  hs_hmax(hs_vec x) { return _mm512_reduce_max_ps(x); }
+// dst[c*ds + r] = src[r*ss + c] for a 16 x 16 block (interleave 32-bit, 64-bit, 128-bit, 256-bit)
+static inline void hs_transpose_block(const float * src, int64_t ss, float * dst, int64_t ds) {
+    __m512 r[16], t[16];
+    for (int i = 0; i < 16; ++i) {
+        r[i] = _mm512_loadu_ps(src + i*ss);
+    }
+    for (int i = 0; i < 16; i += 2) {
+        t[i]     = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i]     = _mm512_shuffle_ps(t[i],     t[i + 2], 0x44);
+        r[i + 1] = _mm512_shuffle_ps(t[i],     t[i + 2], 0xEE);
+        r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int i = 0; i < 16; i += 8) {
+        for (int j = 0; j < 4; ++j) {
+            t[i + j]     = _mm512_shuffle_f32x4(r[i + j], r[i + j + 4], 0x88);
+            t[i + j + 4] = _mm512_shuffle_f32x4(r[i + j], r[i + j + 4], 0xDD);
+        }
+    }
+    for (int j = 0; j < 8; ++j) {
+        r[j]     = _mm512_shuffle_f32x4(t[j], t[j + 8], 0x88);
+        r[j + 8] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0xDD);
+    }
+    for (int i = 0; i < 16; ++i) {
+        _mm512_storeu_ps(dst + i*ds, r[i]);
+    }
+}
 #elif defined(__AVX2__) && defined(__F16C__) && defined(__FMA__)
 #define HS_FA_DOT 1
 #define HS_FA_EPR 8
@@ -100,6 +130,30 @@ static inline float  hs_hmax(hs_vec x) {
     s = _mm_max_ps(s, _mm_movehl_ps(s, s));
     s = _mm_max_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
+}
+// dst[c*ds + r] = src[r*ss + c] for an 8 x 8 block
+static inline void hs_transpose_block(const float * src, int64_t ss, float * dst, int64_t ds) {
+    __m256 r[8], t[8];
+    for (int i = 0; i < 8; ++i) {
+        r[i] = _mm256_loadu_ps(src + i*ss);
+    }
+    for (int i = 0; i < 8; i += 2) {
+        t[i]     = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+        r[i]     = _mm256_shuffle_ps(t[i],     t[i + 2], 0x44);
+        r[i + 1] = _mm256_shuffle_ps(t[i],     t[i + 2], 0xEE);
+        r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int j = 0; j < 4; ++j) {
+        t[j]     = _mm256_permute2f128_ps(r[j], r[j + 4], 0x20);
+        t[j + 4] = _mm256_permute2f128_ps(r[j], r[j + 4], 0x31);
+    }
+    for (int i = 0; i < 8; ++i) {
+        _mm256_storeu_ps(dst + i*ds, t[i]);
+    }
 }
 #else
 #define HS_FA_DOT 0
@@ -384,31 +438,53 @@ static void hs_fa_dot_tile(const hs_fa_shape & s, const ggml_tensor * dst, int64
 // weights times the V tile in f32 give the values in a second. Both GEMMs have the tile's 64 cells
 // or the 64-wide value rows as their columns, llama.cpp's simd_gemm's full register block, so no
 // query or score is transposed.
+// KT (DK x HS_FA_KV) = cells [ic, ic + n) of KV head ik2's K in f32, transposed; columns past n zero.
+// Rows are converted into `rows` (HS_FA_KV x DK) and transposed block by block where the vector
+// width divides DK: measured, the element-by-element transpose cost a fifth of a 19-token turn's
+// attention after 4.3k cells.
+static void hs_fa_k_transposed(const ggml_tensor * k, int64_t ik2, int64_t ic, int64_t n, int64_t DK,
+                               float * rows, float * KT) {
+    const int64_t KVT = HS_FA_KV;
+#if HS_FA_DOT
+    if (DK % HS_FA_EPR == 0) {
+        for (int64_t j = 0; j < n; ++j) {
+            hs_fa_row_f32((const char *) k->data + (ic + j)*k->nb[1] + ik2*k->nb[2], k->type, rows + j*DK, DK);
+        }
+        memset(rows + n*DK, 0, (KVT - n)*DK*sizeof(float));
+        for (int64_t rb = 0; rb < KVT; rb += HS_FA_EPR) {
+            for (int64_t cb = 0; cb < DK; cb += HS_FA_EPR) {
+                hs_transpose_block(rows + rb*DK + cb, DK, KT + cb*KVT + rb, KVT);
+            }
+        }
+        return;
+    }
+#endif
+    GGML_UNUSED(rows);
+    for (int64_t j = 0; j < n; ++j) {
+        const char * kr = (const char *) k->data + (ic + j)*k->nb[1] + ik2*k->nb[2];
+        for (int64_t d = 0; d < DK; ++d) {
+            KT[d*KVT + j] = k->type == GGML_TYPE_F16 ? GGML_CPU_FP16_TO_FP32(((const ggml_fp16_t *) kr)[d])
+                                                     : ((const float *) kr)[d];
+        }
+    }
+    for (int64_t d = 0; d < DK; ++d) {
+        memset(KT + d*KVT + n, 0, (KVT - n)*sizeof(float));
+    }
+}
+
 static void hs_fa_gemm_tile(const hs_fa_shape & s, const ggml_tensor * dst, int64_t ik2, int64_t ic, int64_t n,
                             const float * Qh, float * Qa, const int32_t * ah, int64_t na,
                             const int32_t * kind, const float * mf, float * tmp,
-                            float * KT, float * V32, float * KQ, float * T, float * P) {
+                            float * Krows, float * KT, float * V32, float * KQ, float * T, float * P) {
     const ggml_tensor * k = dst->src[1];
     const ggml_tensor * v = dst->src[2];
     const ggml_tensor * mask = dst->src[3];
     const int64_t KVT = HS_FA_KV, DK = s.DK, DV = s.DV;
+    hs_fa_k_transposed(k, ik2, ic, n, DK, Krows, KT);
     for (int64_t j = 0; j < n; ++j) {
-        const char * kr = (const char *) k->data + (ic + j)*k->nb[1] + ik2*k->nb[2];
-        if (k->type == GGML_TYPE_F16) {
-            for (int64_t d = 0; d < DK; ++d) {
-                KT[d*KVT + j] = GGML_CPU_FP16_TO_FP32(((const ggml_fp16_t *) kr)[d]);
-            }
-        } else {
-            for (int64_t d = 0; d < DK; ++d) {
-                KT[d*KVT + j] = ((const float *) kr)[d];
-            }
-        }
         hs_fa_row_f32((const char *) v->data + (ic + j)*v->nb[1] + ik2*v->nb[2], v->type, V32 + j*DV, DV);
     }
     if (n < KVT) {
-        for (int64_t d = 0; d < DK; ++d) {
-            memset(KT + d*KVT + n, 0, (KVT - n)*sizeof(float));
-        }
         memset(V32 + n*DV, 0, (KVT - n)*DV*sizeof(float));
     }
     const float * A = Qh;
@@ -440,7 +516,8 @@ static void hs_fa_grouped_item(const hs_fa_shape & s, const ggml_tensor * dst, i
 
     float   * Qall = scratch;                 // all x DK, scaled; row h*R + r
     float   * Qa   = Qall + all*DK;           // R x DK: one head's active rows (when not all are)
-    float   * KT   = Qa + R*DK;               // DK x KVT: a K tile transposed
+    float   * Krow = Qa + R*DK;               // KVT x DK: a K tile in f32, before it is transposed
+    float   * KT   = Krow + KVT*DK;           // DK x KVT: a K tile transposed
     float   * V32  = KT + DK*KVT;             // KVT x DV
     float   * S    = V32 + KVT*DV;            // all x KVT
     float   * T    = S + all*KVT;             // R x DV
@@ -481,7 +558,7 @@ static void hs_fa_grouped_item(const hs_fa_shape & s, const ggml_tensor * dst, i
         for (int64_t h = 0; h < HK; ++h) {
             if (na[h] > 0) {
                 hs_fa_gemm_tile(s, dst, h, ic, n, Qall + h*R*DK, Qa, act + h*R, na[h], tok, mf, tmp,
-                                KT, V32, S, T, hs_fa_partial(s, partials, h, c));
+                                Krow, KT, V32, S, T, hs_fa_partial(s, partials, h, c));
             }
         }
     }
