@@ -7,6 +7,7 @@ threads do to decode and prefill while the machine is busy. Numbers the engine c
     python -m scripts.bench_raw attention --runs 3                    # engine/calibrate.py's workloads
     python -m scripts.bench_raw start                                 # engine start: calibrating, cached
     python -m scripts.bench_raw kv-quality                            # what q8_0 KV does to the logits
+    python -m scripts.bench_raw node --tokens 19 64 512 --cells 2200 4300   # one attention node, both kernels
 
 Same model as everything else (the embedded SmolLM2-135M-Instruct Q4_1); random token ids (the
 model's speed does not depend on what the tokens say); medians.
@@ -293,6 +294,52 @@ def kernel_child(args: argparse.Namespace) -> None:
     print(" ".join(f"{statistics.median(v) * 1e3:.1f}" for v in times.values()))
 
 
+def node(args: argparse.Namespace) -> None:
+    """One flash-attention node (engine/fa_check.py's inputs: GQA 9/3, 64-wide heads, the KV cache's
+    cell-major layout) for each tokens x cells, llama.cpp's kernels against hotspare's, each mode in
+    `--rounds` child processes taking turns (the kernel switch is read once per process); the best
+    round's median of `--runs`, ms per layer. On a shared 2-core VM one round varies by up to 1.5x."""
+    import os
+    import subprocess
+    import sys
+
+    best: dict[tuple[str, int, int], float] = {}
+    for _ in range(args.rounds):
+        for grouped in ("0", "1"):
+            env = {**os.environ, "HOTSPARE_FA_GROUPED": grouped}
+            argv = [
+                sys.executable,
+                "-m",
+                "scripts.bench_raw",
+                "node-child",
+                str(args.runs),
+                str(args.threads),
+            ]
+            argv += ["--tokens", *map(str, args.tokens), "--cells", *map(str, args.cells)]
+            out = subprocess.run(argv, env=env, capture_output=True, text=True, check=True).stdout.split()
+            for i, ms in enumerate(map(float, out)):
+                key = (grouped, args.tokens[i // len(args.cells)], args.cells[i % len(args.cells)])
+                best[key] = min(best.get(key, ms), ms)
+    print(f"ms per layer, {args.threads} threads, best of {args.rounds} rounds")
+    print("| query tokens x cells | llama.cpp's kernels | hotspare's kernel | ratio |")
+    print("| --- | --- | --- | --- |")
+    for n in args.tokens:
+        for cells in args.cells:
+            stock, ours = best["0", n, cells], best["1", n, cells]
+            print(f"| {n} x {cells} | {stock:.2f} | {ours:.2f} | {stock / ours:.2f}x |")
+
+
+def node_child(args: argparse.Namespace) -> None:
+    from hotspare.engine.fa_check import Shape, node_seconds
+
+    times = [
+        node_seconds(Shape(n, cells, threads=args.threads, cell_major=True), args.runs) * 1e3
+        for n in args.tokens
+        for cells in args.cells
+    ]
+    print(" ".join(f"{ms:.3f}" for ms in times))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -319,6 +366,17 @@ def main() -> None:
     c.add_argument("fa")
     c.add_argument("runs", type=int)
     c.add_argument("threads", type=int)
+    for name in ("node", "node-child"):
+        n = sub.add_parser(name)
+        if name == "node-child":
+            n.add_argument("runs", type=int)
+            n.add_argument("threads", type=int)
+        else:
+            n.add_argument("--runs", type=int, default=20)
+            n.add_argument("--threads", type=int, default=2)
+            n.add_argument("--rounds", type=int, default=3)
+        n.add_argument("--tokens", type=int, nargs="+", default=[19, 64, 512])
+        n.add_argument("--cells", type=int, nargs="+", default=[2200, 4300])
     args = parser.parse_args()
     commands = {
         "prefill": prefill,
@@ -327,7 +385,8 @@ def main() -> None:
         "start": start,
         "kernel": kernel,
     }
-    {**commands, "kv-quality": kv_quality, "kernel-child": kernel_child}[args.what](args)
+    extra = {"kv-quality": kv_quality, "kernel-child": kernel_child, "node": node, "node-child": node_child}
+    {**commands, **extra}[args.what](args)
 
 
 if __name__ == "__main__":

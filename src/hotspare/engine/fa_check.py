@@ -6,7 +6,8 @@ KV cache and a mask shaped like the engine's (a causal edge, a band of cells tha
 conversation, -inf past the used cells; or, with `streams`, each query token its own conversation, as
 in a batched decode step), with K and V laid out as llama.cpp's KV cache holds them (`cell_major`:
 one cell's heads side by side) or head by head, computes it on `threads` threads and returns the largest
-absolute difference from the same attention computed with numpy in float64.
+absolute difference from the same attention computed with numpy in float64. `node_seconds` times the
+same node (scripts/bench_raw.py `node`).
 
 Why: hotspare builds llama.cpp with a kernel of its own for short queries (engine/llama_patch.py).
 A kernel that is fast and wrong would not crash; it would answer worse. This makes "right" a
@@ -17,8 +18,12 @@ f16, is ~2e-3 off on the same inputs (HOTSPARE_FA_GROUPED=0).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
+import statistics
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,8 +123,23 @@ def _kv_layout(kv: np.ndarray, shape: Shape) -> np.ndarray:
     return kv.transpose(1, 0, 2) if shape.cell_major else kv
 
 
-def max_error(shape: Shape, seed: int = 0) -> float:
-    base, cpu = _libs()
+@dataclass(frozen=True, slots=True)
+class _Node:
+    """One `ggml_flash_attn_ext` node on random inputs, its graph, and the inputs for the reference."""
+
+    ctx: int
+    graph: int
+    out: int
+    q: np.ndarray
+    k: np.ndarray
+    v: np.ndarray
+    mask: np.ndarray
+    scale: float
+
+
+@contextlib.contextmanager
+def _node(shape: Shape, seed: int) -> Iterator[_Node]:
+    base, _ = _libs()
     rng = np.random.default_rng(seed)
     n_kv_padded = -(-shape.n_kv // KV_PAD) * KV_PAD
     d, h, hkv, n = shape.head_dim, shape.n_head, shape.n_head_kv, shape.n_tokens
@@ -145,11 +165,33 @@ def max_error(shape: Shape, seed: int = 0) -> float:
         out = base.ggml_flash_attn_ext(ctx, tq, tk, tv, tm, scale, 0.0, 0.0)
         graph = base.ggml_new_graph(ctx)
         base.ggml_build_forward_expand(graph, out)
-        if cpu.ggml_graph_compute_with_ctx(ctx, graph, shape.threads) != 0:
-            raise RuntimeError("ggml_graph_compute_with_ctx failed")
-        pointer = ctypes.cast(base.ggml_get_data(out), ctypes.POINTER(ctypes.c_float))
-        got = np.ctypeslib.as_array(pointer, (n, h, d))
-        want = _reference(q, k, v, mask, scale)
-        return float(np.abs(got.astype(np.float64) - want).max())
+        yield _Node(ctx, graph, out, q, k, v, mask, scale)
     finally:
         base.ggml_free(ctx)
+
+
+def _compute(node: _Node, threads: int) -> None:
+    _, cpu = _libs()
+    if cpu.ggml_graph_compute_with_ctx(node.ctx, node.graph, threads) != 0:
+        raise RuntimeError("ggml_graph_compute_with_ctx failed")
+
+
+def max_error(shape: Shape, seed: int = 0) -> float:
+    base, _ = _libs()
+    with _node(shape, seed) as node:
+        _compute(node, shape.threads)
+        pointer = ctypes.cast(base.ggml_get_data(node.out), ctypes.POINTER(ctypes.c_float))
+        got = np.ctypeslib.as_array(pointer, (shape.n_tokens, shape.n_head, shape.head_dim))
+        want = _reference(node.q, node.k, node.v, node.mask, node.scale)
+        return float(np.abs(got.astype(np.float64) - want).max())
+
+
+def node_seconds(shape: Shape, runs: int) -> float:
+    """The median time of computing the node `runs` times (for scripts/bench_raw.py's `node`)."""
+    with _node(shape, seed=0) as node:
+        times = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            _compute(node, shape.threads)
+            times.append(time.perf_counter() - started)
+    return statistics.median(times)
