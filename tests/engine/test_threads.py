@@ -31,10 +31,11 @@ def _run(governor: ThreadGovernor, others_cores: list[float], *, own_cores: floa
     return out
 
 
-def test_drops_at_once_under_load_and_comes_back_only_after_a_quiet_spell() -> None:
+def test_drops_after_a_second_of_load_and_comes_back_only_after_a_quiet_spell() -> None:
     g = ThreadGovernor(GovernorConfig(max_threads=2, num_cpus=2), CpuSample(0, 0, 0))
     assert _run(g, [0.0, 0.2, 0.45]) == [None, None, None]  # below half a core: keep both threads
-    assert _run(g, [0.9]) == [1]
+    assert _run(g, [0.9, 0.1, 0.8, 0.2]) == [None] * 4  # one busy window at a time: a request's burst
+    assert _run(g, [0.9, 0.9]) == [None, 1]
     assert g.others_cores == pytest.approx(0.9)
     # Back below the raise threshold, but not long enough; a burst resets the count.
     assert _run(g, [0.1, 0.1, 0.6, 0.1, 0.1]) == [None] * 5
@@ -45,8 +46,8 @@ def test_drops_at_once_under_load_and_comes_back_only_after_a_quiet_spell() -> N
 
 def test_many_cores_give_up_one_thread_per_busy_core_and_never_below_one() -> None:
     g = ThreadGovernor(GovernorConfig(max_threads=8, num_cpus=8), CpuSample(0, 0, 0))
-    assert _run(g, [2.7]) == [5]
-    assert _run(g, [20.0]) == [1]
+    assert _run(g, [2.7, 2.7]) == [None, 5]
+    assert _run(g, [20.0]) == [1]  # the load goes on: the second of it has been counted
     assert _run(g, [0.0, 0.0, 0.0]) == [None, None, 8]
 
 
@@ -54,7 +55,9 @@ def test_samples_closer_than_a_window_are_ignored() -> None:
     g = ThreadGovernor(GovernorConfig(max_threads=2, num_cpus=2), CpuSample(0, 0, 0))
     assert g.observe(CpuSample(0.1, 10.0, 0.0)) is None
     assert g.others_cores == 0.0  # not measured yet: the window is not over
-    assert g.observe(CpuSample(0.6, 1.0, 0.4)) == 1  # others: (1.0 - 0.4) / 0.6 s = 1 core
+    assert g.observe(CpuSample(0.6, 1.0, 0.4)) is None  # others: (1.0 - 0.4) / 0.6 s = 1 core...
+    assert g.others_cores == pytest.approx(1.0)
+    assert g.observe(CpuSample(1.2, 2.0, 0.8)) == 1  # ...for 1.2 s
 
 
 def _hog(stop_at: float) -> None:
@@ -86,12 +89,12 @@ def test_the_real_engine_gives_a_thread_up_while_hogs_run_and_takes_it_back(core
     assert core.governor is not None and core.model.threads == 2
     ncpu = psutil.cpu_count() or 2
     ctx = multiprocessing.get_context("spawn")
-    hogs = [ctx.Process(target=_hog, args=(time.time() + 3.0,), daemon=True) for _ in range(ncpu)]
+    hogs = [ctx.Process(target=_hog, args=(time.time() + 3.5,), daemon=True) for _ in range(ncpu)]
     for hog in hogs:
         hog.start()
     try:
         time.sleep(0.5)  # the hogs are spinning
-        _decode_for(core, 1.5)
+        _decode_for(core, 2.2)  # a second of load, and slack
         assert core.model.threads == 1, core.stats()
         assert core.stats()["others_cpu_cores"] >= 0.5
     finally:
@@ -111,5 +114,20 @@ def test_one_long_quiet_window_is_enough_to_take_the_thread_back() -> None:
     """Windows end between decode steps, and a long prefill step makes one seconds long: quiet is
     counted in time, so a short burst from another process does not cost several slow steps."""
     g = ThreadGovernor(GovernorConfig(max_threads=2, num_cpus=2), CpuSample(0, 0, 0))
-    assert g.observe(CpuSample(0.5, 1.0, 0.5)) == 1  # others used a whole core for half a second
-    assert g.observe(CpuSample(3.0, 3.5, 3.0)) == 2  # then a 2.5 s step with nobody else about
+    assert g.observe(CpuSample(1.0, 2.0, 1.0)) == 1  # others used a whole core for a second
+    assert g.observe(CpuSample(3.5, 4.5, 3.5)) == 2  # then a 2.5 s step with nobody else about
+
+
+def test_load_while_the_engine_sat_idle_gives_no_thread_up_but_quiet_then_takes_one_back() -> None:
+    g = ThreadGovernor(GovernorConfig(max_threads=2, num_cpus=2), CpuSample(0, 0, 0))
+    # 10 s idle, others busy 4 s of it on both cores: not held against the engine
+    assert g.observe(CpuSample(10.0, 8.0, 0.0), was_idle=True) is None
+    assert _run(g, [0.9]) == [None]  # and the busy time starts over
+    assert _run(g, [0.9]) == [1]
+    assert g.observe(CpuSample(13.0, 10.5, 1.5), was_idle=True) == 2  # a quiet idle spell
+
+
+def test_one_long_busy_window_is_enough_to_give_a_thread_up() -> None:
+    """Load is counted in time too: a 1.2 s prefill step beside a hog gives the thread up at its end."""
+    g = ThreadGovernor(GovernorConfig(max_threads=2, num_cpus=2), CpuSample(0, 0, 0))
+    assert g.observe(CpuSample(1.2, 2.4, 1.2)) == 1

@@ -73,6 +73,7 @@ class EngineCore:
         self.num_batched_sequences = 0
         self.has_urgent_events = False
         self.governor: ThreadGovernor | None = None
+        self._last_step_s = 0.0  # when the last decode step ended (monotonic)
         if config.adapt_threads and model.max_threads > 1:
             cpus = psutil.cpu_count() or model.max_threads
             self.governor = ThreadGovernor(GovernorConfig(model.max_threads, cpus), sample_cpu())
@@ -147,9 +148,11 @@ class EngineCore:
     def adapt_threads(self) -> None:
         """Follow the machine's load with the thread count (cheap: samples twice a second)."""
         governor = self.governor
-        if governor is None or not governor.is_due(time.monotonic()):
+        now = time.monotonic()
+        if governor is None or not governor.is_due(now):
             return
-        threads = governor.observe(sample_cpu())
+        was_idle = now - self._last_step_s > governor.config.window_s  # no step for a window
+        threads = governor.observe(sample_cpu(), was_idle=was_idle)
         if threads is not None:
             self.model.set_threads(threads)
             log.info(
@@ -175,6 +178,7 @@ class EngineCore:
             self.scheduler.on_decode_failed(out)
             return []
         self.num_steps += 1
+        self._last_step_s = time.monotonic()
         self._count_batch(len(out.items))
         to_sample = self.scheduler.update_from_output(out)
         return self._postprocess(to_sample, rows)
