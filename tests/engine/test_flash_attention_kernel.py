@@ -53,6 +53,13 @@ def test_the_kv_cache_layout_matches_the_reference(n_tokens: int) -> None:
         assert max_error(shape, seed=n_tokens) < TOLERANCE
 
 
+def test_a_batch_whose_partial_results_would_not_fit_is_still_right() -> None:
+    """512 tokens on 16 threads: 64 KV chunks of partial results would take 78 MB, over the kernel's
+    64 MB (patches/common_sizes.h), so llama.cpp's tiled kernel takes it; a wrong work-buffer plan
+    for that choice would crash or corrupt here."""
+    assert max_error(Shape(512, 3000, threads=16, cell_major=True), seed=5) < TOLERANCE
+
+
 def test_the_installed_build_carries_this_patch() -> None:
     """scripts/install builds llama.cpp through engine/build.py, which records the patch it applied."""
     assert read_marker().get("patch") == DIGEST

@@ -9,16 +9,6 @@
 // keep llama.cpp's tiled kernel. Scratch and partials grow linearly with the tokens.
 #define HS_FA_MAX_Q 1024
 
-// whether the kernel takes n_tokens query tokens over n_kv cells: every batch of fewer than 64 (the
-// stock kernel walks every cell once per row); a larger one only when the cells are at least twice
-// the tokens, a batch after a cached context. Measured (2 threads, one layer, GQA 9/3): 64 tokens
-// after 2.2k took 3.7 ms instead of 7.5, 512 after 4.3k 56 instead of 71; but 512 tokens over 520
-// cells, a prompt's first chunk, took 8.3 instead of 6.4 (the merge of the chunks' partial results
-// costs more than the little attention there is).
-static inline bool hs_fa_grouped_takes(int64_t n_tokens, int64_t n_kv) {
-    return n_tokens < 64 || (n_tokens < HS_FA_MAX_Q && n_kv >= 2*n_tokens);
-}
-
 // chunks of the KV range: several per thread, so that threads finishing early take more work
 static inline int64_t hs_fa_grouped_nchunks(int64_t nth, int64_t n_kv) {
     int64_t want = 4*nth;
@@ -46,4 +36,25 @@ static inline int64_t hs_fa_grouped_scratch(int64_t n_tokens, int64_t n_head, in
 // floats of partial results (max, sum, DV accumulators) for every query row and KV chunk
 static inline int64_t hs_fa_grouped_partials(int64_t n_head, int64_t n_tokens, int64_t nch, int64_t DV) {
     return n_head*n_tokens*nch*(2 + DV);
+}
+
+// whether the kernel takes n_tokens query tokens over n_kv cells (n_head query heads, DV-wide values,
+// nth threads): every batch of fewer than 64 (the stock kernel walks every cell once per row); a
+// larger one only when the cells are at least twice the tokens, a batch after a cached context, and
+// its partial results fit HS_FA_MAX_PARTIALS (they grow with tokens x chunks, and the chunks with the
+// threads). Measured (2 threads, one layer, GQA 9/3): 64 tokens after 2.2k took 4.2 ms instead of
+// 6.8, 512 after 6.1k 77 instead of 96; but 512 tokens over 520 cells, a prompt's first chunk, took
+// 8.3 instead of 6.4 (the merge of the chunks' partial results costs more than the little attention
+// there is).
+#define HS_FA_MAX_PARTIALS ((int64_t) 64 << 20)
+
+static inline bool hs_fa_grouped_takes(int64_t n_tokens, int64_t n_kv, int64_t n_head, int64_t DV, int64_t nth) {
+    if (n_tokens < 64) {
+        return true;
+    }
+    if (n_tokens >= HS_FA_MAX_Q || n_kv < 2*n_tokens) {
+        return false;
+    }
+    const int64_t nch = hs_fa_grouped_nchunks(nth, n_kv);
+    return hs_fa_grouped_partials(n_head, n_tokens, nch, DV)*(int64_t) sizeof(float) <= HS_FA_MAX_PARTIALS;
 }

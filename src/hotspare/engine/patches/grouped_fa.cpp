@@ -45,7 +45,7 @@ static bool hs_fa_grouped_applies(const ggml_compute_params * params, const ggml
     return !params->use_ref && hs_fa_grouped_enabled() &&
            q->type == GGML_TYPE_F32 && k->type == v->type &&
            (k->type == GGML_TYPE_F16 || k->type == GGML_TYPE_F32) &&
-           hs_fa_grouped_takes(q->ne[1], k->ne[1]) && q->ne[3] == 1 && k->ne[3] == 1 && v->ne[3] == 1 &&
+           hs_fa_grouped_takes(q->ne[1], k->ne[1], q->ne[2], v->ne[0], params->nth) && q->ne[3] == 1 && k->ne[3] == 1 && v->ne[3] == 1 &&
            k->ne[2] > 0 && k->ne[2] == v->ne[2] && q->ne[2] % k->ne[2] == 0 &&
            (mask == nullptr || (mask->type == GGML_TYPE_F16 && mask->ne[0] >= k->ne[1] && mask->ne[1] >= q->ne[1]));
 }
