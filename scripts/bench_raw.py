@@ -254,28 +254,26 @@ def kernel(args: argparse.Namespace) -> None:
     """1 and 19 new tokens after a 4k-token context (copied into a fresh sequence each run), with
     two idle conversations (4k and 1.5k cells) beside it, in one child process per mode: the kernel
     switch (HOTSPARE_FA_GROUPED) is read once per process. Medians of `--runs`, ms."""
-    import os
-    import subprocess
-    import sys
-
     print(
         f"| ms, median of {args.runs}, {args.threads} threads "
         "| 1 new token after 4k | 19 new tokens after 4k |"
     )
     print("| --- | --- | --- |")
     for name, (fa, grouped) in KERNEL_MODES.items():
-        env = {**os.environ, "HOTSPARE_FA_GROUPED": grouped}
-        argv = [
-            sys.executable,
-            "-m",
-            "scripts.bench_raw",
-            "kernel-child",
-            fa,
-            str(args.runs),
-            str(args.threads),
-        ]
-        out = subprocess.run(argv, env=env, capture_output=True, text=True, check=True).stdout.split()
+        out = _child(grouped, "kernel-child", fa, str(args.runs), str(args.threads))
         print(f"| {name} | {out[-2]} | {out[-1]} |")
+
+
+def _child(grouped: str, *argv: str) -> list[str]:
+    """The words `python -m scripts.bench_raw *argv` prints, run in a child process with the kernel
+    switch set to `grouped` (HOTSPARE_FA_GROUPED is read once per process)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HOTSPARE_FA_GROUPED": grouped}
+    command = [sys.executable, "-m", "scripts.bench_raw", *argv]
+    return subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout.split()
 
 
 def kernel_child(args: argparse.Namespace) -> None:
@@ -299,24 +297,11 @@ def node(args: argparse.Namespace) -> None:
     cell-major layout) for each tokens x cells, llama.cpp's kernels against hotspare's, each mode in
     `--rounds` child processes taking turns (the kernel switch is read once per process); the best
     round's median of `--runs`, ms per layer. On a shared 2-core VM one round varies by up to 1.5x."""
-    import os
-    import subprocess
-    import sys
-
+    sizes = ["--tokens", *map(str, args.tokens), "--cells", *map(str, args.cells)]
     best: dict[tuple[str, int, int], float] = {}
     for _ in range(args.rounds):
         for grouped in ("0", "1"):
-            env = {**os.environ, "HOTSPARE_FA_GROUPED": grouped}
-            argv = [
-                sys.executable,
-                "-m",
-                "scripts.bench_raw",
-                "node-child",
-                str(args.runs),
-                str(args.threads),
-            ]
-            argv += ["--tokens", *map(str, args.tokens), "--cells", *map(str, args.cells)]
-            out = subprocess.run(argv, env=env, capture_output=True, text=True, check=True).stdout.split()
+            out = _child(grouped, "node-child", str(args.runs), str(args.threads), *sizes)
             for i, ms in enumerate(map(float, out)):
                 key = (grouped, args.tokens[i // len(args.cells)], args.cells[i % len(args.cells)])
                 best[key] = min(best.get(key, ms), ms)
