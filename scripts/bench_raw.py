@@ -8,6 +8,7 @@ threads do to decode and prefill while the machine is busy. Numbers the engine c
     python -m scripts.bench_raw start                                 # engine start: calibrating, cached
     python -m scripts.bench_raw kv-quality                            # what q8_0 KV does to the logits
     python -m scripts.bench_raw node --tokens 19 64 512 --cells 2200 4300   # one attention node, both kernels
+    python -m scripts.bench_raw weights --tokens 1 8 19 28 64 512           # the Q8_0 weights, both layouts
 
 Same model as everything else (the embedded SmolLM2-135M-Instruct Q4_1); random token ids (the
 model's speed does not depend on what the tokens say); medians.
@@ -260,18 +261,19 @@ def kernel(args: argparse.Namespace) -> None:
     )
     print("| --- | --- | --- |")
     for name, (fa, grouped) in KERNEL_MODES.items():
-        out = _child(grouped, "kernel-child", fa, str(args.runs), str(args.threads))
+        out = _child({"HOTSPARE_FA_GROUPED": grouped}, "kernel-child", fa, str(args.runs), str(args.threads))
         print(f"| {name} | {out[-2]} | {out[-1]} |")
 
 
-def _child(grouped: str, *argv: str) -> list[str]:
+def _child(switches: dict[str, str], *argv: str) -> list[str]:
     """The words `python -m scripts.bench_raw *argv` prints, run in a child process with the kernel
-    switch set to `grouped` (HOTSPARE_FA_GROUPED is read once per process)."""
+    `switches` in its environment (HOTSPARE_FA_GROUPED and HOTSPARE_Q8_REPACK are read once per
+    process)."""
     import os
     import subprocess
     import sys
 
-    env = {**os.environ, "HOTSPARE_FA_GROUPED": grouped}
+    env = {**os.environ, **switches}
     command = [sys.executable, "-m", "scripts.bench_raw", *argv]
     return subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout.split()
 
@@ -301,7 +303,9 @@ def node(args: argparse.Namespace) -> None:
     best: dict[tuple[str, int, int], float] = {}
     for _ in range(args.rounds):
         for grouped in ("0", "1"):
-            out = _child(grouped, "node-child", str(args.runs), str(args.threads), *sizes)
+            out = _child(
+                {"HOTSPARE_FA_GROUPED": grouped}, "node-child", str(args.runs), str(args.threads), *sizes
+            )
             for i, ms in enumerate(map(float, out)):
                 key = (grouped, args.tokens[i // len(args.cells)], args.cells[i % len(args.cells)])
                 best[key] = min(best.get(key, ms), ms)
@@ -323,6 +327,46 @@ def node_child(args: argparse.Namespace) -> None:
         for cells in args.cells
     ]
     print(" ".join(f"{ms:.3f}" for ms in times))
+
+
+def weights(args: argparse.Namespace) -> None:
+    """The weights' matrix products: `--tokens` new tokens after 64 cached (attention is negligible
+    there), llama.cpp's Q8_0 layout against hotspare's (HOTSPARE_Q8_REPACK), each in `--rounds` child
+    processes taking turns; the best round's median of `--runs`, ms per llama_decode."""
+    best: dict[tuple[str, int], float] = {}
+    for _ in range(args.rounds):
+        for layout in ("0", "1"):
+            out = _child(
+                {"HOTSPARE_Q8_REPACK": layout},
+                "weights-child",
+                str(args.runs),
+                str(args.threads),
+                *map(str, args.tokens),
+            )
+            for n, ms in zip(args.tokens, map(float, out), strict=True):
+                best[layout, n] = min(best.get((layout, n), ms), ms)
+    print(f"ms per llama_decode after 64 cached tokens, {args.threads} threads, best of {args.rounds} rounds")
+    print("| new tokens | llama.cpp's Q8_0 layout | hotspare's | ratio |")
+    print("| --- | --- | --- | --- |")
+    for n in args.tokens:
+        stock, ours = best["0", n], best["1", n]
+        print(f"| {n} | {stock:.1f} | {ours:.1f} | {stock / ours:.2f}x |")
+
+
+def weights_child(args: argparse.Namespace) -> None:
+    model = LlamaCppModel(
+        _engine_weights(), kv_cache_tokens=2048, max_slots=4, batch_tokens=512, num_threads=args.threads
+    )
+    _feed(model, 0, _tokens(64))
+    times: dict[int, list[float]] = {n: [] for n in args.tokens}
+    for _ in range(args.runs):
+        for n in args.tokens:
+            model.copy_prefix(0, 1, 64)
+            started = time.perf_counter()
+            _feed(model, 1, _tokens(n), 64)
+            times[n].append(time.perf_counter() - started)
+            model.remove(1)
+    print(" ".join(f"{statistics.median(times[n]) * 1e3:.2f}" for n in args.tokens))
 
 
 def main() -> None:
@@ -362,6 +406,21 @@ def main() -> None:
             n.add_argument("--rounds", type=int, default=3)
         n.add_argument("--tokens", type=int, nargs="+", default=[19, 64, 512])
         n.add_argument("--cells", type=int, nargs="+", default=[2200, 4300])
+    for name in ("weights", "weights-child"):
+        w = sub.add_parser(name)
+        if name == "weights-child":
+            w.add_argument("runs", type=int)
+            w.add_argument("threads", type=int)
+        else:
+            w.add_argument("--runs", type=int, default=10)
+            w.add_argument("--threads", type=int, default=2)
+            w.add_argument("--rounds", type=int, default=3)
+        w.add_argument(
+            "tokens" if name == "weights-child" else "--tokens",
+            type=int,
+            nargs="+",
+            default=[1, 8, 19, 28, 64, 512],
+        )
     args = parser.parse_args()
     commands = {
         "prefill": prefill,
@@ -370,7 +429,14 @@ def main() -> None:
         "start": start,
         "kernel": kernel,
     }
-    extra = {"kv-quality": kv_quality, "kernel-child": kernel_child, "node": node, "node-child": node_child}
+    extra = {
+        "kv-quality": kv_quality,
+        "kernel-child": kernel_child,
+        "node": node,
+        "node-child": node_child,
+        "weights": weights,
+        "weights-child": weights_child,
+    }
     {**commands, **extra}[args.what](args)
 
 

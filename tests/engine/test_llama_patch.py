@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hotspare.engine import llama_patch
-from hotspare.engine.llama_patch import CPU_DIR, FA_DISPATCH, PLAN_LINE, PatchError, apply
+from hotspare.engine.llama_patch import CPU_DIR, FA_DISPATCH, PLAN_LINE, REPACK_CHOICE, PatchError, apply
 
 OPS_TAIL = (
     "    const bool kv_is_f32_or_f16 = (k->type == GGML_TYPE_F32 || k->type == GGML_TYPE_F16);\n"
@@ -22,6 +22,7 @@ def _tree(root: Path, ops_anchor: str = FA_DISPATCH) -> Path:
     (cpu / "common.h").write_text("#pragma once\n#define GGML_FA_TILE_KV 64\nrest\n")
     (cpu / "ops.cpp").write_text(f"before\n{ops_anchor}    body\n{OPS_TAIL}}}\n")
     (cpu / "ggml-cpu.c").write_text(f"plan\n{PLAN_LINE}after\n")
+    (cpu / "repack.cpp").write_text(f"traits\n{REPACK_CHOICE}    // instance for Q1_0\n}}\n")
     return root
 
 
@@ -39,6 +40,10 @@ def test_each_edit_lands_at_its_anchor(tmp_path: Path) -> None:
     assert "cur += MAX(MAX(prefill, decode), grouped);" in plan
     assert PLAN_LINE not in plan
     assert plan.index("size_t grouped = 0;") < plan.index("MAX(MAX(prefill")
+    repack = (cpu / "repack.cpp").read_text()
+    assert repack.index("namespace hs_q8 {") < repack.index(REPACK_CHOICE)  # the layout, then its choice
+    hook = repack.index("return &q8_0_16x4;")
+    assert repack.index(REPACK_CHOICE) < hook < repack.index("instance for Q1_0")
 
 
 def test_a_patched_tree_is_left_alone(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import pytest
 
 from hotspare.app import engine_config
 from hotspare.config import LocalSettings, Settings
+from hotspare.engine import q8_check
 from hotspare.engine.backends.llama_cpp import LlamaCppModel
 from hotspare.engine.model import DecodeItem
 from hotspare.engine.weights import Weights, prepare_weights
@@ -72,6 +73,16 @@ def test_a_q4_1_model_is_re_encoded_as_q8_0_with_a_record_of_its_source(
     assert record["sha256"] == sha256_file(copy.path)
     assert record["size_bytes"] == copy.path.stat().st_size
     assert not list(copy.path.parent.glob("*partial*"))  # nothing left behind
+
+
+def test_the_copy_loads_in_the_repacked_layout_where_the_build_has_one(loaded: LlamaCppModel) -> None:
+    """On AVX-512 VNNI builds every 2-D weight matrix goes into hotspare's Q8_0 layout
+    (engine/patches/q8_repack.cpp), the output projection included; the embedding table, read by
+    row, stays as it is. Elsewhere nothing is repacked."""
+    if q8_check.active():
+        assert loaded.repacked_mib > 100  # of the file's 138 MiB; the layers alone are 108
+    else:
+        assert loaded.repacked_mib == 0
 
 
 def test_the_copy_computes_what_the_source_computes(model_path: Path, copy: Weights) -> None:

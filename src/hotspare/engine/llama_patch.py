@@ -1,5 +1,5 @@
-"""hotspare's change to the llama.cpp that it builds: a CPU flash-attention kernel for the batches the
-engine runs after a cached context.
+"""hotspare's changes to the llama.cpp that it builds: a CPU flash-attention kernel for the batches
+the engine runs after a cached context, and a repacked layout for Q8_0 weights on AVX-512 VNNI.
 
 Contract: `apply(source_root)` edits the llama.cpp tree vendored in the llama-cpp-python sdist in
 place, at anchors that must each occur exactly once (PatchError otherwise: a new llama.cpp is read
@@ -19,6 +19,15 @@ no row may attend (other conversations' idle cells) are skipped. It takes every 
 tokens and larger ones over at least twice as many cells (patches/common_sizes.h); a prompt's first
 chunk keeps the tiled kernel. It accumulates in f32 where the stock short path rounds Q and the
 running sum to f16. `HOTSPARE_FA_GROUPED=0` in the environment turns it off at run time (A/B).
+
+Why the weights' layout (patches/q8_repack.cpp, docs/engine.md "Q8_0 weights in a repacked layout"):
+on x86 llama.cpp multiplies Q8_0 weights with tinyBLAS, which handles the scales once per weight
+row, token and block of 32, and has no repacked layout for them. Once attention was fast, those
+products were most of a short turn: 19 new tokens after a short context took 43 ms, 28 took 59 ms.
+The layout interleaves 16 rows so one VPDPBUSD works on 16 rows at once and the scales are applied
+once per 16 rows: 17-22 and 22-31 ms. It plugs into the CPU backend's repack buffer type
+(ggml_repack_get_optimal_repack_type), as llama.cpp's own Q4_0 layouts do. `HOTSPARE_Q8_REPACK=0`
+keeps llama.cpp's layout (A/B).
 
 Standard library only: engine/build.py runs before hotspare's dependencies are installed.
 """
@@ -52,6 +61,10 @@ class Edit:
 
 
 FA_DISPATCH = "static void ggml_compute_forward_flash_attn_ext_f16(\n"
+REPACK_CHOICE = (
+    "static const ggml::cpu::tensor_traits * "
+    "ggml_repack_get_optimal_repack_type(const struct ggml_tensor * cur) {\n"
+)
 PLAN_LINE = "                        cur += MAX(prefill, decode);\n"
 
 EDITS = (
@@ -65,9 +78,12 @@ EDITS = (
         after=False,
     ),
     Edit(CPU_DIR / "ggml-cpu.c", PLAN_LINE, "plan_size.c", after=False),
+    Edit(CPU_DIR / "repack.cpp", REPACK_CHOICE, "q8_repack.cpp", after=False),
+    Edit(CPU_DIR / "repack.cpp", REPACK_CHOICE, "q8_hook.cpp", after=True),
 )
 """In order. The third edit calls the kernel at the top of the dispatcher; the fourth makes room for
-the kernel's scratch in the work buffer, and the line after it is changed by REPLACE."""
+the kernel's scratch in the work buffer, and the line after it is changed by REPLACE. The last two
+define the Q8_0 layout and make it llama.cpp's choice for 2-D Q8_0 weights."""
 
 REPLACE = (
     CPU_DIR / "ggml-cpu.c",

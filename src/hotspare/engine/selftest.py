@@ -226,10 +226,15 @@ def _main() -> int:
     if error > ATTENTION_TOLERANCE:
         print(f"flash attention is wrong: {error:.1e} off a float64 reference", file=sys.stderr, flush=True)
         return 3
+    q8_error = matmul_error(min(os.cpu_count() or 1, 8))
+    if q8_error is not None and q8_error > MATMUL_TOLERANCE:
+        print(f"the Q8_0 product is wrong: {q8_error:.1e} off the exact one", file=sys.stderr, flush=True)
+        return 3
     report = {
         **asdict(runs[0]),
         "flash_attention_off": asdict(runs[1]),
         "attention_error": error,
+        "q8_repacked_error": q8_error,
         "features": cpu_features(),
     }
     print(json.dumps(report) if args.json else report, flush=True)
@@ -248,6 +253,23 @@ def attention_error(threads: int) -> float:
     from hotspare.engine.fa_check import Shape, max_error
 
     return max(max_error(Shape(n, kv, threads=threads), seed=n) for n, kv in ATTENTION_SHAPES)
+
+
+MATMUL_TOLERANCE = 1e-5
+"""hotspare's Q8_0 layout is within ~3e-7 of the exact product (relative; engine/q8_check.py), as is
+llama.cpp's own kernel: float32 summation. A wrong lane, row or block is off by order 1."""
+
+MATMUL_SHAPES = ((576, 576, 1), (1536, 576, 19), (576, 1536, 8), (192, 576, 70))  # (rows, k, tokens)
+
+
+def matmul_error(threads: int) -> float | None:
+    """The largest relative error of the installed Q8_0 product in hotspare's layout over
+    MATMUL_SHAPES; None when this build does not use that layout (not an AVX-512 VNNI build)."""
+    from hotspare.engine.q8_check import Shape, active, max_error
+
+    if not active():
+        return None
+    return max(max_error(Shape(r, k, n, threads=threads), seed=n) for r, k, n in MATMUL_SHAPES)
 
 
 if __name__ == "__main__":

@@ -80,6 +80,8 @@ def load(config: EngineConfig) -> tuple[EngineCore, Ready]:
         num_threads=config.num_threads,
         flash_attention=attention.flash_attention,
     )
+    if model.repacked_mib:
+        log.info("%.0f MiB of weights repacked for this CPU's matrix kernels", model.repacked_mib)
     context = min(config.context_tokens or model.info.context_train_tokens, model.info.kv_capacity_tokens)
     # From here on the loaded file is the model: saved prefixes are filed under its name (KV computed
     # with the re-encoded weights is not the source's).

@@ -8,6 +8,7 @@ object and lives as long as it does.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import math
@@ -37,6 +38,24 @@ def _forward_llama_log(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
     # llama.cpp is chatty on stderr; keep its errors only, in our own log.
     if level == _GGML_LOG_LEVEL_ERROR and text:
         log.error("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
+    elif text and _REPACKED_LINE in text:
+        _repacked.append(text)
+
+
+_REPACKED_LINE = b"CPU_REPACK model buffer size ="
+_repacked: list[bytes] = []
+"""llama.cpp's load lines that size the weights it repacked (for Q8_0 on AVX-512 VNNI: hotspare's
+layout, engine/patches/q8_repack.cpp)."""
+
+
+def _take_repacked_mib() -> float:
+    """MiB of weights the last load put in the CPU backend's repacked layout (0 if none)."""
+    lines, _repacked[:] = list(_repacked), []
+    total = 0.0
+    for line in lines:
+        with contextlib.suppress(ValueError, IndexError):
+            total += float(line.split(b"=", 1)[1].split()[0])
+    return total
 
 
 REQUANTIZE_TYPES = {"Q8_0": llama.LLAMA_FTYPE_MOSTLY_Q8_0}
@@ -83,9 +102,12 @@ class LlamaCppModel:
         llama.llama_log_set(_forward_llama_log, ctypes.c_void_p(0))
         llama.llama_backend_init()
         mparams = llama.llama_model_default_params()
+        _take_repacked_mib()
         self._model = llama.llama_model_load_from_file(str(path).encode(), mparams)
         if not self._model:
             raise ModelError(f"llama.cpp could not load the model file {path}")
+        self.repacked_mib = _take_repacked_mib()
+        """MiB of weights in a repacked layout (hotspare's Q8_0 one on AVX-512 VNNI hosts)."""
         threads = resolve_threads(num_threads)
         self.max_threads = threads
         cparams = llama.llama_context_default_params()
