@@ -23,7 +23,7 @@
 //   thread with the GEMM path and 15 ms with this one.
 // - many rows (a turn of several tokens, a prefill chunk): the K tile is converted to f32 and
 //   transposed, the V tile converted, the scores of all active rows come from one GEMM and the
-//   values from a second, both 64 columns wide (llama.cpp's simd_gemm's full register block).
+//   values from a second, both 64 columns wide (whole register blocks of hs_gemm).
 // Each (chunk, KV head) keeps a running (max, sum, accumulator) per row, merged at the end like the
 // stock decode path does. Accumulation is f32 throughout.
 //
@@ -513,7 +513,7 @@ static void hs_fa_dot_tile(const hs_fa_shape & s, const ggml_tensor * dst, int64
 // the GEMM path over one tile and one KV head: the active rows' queries (gathered when some rows
 // are not active) times the K tile, transposed into f32, give the row-major scores in one GEMM; the
 // weights times the V tile in f32 give the values in a second. Both GEMMs have the tile's 64 cells
-// or the 64-wide value rows as their columns, llama.cpp's simd_gemm's full register block, so no
+// or the 64-wide value rows as their columns, whole register blocks of hs_gemm, so no
 // query or score is transposed.
 // KT (DK x HS_FA_KV) = cells [ic, ic + n) of KV head ik2's K in f32, transposed; columns past n zero.
 // Rows are converted into `rows` (HS_FA_KV x DK) and transposed block by block where the vector
