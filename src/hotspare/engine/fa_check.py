@@ -48,32 +48,43 @@ class Shape:
     cell_major: bool = False  # K/V as the KV cache stores them: [cell][KV head][dim]
 
 
-class _InitParams(ctypes.Structure):
+class InitParams(ctypes.Structure):
+    """ggml_init's argument."""
+
     _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
 
 
 @functools.cache
-def _libs() -> tuple[ctypes.CDLL, ctypes.CDLL]:
-    """The installed ggml libraries, their calls declared once per process."""
+def ggml_libraries() -> tuple[ctypes.CDLL, ctypes.CDLL]:
+    """The installed libggml-base and libggml-cpu, with the calls every check makes declared (the
+    context, its data, a graph's compute); each check declares the rest (engine/q8_check.py too)."""
     import llama_cpp
 
     lib_dir = Path(llama_cpp.__file__).parent / "lib"
     base = ctypes.CDLL(str(lib_dir / "libggml-base.so"), mode=ctypes.RTLD_GLOBAL)
     cpu = ctypes.CDLL(str(lib_dir / "libggml-cpu.so"), mode=ctypes.RTLD_GLOBAL)
-    p, i64, f, i = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
-    _declare(base.ggml_init, [_InitParams], p)
-    _declare(base.ggml_free, [p], None)
-    _declare(base.ggml_new_tensor_4d, [p, i, i64, i64, i64, i64], p)
-    _declare(base.ggml_get_data, [p], p)
-    _declare(base.ggml_permute, [p, p, i, i, i, i], p)
-    _declare(base.ggml_flash_attn_ext, [p, p, p, p, p, f, f, f], p)
-    _declare(base.ggml_new_graph, [p], p)
-    _declare(base.ggml_build_forward_expand, [p, p], None)
-    _declare(cpu.ggml_graph_compute_with_ctx, [p, p, i], i)
+    p, i = ctypes.c_void_p, ctypes.c_int
+    declare(base.ggml_init, [InitParams], p)
+    declare(base.ggml_free, [p], None)
+    declare(base.ggml_get_data, [p], p)
+    declare(base.ggml_new_graph, [p], p)
+    declare(base.ggml_build_forward_expand, [p, p], None)
+    declare(cpu.ggml_graph_compute_with_ctx, [p, p, i], i)
     return base, cpu
 
 
-def _declare(function: Any, argtypes: list[Any], restype: Any) -> None:
+@functools.cache
+def _libs() -> tuple[ctypes.CDLL, ctypes.CDLL]:
+    """The ggml libraries with this check's calls declared, once per process."""
+    base, cpu = ggml_libraries()
+    p, i64, f, i = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
+    declare(base.ggml_new_tensor_4d, [p, i, i64, i64, i64, i64], p)
+    declare(base.ggml_permute, [p, p, i, i, i, i], p)
+    declare(base.ggml_flash_attn_ext, [p, p, p, p, p, f, f, f], p)
+    return base, cpu
+
+
+def declare(function: Any, argtypes: list[Any], restype: Any) -> None:
     function.argtypes, function.restype = argtypes, restype
 
 
@@ -151,7 +162,7 @@ def _node(shape: Shape, seed: int) -> Iterator[_Node]:
     mask_padded = np.full((mask_rows, n_kv_padded), -np.inf, dtype=np.float32)
     mask_padded[:n] = mask
     scale = 1.0 / float(np.sqrt(d))
-    ctx = base.ggml_init(_InitParams(256 * 1024 * 1024, None, False))
+    ctx = base.ggml_init(InitParams(256 * 1024 * 1024, None, False))
     try:
         tq = base.ggml_new_tensor_4d(ctx, GGML_TYPE_F32, d, n, h, 1)
         tk, k_data = _kv_tensor(base, ctx, k, shape.cell_major)

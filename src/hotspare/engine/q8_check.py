@@ -19,10 +19,10 @@ from __future__ import annotations
 import ctypes
 import functools
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
+
+from hotspare.engine.fa_check import InitParams, declare, ggml_libraries
 
 GGML_TYPE_F32 = 0
 GGML_TYPE_Q8_0 = 8
@@ -39,35 +39,17 @@ class Shape:
     repacked: bool = True
 
 
-class _InitParams(ctypes.Structure):
-    _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
-
-
 @functools.cache
 def _libs() -> tuple[ctypes.CDLL, ctypes.CDLL]:
-    import llama_cpp
-
-    lib_dir = Path(llama_cpp.__file__).parent / "lib"
-    base = ctypes.CDLL(str(lib_dir / "libggml-base.so"), mode=ctypes.RTLD_GLOBAL)
-    cpu = ctypes.CDLL(str(lib_dir / "libggml-cpu.so"), mode=ctypes.RTLD_GLOBAL)
+    base, cpu = ggml_libraries()
     p, i64, i, sz = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_size_t
-    _declare(base.ggml_init, [_InitParams], p)
-    _declare(base.ggml_free, [p], None)
-    _declare(base.ggml_new_tensor_2d, [p, i, i64, i64], p)
-    _declare(base.ggml_get_data, [p], p)
-    _declare(base.ggml_mul_mat, [p, p, p], p)
-    _declare(base.ggml_new_graph, [p], p)
-    _declare(base.ggml_build_forward_expand, [p, p], None)
-    _declare(base.ggml_backend_alloc_ctx_tensors_from_buft, [p, p], p)
-    _declare(base.ggml_backend_tensor_set, [p, p, sz, sz], None)
-    _declare(base.ggml_backend_buffer_free, [p], None)
-    _declare(cpu.ggml_graph_compute_with_ctx, [p, p, i], i)
-    _declare(cpu._Z35ggml_backend_cpu_repack_buffer_typev, [], p)  # C++ name, exported
+    declare(base.ggml_new_tensor_2d, [p, i, i64, i64], p)
+    declare(base.ggml_mul_mat, [p, p, p], p)
+    declare(base.ggml_backend_alloc_ctx_tensors_from_buft, [p, p], p)
+    declare(base.ggml_backend_tensor_set, [p, p, sz, sz], None)
+    declare(base.ggml_backend_buffer_free, [p], None)
+    declare(cpu._Z35ggml_backend_cpu_repack_buffer_typev, [], p)  # C++ name, exported
     return base, cpu
-
-
-def _declare(function: Any, argtypes: list[Any], restype: Any) -> None:
-    function.argtypes, function.restype = argtypes, restype
 
 
 def active() -> bool:
@@ -106,9 +88,9 @@ def max_error(shape: Shape, seed: int = 0) -> float:
     rng = np.random.default_rng(seed)
     w_bytes, w = _weights(shape, rng)
     x = _activations(shape, rng)
-    wctx = base.ggml_init(_InitParams(1024 * 1024, None, True))
+    wctx = base.ggml_init(InitParams(1024 * 1024, None, True))
     room = 64 * 1024 * 1024 + 8 * x.nbytes + 8 * shape.rows * shape.tokens
-    ctx = base.ggml_init(_InitParams(room, None, False))
+    ctx = base.ggml_init(InitParams(room, None, False))
     buffer = None
     try:
         if shape.repacked:
