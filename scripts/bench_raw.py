@@ -24,6 +24,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -300,22 +301,29 @@ def node(args: argparse.Namespace) -> None:
     `--rounds` child processes taking turns (the kernel switch is read once per process); the best
     round's median of `--runs`, ms per layer. On a shared 2-core VM one round varies by up to 1.5x."""
     sizes = ["--tokens", *map(str, args.tokens), "--cells", *map(str, args.cells)]
-    best: dict[tuple[str, int, int], float] = {}
-    for _ in range(args.rounds):
-        for grouped in ("0", "1"):
-            out = _child(
-                {"HOTSPARE_FA_GROUPED": grouped}, "node-child", str(args.runs), str(args.threads), *sizes
-            )
-            for i, ms in enumerate(map(float, out)):
-                key = (grouped, args.tokens[i // len(args.cells)], args.cells[i % len(args.cells)])
-                best[key] = min(best.get(key, ms), ms)
+    shapes = [(n, cells) for n in args.tokens for cells in args.cells]  # node-child's order
+    best = _best_of_rounds(args, "HOTSPARE_FA_GROUPED", "node-child", sizes, shapes)
     print(f"ms per layer, {args.threads} threads, best of {args.rounds} rounds")
     print("| query tokens x cells | llama.cpp's kernels | hotspare's kernel | ratio |")
     print("| --- | --- | --- | --- |")
     for n in args.tokens:
         for cells in args.cells:
-            stock, ours = best["0", n, cells], best["1", n, cells]
+            stock, ours = best["0", (n, cells)], best["1", (n, cells)]
             print(f"| {n} x {cells} | {stock:.2f} | {ours:.2f} | {stock / ours:.2f}x |")
+
+
+def _best_of_rounds(
+    args: argparse.Namespace, switch: str, child: str, extra: list[str], keys: list[Any]
+) -> dict[tuple[str, Any], float]:
+    """`args.rounds` rounds of `child` (which prints one figure per key, in order) with the kernel
+    `switch` at 0 and then at 1, each in its own process; the lowest figure per (switch, key)."""
+    best: dict[tuple[str, Any], float] = {}
+    for _ in range(args.rounds):
+        for value in ("0", "1"):
+            out = _child({switch: value}, child, str(args.runs), str(args.threads), *extra)
+            for key, figure in zip(keys, map(float, out), strict=True):
+                best[value, key] = min(best.get((value, key), figure), figure)
+    return best
 
 
 def node_child(args: argparse.Namespace) -> None:
@@ -333,18 +341,8 @@ def weights(args: argparse.Namespace) -> None:
     """The weights' matrix products: `--tokens` new tokens after 64 cached (attention is negligible
     there), llama.cpp's Q8_0 layout against hotspare's (HOTSPARE_Q8_REPACK), each in `--rounds` child
     processes taking turns; the best round's median of `--runs`, ms per llama_decode."""
-    best: dict[tuple[str, int], float] = {}
-    for _ in range(args.rounds):
-        for layout in ("0", "1"):
-            out = _child(
-                {"HOTSPARE_Q8_REPACK": layout},
-                "weights-child",
-                str(args.runs),
-                str(args.threads),
-                *map(str, args.tokens),
-            )
-            for n, ms in zip(args.tokens, map(float, out), strict=True):
-                best[layout, n] = min(best.get((layout, n), ms), ms)
+    tokens = ["--tokens", *map(str, args.tokens)]
+    best = _best_of_rounds(args, "HOTSPARE_Q8_REPACK", "weights-child", tokens, args.tokens)
     print(f"ms per llama_decode after 64 cached tokens, {args.threads} threads, best of {args.rounds} rounds")
     print("| new tokens | llama.cpp's Q8_0 layout | hotspare's | ratio |")
     print("| --- | --- | --- | --- |")
@@ -367,6 +365,18 @@ def weights_child(args: argparse.Namespace) -> None:
             times[n].append(time.perf_counter() - started)
             model.remove(1)
     print(" ".join(f"{statistics.median(times[n]) * 1e3:.2f}" for n in args.tokens))
+
+
+def _with_child(sub: Any, name: str, runs: int) -> list[argparse.ArgumentParser]:
+    """The parsers of an A/B command and of the child it runs per kernel switch (`_best_of_rounds`):
+    the child takes runs and threads as positionals, the command takes them and --rounds as options."""
+    parent, child = sub.add_parser(name), sub.add_parser(f"{name}-child")
+    parent.add_argument("--runs", type=int, default=runs)
+    parent.add_argument("--threads", type=int, default=2)
+    parent.add_argument("--rounds", type=int, default=3)
+    child.add_argument("runs", type=int)
+    child.add_argument("threads", type=int)
+    return [parent, child]
 
 
 def main() -> None:
@@ -395,32 +405,11 @@ def main() -> None:
     c.add_argument("fa")
     c.add_argument("runs", type=int)
     c.add_argument("threads", type=int)
-    for name in ("node", "node-child"):
-        n = sub.add_parser(name)
-        if name == "node-child":
-            n.add_argument("runs", type=int)
-            n.add_argument("threads", type=int)
-        else:
-            n.add_argument("--runs", type=int, default=20)
-            n.add_argument("--threads", type=int, default=2)
-            n.add_argument("--rounds", type=int, default=3)
+    for n in _with_child(sub, "node", runs=20):
         n.add_argument("--tokens", type=int, nargs="+", default=[19, 64, 512])
         n.add_argument("--cells", type=int, nargs="+", default=[2200, 4300])
-    for name in ("weights", "weights-child"):
-        w = sub.add_parser(name)
-        if name == "weights-child":
-            w.add_argument("runs", type=int)
-            w.add_argument("threads", type=int)
-        else:
-            w.add_argument("--runs", type=int, default=10)
-            w.add_argument("--threads", type=int, default=2)
-            w.add_argument("--rounds", type=int, default=3)
-        w.add_argument(
-            "tokens" if name == "weights-child" else "--tokens",
-            type=int,
-            nargs="+",
-            default=[1, 8, 19, 28, 64, 512],
-        )
+    for w in _with_child(sub, "weights", runs=10):
+        w.add_argument("--tokens", type=int, nargs="+", default=[1, 8, 19, 28, 64, 512])
     args = parser.parse_args()
     commands = {
         "prefill": prefill,
